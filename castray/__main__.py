@@ -1,0 +1,3 @@
+from castray.cli import main
+
+main()

@@ -1,0 +1,5 @@
+import sys
+
+from castray.agent.main import main
+
+sys.exit(main())

@@ -1,0 +1,29 @@
+"""The agent's process environment, set before Ray is imported (Ray reads some at import).
+
+The embedded home cluster is private to CastRay: it stays on loopback, never picks up a
+cluster named by ``RAY_ADDRESS`` or Ray's "current cluster" file, and runs with Ray token
+authentication using a token CastRay generated for it, so that no other local user can
+submit work to it. The token lives in a file of CastRay's own (``RAY_AUTH_TOKEN_PATH``), so
+the user's ``~/.ray/auth_token`` is neither read nor created: starting CastRay does not
+change how the user's own ``ray start`` clusters behave.
+"""
+
+from __future__ import annotations
+
+import os
+
+from castray.protocol import AgentConfig
+
+
+def prepare_environment(config: AgentConfig) -> None:
+    """Set the Ray environment variables this agent's cluster mode needs."""
+    if config.address is not None:
+        return
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    # Ray's single-machine mode: bind 127.0.0.1 instead of the primary IP.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if config.ray_token_file is not None:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(config.ray_token_file)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -1,0 +1,215 @@
+"""The endpoints of one cluster: deploys one per alive Ray node, tracks them, reports changes.
+
+``refresh`` is called by the agent's main loop every poll interval; it is the only place that
+looks at the cluster, so a join, a departure or an actor that stops answering shows up within
+one interval. Requests (named endpoints) run on other threads, hence the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from castray.agent.connect import ClusterIdentity
+from castray.agent.endpoint import EndpointActor
+from castray.errors import NodeExists, NodeNotFound, RayNodeNotFound
+from castray.models import EndpointState, NodeKind, NodeStatus, RayClusterState
+from castray.protocol import EndpointRemoved, EndpointUpdate
+
+log = logging.getLogger(__name__)
+
+HEAD_RESOURCE = "node:__internal_head__"
+PROBE_EVERY = 5.0
+"""Seconds between liveness probes of an alive endpoint actor."""
+
+Emit = Callable[[EndpointUpdate | EndpointRemoved], None]
+
+
+@dataclass
+class _Deployed:
+    state: EndpointState
+    handle: Any
+    probe: Any = None
+    probed_at: float = field(default_factory=time.monotonic)
+
+
+class Fleet:
+    """Endpoint actors of one cluster, keyed by endpoint id."""
+
+    def __init__(self, cluster: str, identity: ClusterIdentity, storage_root: Path, emit: Emit):
+        self._cluster = cluster
+        self._identity = identity
+        self._storage_root = storage_root
+        self._emit = emit
+        self._lock = threading.Lock()
+        self._endpoints: dict[str, _Deployed] = {}
+        self._alive_nodes: dict[str, dict[str, Any]] = {}
+        self._seen_nodes: set[str] = set()
+
+    # ---- the main loop's look at the cluster ----------------------------------------
+
+    def refresh(self) -> RayClusterState:
+        """Look at the cluster once: deploy, retire and probe endpoints; return its state."""
+        nodes = ray.nodes()
+        available = ray.available_resources()
+        alive = {n["NodeID"]: n for n in nodes if n.get("Alive")}
+        with self._lock:
+            self._alive_nodes = alive
+            for node_id, node in alive.items():
+                if node_id not in self._seen_nodes:
+                    self._seen_nodes.add(node_id)
+                    self._deploy_auto(node)
+            for deployed in list(self._endpoints.values()):
+                if deployed.state.status is not NodeStatus.DEAD and (
+                    deployed.state.ray_node_id not in alive
+                ):
+                    self._mark_dead(deployed, "its Ray node left the cluster")
+            self._collect_probes()
+        return self._cluster_state(nodes, alive, available)
+
+    def _cluster_state(
+        self,
+        nodes: list[dict[str, Any]],
+        alive: dict[str, dict[str, Any]],
+        available: dict[str, float],
+    ) -> RayClusterState:
+        total: dict[str, float] = {}
+        for node in alive.values():
+            for name, amount in node.get("Resources", {}).items():
+                if not name.startswith("node:"):
+                    total[name] = total.get(name, 0.0) + amount
+        return RayClusterState(
+            address=self._identity.gcs_address,
+            dashboard_url=self._identity.dashboard_url,
+            ray_version=ray.__version__,
+            session_name=self._identity.session_name,
+            node_count=len(nodes),
+            alive_nodes=len(alive),
+            cluster_resources=total,
+            available_resources={k: v for k, v in available.items() if not k.startswith("node:")},
+        )
+
+    def _collect_probes(self) -> None:
+        """Turn answered probes into status changes; start due probes. Never blocks."""
+        pending = {d.probe: d for d in self._endpoints.values() if d.probe is not None}
+        if pending:
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+            for ref in done:
+                deployed = pending[ref]
+                deployed.probe = None
+                try:
+                    facts = ray.get(ref)
+                except RayError as exc:
+                    self._mark_dead(deployed, f"its actor stopped answering: {exc}")
+                    continue
+                if deployed.state.status is NodeStatus.STARTING:
+                    self._set(deployed, status=NodeStatus.ALIVE, address=facts["address"])
+        now = time.monotonic()
+        for deployed in self._endpoints.values():
+            due = now - deployed.probed_at >= PROBE_EVERY
+            if deployed.state.status is NodeStatus.ALIVE and deployed.probe is None and due:
+                deployed.probe = deployed.handle.describe.remote()
+                deployed.probed_at = now
+
+    # ---- requests ------------------------------------------------------------------
+
+    def create_named(self, endpoint_id: str, ray_node_id: str | None) -> EndpointState:
+        """Deploy a named endpoint on ``ray_node_id`` (the head node when None)."""
+        with self._lock:
+            if endpoint_id in self._endpoints:
+                raise NodeExists(f"endpoint {endpoint_id!r} exists already; choose another id")
+            node = self._find_node(ray_node_id)
+            deployed = self._deploy(endpoint_id, node, NodeKind.NAMED)
+            return deployed.state
+
+    def remove(self, endpoint_id: str) -> None:
+        """Stop an endpoint's actor and forget it; its stored files stay on disk."""
+        with self._lock:
+            deployed = self._endpoints.pop(endpoint_id, None)
+            if deployed is None:
+                raise NodeNotFound(f"no endpoint {endpoint_id!r} in cluster {self._cluster!r}")
+            _kill(deployed.handle)
+        self._emit(EndpointRemoved(endpoint_id=endpoint_id))
+
+    def close(self) -> None:
+        """Stop every endpoint actor (they would die with this driver anyway)."""
+        with self._lock:
+            for deployed in self._endpoints.values():
+                _kill(deployed.handle)
+            self._endpoints.clear()
+
+    # ---- helpers, called with the lock held -----------------------------------------
+
+    def _find_node(self, ray_node_id: str | None) -> dict[str, Any]:
+        if ray_node_id is None:
+            for node in self._alive_nodes.values():
+                if HEAD_RESOURCE in node.get("Resources", {}):
+                    return node
+            ray_node_id = ray.get_runtime_context().get_node_id()
+        found = self._alive_nodes.get(ray_node_id or "")
+        if found is None:
+            raise RayNodeNotFound(
+                f"no alive Ray node {ray_node_id!r} in cluster {self._cluster!r}; "
+                "GET /api/status lists the nodes' ray_node_id"
+            )
+        return found
+
+    def _deploy_auto(self, node: dict[str, Any]) -> None:
+        address = node["NodeManagerAddress"]
+        endpoint_id = f"{self._cluster}-{address}"
+        taken = self._endpoints.get(endpoint_id)
+        if taken is not None and taken.state.status is not NodeStatus.DEAD:
+            # Two live raylets on one IP: keep ids distinct and still readable.
+            endpoint_id = f"{endpoint_id}-{node['NodeID'][:8]}"
+        elif taken is not None:
+            # The same host rejoined under a new Ray node id: keep its stable endpoint id.
+            _kill(taken.handle)
+        self._deploy(endpoint_id, node, NodeKind.RAY_NODE)
+
+    def _deploy(self, endpoint_id: str, node: dict[str, Any], kind: NodeKind) -> _Deployed:
+        storage_dir = self._storage_root / endpoint_id
+        handle = EndpointActor.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+        ).remote(endpoint_id, str(storage_dir))
+        state = EndpointState(
+            id=endpoint_id,
+            ray_node_id=node["NodeID"],
+            address=node["NodeManagerAddress"],
+            status=NodeStatus.STARTING,
+            kind=kind,
+            resources={
+                k: v for k, v in node.get("Resources", {}).items() if not k.startswith("node:")
+            },
+            storage_dir=str(storage_dir),
+        )
+        deployed = _Deployed(state=state, handle=handle, probe=handle.describe.remote())
+        self._endpoints[endpoint_id] = deployed
+        self._emit(EndpointUpdate(endpoint=state))
+        log.info("deploying endpoint %s on Ray node %s", endpoint_id, node["NodeID"])
+        return deployed
+
+    def _mark_dead(self, deployed: _Deployed, reason: str) -> None:
+        log.warning("endpoint %s is dead: %s", deployed.state.id, reason)
+        deployed.probe = None
+        _kill(deployed.handle)
+        self._set(deployed, status=NodeStatus.DEAD)
+
+    def _set(self, deployed: _Deployed, **changes: Any) -> None:
+        deployed.state = deployed.state.model_copy(update=changes)
+        self._emit(EndpointUpdate(endpoint=deployed.state))
+
+
+def _kill(handle: Any) -> None:
+    try:
+        ray.kill(handle, no_restart=True)
+    except (RayError, ValueError) as exc:
+        log.debug("kill of an endpoint actor failed: %s", exc)

@@ -1,0 +1,168 @@
+"""The ``castray`` command: ``serve`` runs the service; the other commands talk to one."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from castray.client import Client
+from castray.config import Settings, load_settings
+from castray.errors import CastRayError
+
+app = typer.Typer(
+    help="CastRay: move files and messages between the nodes of Ray clusters.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+log = logging.getLogger("castray")
+
+ServerOption = Annotated[
+    str, typer.Option("--server", envvar="CASTRAY_SERVER", help="URL of the CastRay server.")
+]
+TokenOption = Annotated[
+    str | None, typer.Option("--token", envvar="CASTRAY_TOKEN", help="The server's API token.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind [default: 127.0.0.1].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: 8000].")] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Home Ray cluster (auto, host:port, ray://...); none embeds one."),
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Storage, history and logs.")] = None,
+    demo_nodes: Annotated[
+        int | None, typer.Option(help="Add named endpoints node_1..node_N on the head node.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Require this bearer token on every API call.")
+    ] = None,
+) -> None:
+    """Run the CastRay service (API, web UI) over its home Ray cluster."""
+    import uvicorn
+
+    from castray.server import create_app
+
+    try:
+        settings = load_settings(
+            config,
+            host=host,
+            port=port,
+            ray_address=ray_address,
+            data_dir=data_dir,
+            demo_nodes=demo_nodes,
+            token=token,
+        )
+    except ValidationError as exc:
+        _fail(f"invalid settings: {exc}")
+    _configure_logging(settings)
+    if settings.token is None and not _is_loopback(settings.host):
+        log.warning(
+            "binding %s without a token: anyone who can reach this address can use the API; "
+            "set --token or CASTRAY_TOKEN",
+            settings.host,
+        )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,
+        # One log line per request costs more than answering /api/status; debug shows them.
+        access_log=settings.log_level == "debug",
+    )
+
+
+@app.command()
+def status(
+    server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, json_out: JsonOption = False
+) -> None:
+    """Show the clusters and endpoints of a running server."""
+    with Client(server, token) as client:
+        state = client.status()
+    if json_out:
+        out.print_json(state.model_dump_json())
+        return
+    for cluster in state.clusters:
+        ray_info = cluster.ray
+        where = (
+            f"{ray_info.address}, Ray {ray_info.ray_version}, {ray_info.alive_nodes} node(s)"
+            if ray_info
+            else "-"
+        )
+        out.print(f"[bold]{cluster.name}[/] {cluster.status.value}: {where}")
+    out.print(
+        f"{state.active_nodes}/{state.total_nodes} endpoints alive; uptime {state.uptime:.0f} s"
+    )
+
+
+@app.command()
+def nodes(
+    server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, json_out: JsonOption = False
+) -> None:
+    """List the endpoints ("nodes") of a running server."""
+    with Client(server, token) as client:
+        listed = client.nodes()
+    if json_out:
+        out.print_json(json.dumps([n.model_dump(mode="json") for n in listed]))
+        return
+    table = Table("id", "cluster", "address", "status", "kind", "received", "sent")
+    for node in listed:
+        table.add_row(
+            node.id,
+            node.cluster,
+            node.address,
+            node.status.value,
+            node.kind.value,
+            str(node.counters.bytes_received),
+            str(node.counters.bytes_sent),
+        )
+    out.print(table)
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=1)
+
+
+def main() -> None:
+    """Entry point: every CastRayError becomes one line on stderr and exit code 1."""
+    try:
+        app()
+    except CastRayError as exc:
+        _fail(exc.message)

@@ -1,0 +1,113 @@
+"""Settings: one typed class that owns every port, path, size and timeout.
+
+Precedence, highest first: CLI flags (passed to ``load_settings``), ``CASTRAY_*`` environment
+variables (and Ray's own ``RAY_ADDRESS``), a TOML config file, the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from castray.errors import InvalidRequest
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/castray``, else ``~/.local/share/castray``."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "castray"
+
+
+class Settings(BaseSettings):
+    """Everything CastRay can be told; see README's configuration section."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CASTRAY_", extra="forbid", populate_by_name=True, validate_default=True
+    )
+
+    host: str = Field("127.0.0.1", description="Interface the API binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="Port of the API (0 picks a free one).")
+    ray_address: str | None = Field(
+        None,
+        validation_alias=AliasChoices("CASTRAY_RAY_ADDRESS", "RAY_ADDRESS"),
+        description="Home Ray cluster (auto, host:port, ray://...); none starts an embedded one.",
+    )
+    data_dir: Path = Field(default_factory=default_data_dir, description="Storage, history, logs.")
+    demo_nodes: int = Field(0, ge=0, le=256, description="Named endpoints node_1..node_N on head.")
+    token: SecretStr | None = Field(None, description="Bearer token required by the API.")
+    log_level: str = Field("info", description="debug, info, warning or error.")
+
+    node_poll_interval: float = Field(1.0, gt=0, description="Seconds between node-list looks.")
+    cluster_timeout: float = Field(
+        8.0, gt=0, description="Seconds without a successful look before a cluster is unreachable."
+    )
+    agent_start_timeout: float = Field(120.0, gt=0, description="Seconds for an agent to connect.")
+    agent_request_timeout: float = Field(60.0, gt=0, description="Seconds for an agent to answer.")
+    agent_stop_timeout: float = Field(10.0, gt=0, description="Grace before an agent is killed.")
+
+    embedded_num_cpus: int | None = Field(None, ge=0, description="CPUs of the embedded Ray.")
+    embedded_object_store_bytes: int | None = Field(
+        None, ge=78_643_200, description="Object store of the embedded Ray (Ray's minimum: 75 MiB)."
+    )
+
+    @field_validator("ray_address", mode="before")
+    @classmethod
+    def _blank_address_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _blank_token_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value else value
+
+    @property
+    def storage_root(self) -> Path:
+        return self.data_dir / "storage"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
+    """Build settings from flags (``None`` means not given), environment and config file."""
+    given = {key: value for key, value in flags.items() if value is not None}
+    config_file = config_file or _env_config_file()
+    if config_file is None:
+        return Settings(**given)
+    if not config_file.is_file():
+        raise InvalidRequest(f"config file {config_file} does not exist or is not a file")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    return _FromFile(**given)
+
+
+def _env_config_file() -> Path | None:
+    value = os.environ.get("CASTRAY_CONFIG")
+    return Path(value) if value else None

@@ -1,0 +1,125 @@
+"""The CastRay exception tree.
+
+Every failure CastRay reports to a user is one of these. The docstring of each class says
+what it means; the message says what was wrong and how to fix it. Each surface maps them in
+one place: the FastAPI exception handler (``status_code``) and the CLI error printer. The
+agent process reports them to the server by ``code``, which ``error_from_code`` turns back
+into the same class.
+
+    CastRayError
+    ├── InvalidRequest          422  the request is well-formed but cannot be carried out
+    ├── Unauthorized            401  a bearer token is required and was missing or wrong
+    ├── NotFound                404
+    │   ├── NodeNotFound             no endpoint with that id
+    │   └── RayNodeNotFound          no alive Ray node with that id in the cluster
+    ├── Conflict                409
+    │   └── NodeExists               an endpoint with that id exists already
+    ├── ClusterUnavailable      503  the cluster's agent is starting, lost or gone
+    ├── AgentFailure            502  the agent could not do what was asked
+    │   └── AgentTimeout        504  the agent did not answer in time
+    └── ServerUnreachable            (client side) no CastRay server answered
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class CastRayError(Exception):
+    """Base of every error CastRay reports to its users."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(CastRayError):
+    """The request cannot be carried out as given."""
+
+    status_code = 422
+    code = "invalid_request"
+
+
+class Unauthorized(CastRayError):
+    """A bearer token is required and was missing or wrong."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFound(CastRayError):
+    """The named thing does not exist."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class NodeNotFound(NotFound):
+    """No CastRay endpoint has that id."""
+
+    code = "node_not_found"
+
+
+class RayNodeNotFound(NotFound):
+    """No alive Ray node with that id is in the cluster."""
+
+    code = "ray_node_not_found"
+
+
+class Conflict(CastRayError):
+    """The request conflicts with the current state."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class NodeExists(Conflict):
+    """An endpoint with that id exists already."""
+
+    code = "node_exists"
+
+
+class ClusterUnavailable(CastRayError):
+    """The cluster cannot take requests now (starting, lost or disconnected)."""
+
+    status_code = 503
+    code = "cluster_unavailable"
+
+
+class AgentFailure(CastRayError):
+    """The cluster's agent process failed to do what was asked."""
+
+    status_code = 502
+    code = "agent_failure"
+
+
+class AgentTimeout(AgentFailure):
+    """The cluster's agent process did not answer in time."""
+
+    status_code = 504
+    code = "agent_timeout"
+
+
+class ServerUnreachable(CastRayError):
+    """No CastRay server answered at the URL the client was given."""
+
+    status_code = 503
+    code = "server_unreachable"
+
+
+def _all_subclasses(cls: type[CastRayError]) -> list[type[CastRayError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_all_subclasses(sub))
+    return found
+
+
+def error_from_code(code: str, message: str) -> CastRayError:
+    """Rebuild the error an agent reported; unknown codes become ``AgentFailure``."""
+    for cls in _all_subclasses(CastRayError):
+        if cls.code == code:
+            return cls(message)
+    return AgentFailure(message)

@@ -1,0 +1,163 @@
+"""The server's side of the agent protocol: one agent process, its pipes, its requests.
+
+The link never blocks the event loop: the agent is an asyncio subprocess, replies resolve
+futures, and everything else the agent says is handed to ``on_message``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from castray.errors import AgentFailure, AgentTimeout, ClusterUnavailable, error_from_code
+from castray.protocol import (
+    AGENT_MESSAGE,
+    AgentConfig,
+    AgentMessage,
+    Operation,
+    Reply,
+    Request,
+    Shutdown,
+)
+
+log = logging.getLogger(__name__)
+
+LINE_LIMIT = 16 * 1024 * 1024
+"""Longest protocol line accepted from an agent."""
+
+OnMessage = Callable[[AgentMessage], None]
+OnExit = Callable[[int | None], None]
+
+
+class AgentLink:
+    """Starts one agent process and talks to it."""
+
+    def __init__(
+        self, config: AgentConfig, log_file: Path, on_message: OnMessage, on_exit: OnExit
+    ) -> None:
+        self.config = config
+        self.log_file = log_file
+        self._on_message = on_message
+        self._on_exit = on_exit
+        self._process: asyncio.subprocess.Process | None = None
+        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._ids = itertools.count(1)
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    async def start(self) -> None:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log_out:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "castray.agent",
+                self.config.model_dump_json(),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_out,
+                limit=LINE_LIMIT,
+                start_new_session=True,
+            )
+        self._reader = asyncio.create_task(self._read(), name=f"agent-{self.config.cluster}")
+
+    async def request(self, body: Operation, timeout: float) -> dict[str, Any]:
+        """Send one operation and wait for its reply; agent errors are raised as ours."""
+        process = self._process
+        if process is None or process.returncode is not None or process.stdin is None:
+            raise ClusterUnavailable(f"the agent of cluster {self.config.cluster!r} is not running")
+        request = Request(id=next(self._ids), body=body)
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request.id] = future
+        try:
+            process.stdin.write(request.model_dump_json().encode() + b"\n")
+            await process.stdin.drain()
+            reply = await asyncio.wait_for(future, timeout)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ClusterUnavailable(
+                f"the agent of cluster {self.config.cluster!r} went away"
+            ) from exc
+        except TimeoutError as exc:
+            raise AgentTimeout(
+                f"the agent of cluster {self.config.cluster!r} did not answer {body.op} "
+                f"within {timeout:g} s; its log is {self.log_file}"
+            ) from exc
+        finally:
+            self._pending.pop(request.id, None)
+        if reply.error_code is not None:
+            raise error_from_code(reply.error_code, reply.error_message or "agent error")
+        return reply.result or {}
+
+    async def stop(self, grace: float) -> None:
+        """Ask the agent to shut down; kill its process group if it does not within ``grace``."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(Exception):
+            await self.request(Shutdown(), timeout=grace)
+        if process.stdin is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), grace)
+        except TimeoutError:
+            log.warning("agent of %s did not stop in %g s; killing it", self.config.cluster, grace)
+            self._signal_group(signal.SIGKILL)
+            await process.wait()
+        if self._reader is not None:
+            await self._reader
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self._process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._process.pid, sig)
+
+    async def _read(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        stdout = self._process.stdout
+        while True:
+            try:
+                line = await stdout.readline()
+            except ValueError:
+                log.error("agent of %s sent an over-long line; ignored", self.config.cluster)
+                continue
+            if not line:
+                break
+            self._dispatch(line)
+        code = await self._process.wait()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(
+                    AgentFailure(
+                        f"the agent of cluster {self.config.cluster!r} exited (code {code}); "
+                        f"its log is {self.log_file}"
+                    )
+                )
+        self._on_exit(code)
+
+    def _dispatch(self, line: bytes) -> None:
+        try:
+            message = AGENT_MESSAGE.validate_json(line)
+        except ValidationError as exc:
+            log.error("unreadable line from agent of %s: %s", self.config.cluster, exc)
+            return
+        if isinstance(message, Reply):
+            future = self._pending.get(message.id)
+            if future is not None and not future.done():
+                future.set_result(message)
+            return
+        self._on_message(message)

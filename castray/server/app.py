@@ -1,0 +1,88 @@
+"""The FastAPI application: built by ``create_app(settings)``, nothing at import time."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from castray import __version__
+from castray.config import Settings
+from castray.errors import CastRayError
+from castray.server.deps import require_token
+from castray.server.registry import Registry
+from castray.server.routes import nodes, status, ui
+from castray.server.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Assemble the API; the lifespan starts the home cluster's agent and stops all agents."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for folder in (settings.data_dir, settings.storage_root, settings.log_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        registry = Registry()
+        supervisor = Supervisor(settings, registry)
+        app.state.settings = settings
+        app.state.registry = registry
+        app.state.supervisor = supervisor
+        app.state.started_at = time.monotonic()
+        await supervisor.start()
+        try:
+            yield
+        finally:
+            await supervisor.stop()
+
+    app = FastAPI(
+        title="CastRay",
+        version=__version__,
+        summary="Move files and messages between the nodes of Ray clusters.",
+        lifespan=lifespan,
+    )
+    api = [Depends(require_token)]
+    app.include_router(status.router, prefix="/api", dependencies=api)
+    app.include_router(nodes.router, prefix="/api", dependencies=api)
+    app.include_router(ui.router)
+    _add_error_handlers(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as ``{"detail": "..."}`` with its status; never a traceback."""
+
+    @app.exception_handler(CastRayError)
+    async def castray_error(request: Request, exc: CastRayError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse({"detail": exc.message}, exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": describe_validation_error(exc)}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; the server log has the details"}, 500)
+
+
+def describe_validation_error(exc: RequestValidationError) -> str:
+    """One readable sentence per problem: where it is and what was wrong."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        message = str(error.get("msg", "invalid"))
+        parts.append(f"{where}: {message.removeprefix('Value error, ')}")
+    return "; ".join(parts)

@@ -1,0 +1,186 @@
+"""The server's live picture of clusters and endpoints, kept fresh by agent messages.
+
+Every API read is answered from here, never by asking Ray. A node's status as users see it
+is derived: an endpoint of a cluster that is not connected is ``dead``, whatever its agent
+last said, so losing a cluster needs no per-endpoint bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from castray.errors import NodeNotFound
+from castray.models import (
+    ClusterInfo,
+    ClusterStatus,
+    EndpointState,
+    Node,
+    NodeStatus,
+    RayClusterState,
+    StatusResponse,
+)
+
+
+@dataclass
+class _Cluster:
+    name: str
+    is_home: bool
+    is_external: bool
+    status: ClusterStatus = ClusterStatus.STARTING
+    detail: str | None = None
+    ray: RayClusterState | None = None
+    last_seen: float = field(default_factory=time.monotonic)
+    endpoints: dict[str, EndpointState] = field(default_factory=dict)
+
+
+class Registry:
+    """Clusters (home first) and their endpoints; bumps ``version`` on every visible change."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._clusters: dict[str, _Cluster] = {}
+        self._owner: dict[str, str] = {}
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._status_cache: tuple[tuple[int, int], bytes] | None = None
+        self.version = 0
+
+    # ---- changes -------------------------------------------------------------------
+
+    def add_cluster(self, name: str, *, is_home: bool, is_external: bool) -> None:
+        self._clusters[name] = _Cluster(name=name, is_home=is_home, is_external=is_external)
+        self._bump()
+
+    def set_cluster_status(self, name: str, status: ClusterStatus, detail: str | None) -> None:
+        cluster = self._clusters[name]
+        if (cluster.status, cluster.detail) != (status, detail):
+            cluster.status, cluster.detail = status, detail
+            self._bump()
+
+    def cluster_seen(self, name: str, ray: RayClusterState) -> None:
+        """A successful look at the cluster by its agent: its heartbeat."""
+        cluster = self._clusters[name]
+        cluster.last_seen = self._clock()
+        changed = cluster.ray != ray or cluster.status is not ClusterStatus.CONNECTED
+        cluster.ray = ray
+        cluster.status, cluster.detail = ClusterStatus.CONNECTED, None
+        if changed:
+            self._bump()
+
+    def clusters_silent_for(self, seconds: float) -> list[str]:
+        """Connected clusters whose agent has not reported a look for ``seconds``."""
+        now = self._clock()
+        return [
+            c.name
+            for c in self._clusters.values()
+            if c.status is ClusterStatus.CONNECTED and now - c.last_seen > seconds
+        ]
+
+    def put_endpoint(self, cluster_name: str, endpoint: EndpointState) -> None:
+        self._clusters[cluster_name].endpoints[endpoint.id] = endpoint
+        self._owner[endpoint.id] = cluster_name
+        self._bump()
+
+    def remove_endpoint(self, endpoint_id: str) -> None:
+        cluster_name = self._owner.pop(endpoint_id, None)
+        if cluster_name is not None:
+            self._clusters[cluster_name].endpoints.pop(endpoint_id, None)
+            self._bump()
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._status_cache = None
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate`` holds, re-checking after each change; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.add(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                return predicate()
+        return True
+
+    # ---- reads ---------------------------------------------------------------------
+
+    def has_node(self, endpoint_id: str) -> bool:
+        return endpoint_id in self._owner
+
+    def cluster_of(self, endpoint_id: str) -> str:
+        try:
+            return self._owner[endpoint_id]
+        except KeyError:
+            raise NodeNotFound(
+                f"no node {endpoint_id!r}; GET /api/nodes lists the nodes there are"
+            ) from None
+
+    def cluster_status(self, name: str) -> ClusterStatus:
+        return self._clusters[name].status
+
+    def node(self, endpoint_id: str) -> Node:
+        cluster = self._clusters[self.cluster_of(endpoint_id)]
+        return _as_node(cluster, cluster.endpoints[endpoint_id])
+
+    def nodes(self) -> list[Node]:
+        return [_as_node(c, e) for c in self._clusters.values() for e in c.endpoints.values()]
+
+    def clusters(self) -> list[ClusterInfo]:
+        return [
+            ClusterInfo(
+                name=c.name,
+                is_home=c.is_home,
+                is_external=c.is_external,
+                status=c.status,
+                detail=c.detail,
+                ray=c.ray,
+            )
+            for c in self._clusters.values()
+        ]
+
+    def status(self, uptime: float) -> StatusResponse:
+        nodes = self.nodes()
+        clusters = self.clusters()
+        home = next((c for c in clusters if c.is_home), None)
+        return StatusResponse(
+            total_nodes=len(nodes),
+            active_nodes=_count(nodes, lambda n: n.status is NodeStatus.ALIVE),
+            external_nodes_count=_count(nodes, lambda n: n.is_external),
+            node_statuses=nodes,
+            ray_cluster=home.ray if home else None,
+            clusters=clusters,
+            uptime=uptime,
+        )
+
+    def status_json(self, uptime: float) -> bytes:
+        """``status`` serialised, reused while nothing changed within the same second."""
+        key = (self.version, int(uptime))
+        if self._status_cache is None or self._status_cache[0] != key:
+            body = self.status(float(int(uptime))).model_dump_json().encode()
+            self._status_cache = (key, body)
+        return self._status_cache[1]
+
+
+def _as_node(cluster: _Cluster, endpoint: EndpointState) -> Node:
+    status = endpoint.status if cluster.status is ClusterStatus.CONNECTED else NodeStatus.DEAD
+    return Node(
+        **endpoint.model_dump(exclude={"status"}),
+        status=status,
+        cluster=cluster.name,
+        is_external=cluster.is_external,
+    )
+
+
+def _count(nodes: Iterable[Node], predicate: Callable[[Node], bool]) -> int:
+    return sum(1 for n in nodes if predicate(n))

@@ -1,0 +1,208 @@
+"""Starts and watches one agent per cluster, and feeds what they say into the registry.
+
+The home cluster is the first; it is started in the background so the API answers at once
+(``GET /api/status`` shows the home cluster ``starting`` until its agent is ready).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+
+from castray.config import Settings
+from castray.errors import ClusterUnavailable, Conflict, NodeExists
+from castray.models import ClusterStatus, EndpointState, Node, NodeKind, NodeStatus
+from castray.protocol import (
+    AgentConfig,
+    AgentMessage,
+    ClusterUpdate,
+    CreateEndpoint,
+    EndpointRemoved,
+    EndpointUpdate,
+    Fatal,
+    Ready,
+    RemoveEndpoint,
+)
+from castray.server.agent_link import AgentLink
+from castray.server.registry import Registry
+
+log = logging.getLogger(__name__)
+
+HOME = "home"
+NODE_READY_TIMEOUT = 30.0
+"""Seconds ``POST /api/nodes`` waits for a new endpoint's actor to answer."""
+
+
+class Supervisor:
+    """Owns the agents; the only code that talks to them."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._links: dict[str, AgentLink] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._scratch: list[Path] = []
+        self._stopping = False
+
+    # ---- life cycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the home cluster's agent; returns before it is ready."""
+        self._registry.add_cluster(HOME, is_home=True, is_external=False)
+        self._spawn(self._start_home(), "home")
+        self._spawn(self._watch_heartbeats(), "heartbeats")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for link in self._links.values():
+            await link.stop(self._settings.agent_stop_timeout)
+        for path in self._scratch:
+            shutil.rmtree(path, ignore_errors=True)
+
+    async def wait_home_ready(self, timeout: float) -> bool:
+        return await self._registry.wait_until(
+            lambda: self._registry.cluster_status(HOME) is not ClusterStatus.STARTING, timeout
+        )
+
+    async def _start_home(self) -> None:
+        settings = self._settings
+        address = settings.ray_address
+        token_file = None
+        if address is None:
+            # A short private path: Ray's socket paths under it must stay below 108 bytes.
+            temp_dir = Path(tempfile.mkdtemp(prefix="castray-ray-"))
+            self._scratch.append(temp_dir)
+            token_file = temp_dir / "auth_token"
+            token_file.touch(mode=0o600)
+            token_file.write_text(secrets.token_hex(32))
+        else:
+            temp_dir = settings.run_dir
+        config = AgentConfig(
+            cluster=HOME,
+            address=address,
+            storage_root=settings.storage_root,
+            temp_dir=temp_dir,
+            poll_interval=settings.node_poll_interval,
+            embedded_num_cpus=settings.embedded_num_cpus,
+            embedded_object_store_bytes=settings.embedded_object_store_bytes,
+            ray_token_file=token_file,
+        )
+        where = address or "an embedded private Ray cluster"
+        log.info("starting the home cluster agent (%s)", where)
+        await self._launch(config)
+        if not await self.wait_home_ready(settings.agent_start_timeout):
+            self._registry.set_cluster_status(
+                HOME,
+                ClusterStatus.LOST,
+                f"agent did not connect in {settings.agent_start_timeout:g} s",
+            )
+            log.error("the home cluster agent did not connect; see %s", self._links[HOME].log_file)
+            return
+        if self._registry.cluster_status(HOME) is not ClusterStatus.CONNECTED:
+            return
+        log.info("home cluster ready: %s", where)
+        for n in range(1, settings.demo_nodes + 1):
+            with contextlib.suppress(NodeExists):
+                await self.create_node(f"node_{n}", None)
+
+    async def _launch(self, config: AgentConfig) -> AgentLink:
+        name = config.cluster
+        link = AgentLink(
+            config,
+            self._settings.log_dir / f"agent-{name}.log",
+            on_message=lambda message: self._on_message(name, message),
+            on_exit=lambda code: self._on_exit(name, code),
+        )
+        self._links[name] = link
+        await link.start()
+        return link
+
+    def _spawn(self, coroutine: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coroutine, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- what agents say ----------------------------------------------------------------
+
+    def _on_message(self, cluster: str, message: AgentMessage) -> None:
+        registry = self._registry
+        if isinstance(message, Ready | ClusterUpdate):
+            registry.cluster_seen(cluster, message.ray)
+        elif isinstance(message, EndpointUpdate):
+            registry.put_endpoint(cluster, message.endpoint)
+        elif isinstance(message, EndpointRemoved):
+            registry.remove_endpoint(message.endpoint_id)
+        elif isinstance(message, Fatal):
+            log.error("cluster %s: %s", cluster, message.message)
+            registry.set_cluster_status(cluster, ClusterStatus.LOST, message.message)
+
+    def _on_exit(self, cluster: str, code: int | None) -> None:
+        if self._stopping:
+            log.info("cluster %s: agent stopped", cluster)
+            self._registry.set_cluster_status(cluster, ClusterStatus.LOST, "CastRay is stopping")
+        elif self._registry.cluster_status(cluster) is not ClusterStatus.LOST:
+            detail = f"its agent exited (code {code}); see {self._links[cluster].log_file}"
+            log.error("cluster %s lost: %s", cluster, detail)
+            self._registry.set_cluster_status(cluster, ClusterStatus.LOST, detail)
+
+    async def _watch_heartbeats(self) -> None:
+        timeout = self._settings.cluster_timeout
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            for name in self._registry.clusters_silent_for(timeout):
+                log.warning("cluster %s has not answered for %g s", name, timeout)
+                self._registry.set_cluster_status(
+                    name, ClusterStatus.UNREACHABLE, f"no answer from Ray for {timeout:g} s"
+                )
+
+    # ---- requests ------------------------------------------------------------------------
+
+    async def create_node(self, node_id: str, ray_node_id: str | None) -> Node:
+        """Deploy a named endpoint in the home cluster and wait briefly for it to answer."""
+        if self._registry.has_node(node_id):
+            raise NodeExists(f"node {node_id!r} exists already; choose another id")
+        result = await self._link(HOME).request(
+            CreateEndpoint(endpoint_id=node_id, ray_node_id=ray_node_id),
+            self._settings.agent_request_timeout,
+        )
+        created = EndpointState.model_validate(result["endpoint"])
+        if not self._registry.has_node(created.id):
+            self._registry.put_endpoint(HOME, created)
+        await self._registry.wait_until(
+            lambda: self._registry.node(node_id).status is not NodeStatus.STARTING,
+            NODE_READY_TIMEOUT,
+        )
+        return self._registry.node(node_id)
+
+    async def delete_node(self, node_id: str) -> None:
+        """Remove a named endpoint, or forget a dead automatic one."""
+        node = self._registry.node(node_id)
+        if node.kind is NodeKind.RAY_NODE and node.status is not NodeStatus.DEAD:
+            raise Conflict(
+                f"node {node_id!r} is the automatic endpoint of Ray node {node.ray_node_id}; "
+                "it goes away when that Ray node leaves its cluster"
+            )
+        link = self._links.get(node.cluster)
+        if link is not None and link.running:
+            with contextlib.suppress(ClusterUnavailable):
+                await link.request(
+                    RemoveEndpoint(endpoint_id=node_id), self._settings.agent_request_timeout
+                )
+        self._registry.remove_endpoint(node_id)
+
+    def _link(self, cluster: str) -> AgentLink:
+        link = self._links.get(cluster)
+        status = self._registry.cluster_status(cluster)
+        if link is None or not link.running or status is not ClusterStatus.CONNECTED:
+            raise ClusterUnavailable(
+                f"cluster {cluster!r} is {status.value}; try again when GET /api/status shows "
+                "it connected"
+            )
+        return link

@@ -1,0 +1,162 @@
+"""Ray clusters started with ``ray start --block``, as a user would, kept on loopback.
+
+Every raylet gets its own process group, node IP (127.0.0.N, N >= 2), ports and temp dir,
+so clusters of different tests never meet, and stopping a group leaves nothing behind.
+Never ``ray stop``: it would kill every Ray process on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.waiting import free_port, wait_for
+
+RAY = str(Path(sys.executable).with_name("ray"))
+START_TIMEOUT = 90.0
+
+
+@dataclass
+class Raylet:
+    ip: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM the raylet's process group, SIGKILL what is left after ``grace``."""
+        if self.process.poll() is not None:
+            return
+        _signal_group(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        # Children may outlive the leader briefly; make sure the group is gone.
+        _signal_group(self.process.pid, signal.SIGKILL)
+
+
+@dataclass
+class RayCluster:
+    """A head and any number of workers on this machine."""
+
+    head_ip: str
+    root: Path
+    port: int = field(default_factory=free_port)
+    dashboard_port: int = field(default_factory=free_port)
+    auth_token: str | None = None
+    raylets: list[Raylet] = field(default_factory=list)
+    _temp_dirs: list[Path] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{self.head_ip}:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{self.head_ip}:{self.dashboard_port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env["RAY_USAGE_STATS_ENABLED"] = "0"
+        if self.auth_token is None:
+            env["RAY_AUTH_MODE"] = "disabled"
+        else:
+            env["RAY_AUTH_MODE"] = "token"
+            env["RAY_AUTH_TOKEN"] = self.auth_token
+        return env
+
+    def start_head(self, num_cpus: int = 1) -> RayCluster:
+        self._start(
+            self.head_ip,
+            [
+                "--head",
+                f"--port={self.port}",
+                f"--dashboard-port={self.dashboard_port}",
+                f"--dashboard-host={self.head_ip}",
+                f"--ray-client-server-port={free_port()}",
+            ],
+            num_cpus,
+        )
+        wait_for(self._dashboard_up, START_TIMEOUT, f"the Ray head at {self.address}")
+        return self
+
+    def add_worker(self, ip: str, num_cpus: int = 1) -> Raylet:
+        before = self.alive_nodes()
+        raylet = self._start(ip, [f"--address={self.address}"], num_cpus)
+        wait_for(
+            lambda: self.alive_nodes() > before,
+            START_TIMEOUT,
+            f"worker {ip} to join {self.address}",
+        )
+        return raylet
+
+    def alive_nodes(self) -> int:
+        """Alive nodes as Ray's State API (what ``ray list nodes`` uses) reports them."""
+        return sum(1 for node in self.list_nodes() if node["state"] == "ALIVE")
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.dashboard_url}/api/v0/nodes", headers=self._auth(), timeout=5)
+        response.raise_for_status()
+        return list(response.json()["data"]["result"]["result"])
+
+    def stop(self) -> None:
+        for raylet in reversed(self.raylets):
+            raylet.stop()
+        for temp_dir in self._temp_dirs:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+    def _start(self, ip: str, extra: list[str], num_cpus: int) -> Raylet:
+        # Ray's socket paths live under the temp dir and must stay below 108 bytes.
+        temp_dir = Path(tempfile.mkdtemp(prefix=f"castray-test-{ip}-"))
+        self._temp_dirs.append(temp_dir)
+        log = self.root / f"raylet-{ip}.log"
+        command = [
+            RAY,
+            "start",
+            "--block",
+            "--disable-usage-stats",
+            f"--node-ip-address={ip}",
+            f"--temp-dir={temp_dir}",
+            f"--num-cpus={num_cpus}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--object-store-memory={200 * 1024 * 1024}",
+            *extra,
+        ]
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+                start_new_session=True,
+            )
+        raylet = Raylet(ip=ip, process=process, log=log)
+        self.raylets.append(raylet)
+        return raylet
+
+    def _dashboard_up(self) -> bool:
+        head = self.raylets[0]
+        if head.process.poll() is not None:
+            raise AssertionError(
+                f"ray start exited; see {head.log}:\n{head.log.read_text()[-3000:]}"
+            )
+        return self.alive_nodes() >= 1
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.auth_token}"} if self.auth_token else {}
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

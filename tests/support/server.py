@@ -1,0 +1,104 @@
+"""A real ``castray serve`` process on a free port, as a user would run it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.waiting import free_port, wait_for
+
+STARTUP_TIMEOUT = 120.0
+
+
+@dataclass
+class CastRayServer:
+    process: subprocess.Popen[bytes]
+    url: str
+    data_dir: Path
+    log: Path
+    token: str | None = None
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        token = token or self.token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def status(self) -> dict[str, Any]:
+        with self.client() as client:
+            response = client.get("/api/status")
+            response.raise_for_status()
+            return dict(response.json())
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        return {n["id"]: n for n in self.status()["node_statuses"]}
+
+    def wait_alive(self, count: int, timeout: float = STARTUP_TIMEOUT) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            self.check_running()
+            state = self.status()
+            return state if state["active_nodes"] >= count else None
+
+        return wait_for(ready, timeout, f"{count} alive endpoints at {self.url}")
+
+    def check_running(self) -> None:
+        if self.process.poll() is not None:
+            raise AssertionError(f"castray serve exited:\n{self.log.read_text()[-4000:]}")
+
+    def stop(self, grace: float = 20.0) -> int:
+        """Ctrl+C as a user would; then the group is made sure to be gone."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        return self.process.returncode
+
+
+def start_server(
+    data_dir: Path, *args: str, env: dict[str, str] | None = None, token: str | None = None
+) -> CastRayServer:
+    """Start ``castray serve`` and wait until its API answers."""
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir.parent / f"{data_dir.name}-server.log"
+    command = [
+        sys.executable,
+        "-m",
+        "castray",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        *args,
+    ]
+    if token:
+        command += ["--token", token]
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    server = CastRayServer(process, f"http://127.0.0.1:{port}", data_dir, log, token)
+
+    def answering() -> bool:
+        server.check_running()
+        return httpx.get(f"{server.url}/api/health", timeout=2).status_code in (200, 401)
+
+    wait_for(answering, STARTUP_TIMEOUT, f"castray serve on port {port}")
+    return server
