@@ -55,6 +55,10 @@ def serve(
     token: Annotated[
         str | None, typer.Option(help="Require this bearer token on every API call.")
     ] = None,
+    demo_traffic: Annotated[
+        bool | None,
+        typer.Option("--demo-traffic", help="Endpoints send each other generated files."),
+    ] = None,
 ) -> None:
     """Run the CastRay service (API, web UI) over its home Ray cluster."""
     import uvicorn
@@ -70,6 +74,7 @@ def serve(
             data_dir=data_dir,
             demo_nodes=demo_nodes,
             token=token,
+            demo_traffic=demo_traffic,
         )
     except ValidationError as exc:
         _fail(f"invalid settings: {exc}")

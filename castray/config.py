@@ -54,6 +54,22 @@ class Settings(BaseSettings):
     agent_request_timeout: float = Field(60.0, gt=0, description="Seconds for an agent to answer.")
     agent_stop_timeout: float = Field(10.0, gt=0, description="Grace before an agent is killed.")
 
+    chunk_size: int = Field(
+        8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024, description="Bytes per chunk."
+    )
+    transfer_window: int = Field(8, ge=1, le=64, description="Chunks in flight per transfer.")
+    upload_limit_bytes: int = Field(
+        1024**4, ge=0, description="Largest upload accepted (413 beyond)."
+    )
+    demo_traffic: bool = Field(False, description="Endpoints send each other generated files.")
+    auto_transfer_interval: float = Field(
+        10.0, gt=0, description="Seconds between autonomous transfers of one endpoint."
+    )
+
+    enable_fault_injection: bool = Field(
+        False, description="Test hook: POST /api/nodes/{id}/faults corrupts received chunks."
+    )
+
     embedded_num_cpus: int | None = Field(None, ge=0, description="CPUs of the embedded Ray.")
     embedded_object_store_bytes: int | None = Field(
         None, ge=78_643_200, description="Object store of the embedded Ray (Ray's minimum: 75 MiB)."
@@ -80,6 +96,14 @@ class Settings(BaseSettings):
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def library_dir(self) -> Path:
+        return self.data_dir / "library"
+
+    @property
+    def history_file(self) -> Path:
+        return self.data_dir / "castray.sqlite3"
 
     @classmethod
     def settings_customise_sources(

@@ -9,11 +9,17 @@ into the same class.
     CastRayError
     ├── InvalidRequest          422  the request is well-formed but cannot be carried out
     ├── Unauthorized            401  a bearer token is required and was missing or wrong
+    ├── BadFileName             400  a file name with '/', '..', NUL or a control character
+    ├── FileTooLarge            413  an upload over the size limit
     ├── NotFound                404
     │   ├── NodeNotFound             no endpoint with that id
-    │   └── RayNodeNotFound          no alive Ray node with that id in the cluster
+    │   ├── RayNodeNotFound          no alive Ray node with that id in the cluster
+    │   ├── FileMissing              no such file in the library or on the source endpoint
+    │   ├── TransferNotFound         no transfer with that id
+    │   └── GroupNotFound            no group with that name
     ├── Conflict                409
-    │   └── NodeExists               an endpoint with that id exists already
+    │   ├── NodeExists               an endpoint with that id exists already
+    │   └── NodeUnavailable          the endpoint is dead or not yet alive
     ├── ClusterUnavailable      503  the cluster's agent is starting, lost or gone
     ├── AgentFailure            502  the agent could not do what was asked
     │   └── AgentTimeout        504  the agent did not answer in time
@@ -80,6 +86,44 @@ class NodeExists(Conflict):
     """An endpoint with that id exists already."""
 
     code = "node_exists"
+
+
+class NodeUnavailable(Conflict):
+    """The endpoint exists but cannot take part now (dead, or still starting)."""
+
+    code = "node_unavailable"
+
+
+class FileMissing(NotFound):
+    """No file by that name in the library or at that path on the source endpoint."""
+
+    code = "file_missing"
+
+
+class TransferNotFound(NotFound):
+    """No transfer with that id."""
+
+    code = "transfer_not_found"
+
+
+class GroupNotFound(NotFound):
+    """No group with that name."""
+
+    code = "group_not_found"
+
+
+class BadFileName(CastRayError):
+    """A file name that could escape its directory or is not printable."""
+
+    status_code = 400
+    code = "bad_file_name"
+
+
+class FileTooLarge(CastRayError):
+    """An upload over the configured size limit."""
+
+    status_code = 413
+    code = "file_too_large"
 
 
 class ClusterUnavailable(CastRayError):

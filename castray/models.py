@@ -7,8 +7,9 @@ and a change replaces the object rather than mutating it.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -163,3 +164,187 @@ class ErrorResponse(BaseModel):
     """Every error answer: one sentence that says what was wrong and how to fix it."""
 
     detail: str
+
+
+# ---- files ---------------------------------------------------------------------------
+
+
+class LibraryFile(Snapshot):
+    """A file in the library, ready to send."""
+
+    name: str
+    size: int
+    blake3: str
+    modified: datetime
+
+
+class UploadResult(Snapshot):
+    """``POST /api/upload``: the stored file."""
+
+    file: str
+    size: int
+    blake3: str
+
+
+class ContentType(str, Enum):
+    TEXT = "text"
+    RANDOM = "random"
+    PATTERN = "pattern"
+
+
+class GenerateRequest(BaseModel):
+    """``POST /api/file-generator/create``: a size like ``"55.5MB"`` or a byte count."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: str | int = Field(description='Bytes, or a number with a unit: "10KB", "55.5MB", "1GiB".')
+    content_type: ContentType = ContentType.RANDOM
+    name: str | None = None
+
+
+class GeneratedFile(Snapshot):
+    file: str
+    size: int
+    blake3: str
+    content_type: ContentType
+    seconds: float
+
+
+# ---- transfers -----------------------------------------------------------------------
+
+
+class TransferMode(str, Enum):
+    UNICAST = "unicast"
+    MULTICAST = "multicast"
+    BROADCAST = "broadcast"
+
+
+class TransferStatus(str, Enum):
+    """queued -> running -> completed | partially_failed | failed | cancelled | interrupted."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    PARTIALLY_FAILED = "partially_failed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (TransferStatus.QUEUED, TransferStatus.RUNNING)
+
+
+class RecipientStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TransferCreate(BaseModel):
+    """``POST /api/transfers``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source_node: str
+    file: str = Field(description="A library file name, or a path inside the source's storage.")
+    mode: TransferMode = TransferMode.UNICAST
+    recipients: list[str] | None = None
+    group: str | None = None
+
+
+class TransferAccepted(Snapshot):
+    transfer_id: str
+    status: TransferStatus
+
+
+class FileInfo(Snapshot):
+    name: str
+    size: int
+    blake3: str | None
+
+
+class RecipientState(Snapshot):
+    status: RecipientStatus
+    bytes_done: int = 0
+    path: str | None = None
+    error: str | None = None
+
+
+class Transfer(Snapshot):
+    """A transfer and each recipient's progress; ``path`` is where the verified file is."""
+
+    id: str
+    status: TransferStatus
+    mode: TransferMode
+    source_node: str
+    file: FileInfo
+    recipients: dict[str, RecipientState]
+    bytes_total: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    throughput_bps: float | None = None
+    chunks_resent: int = Field(0, description="Chunks sent again after a failed check.")
+    error: str | None = None
+
+
+class TransferPage(Snapshot):
+    transfers: list[Transfer]
+    total: int
+    limit: int
+    offset: int
+
+
+# ---- groups and messages ----------------------------------------------------------------
+
+
+class Group(BaseModel):
+    """A named set of endpoints to multicast to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: EndpointId
+    members: list[str] = Field(min_length=1)
+
+
+class GroupMembers(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    members: list[str] = Field(min_length=1)
+
+
+class MessageType(str, Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class MessageSend(BaseModel):
+    """``POST /api/send``: a short text or JSON message to nodes, a group, or everyone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cast_type: TransferMode = TransferMode.UNICAST
+    message_type: MessageType = MessageType.TEXT
+    content: Any
+    sender: str
+    recipients: list[str] | None = None
+    group_id: str | None = None
+
+
+class MessageResult(Snapshot):
+    success: bool
+    message_id: str
+    delivered: list[str]
+    failed: dict[str, str]
+
+
+class ReceivedMessage(BaseModel):
+    message_id: str
+    sender: str
+    message_type: MessageType
+    content: Any
+    sent_at: float
+    received_at: float

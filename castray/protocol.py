@@ -55,7 +55,64 @@ class Shutdown(_Message):
     op: Literal["shutdown"] = "shutdown"
 
 
-Operation = Annotated[CreateEndpoint | RemoveEndpoint | Shutdown, Field(discriminator="op")]
+class StartTransfer(_Message):
+    """Send one file from ``source`` to ``recipients``, relayed along them in this order.
+
+    The reply comes once the source has opened the file (its size, or the error); the
+    transfer then runs on and reports with ``TransferProgress`` / ``RecipientFinished`` /
+    ``TransferFinished``.
+    """
+
+    op: Literal["start_transfer"] = "start_transfer"
+    transfer_id: str
+    source: str
+    path: str
+    file_name: str
+    recipients: list[str]
+    expected_blake3: str | None = None
+    chunk_size: int
+    window: int
+
+
+class CancelTransfer(_Message):
+    op: Literal["cancel_transfer"] = "cancel_transfer"
+    transfer_id: str
+
+
+class DeliverMessage(_Message):
+    """Hand a message to each recipient endpoint's actor; the reply says who got it."""
+
+    op: Literal["deliver_message"] = "deliver_message"
+    sender: str
+    recipients: list[str]
+    message: dict[str, Any]
+
+
+class ReadMessages(_Message):
+    op: Literal["read_messages"] = "read_messages"
+    endpoint_id: str
+    count: int
+
+
+class InjectCorruption(_Message):
+    """Fault injection for tests: the endpoint flips a byte in its next ``count`` chunks."""
+
+    op: Literal["inject_corruption"] = "inject_corruption"
+    endpoint_id: str
+    count: int
+
+
+Operation = Annotated[
+    CreateEndpoint
+    | RemoveEndpoint
+    | Shutdown
+    | StartTransfer
+    | CancelTransfer
+    | DeliverMessage
+    | ReadMessages
+    | InjectCorruption,
+    Field(discriminator="op"),
+]
 
 
 class Request(_Message):
@@ -100,6 +157,35 @@ class EndpointRemoved(_Message):
     endpoint_id: str
 
 
+class TransferProgress(_Message):
+    """Verified bytes per recipient so far (sent at most a few times a second)."""
+
+    kind: Literal["transfer_progress"] = "transfer_progress"
+    transfer_id: str
+    bytes_done: dict[str, int]
+
+
+class RecipientFinished(_Message):
+    kind: Literal["recipient_finished"] = "recipient_finished"
+    transfer_id: str
+    recipient: str
+    ok: bool
+    path: str | None = None
+    error: str | None = None
+
+
+class TransferFinished(_Message):
+    """Every recipient has finished (or the transfer was cancelled or failed at the source)."""
+
+    kind: Literal["transfer_finished"] = "transfer_finished"
+    transfer_id: str
+    blake3: str | None
+    cancelled: bool = False
+    error: str | None = None
+    bytes_served: dict[str, int] = Field(default_factory=dict)
+    chunks_resent: int = 0
+
+
 class Fatal(_Message):
     """The agent cannot go on; it exits after sending this."""
 
@@ -109,7 +195,15 @@ class Fatal(_Message):
 
 
 AgentMessage = Annotated[
-    Reply | Ready | ClusterUpdate | EndpointUpdate | EndpointRemoved | Fatal,
+    Reply
+    | Ready
+    | ClusterUpdate
+    | EndpointUpdate
+    | EndpointRemoved
+    | TransferProgress
+    | RecipientFinished
+    | TransferFinished
+    | Fatal,
     Field(discriminator="kind"),
 ]
 

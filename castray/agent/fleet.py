@@ -21,7 +21,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from castray.agent.connect import ClusterIdentity
 from castray.agent.endpoint import EndpointActor
-from castray.errors import NodeExists, NodeNotFound, RayNodeNotFound
+from castray.errors import NodeExists, NodeNotFound, NodeUnavailable, RayNodeNotFound
 from castray.models import EndpointState, NodeKind, NodeStatus, RayClusterState
 from castray.protocol import EndpointRemoved, EndpointUpdate
 
@@ -139,6 +139,27 @@ class Fleet:
                 raise NodeNotFound(f"no endpoint {endpoint_id!r} in cluster {self._cluster!r}")
             _kill(deployed.handle)
         self._emit(EndpointRemoved(endpoint_id=endpoint_id))
+
+    def handle(self, endpoint_id: str) -> Any:
+        """The actor of an alive endpoint of this cluster."""
+        with self._lock:
+            deployed = self._endpoints.get(endpoint_id)
+            if deployed is None:
+                raise NodeNotFound(f"no endpoint {endpoint_id!r} in cluster {self._cluster!r}")
+            if deployed.state.status is NodeStatus.DEAD:
+                raise NodeUnavailable(f"node {endpoint_id!r} is dead")
+            return deployed.handle
+
+    def count(self, endpoint_id: str, **increments: int) -> None:
+        """Add verified work to an endpoint's counters and report the new state."""
+        with self._lock:
+            deployed = self._endpoints.get(endpoint_id)
+            if deployed is None:
+                return
+            counters = deployed.state.counters
+            changed = {k: getattr(counters, k) + v for k, v in increments.items() if v}
+            if changed:
+                self._set(deployed, counters=counters.model_copy(update=changed))
 
     def close(self) -> None:
         """Stop every endpoint actor (they would die with this driver anyway)."""

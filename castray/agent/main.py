@@ -17,25 +17,35 @@ from pydantic import ValidationError
 
 from castray.agent.environment import prepare_environment
 from castray.agent.wire import Wire
-from castray.errors import CastRayError
+from castray.errors import CastRayError, FileMissing, InvalidRequest, TransferNotFound
 from castray.protocol import (
     AgentConfig,
+    CancelTransfer,
     ClusterUpdate,
     CreateEndpoint,
+    DeliverMessage,
     Fatal,
+    InjectCorruption,
+    ReadMessages,
     Ready,
+    RecipientFinished,
     RemoveEndpoint,
     Reply,
     Request,
     Shutdown,
+    StartTransfer,
+    TransferFinished,
 )
 
 if TYPE_CHECKING:
     from castray.agent.fleet import Fleet
+    from castray.agent.relay import TransferRun
 
 log = logging.getLogger("castray.agent")
 
 REQUEST_THREADS = 8
+TRANSFER_THREADS = 32
+"""Transfers driven at once by this agent; more wait their turn."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def ray_get(ref: Any, timeout: float = 60.0) -> Any:
+    import ray
+
+    return ray.get(ref, timeout=timeout)
+
+
 class Agent:
     """The protocol loop: requests on worker threads, the cluster looked at on this one."""
 
@@ -73,6 +89,8 @@ class Agent:
         self._wire = wire
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="request")
+        self._transfer_pool = ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="transfer")
+        self._transfers: dict[str, TransferRun] = {}
 
     def run(self) -> None:
         self._wire.send(Ready(ray=self._fleet.refresh()))
@@ -86,7 +104,10 @@ class Agent:
                 continue
             self._wire.send(ClusterUpdate(ray=state))
         log.info("agent stopping")
+        for run in list(self._transfers.values()):
+            run.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._transfer_pool.shutdown(wait=True, cancel_futures=True)
         self._fleet.close()
         import ray
 
@@ -124,4 +145,71 @@ class Agent:
         if isinstance(body, RemoveEndpoint):
             self._fleet.remove(body.endpoint_id)
             return {}
+        if isinstance(body, StartTransfer):
+            return {"size": self._start_transfer(body)}
+        if isinstance(body, CancelTransfer):
+            run = self._transfers.get(body.transfer_id)
+            if run is None:
+                raise TransferNotFound(f"transfer {body.transfer_id} is not running here")
+            run.cancel()
+            return {}
+        if isinstance(body, DeliverMessage):
+            return self._deliver(body)
+        if isinstance(body, ReadMessages):
+            handle = self._fleet.handle(body.endpoint_id)
+            return {"messages": ray_get(handle.messages.remote(body.count))}
+        if isinstance(body, InjectCorruption):
+            ray_get(self._fleet.handle(body.endpoint_id).corrupt_next_chunks.remote(body.count))
+            return {}
         raise CastRayError(f"unknown operation {body.op!r}")
+
+    def _start_transfer(self, spec: StartTransfer) -> int:
+        from castray.agent.relay import TransferRun
+
+        source = self._fleet.handle(spec.source)
+        recipients = [(rid, self._fleet.handle(rid)) for rid in spec.recipients]
+        run = TransferRun(spec, source, recipients, self._on_transfer_message)
+        try:
+            size = run.open()
+        except FileNotFoundError as exc:
+            raise FileMissing(f"{spec.path!r} does not exist on {spec.source}") from exc
+        except (PermissionError, IsADirectoryError) as exc:
+            raise InvalidRequest(f"cannot send {spec.path!r} from {spec.source}: {exc}") from exc
+        self._transfers[spec.transfer_id] = run
+        self._transfer_pool.submit(run.run)
+        return size
+
+    def _on_transfer_message(self, message: Any) -> None:
+        """Counts verified work on the endpoints, then passes the message on."""
+        if isinstance(message, RecipientFinished):
+            run = self._transfers.get(message.transfer_id)
+            if message.ok and run is not None:
+                self._fleet.count(message.recipient, bytes_received=run.size, transfers_ok=1)
+            elif not message.ok:
+                self._fleet.count(message.recipient, transfers_failed=1)
+        if isinstance(message, TransferFinished):
+            self._transfers.pop(message.transfer_id, None)
+            for endpoint_id, served in message.bytes_served.items():
+                self._fleet.count(endpoint_id, bytes_sent=served)
+        self._wire.send(message)
+
+    def _deliver(self, body: DeliverMessage) -> dict[str, Any]:
+        refs = {}
+        failed: dict[str, str] = {}
+        for rid in body.recipients:
+            try:
+                refs[rid] = self._fleet.handle(rid).receive_message.remote(body.message)
+            except CastRayError as exc:
+                failed[rid] = exc.message
+        delivered = []
+        for rid, ref in refs.items():
+            try:
+                ray_get(ref)
+            except Exception as exc:  # noqa: BLE001 - one recipient's failure is reported, not raised
+                failed[rid] = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
+            else:
+                delivered.append(rid)
+                self._fleet.count(rid, messages_received=1)
+        if delivered:
+            self._fleet.count(body.sender, messages_sent=len(delivered))
+        return {"delivered": delivered, "failed": failed}

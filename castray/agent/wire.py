@@ -7,16 +7,7 @@ import sys
 import threading
 from typing import TextIO
 
-from castray.protocol import (
-    ClusterUpdate,
-    EndpointRemoved,
-    EndpointUpdate,
-    Fatal,
-    Ready,
-    Reply,
-)
-
-Outgoing = Reply | Ready | ClusterUpdate | EndpointUpdate | EndpointRemoved | Fatal
+from castray.protocol import AgentMessage
 
 
 class Wire:
@@ -39,7 +30,7 @@ class Wire:
         sys.stdout = sys.stderr
         return cls(os.fdopen(protocol_fd, "w", encoding="utf-8"))
 
-    def send(self, message: Outgoing) -> None:
+    def send(self, message: AgentMessage) -> None:
         line = message.model_dump_json() + "\n"
         with self._lock:
             try:

@@ -15,10 +15,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from castray import __version__
 from castray.config import Settings
 from castray.errors import CastRayError
+from castray.server.autopilot import Autopilot
 from castray.server.deps import require_token
+from castray.server.events import EventHub
+from castray.server.groups import GroupService
+from castray.server.history import History
+from castray.server.library import Library
+from castray.server.messages import MessageService
 from castray.server.registry import Registry
-from castray.server.routes import nodes, status, ui
+from castray.server.routes import files, generator, groups, messages, nodes, status, transfers, ui
 from castray.server.supervisor import Supervisor
+from castray.server.transfers import TransferService
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +35,45 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        for folder in (settings.data_dir, settings.storage_root, settings.log_dir):
+        for folder in (
+            settings.data_dir,
+            settings.storage_root,
+            settings.log_dir,
+            settings.library_dir,
+        ):
             folder.mkdir(parents=True, exist_ok=True)
+        history = History(settings.history_file)
+        interrupted = history.interrupt_unfinished()
+        if interrupted:
+            log.warning("%d transfer(s) were in flight when CastRay last stopped", interrupted)
+        events = EventHub()
         registry = Registry()
         supervisor = Supervisor(settings, registry)
+        library = Library(settings.library_dir)
+        group_service = GroupService(registry, history)
+        transfer_service = TransferService(
+            settings, registry, supervisor, library, history, events, group_service.members
+        )
+        autopilot = Autopilot(settings, registry, library, transfer_service)
         app.state.settings = settings
         app.state.registry = registry
         app.state.supervisor = supervisor
+        app.state.events = events
+        app.state.library = library
+        app.state.groups = group_service
+        app.state.transfers = transfer_service
+        app.state.messages = MessageService(registry, supervisor, events, group_service.members)
+        app.state.autopilot = autopilot
         app.state.started_at = time.monotonic()
         await supervisor.start()
+        autopilot.start()
         try:
             yield
         finally:
+            await autopilot.stop()
+            await transfer_service.close()
             await supervisor.stop()
+            history.close()
 
     app = FastAPI(
         title="CastRay",
@@ -49,8 +82,8 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     api = [Depends(require_token)]
-    app.include_router(status.router, prefix="/api", dependencies=api)
-    app.include_router(nodes.router, prefix="/api", dependencies=api)
+    for module in (status, nodes, messages, files, generator, transfers, groups):
+        app.include_router(module.router, prefix="/api", dependencies=api)
     app.include_router(ui.router)
     _add_error_handlers(app)
     return app

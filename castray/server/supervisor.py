@@ -12,7 +12,9 @@ import logging
 import secrets
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from castray.config import Settings
 from castray.errors import ClusterUnavailable, Conflict, NodeExists
@@ -25,8 +27,12 @@ from castray.protocol import (
     EndpointRemoved,
     EndpointUpdate,
     Fatal,
+    Operation,
     Ready,
+    RecipientFinished,
     RemoveEndpoint,
+    TransferFinished,
+    TransferProgress,
 )
 from castray.server.agent_link import AgentLink
 from castray.server.registry import Registry
@@ -48,6 +54,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._scratch: list[Path] = []
         self._stopping = False
+        self.on_transfer_message: Callable[[AgentMessage], None] = lambda message: None
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -139,6 +146,8 @@ class Supervisor:
             registry.put_endpoint(cluster, message.endpoint)
         elif isinstance(message, EndpointRemoved):
             registry.remove_endpoint(message.endpoint_id)
+        elif isinstance(message, TransferProgress | RecipientFinished | TransferFinished):
+            self.on_transfer_message(message)
         elif isinstance(message, Fatal):
             log.error("cluster %s: %s", cluster, message.message)
             registry.set_cluster_status(cluster, ClusterStatus.LOST, message.message)
@@ -196,6 +205,10 @@ class Supervisor:
                     RemoveEndpoint(endpoint_id=node_id), self._settings.agent_request_timeout
                 )
         self._registry.remove_endpoint(node_id)
+
+    async def request(self, cluster: str, body: Operation) -> dict[str, Any]:
+        """Send one operation to a connected cluster's agent and return its result."""
+        return await self._link(cluster).request(body, self._settings.agent_request_timeout)
 
     def _link(self, cluster: str) -> AgentLink:
         link = self._links.get(cluster)

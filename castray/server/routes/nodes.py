@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, status
+from pydantic import BaseModel, ConfigDict, Field
 
+from castray.errors import NotFound
 from castray.models import ErrorResponse, Node, NodeCreate, NodeList
-from castray.server.deps import RegistryDep, SupervisorDep
+from castray.protocol import InjectCorruption
+from castray.server.deps import RegistryDep, SettingsDep, SupervisorDep
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
 
@@ -28,6 +31,33 @@ async def list_nodes(registry: RegistryDep) -> NodeList:
 async def create_node(body: NodeCreate, supervisor: SupervisorDep) -> Node:
     """Deploy a named endpoint on a Ray node of the home cluster (its head by default)."""
     return await supervisor.create_node(body.node_id, body.ray_node_id)
+
+
+class Faults(BaseModel):
+    """Test hook: flip a byte in the next ``corrupt_chunks`` chunks this node receives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    corrupt_chunks: int = Field(ge=0, le=1000)
+
+
+@router.post("/{node_id}/faults", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
+async def inject_faults(
+    node_id: str,
+    body: Faults,
+    settings: SettingsDep,
+    registry: RegistryDep,
+    supervisor: SupervisorDep,
+) -> None:
+    """Only with ``CASTRAY_ENABLE_FAULT_INJECTION=1``; lets tests prove chunks are verified."""
+    if not settings.enable_fault_injection:
+        raise NotFound(
+            "fault injection is off; start CastRay with CASTRAY_ENABLE_FAULT_INJECTION=1"
+        )
+    node = registry.node(node_id)
+    await supervisor.request(
+        node.cluster, InjectCorruption(endpoint_id=node_id, count=body.corrupt_chunks)
+    )
 
 
 @router.get("/{node_id}", responses=_ERRORS)

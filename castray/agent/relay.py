@@ -1,0 +1,325 @@
+"""One transfer, driven from the agent: chunks stream from the source along a chain.
+
+The agent never touches file bytes; it only moves Ray object references. For each chunk the
+source reads it into the object store on its node; the first recipient pulls it from there,
+verifies and writes it, and returns it again as a new object on its own node, which the next
+recipient pulls, and so on. So the source sends each byte once whatever the number of
+recipients (a chain: multicast and broadcast cost the source what unicast does), and at most
+``window`` chunks per link are in flight, which bounds memory and object-store use.
+
+A chunk that arrives corrupted, or that a recipient could not get because its upstream
+failed, is read again from the source and sent to that recipient directly, a few times at
+most. A recipient that dies or cannot write is failed with a reason; the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayError
+
+from castray.chunks import Chunk, plan_chunks
+from castray.protocol import (
+    AgentMessage,
+    RecipientFinished,
+    StartTransfer,
+    TransferFinished,
+    TransferProgress,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK_RETRIES = 3
+"""Times one chunk is re-sent to one recipient before that recipient is failed."""
+PROGRESS_EVERY = 0.25
+"""Seconds between progress reports (at most ~4 a second per transfer)."""
+STALL_TIMEOUT = 120.0
+"""Seconds without any chunk finishing before the recipients still waiting are failed."""
+CONTROL_TIMEOUT = 60.0
+"""Seconds for small control calls (open, commit) to answer."""
+
+
+@dataclass
+class _Recipient:
+    id: str
+    handle: Any
+    bytes_done: int = 0
+    failed: str | None = None
+    path: str | None = None
+    attempts: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+
+
+@dataclass
+class _InFlight:
+    chunk: Chunk
+    recipient: _Recipient
+    supplier: str
+
+
+class TransferRun:
+    """Runs one ``StartTransfer`` to its end on the calling thread."""
+
+    def __init__(
+        self,
+        spec: StartTransfer,
+        source: Any,
+        recipients: list[tuple[str, Any]],
+        emit: Callable[[AgentMessage], None],
+    ) -> None:
+        self.spec = spec
+        self._source = source
+        self._recipients = [_Recipient(rid, handle) for rid, handle in recipients]
+        self._emit = emit
+        self._cancelled = threading.Event()
+        self._inflight: dict[Any, _InFlight] = {}
+        self._outstanding: dict[int, int] = defaultdict(int)
+        self._served: dict[str, int] = defaultdict(int)
+        self._size = 0
+        self._resent = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def open(self) -> int:
+        """Open the file at the source; raises the source's error (e.g. FileNotFoundError)."""
+        ref = self._source.open_source.remote(self.spec.transfer_id, self.spec.path)
+        try:
+            self._size = int(ray.get(ref, timeout=CONTROL_TIMEOUT))
+        except ray.exceptions.RayTaskError as exc:
+            raise exc.as_instanceof_cause() from None
+        return self._size
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def run(self) -> None:
+        """Stream, verify and commit; always ends with one ``TransferFinished``."""
+        whole: str | None = None
+        error: str | None = None
+        try:
+            self._open_sinks()
+            self._stream()
+            whole = self._close_source()
+            if not self._cancelled.is_set():
+                self._commit(whole, self.spec.expected_blake3)
+        except RayError as exc:
+            error = f"the source failed: {exc}"
+            log.warning("transfer %s: %s", self.spec.transfer_id, error)
+        finally:
+            if self._cancelled.is_set() or error is not None:
+                self._abort_open_sinks(error or "cancelled")
+            self._report_progress()
+            self._emit(
+                TransferFinished(
+                    transfer_id=self.spec.transfer_id,
+                    blake3=whole or self.spec.expected_blake3,
+                    cancelled=self._cancelled.is_set(),
+                    error=error,
+                    bytes_served=dict(self._served),
+                    chunks_resent=self._resent,
+                )
+            )
+
+    # ---- phases ----------------------------------------------------------------------
+
+    def _open_sinks(self) -> None:
+        refs = {
+            r.id: r.handle.open_sink.remote(self.spec.transfer_id, self.spec.file_name, self._size)
+            for r in self._recipients
+        }
+        for recipient in self._recipients:
+            try:
+                ray.get(refs[recipient.id], timeout=CONTROL_TIMEOUT)
+            except (RayError, GetTimeoutError) as exc:
+                self._fail(recipient, f"could not create the file: {_reason(exc)}")
+
+    def _stream(self) -> None:
+        last_report = time.monotonic()
+        for chunk in plan_chunks(self._size, self.spec.chunk_size):
+            if self._cancelled.is_set():
+                return
+            chain = self._alive()
+            if not chain:
+                return
+            self._send(chunk, chain)
+            while self._chunks_in_flight() >= self.spec.window:
+                self._collect()
+            if time.monotonic() - last_report >= PROGRESS_EVERY:
+                self._report_progress()
+                last_report = time.monotonic()
+        while self._inflight and not self._cancelled.is_set():
+            self._collect()
+            if time.monotonic() - last_report >= PROGRESS_EVERY:
+                self._report_progress()
+                last_report = time.monotonic()
+
+    def _close_source(self) -> str | None:
+        digest: str | None = ray.get(
+            self._source.close_source.remote(self.spec.transfer_id), timeout=CONTROL_TIMEOUT
+        )
+        return digest
+
+    def _commit(self, whole: str | None, expected: str | None) -> None:
+        if whole is not None and expected is not None and whole != expected:
+            for recipient in self._alive():
+                self._fail(recipient, f"the source file changed: BLAKE3 {whole}, not {expected}")
+            return
+        target = expected or whole
+        if target is None:
+            for recipient in self._alive():
+                self._fail(recipient, "the source file could not be hashed whole")
+            return
+        tid = self.spec.transfer_id
+        refs = {r.id: r.handle.commit_sink.remote(tid, target) for r in self._alive()}
+        for recipient in self._alive():
+            try:
+                result = ray.get(refs[recipient.id], timeout=CONTROL_TIMEOUT)
+            except (RayError, GetTimeoutError) as exc:
+                self._fail(recipient, f"could not commit the file: {_reason(exc)}")
+                continue
+            if not result["ok"]:
+                self._fail(recipient, result["error"])
+                continue
+            recipient.path = result["path"]
+            recipient.bytes_done = self._size
+            self._emit(
+                RecipientFinished(
+                    transfer_id=self.spec.transfer_id,
+                    recipient=recipient.id,
+                    ok=True,
+                    path=recipient.path,
+                )
+            )
+
+    # ---- chunks ----------------------------------------------------------------------
+
+    def _send(self, chunk: Chunk, chain: list[_Recipient]) -> None:
+        """Read ``chunk`` at the source and pass it down ``chain``."""
+        data, digest = self._source.read_chunk.options(num_returns=2).remote(
+            self.spec.transfer_id, chunk.offset, chunk.length
+        )
+        supplier = self.spec.source
+        for position, recipient in enumerate(chain):
+            forward = position < len(chain) - 1
+            status, data = recipient.handle.write_chunk.options(num_returns=2).remote(
+                self.spec.transfer_id, chunk.offset, data, digest, forward
+            )
+            self._inflight[status] = _InFlight(chunk, recipient, supplier)
+            self._outstanding[chunk.index] += 1
+            supplier = recipient.id
+
+    def _collect(self) -> None:
+        """Wait for some chunk acknowledgements and act on them."""
+        ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=STALL_TIMEOUT)
+        if not ready:
+            self._give_up_stalled()
+            return
+        ready, _ = ray.wait(list(self._inflight), num_returns=len(self._inflight), timeout=0)
+        for ref in ready:
+            flight = self._inflight.pop(ref)
+            self._outstanding[flight.chunk.index] -= 1
+            self._settle(ref, flight)
+
+    def _settle(self, ref: Any, flight: _InFlight) -> None:
+        recipient = flight.recipient
+        if recipient.failed:
+            return
+        try:
+            status = ray.get(ref)
+        except RayError as exc:
+            if not _answers(recipient.handle):
+                self._fail(recipient, f"its actor or node died: {_reason(exc)}")
+                return
+            status = {"status": "upstream_missing"}
+        outcome = status["status"]
+        if outcome == "ok":
+            recipient.bytes_done += status["bytes"]
+            self._served[flight.supplier] += status["bytes"]
+        elif outcome in ("corrupt", "upstream_missing"):
+            self._retry(flight.chunk, recipient, outcome)
+        else:
+            self._fail(recipient, status.get("error", outcome))
+
+    def _retry(self, chunk: Chunk, recipient: _Recipient, why: str) -> None:
+        recipient.attempts[chunk.index] += 1
+        if recipient.attempts[chunk.index] > CHUNK_RETRIES:
+            self._fail(recipient, f"chunk {chunk.index} still {why} after {CHUNK_RETRIES} retries")
+            return
+        self._resent += 1
+        log.info(
+            "transfer %s: chunk %d to %s was %s; sending it again from the source",
+            self.spec.transfer_id,
+            chunk.index,
+            recipient.id,
+            why,
+        )
+        self._send(chunk, [recipient])
+
+    def _give_up_stalled(self) -> None:
+        waiting = {flight.recipient.id: flight.recipient for flight in self._inflight.values()}
+        for recipient in waiting.values():
+            self._fail(recipient, f"no chunk arrived for {STALL_TIMEOUT:g} s")
+        self._inflight.clear()
+
+    # ---- bookkeeping -----------------------------------------------------------------
+
+    def _alive(self) -> list[_Recipient]:
+        return [r for r in self._recipients if r.failed is None]
+
+    def _chunks_in_flight(self) -> int:
+        return sum(1 for count in self._outstanding.values() if count > 0)
+
+    def _fail(self, recipient: _Recipient, reason: str) -> None:
+        if recipient.failed is not None:
+            return
+        recipient.failed = reason
+        log.warning("transfer %s: %s failed: %s", self.spec.transfer_id, recipient.id, reason)
+        _quietly(recipient.handle.abort_sink.remote(self.spec.transfer_id))
+        self._emit(
+            RecipientFinished(
+                transfer_id=self.spec.transfer_id, recipient=recipient.id, ok=False, error=reason
+            )
+        )
+
+    def _abort_open_sinks(self, reason: str) -> None:
+        for recipient in self._recipients:
+            if recipient.failed is None and recipient.path is None:
+                _quietly(recipient.handle.abort_sink.remote(self.spec.transfer_id))
+                if not self._cancelled.is_set():
+                    self._fail(recipient, reason)
+        _quietly(self._source.close_source.remote(self.spec.transfer_id))
+
+    def _report_progress(self) -> None:
+        self._emit(
+            TransferProgress(
+                transfer_id=self.spec.transfer_id,
+                bytes_done={r.id: r.bytes_done for r in self._recipients},
+            )
+        )
+
+
+def _answers(handle: Any) -> bool:
+    """Whether an actor still answers (tells its own death from an upstream's)."""
+    try:
+        ray.get(handle.describe.remote(), timeout=10)
+    except (RayError, GetTimeoutError):
+        return False
+    return True
+
+
+def _quietly(ref: Any) -> None:
+    """Fire-and-forget call whose failure changes nothing (the actor may be gone)."""
+    del ref
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__

@@ -1,0 +1,111 @@
+"""Transfer history and groups in SQLite under the data dir; they survive restarts.
+
+Each transfer is stored whole as its JSON snapshot, written at every state change (not at
+every progress tick). Calls block on disk: the services call them from worker threads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from castray.models import Group, Transfer, TransferStatus
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS transfers (
+    id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transfers_by_time ON transfers (created_at DESC);
+CREATE TABLE IF NOT EXISTS groups (
+    name TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+"""
+
+
+class History:
+    """One SQLite file; one connection guarded by a lock."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ---- transfers -------------------------------------------------------------------
+
+    def save(self, transfer: Transfer) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO transfers (id, created_at, status, body) VALUES (?,?,?,?)",
+                (
+                    transfer.id,
+                    transfer.created_at.isoformat(),
+                    transfer.status.value,
+                    transfer.model_dump_json(),
+                ),
+            )
+
+    def get(self, transfer_id: str) -> Transfer | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT body FROM transfers WHERE id = ?", (transfer_id,)
+            ).fetchone()
+        return Transfer.model_validate_json(row[0]) if row else None
+
+    def page(self, limit: int, offset: int) -> tuple[list[Transfer], int]:
+        """Newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT body FROM transfers ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
+            total = self._db.execute("SELECT COUNT(*) FROM transfers").fetchone()[0]
+        return [Transfer.model_validate_json(r[0]) for r in rows], int(total)
+
+    def interrupt_unfinished(self) -> int:
+        """Mark transfers left queued or running by a previous run as interrupted."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT body FROM transfers WHERE status IN (?, ?)",
+                (TransferStatus.QUEUED.value, TransferStatus.RUNNING.value),
+            ).fetchall()
+        for (body,) in rows:
+            transfer = Transfer.model_validate_json(body)
+            self.save(
+                transfer.model_copy(
+                    update={
+                        "status": TransferStatus.INTERRUPTED,
+                        "error": "CastRay stopped while this transfer was in flight",
+                    }
+                )
+            )
+        return len(rows)
+
+    # ---- groups ----------------------------------------------------------------------
+
+    def groups(self) -> list[Group]:
+        with self._lock:
+            rows = self._db.execute("SELECT body FROM groups ORDER BY name").fetchall()
+        return [Group.model_validate_json(r[0]) for r in rows]
+
+    def save_group(self, group: Group) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO groups (name, body) VALUES (?, ?)",
+                (group.name, group.model_dump_json()),
+            )
+
+    def delete_group(self, name: str) -> bool:
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM groups WHERE name = ?", (name,))
+        return cursor.rowcount > 0

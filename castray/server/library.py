@@ -1,0 +1,157 @@
+"""The file library: files users uploaded or generated, ready to be sent from any endpoint.
+
+Files are written under a temporary name and renamed into place only when complete and
+synced, so a listed file is always whole. BLAKE3 digests are computed while writing, or on
+first use for files put there by hand, and remembered while the file is unchanged. Every
+method here does disk I/O: call it from a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import blake3
+
+from castray.chunks import HASH_THREADS, file_blake3
+from castray.errors import BadFileName, FileMissing, FileTooLarge
+from castray.models import LibraryFile
+
+PART_SUFFIX = ".part"
+
+
+def check_file_name(name: str) -> str:
+    """A plain file name: no separator, no ``..``, no NUL or control characters, not hidden."""
+    bad = (
+        not name
+        or len(name) > 255
+        or "/" in name
+        or "\\" in name
+        or name in {".", ".."}
+        or ".." in name
+        or name.startswith(".")
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+    )
+    if bad:
+        raise BadFileName(
+            f"invalid file name {name!r}: use a plain name without '/', '\\\\', '..', a leading "
+            "'.', NUL or control characters, at most 255 characters"
+        )
+    return name
+
+
+class Library:
+    """Files in one directory, keyed by name."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._digests: dict[str, tuple[int, int, str]] = {}
+        self._lock = threading.Lock()
+
+    def path(self, name: str) -> Path:
+        """Where a library file is; raises ``FileMissing`` when it is not there."""
+        path = self.root / check_file_name(name)
+        if not path.is_file():
+            raise FileMissing(f"no file {name!r} in the library; GET /api/files lists them")
+        return path
+
+    def has(self, name: str) -> bool:
+        try:
+            self.path(name)
+        except (FileMissing, BadFileName):
+            return False
+        return True
+
+    def describe(self, name: str) -> LibraryFile:
+        path = self.path(name)
+        stat = path.stat()
+        return LibraryFile(
+            name=name,
+            size=stat.st_size,
+            blake3=self._digest(name, path, stat),
+            modified=datetime.fromtimestamp(stat.st_mtime, timezone.utc),
+        )
+
+    def list(self) -> list[LibraryFile]:
+        names = sorted(
+            p.name for p in self.root.iterdir() if p.is_file() and not p.name.startswith(".")
+        )
+        files = []
+        for name in names:
+            with contextlib.suppress(FileMissing, BadFileName):
+                files.append(self.describe(name))
+        return files
+
+    def delete(self, name: str) -> None:
+        self.path(name).unlink()
+        with self._lock:
+            self._digests.pop(name, None)
+
+    def create(self, name: str, limit: int | None = None) -> LibraryWriter:
+        """Start a new library file; it appears under ``name`` only once committed."""
+        check_file_name(name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        temp = self.root / f".{name}.{uuid.uuid4().hex}{PART_SUFFIX}"
+        return LibraryWriter(self, name, temp, limit)
+
+    def _committed(self, name: str, temp: Path, digest: str) -> None:
+        final = self.root / name
+        temp.replace(final)
+        stat = final.stat()
+        with self._lock:
+            self._digests[name] = (stat.st_size, stat.st_mtime_ns, digest)
+
+    def _digest(self, name: str, path: Path, stat: os.stat_result) -> str:
+        with self._lock:
+            known = self._digests.get(name)
+        if known and known[:2] == (stat.st_size, stat.st_mtime_ns):
+            return known[2]
+        digest = file_blake3(path)
+        with self._lock:
+            self._digests[name] = (stat.st_size, stat.st_mtime_ns, digest)
+        return digest
+
+
+class LibraryWriter:
+    """Appends to a temporary file, hashing as it goes, within a size limit."""
+
+    def __init__(self, library: Library, name: str, temp: Path, limit: int | None) -> None:
+        self.name = name
+        self._library = library
+        self._temp = temp
+        self._file = temp.open("wb")
+        self._hasher = blake3.blake3(max_threads=HASH_THREADS)
+        self._limit = limit
+        self.size = 0
+        self.digest = ""
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.size += len(data)
+        if self._limit is not None and self.size > self._limit:
+            raise FileTooLarge(
+                f"the file is larger than the limit of {self._limit} bytes "
+                "(CASTRAY_UPLOAD_LIMIT_BYTES)"
+            )
+        self._hasher.update(data)
+        self._file.write(data)
+
+    def commit(self) -> str:
+        """Sync and move the file into place; returns its BLAKE3."""
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self.digest = str(self._hasher.hexdigest())
+            self._library._committed(self.name, self._temp, self.digest)
+        finally:
+            self.discard()
+        return self.digest
+
+    def discard(self) -> None:
+        """Drop whatever was written (a no-op after a commit)."""
+        self._file.close()
+        self._temp.unlink(missing_ok=True)

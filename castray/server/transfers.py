@@ -1,0 +1,337 @@
+"""The transfer service: plans transfers, follows them through their states, keeps history.
+
+A transfer goes ``queued`` (accepted, source file opened) -> ``running`` (first verified
+bytes) -> ``completed`` | ``partially_failed`` | ``failed`` | ``cancelled``; transfers that
+were in flight when CastRay stopped are ``interrupted`` in the history. Each recipient goes
+``pending`` -> ``running`` -> ``completed`` | ``failed`` | ``cancelled``. Status objects
+handed out are immutable snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import PurePosixPath
+
+from castray.config import Settings
+from castray.errors import (
+    BadFileName,
+    FileMissing,
+    InvalidRequest,
+    NodeUnavailable,
+    TransferNotFound,
+)
+from castray.models import (
+    FileInfo,
+    Node,
+    NodeStatus,
+    RecipientState,
+    RecipientStatus,
+    Transfer,
+    TransferCreate,
+    TransferPage,
+    TransferStatus,
+)
+from castray.protocol import (
+    AgentMessage,
+    CancelTransfer,
+    RecipientFinished,
+    StartTransfer,
+    TransferFinished,
+    TransferProgress,
+)
+from castray.server.events import EventHub
+from castray.server.history import History
+from castray.server.library import Library, check_file_name
+from castray.server.registry import Registry
+from castray.server.supervisor import Supervisor
+from castray.server.targets import resolve_recipients
+
+log = logging.getLogger(__name__)
+
+CANCEL_WAIT = 30.0
+"""Seconds ``DELETE /api/transfers/{id}`` waits for the partial files to be gone."""
+
+
+@dataclass
+class _Live:
+    """A transfer in flight; mutated only on the event loop."""
+
+    transfer: Transfer
+    cluster: str
+    recipients: dict[str, RecipientState] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class TransferService:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        supervisor: Supervisor,
+        library: Library,
+        history: History,
+        events: EventHub,
+        groups: dict[str, list[str]],
+    ) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._supervisor = supervisor
+        self._library = library
+        self._history = history
+        self._events = events
+        self._groups = groups
+        self._live: dict[str, _Live] = {}
+        supervisor.on_transfer_message = self._on_agent_message
+
+    # ---- requests ----------------------------------------------------------------------
+
+    async def start(self, request: TransferCreate) -> Transfer:
+        """Check the request, open the file at the source, and let the transfer run."""
+        source = self._registry.node(request.source_node)
+        if source.status is not NodeStatus.ALIVE:
+            raise NodeUnavailable(f"source {source.id!r} is {source.status.value}")
+        recipients = resolve_recipients(
+            self._registry,
+            self._groups,
+            request.mode,
+            source.id,
+            request.recipients,
+            request.group,
+        )
+        _same_cluster(source, recipients)
+        path, name, size, digest = await self._locate(request.file)
+        now = datetime.now(timezone.utc)
+        transfer = Transfer(
+            id=uuid.uuid4().hex[:16],
+            status=TransferStatus.QUEUED,
+            mode=request.mode,
+            source_node=source.id,
+            file=FileInfo(name=name, size=size or 0, blake3=digest),
+            recipients={r.id: RecipientState(status=RecipientStatus.PENDING) for r in recipients},
+            bytes_total=size or 0,
+            created_at=now,
+        )
+        live = _Live(transfer, source.cluster, dict(transfer.recipients))
+        self._live[transfer.id] = live
+        try:
+            result = await self._supervisor.request(
+                source.cluster,
+                StartTransfer(
+                    transfer_id=transfer.id,
+                    source=source.id,
+                    path=path,
+                    file_name=name,
+                    recipients=[r.id for r in _chain_order(recipients)],
+                    expected_blake3=digest,
+                    chunk_size=self._settings.chunk_size,
+                    window=self._settings.transfer_window,
+                ),
+            )
+        except Exception:
+            self._live.pop(transfer.id, None)
+            raise
+        size = int(result["size"])
+        self._update(
+            live,
+            file=transfer.file.model_copy(update={"size": size}),
+            bytes_total=size,
+            started_at=datetime.now(timezone.utc),
+        )
+        await asyncio.to_thread(self._history.save, live.transfer)
+        self._events.publish("transfer_started", transfer=live.transfer.model_dump(mode="json"))
+        return live.transfer
+
+    async def cancel(self, transfer_id: str) -> Transfer:
+        """Stop a transfer in flight; its partial files are removed. Finished ones stay."""
+        live = self._live.get(transfer_id)
+        if live is None:
+            return await self.get(transfer_id)
+        await self._supervisor.request(live.cluster, CancelTransfer(transfer_id=transfer_id))
+        try:
+            await asyncio.wait_for(live.done.wait(), CANCEL_WAIT)
+        except TimeoutError:
+            log.warning("transfer %s did not confirm its cancellation", transfer_id)
+        return live.transfer
+
+    async def get(self, transfer_id: str) -> Transfer:
+        live = self._live.get(transfer_id)
+        if live is not None:
+            return live.transfer
+        stored = await asyncio.to_thread(self._history.get, transfer_id)
+        if stored is None:
+            raise TransferNotFound(f"no transfer {transfer_id!r}; GET /api/transfers lists them")
+        return stored
+
+    async def page(self, limit: int, offset: int) -> TransferPage:
+        stored, total = await asyncio.to_thread(self._history.page, limit, offset)
+        transfers = [self._live[t.id].transfer if t.id in self._live else t for t in stored]
+        return TransferPage(transfers=transfers, total=total, limit=limit, offset=offset)
+
+    def live(self) -> list[Transfer]:
+        return [live.transfer for live in self._live.values()]
+
+    async def wait(self, transfer_id: str, timeout: float) -> Transfer:
+        """Wait for a transfer to finish (used by create-and-transfer callers and the CLI)."""
+        live = self._live.get(transfer_id)
+        if live is not None:
+            await asyncio.wait_for(live.done.wait(), timeout)
+        return await self.get(transfer_id)
+
+    async def _locate(self, file: str) -> tuple[str, str, int | None, str | None]:
+        """(path for the source, file name at the recipients, size, BLAKE3) of ``file``."""
+        if self._library.has(file):
+            described = await asyncio.to_thread(self._library.describe, file)
+            return str(self._library.path(file)), file, described.size, described.blake3
+        relative = PurePosixPath(file)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise FileMissing(
+                f"{file!r} is not in the library, and a path on the source must be relative "
+                "to its storage directory without '..'"
+            )
+        try:
+            name = check_file_name(relative.name)
+        except BadFileName as exc:
+            raise FileMissing(f"{file!r} is not in the library: {exc.message}") from exc
+        return str(relative), name, None, None
+
+    # ---- what the agents report ----------------------------------------------------------
+
+    def _on_agent_message(self, message: AgentMessage) -> None:
+        if not isinstance(message, TransferProgress | RecipientFinished | TransferFinished):
+            return
+        live = self._live.get(message.transfer_id)
+        if live is None:
+            return
+        if isinstance(message, TransferProgress):
+            self._progress(live, message)
+        elif isinstance(message, RecipientFinished):
+            self._recipient_finished(live, message)
+        else:
+            self._finished(live, message)
+
+    def _progress(self, live: _Live, message: TransferProgress) -> None:
+        for rid, done in message.bytes_done.items():
+            state = live.recipients.get(rid)
+            if state is not None and state.status in (
+                RecipientStatus.PENDING,
+                RecipientStatus.RUNNING,
+            ):
+                recipient_status = RecipientStatus.RUNNING if done else state.status
+                live.recipients[rid] = state.model_copy(
+                    update={"bytes_done": done, "status": recipient_status}
+                )
+        status = live.transfer.status
+        if status is TransferStatus.QUEUED and any(message.bytes_done.values()):
+            status = TransferStatus.RUNNING
+        self._update(live, status=status, recipients=dict(live.recipients))
+        self._events.publish(
+            "transfer_progress",
+            transfer_id=live.transfer.id,
+            bytes_total=live.transfer.bytes_total,
+            bytes_done=message.bytes_done,
+        )
+
+    def _recipient_finished(self, live: _Live, message: RecipientFinished) -> None:
+        if message.ok:
+            state = RecipientState(
+                status=RecipientStatus.COMPLETED,
+                bytes_done=live.transfer.bytes_total,
+                path=message.path,
+            )
+        else:
+            previous = live.recipients.get(message.recipient)
+            state = RecipientState(
+                status=RecipientStatus.FAILED,
+                bytes_done=previous.bytes_done if previous else 0,
+                error=message.error,
+            )
+        live.recipients[message.recipient] = state
+        self._update(live, recipients=dict(live.recipients))
+        kind = "recipient_completed" if message.ok else "recipient_failed"
+        self._events.publish(
+            kind,
+            transfer_id=live.transfer.id,
+            recipient=message.recipient,
+            recipient_state=state.model_dump(mode="json"),
+        )
+
+    def _finished(self, live: _Live, message: TransferFinished) -> None:
+        recipients = dict(live.recipients)
+        for rid, state in recipients.items():
+            if state.status in (RecipientStatus.PENDING, RecipientStatus.RUNNING):
+                recipients[rid] = state.model_copy(
+                    update={
+                        "status": RecipientStatus.CANCELLED
+                        if message.cancelled
+                        else RecipientStatus.FAILED,
+                        "error": None if message.cancelled else (message.error or "not finished"),
+                    }
+                )
+        ok = sum(1 for s in recipients.values() if s.status is RecipientStatus.COMPLETED)
+        if message.cancelled:
+            status = TransferStatus.CANCELLED
+        elif ok == len(recipients):
+            status = TransferStatus.COMPLETED
+        elif ok:
+            status = TransferStatus.PARTIALLY_FAILED
+        else:
+            status = TransferStatus.FAILED
+        finished = datetime.now(timezone.utc)
+        started = live.transfer.started_at or live.transfer.created_at
+        seconds = max((finished - started).total_seconds(), 1e-6)
+        delivered = ok * live.transfer.bytes_total
+        self._update(
+            live,
+            status=status,
+            recipients=recipients,
+            finished_at=finished,
+            throughput_bps=round(delivered / seconds, 1) if delivered else None,
+            file=live.transfer.file.model_copy(update={"blake3": message.blake3}),
+            chunks_resent=message.chunks_resent,
+            error=message.error,
+        )
+        del self._live[live.transfer.id]
+        live.done.set()
+        snapshot = live.transfer
+        saving = asyncio.to_thread(self._history.save, snapshot)
+        task = asyncio.get_running_loop().create_task(saving)
+        task.add_done_callback(_log_failure)
+        self._events.publish("transfer_finished", transfer=snapshot.model_dump(mode="json"))
+
+    def _update(self, live: _Live, **changes: object) -> None:
+        live.transfer = live.transfer.model_copy(update=changes)
+
+    async def close(self) -> None:
+        """At shutdown: what is still in flight is recorded as interrupted."""
+        for live in list(self._live.values()):
+            self._update(
+                live,
+                status=TransferStatus.INTERRUPTED,
+                error="CastRay stopped while this transfer was in flight",
+            )
+            await asyncio.to_thread(self._history.save, live.transfer)
+        self._live.clear()
+
+
+def _same_cluster(source: Node, recipients: list[Node]) -> None:
+    others = sorted({r.cluster for r in recipients if r.cluster != source.cluster})
+    if others:
+        raise InvalidRequest(
+            f"recipients in cluster(s) {', '.join(others)} are not in the source's cluster "
+            f"{source.cluster!r}; transfers between clusters are not supported yet"
+        )
+
+
+def _chain_order(recipients: list[Node]) -> list[Node]:
+    """Relay order: recipients on the same Ray node next to each other, so each hop between
+    hosts is crossed once."""
+    return sorted(recipients, key=lambda n: (n.address, n.ray_node_id, n.id))
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("could not save a transfer to the history: %s", task.exception())

@@ -1,0 +1,400 @@
+"""Files between endpoints on a real 3-node Ray cluster: every mode, verified byte for byte."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import blake3
+import pytest
+
+from tests.support import transfers as tx
+from tests.support.raycluster import RayCluster
+from tests.support.server import CastRayServer, start_server
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+HEAD, WORKER_A, WORKER_B = "127.0.0.7", "127.0.0.8", "127.0.0.9"
+SRC, DST_A, DST_B = f"home-{HEAD}", f"home-{WORKER_A}", f"home-{WORKER_B}"
+CHUNK = 128 * 1024
+UPLOAD_LIMIT = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    ray = RayCluster(HEAD, tmp_path_factory.mktemp("transfer-cluster"))
+    try:
+        ray.start_head()
+        ray.add_worker(WORKER_A)
+        ray.add_worker(WORKER_B)
+        yield ray
+    finally:
+        ray.stop()
+
+
+@pytest.fixture(scope="module")
+def server(
+    cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CastRayServer]:
+    data = tmp_path_factory.mktemp("transfer-server") / "data"
+    env = {
+        "CASTRAY_CHUNK_SIZE": str(CHUNK),
+        "CASTRAY_UPLOAD_LIMIT_BYTES": str(UPLOAD_LIMIT),
+        "CASTRAY_ENABLE_FAULT_INJECTION": "1",
+    }
+    server = start_server(data, "--ray-address", cluster.address, env=env)
+    try:
+        server.wait_alive(3)
+        with server.client() as client:
+            worker = server.nodes()[DST_A]["ray_node_id"]
+            created = client.post("/api/nodes", json={"node_id": "side", "ray_node_id": worker})
+            assert created.status_code == 201, created.text
+        yield server
+    finally:
+        server.stop()
+
+
+def _path(server: CastRayServer, node: str, name: str) -> Path:
+    return Path(server.nodes()[node]["storage_dir"]) / name
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5])
+def test_unicast_between_nodes_is_byte_identical(server: CastRayServer, size: int) -> None:
+    data = tx.random_bytes(size)
+    name = f"uni-{size}.bin"
+    uploaded = tx.upload_bytes(server, name, data)
+
+    done = tx.send(server, source_node=SRC, file=name, mode="unicast", recipients=[DST_A])
+
+    assert done["status"] == "completed", done
+    recipient = done["recipients"][DST_A]
+    assert recipient["status"] == "completed"
+    assert recipient["bytes_done"] == size
+    assert Path(recipient["path"]).read_bytes() == data
+    assert done["file"] == {"name": name, "size": size, "blake3": uploaded["blake3"]}
+    assert done["bytes_total"] == size
+    assert done["finished_at"] >= done["started_at"]
+    assert tx.leftovers(Path(recipient["path"]).parent) == []
+
+
+def test_broadcast_reaches_every_other_endpoint_and_the_source_sends_once(
+    server: CastRayServer,
+) -> None:
+    data = tx.random_bytes(5 * CHUNK + 3)
+    tx.upload_bytes(server, "bcast.bin", data)
+    sent_before = server.nodes()[SRC]["counters"]["bytes_sent"]
+
+    done = tx.send(server, source_node=SRC, file="bcast.bin", mode="broadcast")
+
+    assert done["status"] == "completed", done
+    assert set(done["recipients"]) == {DST_A, DST_B, "side"}
+    for state in done["recipients"].values():
+        assert Path(state["path"]).read_bytes() == data
+    egress = wait_for(
+        lambda: server.nodes()[SRC]["counters"]["bytes_sent"] - sent_before,
+        10,
+        "the source's counter",
+    )
+    assert egress == len(data)
+
+
+def test_multicast_to_a_group_and_counters_count_verified_bytes(server: CastRayServer) -> None:
+    data = tx.random_bytes(2 * CHUNK)
+    tx.upload_bytes(server, "group.bin", data)
+    assert (
+        tx.post(server, "/api/groups", {"name": "pair", "members": [DST_A, DST_B]}).status_code
+        == 201
+    )
+    before = {n: server.nodes()[n]["counters"]["bytes_received"] for n in (DST_A, DST_B)}
+
+    done = tx.send(server, source_node=SRC, file="group.bin", mode="multicast", group="pair")
+
+    assert done["status"] == "completed", done
+    assert set(done["recipients"]) == {DST_A, DST_B}
+    for node in (DST_A, DST_B):
+        assert _path(server, node, "group.bin").read_bytes() == data
+        wait_for(
+            lambda node=node: (
+                server.nodes()[node]["counters"]["bytes_received"] == before[node] + len(data)
+            ),
+            10,
+            f"{node}'s received counter",
+        )
+
+
+def test_a_few_hundred_megabytes_arrive_intact(server: CastRayServer) -> None:
+    with server.client() as client:
+        made = client.post(
+            "/api/file-generator/create",
+            json={"size": "200MB", "content_type": "random", "name": "big.bin"},
+        )
+    assert made.status_code == 201, made.text
+
+    done = tx.send(server, source_node=SRC, file="big.bin", recipients=[DST_B], timeout=600)
+
+    assert done["status"] == "completed", done
+    arrived = Path(done["recipients"][DST_B]["path"])
+    assert arrived.stat().st_size == 200 * 1024 * 1024
+    assert blake3.blake3(arrived.read_bytes()).hexdigest() == made.json()["blake3"]
+    assert done["throughput_bps"] > 0
+
+
+def test_a_chunk_corrupted_in_flight_is_detected_and_sent_again(server: CastRayServer) -> None:
+    data = tx.random_bytes(4 * CHUNK)
+    tx.upload_bytes(server, "flaky.bin", data)
+    with server.client() as client:
+        assert (
+            client.post(f"/api/nodes/{DST_B}/faults", json={"corrupt_chunks": 2}).status_code == 204
+        )
+
+    done = tx.send(server, source_node=SRC, file="flaky.bin", recipients=[DST_B])
+
+    assert done["status"] == "completed", done
+    assert done["chunks_resent"] == 2
+    assert _path(server, DST_B, "flaky.bin").read_bytes() == data
+
+
+def test_a_file_in_the_source_storage_can_be_sent_on(server: CastRayServer) -> None:
+    data = tx.random_bytes(CHUNK + 7)
+    tx.upload_bytes(server, "hop.bin", data)
+    tx.send(server, source_node=SRC, file="hop.bin", recipients=[DST_A])
+
+    done = tx.send(server, source_node=DST_A, file="hop.bin", recipients=[DST_B])
+
+    assert done["status"] == "completed", done
+    assert done["file"]["blake3"] == blake3.blake3(data).hexdigest()
+    assert _path(server, DST_B, "hop.bin").read_bytes() == data
+
+
+def test_cancel_stops_the_transfer_and_leaves_no_partial_file(server: CastRayServer) -> None:
+    with server.client() as client:
+        made = client.post(
+            "/api/file-generator/create",
+            json={"size": "300MB", "content_type": "pattern", "name": "slow.bin"},
+        )
+        assert made.status_code == 201
+        transfer_id = tx.start(server, source_node=SRC, file="slow.bin", recipients=[DST_A])
+
+        cancelled = client.delete(f"/api/transfers/{transfer_id}")
+
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    assert cancelled.json()["recipients"][DST_A]["status"] == "cancelled"
+    storage = _path(server, DST_A, "slow.bin").parent
+    wait_for(lambda: tx.leftovers(storage) == [], 30, "partial files to be removed")
+    assert not (storage / "slow.bin").exists()
+
+
+def test_prototype_endpoints_keep_working(server: CastRayServer) -> None:
+    tx.upload_bytes(server, "manual.bin", b"manual transfer")
+
+    accepted = tx.post(
+        server,
+        "/api/file-transfers/manual",
+        {"sender_id": SRC, "file_name": "manual.bin", "recipients": [DST_A, DST_B]},
+    )
+
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["success"] is True
+    done = tx.wait_finished(server, accepted.json()["transfer_id"])
+    assert done["mode"] == "multicast"
+    assert done["status"] == "completed"
+    with server.client() as client:
+        status = client.get("/api/file-transfers/status").json()
+        toggled = client.post(
+            "/api/file-transfers/auto/toggle", json={"node_id": DST_A, "enabled": True}
+        )
+        assert toggled.json() == {"success": True, "node_id": DST_A, "enabled": True}
+        assert client.get("/api/file-transfers/status").json()["auto_transfer"][DST_A] is True
+        client.post("/api/file-transfers/auto/toggle", json={"node_id": DST_A, "enabled": False})
+    assert done["id"] in {t["id"] for t in status["recent_transfers"]}
+
+
+def test_history_lists_newest_first_with_pagination(server: CastRayServer) -> None:
+    with server.client() as client:
+        first = client.get("/api/transfers", params={"limit": 2}).json()
+        second = client.get("/api/transfers", params={"limit": 2, "offset": 2}).json()
+
+    assert first["total"] >= 4
+    assert len(first["transfers"]) == 2
+    stamps = [t["created_at"] for t in first["transfers"] + second["transfers"]]
+    assert stamps == sorted(stamps, reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"source_node": "ghost", "file": "uni-1.bin", "recipients": [DST_A]}, 404, "ghost"),
+        ({"source_node": SRC, "file": "uni-1.bin", "recipients": ["ghost"]}, 404, "ghost"),
+        ({"source_node": SRC, "file": "missing.bin", "recipients": [DST_A]}, 404, "missing.bin"),
+        (
+            {"source_node": SRC, "file": "uni-1.bin", "mode": "multicast", "recipients": []},
+            422,
+            "recipients",
+        ),
+        ({"source_node": SRC, "file": "uni-1.bin", "recipients": [SRC]}, 422, "source"),
+        (
+            {"source_node": SRC, "file": "uni-1.bin", "mode": "multicast", "group": "nope"},
+            404,
+            "group",
+        ),
+        ({"source_node": SRC, "file": "../etc/passwd", "recipients": [DST_A]}, 404, "'..'"),
+        ({"source_node": SRC, "file": "uni-1.bin", "mode": "sideways"}, 422, "mode"),
+    ],
+)
+def test_bad_transfer_requests_get_clear_errors(
+    server: CastRayServer, body: dict[str, object], status: int, says: str
+) -> None:
+    before = server.status()["total_nodes"]
+
+    response = tx.post(server, "/api/transfers", body)
+
+    assert response.status_code == status, response.text
+    assert says in response.json()["detail"]
+    assert server.status()["total_nodes"] == before
+
+
+@pytest.mark.parametrize("name", ["../up.bin", "a/b.bin", "a\\b.bin", ".hidden", "..", "x..y"])
+def test_upload_with_a_bad_name_is_rejected_and_stores_nothing(
+    server: CastRayServer, name: str
+) -> None:
+    with server.client() as client:
+        before = client.get("/api/files").json()
+        response = client.post("/api/upload", files={"file": (name, b"x")})
+        after = client.get("/api/files").json()
+
+    assert response.status_code == 400, response.text
+    assert "file name" in response.json()["detail"]
+    assert after == before
+
+
+def test_upload_over_the_limit_is_413_and_stores_nothing(server: CastRayServer) -> None:
+    with server.client() as client:
+        response = client.post(
+            "/api/upload", files={"file": ("huge.bin", b"x" * (UPLOAD_LIMIT + 1))}
+        )
+        names = {f["name"] for f in client.get("/api/files").json()}
+
+    assert response.status_code == 413
+    assert "huge.bin" not in names
+    assert not [p for p in (server.data_dir / "library").iterdir() if p.name.endswith(".part")]
+
+
+def test_library_lists_downloads_and_deletes(server: CastRayServer) -> None:
+    tx.upload_bytes(server, "lib.txt", b"library content")
+    with server.client() as client:
+        listed = {f["name"]: f for f in client.get("/api/files").json()}
+        downloaded = client.get("/api/files/lib.txt")
+        deleted = client.delete("/api/files/lib.txt")
+        gone = client.get("/api/files/lib.txt")
+
+    assert listed["lib.txt"]["size"] == len(b"library content")
+    assert downloaded.content == b"library content"
+    assert deleted.status_code == 204
+    assert gone.status_code == 404
+
+
+def test_generator_makes_files_of_the_asked_size_and_kind(server: CastRayServer) -> None:
+    with server.client() as client:
+        presets = client.get("/api/file-generator/presets").json()
+        text = client.post(
+            "/api/file-generator/create",
+            json={"size": "1.5KB", "content_type": "text", "name": "t.txt"},
+        )
+        pattern = client.post(
+            "/api/file-generator/create", json={"size": 1000, "content_type": "pattern"}
+        )
+        bad = client.post("/api/file-generator/create", json={"size": "12 parsecs"})
+        body = client.get("/api/file-generator/download/t.txt").content
+        info = client.get("/api/file-generator/info").json()
+
+    assert presets["tiny"] == 1024 and presets["massive"] == 100 * 1024 * 1024
+    assert text.status_code == 201 and text.json()["size"] == 1536
+    assert body.startswith(b"CastRay test data") and len(body) == 1536
+    assert pattern.json()["size"] == 1000
+    assert bad.status_code == 422 and "size" in bad.json()["detail"]
+    assert info["library_files"] >= 2
+
+
+def test_create_and_transfer_sends_the_new_file(server: CastRayServer) -> None:
+    response = tx.post(
+        server,
+        "/api/file-generator/create-and-transfer",
+        {
+            "size": "300KB",
+            "content_type": "random",
+            "name": "made.bin",
+            "source_node": SRC,
+            "recipients": [DST_B],
+        },
+    )
+
+    assert response.status_code == 202, response.text
+    done = tx.wait_finished(server, response.json()["transfer"]["transfer_id"])
+    assert done["status"] == "completed"
+    assert (
+        blake3.blake3(_path(server, DST_B, "made.bin").read_bytes()).hexdigest()
+        == response.json()["file"]["blake3"]
+    )
+
+
+def test_messages_reach_every_recipient_through_their_actors(server: CastRayServer) -> None:
+    unicast = tx.post(
+        server,
+        "/api/send",
+        {"cast_type": "unicast", "content": "hi", "sender": SRC, "recipients": [DST_A]},
+    )
+    group = tx.post(
+        server,
+        "/api/send",
+        {
+            "cast_type": "multicast",
+            "message_type": "json",
+            "content": {"k": [1, 2]},
+            "sender": SRC,
+            "group_id": "pair",
+        },
+    )
+    everyone = tx.post(
+        server, "/api/send", {"cast_type": "broadcast", "content": "all", "sender": DST_B}
+    )
+
+    assert unicast.json()["delivered"] == [DST_A]
+    assert sorted(group.json()["delivered"]) == sorted([DST_A, DST_B])
+    assert sorted(everyone.json()["delivered"]) == sorted([SRC, DST_A, "side"])
+    with server.client() as client:
+        inbox = client.get(f"/api/nodes/{DST_A}/messages", params={"count": 3}).json()
+    assert [m["content"] for m in inbox] == ["all", {"k": [1, 2]}, "hi"]
+    assert inbox[0]["sender"] == DST_B
+
+
+def test_a_recipient_whose_node_dies_fails_while_the_others_complete(
+    server: CastRayServer, cluster: RayCluster
+) -> None:
+    with server.client() as client:
+        made = client.post(
+            "/api/file-generator/create",
+            json={"size": "400MB", "content_type": "pattern", "name": "doomed.bin"},
+        )
+    assert made.status_code == 201
+    transfer_id = tx.start(
+        server, source_node=SRC, file="doomed.bin", mode="multicast", recipients=[DST_A, DST_B]
+    )
+    wait_for(
+        lambda: tx.get(server, transfer_id)["recipients"][DST_B]["bytes_done"] > 0,
+        60,
+        "the transfer to be under way",
+        interval=0.05,
+    )
+
+    next(r for r in cluster.raylets if r.ip == WORKER_B).stop()
+
+    done = tx.wait_finished(server, transfer_id, timeout=300)
+    assert done["status"] == "partially_failed", done
+    assert done["recipients"][DST_B]["status"] == "failed"
+    assert done["recipients"][DST_B]["error"]
+    assert done["recipients"][DST_A]["status"] == "completed"
+    arrived = Path(done["recipients"][DST_A]["path"])
+    assert blake3.blake3(arrived.read_bytes()).hexdigest() == made.json()["blake3"]
+    wait_for(lambda: server.nodes()[DST_B]["status"] == "dead", 30, f"{DST_B} to be dead")

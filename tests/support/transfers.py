@@ -1,0 +1,63 @@
+"""Driving transfers through the REST API as a user would, and checking what arrived."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.server import CastRayServer
+from tests.support.waiting import wait_for
+
+FINISHED = {"completed", "partially_failed", "failed", "cancelled", "interrupted"}
+
+
+def upload_bytes(server: CastRayServer, name: str, data: bytes) -> dict[str, Any]:
+    with server.client() as client:
+        response = client.post("/api/upload", files={"file": (name, data)})
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def start(server: CastRayServer, **body: Any) -> str:
+    with server.client() as client:
+        response = client.post("/api/transfers", json=body)
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "queued"
+    return str(response.json()["transfer_id"])
+
+
+def get(server: CastRayServer, transfer_id: str) -> dict[str, Any]:
+    with server.client() as client:
+        response = client.get(f"/api/transfers/{transfer_id}")
+    response.raise_for_status()
+    return dict(response.json())
+
+
+def wait_finished(server: CastRayServer, transfer_id: str, timeout: float = 180) -> dict[str, Any]:
+    return wait_for(
+        lambda: (t := get(server, transfer_id))["status"] in FINISHED and t,
+        timeout,
+        f"transfer {transfer_id} to finish",
+        interval=0.2,
+    )
+
+
+def send(server: CastRayServer, timeout: float = 180, **body: Any) -> dict[str, Any]:
+    return wait_finished(server, start(server, **body), timeout)
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Temporary files a transfer left behind (there must be none)."""
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".part"))
+
+
+def post(server: CastRayServer, path: str, body: Any) -> httpx.Response:
+    with server.client() as client:
+        return client.post(path, json=body)
+
+
+def random_bytes(size: int) -> bytes:
+    return os.urandom(size)
