@@ -162,6 +162,7 @@ class TransferProgress(_Message):
 
     kind: Literal["transfer_progress"] = "transfer_progress"
     transfer_id: str
+    bytes_total: int
     bytes_done: dict[str, int]
 
 
@@ -179,6 +180,7 @@ class TransferFinished(_Message):
 
     kind: Literal["transfer_finished"] = "transfer_finished"
     transfer_id: str
+    size: int
     blake3: str | None
     cancelled: bool = False
     error: str | None = None

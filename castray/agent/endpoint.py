@@ -15,7 +15,7 @@ import contextlib
 import os
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,27 @@ MESSAGES_KEPT = 1000
 
 
 @dataclass
+class _Running:
+    """A BLAKE3 of the bytes seen so far, as long as they came in order from the start."""
+
+    hasher: Any = field(default_factory=lambda: blake3.blake3(max_threads=HASH_THREADS))
+    upto: int = 0
+
+    def feed(self, offset: int, data: np.ndarray) -> None:
+        if offset == self.upto:
+            self.hasher.update(data.data)
+            self.upto += len(data)
+
+    def digest(self, size: int) -> str | None:
+        """The whole digest if every byte was fed in order, else None."""
+        return str(self.hasher.hexdigest()) if self.upto == size else None
+
+
+@dataclass
 class _Source:
     file: Any
     size: int
-    hasher: Any
-    hashed_upto: int = 0
+    running: _Running | None
 
 
 @dataclass
@@ -43,6 +59,7 @@ class _Sink:
     temp: Path
     final: Path
     size: int
+    running: _Running = field(default_factory=_Running)
 
 
 class Endpoint:
@@ -70,12 +87,12 @@ class Endpoint:
 
     # ---- sending -------------------------------------------------------------------
 
-    def open_source(self, transfer_id: str, path: str) -> int:
+    def open_source(self, transfer_id: str, path: str, hash_whole: bool) -> int:
         """Open a file to send: an absolute path, or one relative to this storage dir."""
         resolved = self._source_path(path)
         handle = resolved.open("rb")
         size = os.fstat(handle.fileno()).st_size
-        self._sources[transfer_id] = _Source(handle, size, blake3.blake3(max_threads=HASH_THREADS))
+        self._sources[transfer_id] = _Source(handle, size, _Running() if hash_whole else None)
         return size
 
     def read_chunk(self, transfer_id: str, offset: int, length: int) -> tuple[np.ndarray, str]:
@@ -85,20 +102,17 @@ class Endpoint:
         got = os.preadv(source.file.fileno(), [data.data], offset)
         if got != length:
             raise OSError(f"file shrank while being sent: wanted {length} bytes at {offset}")
-        if offset == source.hashed_upto:
-            source.hasher.update(data.data)
-            source.hashed_upto += length
+        if source.running is not None:
+            source.running.feed(offset, data)
         return data, blake3.blake3(data.data).hexdigest()
 
     def close_source(self, transfer_id: str) -> str | None:
-        """Close the file; its BLAKE3 if every byte was read in order, else None."""
+        """Close the file; its BLAKE3 if it was hashed whole (every byte read in order)."""
         source = self._sources.pop(transfer_id, None)
         if source is None:
             return None
         source.file.close()
-        if source.hashed_upto != source.size:
-            return None
-        return str(source.hasher.hexdigest())
+        return source.running.digest(source.size) if source.running is not None else None
 
     def _source_path(self, path: str) -> Path:
         candidate = Path(path)
@@ -155,6 +169,7 @@ class Endpoint:
             return {"status": "error", "error": f"write failed: {exc.strerror or exc}"}, None
         if written != len(data):
             return {"status": "error", "error": "short write: is the disk full?"}, None
+        sink.running.feed(offset, data)
         return {"status": "ok", "bytes": len(data)}, (data if forward else None)
 
     def commit_sink(self, transfer_id: str, expected: str) -> dict[str, Any]:
@@ -168,7 +183,9 @@ class Endpoint:
             self._discard(sink)
             return {"ok": False, "error": f"fsync failed: {exc.strerror or exc}"}
         os.close(sink.fd)
-        actual = file_blake3(sink.temp)
+        # Chunks that came in order were hashed as they were written; a retried chunk breaks
+        # the order, and then the file is read back and hashed whole.
+        actual = sink.running.digest(sink.size) or file_blake3(sink.temp)
         if actual != expected:
             sink.temp.unlink(missing_ok=True)
             return {"ok": False, "error": f"whole-file BLAKE3 {actual} is not {expected}"}

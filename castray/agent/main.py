@@ -91,6 +91,7 @@ class Agent:
         self._pool = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="request")
         self._transfer_pool = ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="transfer")
         self._transfers: dict[str, TransferRun] = {}
+        self._starting: dict[int, TransferRun] = {}
 
     def run(self) -> None:
         self._wire.send(Ready(ray=self._fleet.refresh()))
@@ -128,7 +129,7 @@ class Agent:
 
     def _answer(self, request: Request) -> None:
         try:
-            result = self._dispatch(request.body)
+            result = self._dispatch(request.id, request.body)
         except CastRayError as exc:
             reply = Reply(id=request.id, error_code=exc.code, error_message=exc.message)
         except Exception as exc:
@@ -137,8 +138,18 @@ class Agent:
         else:
             reply = Reply(id=request.id, result=result)
         self._wire.send(reply)
+        # A transfer starts only after its reply is on the wire, so the server always learns
+        # of it before any of its progress.
+        started = (
+            self._starting.pop(request.id, None)
+            if isinstance(request.body, StartTransfer)
+            else None
+        )
+        if started is not None and reply.error_code is None:
+            self._transfers[started.spec.transfer_id] = started
+            self._transfer_pool.submit(started.run)
 
-    def _dispatch(self, body: Any) -> dict[str, Any]:
+    def _dispatch(self, request_id: int, body: Any) -> dict[str, Any]:
         if isinstance(body, CreateEndpoint):
             state = self._fleet.create_named(body.endpoint_id, body.ray_node_id)
             return {"endpoint": state.model_dump(mode="json")}
@@ -146,7 +157,7 @@ class Agent:
             self._fleet.remove(body.endpoint_id)
             return {}
         if isinstance(body, StartTransfer):
-            return {"size": self._start_transfer(body)}
+            return {"size": self._open_transfer(request_id, body)}
         if isinstance(body, CancelTransfer):
             run = self._transfers.get(body.transfer_id)
             if run is None:
@@ -163,7 +174,8 @@ class Agent:
             return {}
         raise CastRayError(f"unknown operation {body.op!r}")
 
-    def _start_transfer(self, spec: StartTransfer) -> int:
+    def _open_transfer(self, request_id: int, spec: StartTransfer) -> int:
+        """Open the source file; the transfer itself starts once the reply is sent."""
         from castray.agent.relay import TransferRun
 
         source = self._fleet.handle(spec.source)
@@ -175,8 +187,7 @@ class Agent:
             raise FileMissing(f"{spec.path!r} does not exist on {spec.source}") from exc
         except (PermissionError, IsADirectoryError) as exc:
             raise InvalidRequest(f"cannot send {spec.path!r} from {spec.source}: {exc}") from exc
-        self._transfers[spec.transfer_id] = run
-        self._transfer_pool.submit(run.run)
+        self._starting[request_id] = run
         return size
 
     def _on_transfer_message(self, message: Any) -> None:

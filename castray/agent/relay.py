@@ -90,7 +90,9 @@ class TransferRun:
 
     def open(self) -> int:
         """Open the file at the source; raises the source's error (e.g. FileNotFoundError)."""
-        ref = self._source.open_source.remote(self.spec.transfer_id, self.spec.path)
+        # A library file's BLAKE3 is known; only other files are hashed whole at the source.
+        hash_whole = self.spec.expected_blake3 is None
+        ref = self._source.open_source.remote(self.spec.transfer_id, self.spec.path, hash_whole)
         try:
             self._size = int(ray.get(ref, timeout=CONTROL_TIMEOUT))
         except ray.exceptions.RayTaskError as exc:
@@ -120,6 +122,7 @@ class TransferRun:
             self._emit(
                 TransferFinished(
                     transfer_id=self.spec.transfer_id,
+                    size=self._size,
                     blake3=whole or self.spec.expected_blake3,
                     cancelled=self._cancelled.is_set(),
                     error=error,
@@ -301,6 +304,7 @@ class TransferRun:
         self._emit(
             TransferProgress(
                 transfer_id=self.spec.transfer_id,
+                bytes_total=self._size,
                 bytes_done={r.id: r.bytes_done for r in self._recipients},
             )
         )

@@ -23,6 +23,7 @@ from castray.server.transfers import TransferService
 log = logging.getLogger(__name__)
 
 SIZES = [PRESETS["small"], PRESETS["medium"], PRESETS["large"]]
+DEMO_FILE_TIMEOUT = 120.0
 
 
 class Autopilot:
@@ -40,16 +41,18 @@ class Autopilot:
         self._enabled: dict[str, bool] = {}
         self._everyone = settings.demo_traffic
         self._task: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
         self._rng = random.Random()  # noqa: S311 - picks demo peers, nothing secret
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="autopilot")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, *self._sending]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def set(self, node_id: str, enabled: bool) -> None:
         self._registry.node(node_id)
@@ -63,7 +66,9 @@ class Autopilot:
             await asyncio.sleep(self._settings.auto_transfer_interval)
             for node_id, on in self.enabled().items():
                 if on:
-                    await self._send_from(node_id)
+                    task = asyncio.create_task(self._send_from(node_id))
+                    self._sending.add(task)
+                    task.add_done_callback(self._sending.discard)
 
     async def _send_from(self, node_id: str) -> None:
         try:
@@ -82,10 +87,15 @@ class Autopilot:
         name = f"auto_{node_id}_{self._rng.randrange(16**8):08x}.bin"
         try:
             await asyncio.to_thread(generate, self._library, size, ContentType.RANDOM, name)
-            await self._transfers.start(
+            started = await self._transfers.start(
                 TransferCreate(
                     source_node=node_id, file=name, mode=TransferMode.UNICAST, recipients=[peer.id]
                 )
             )
-        except CastRayError as exc:
-            log.info("autonomous transfer from %s not started: %s", node_id, exc.message)
+            # The demo file has done its job once sent; keep the library for users' files.
+            await self._transfers.wait(started.id, timeout=DEMO_FILE_TIMEOUT)
+        except (CastRayError, TimeoutError) as exc:
+            log.info("autonomous transfer from %s: %s", node_id, exc)
+        finally:
+            with contextlib.suppress(CastRayError, OSError):
+                await asyncio.to_thread(self._library.delete, name)

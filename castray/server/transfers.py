@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
@@ -85,6 +86,7 @@ class TransferService:
         self._events = events
         self._groups = groups
         self._live: dict[str, _Live] = {}
+        self._history_writer = ThreadPoolExecutor(1, thread_name_prefix="history")
         supervisor.on_transfer_message = self._on_agent_message
 
     # ---- requests ----------------------------------------------------------------------
@@ -114,6 +116,7 @@ class TransferService:
             recipients={r.id: RecipientState(status=RecipientStatus.PENDING) for r in recipients},
             bytes_total=size or 0,
             created_at=now,
+            started_at=now,
         )
         live = _Live(transfer, source.cluster, dict(transfer.recipients))
         self._live[transfer.id] = live
@@ -134,15 +137,12 @@ class TransferService:
         except Exception:
             self._live.pop(transfer.id, None)
             raise
-        size = int(result["size"])
-        self._update(
-            live,
-            file=transfer.file.model_copy(update={"size": size}),
-            bytes_total=size,
-            started_at=datetime.now(timezone.utc),
-        )
-        await asyncio.to_thread(self._history.save, live.transfer)
-        self._events.publish("transfer_started", transfer=live.transfer.model_dump(mode="json"))
+        # The agent's first reports may have been handled already (even its last, for a
+        # small file): the sized snapshot is saved only while the transfer is still live.
+        if transfer.id in self._live:
+            self._sized(live, int(result["size"]))
+            self._events.publish("transfer_started", transfer=live.transfer.model_dump(mode="json"))
+            await self._save(live.transfer)
         return live.transfer
 
     async def cancel(self, transfer_id: str) -> Transfer:
@@ -213,7 +213,19 @@ class TransferService:
         else:
             self._finished(live, message)
 
+    def _sized(self, live: _Live, size: int) -> None:
+        if live.transfer.bytes_total != size:
+            self._update(
+                live, bytes_total=size, file=live.transfer.file.model_copy(update={"size": size})
+            )
+
+    def _save(self, snapshot: Transfer) -> asyncio.Future[None]:
+        """Write to the history on one thread, so writes land in the order they were made."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._history_writer, self._history.save, snapshot)
+
     def _progress(self, live: _Live, message: TransferProgress) -> None:
+        self._sized(live, message.bytes_total)
         for rid, done in message.bytes_done.items():
             state = live.recipients.get(rid)
             if state is not None and state.status in (
@@ -260,6 +272,7 @@ class TransferService:
         )
 
     def _finished(self, live: _Live, message: TransferFinished) -> None:
+        self._sized(live, message.size)
         recipients = dict(live.recipients)
         for rid, state in recipients.items():
             if state.status in (RecipientStatus.PENDING, RecipientStatus.RUNNING):
@@ -297,9 +310,7 @@ class TransferService:
         del self._live[live.transfer.id]
         live.done.set()
         snapshot = live.transfer
-        saving = asyncio.to_thread(self._history.save, snapshot)
-        task = asyncio.get_running_loop().create_task(saving)
-        task.add_done_callback(_log_failure)
+        self._save(snapshot).add_done_callback(_log_failure)
         self._events.publish("transfer_finished", transfer=snapshot.model_dump(mode="json"))
 
     def _update(self, live: _Live, **changes: object) -> None:
@@ -313,8 +324,9 @@ class TransferService:
                 status=TransferStatus.INTERRUPTED,
                 error="CastRay stopped while this transfer was in flight",
             )
-            await asyncio.to_thread(self._history.save, live.transfer)
+            await self._save(live.transfer)
         self._live.clear()
+        self._history_writer.shutdown(wait=True)
 
 
 def _same_cluster(source: Node, recipients: list[Node]) -> None:
@@ -332,6 +344,6 @@ def _chain_order(recipients: list[Node]) -> list[Node]:
     return sorted(recipients, key=lambda n: (n.address, n.ray_node_id, n.id))
 
 
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("could not save a transfer to the history: %s", task.exception())
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("could not save a transfer to the history: %s", future.exception())

@@ -55,6 +55,7 @@ class RayCluster:
     port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
     auth_token: str | None = None
+    object_store_bytes: int = 200 * 1024 * 1024
     raylets: list[Raylet] = field(default_factory=list)
     _temp_dirs: list[Path] = field(default_factory=list)
 
@@ -130,7 +131,7 @@ class RayCluster:
             f"--temp-dir={temp_dir}",
             f"--num-cpus={num_cpus}",
             f"--dashboard-agent-listen-port={free_port()}",
-            f"--object-store-memory={200 * 1024 * 1024}",
+            f"--object-store-memory={self.object_store_bytes}",
             *extra,
         ]
         with log.open("ab") as out:
