@@ -5,6 +5,11 @@ no CPU, so it never competes with the cluster's own work for scheduling. Its met
 that node: reading a file being sent, writing, verifying and committing a file being
 received, relaying chunks down a multicast chain, and keeping received messages.
 
+Methods run one at a time in submission order (Ray's default group), which the relay relies
+on; two groups of their own keep slow or urgent work out of that line: ``commit`` (fsync and
+the final check, several at once) and ``control`` (liveness probes and messages, never
+queued behind a file's chunks).
+
 Chunks travel as NumPy ``uint8`` arrays: Ray hands them to the receiver straight out of the
 object store, without a copy, and ``os.pwrite`` and BLAKE3 take them as buffers.
 """
@@ -74,6 +79,7 @@ class Endpoint:
         self._messages: deque[dict[str, Any]] = deque(maxlen=MESSAGES_KEPT)
         self._corrupt_next = 0
 
+    @ray.method(concurrency_group="control")
     def describe(self) -> dict[str, Any]:
         """Where this endpoint really runs; proves the actor is up."""
         context = ray.get_runtime_context()
@@ -172,6 +178,7 @@ class Endpoint:
         sink.running.feed(offset, data)
         return {"status": "ok", "bytes": len(data)}, (data if forward else None)
 
+    @ray.method(concurrency_group="commit")
     def commit_sink(self, transfer_id: str, expected: str) -> dict[str, Any]:
         """fsync, check the whole file's BLAKE3 on disk, then rename it into place."""
         sink = self._sinks.pop(transfer_id, None)
@@ -212,9 +219,11 @@ class Endpoint:
 
     # ---- messages ------------------------------------------------------------------
 
+    @ray.method(concurrency_group="control")
     def receive_message(self, message: dict[str, Any]) -> None:
         self._messages.append({**message, "received_at": time.time()})
 
+    @ray.method(concurrency_group="control")
     def messages(self, count: int) -> list[dict[str, Any]]:
         """The newest ``count`` messages, newest first."""
         return list(reversed(self._messages))[:count]
@@ -229,4 +238,9 @@ def _fsync_dir(directory: Path) -> None:
 
 
 # A Ray actor class; typed Any because Ray's decorator erases the methods' types.
-EndpointActor: Any = ray.remote(num_cpus=0, max_restarts=0)(Endpoint)
+_ACTOR_OPTIONS: dict[str, Any] = {
+    "num_cpus": 0,
+    "max_restarts": 0,
+    "concurrency_groups": {"commit": 4, "control": 2},
+}
+EndpointActor: Any = ray.remote(**_ACTOR_OPTIONS)(Endpoint)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -21,54 +22,23 @@ from castray.server.transfers import TransferService
 _bearer = HTTPBearer(auto_error=False, description="Required when CastRay runs with --token.")
 
 
-async def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def _from_state(attribute: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency that hands out one of the objects ``create_app``'s lifespan built."""
+
+    async def dependency(request: Request) -> Any:
+        return getattr(request.app.state, attribute)
+
+    return dependency
 
 
-async def _registry(request: Request) -> Registry:
-    registry: Registry = request.app.state.registry
-    return registry
-
-
-async def _supervisor(request: Request) -> Supervisor:
-    supervisor: Supervisor = request.app.state.supervisor
-    return supervisor
-
-
-async def _library(request: Request) -> Library:
-    library: Library = request.app.state.library
-    return library
-
-
-async def _transfers(request: Request) -> TransferService:
-    service: TransferService = request.app.state.transfers
-    return service
-
-
-async def _groups(request: Request) -> GroupService:
-    service: GroupService = request.app.state.groups
-    return service
-
-
-async def _messages(request: Request) -> MessageService:
-    service: MessageService = request.app.state.messages
-    return service
-
-
-async def _autopilot(request: Request) -> Autopilot:
-    autopilot: Autopilot = request.app.state.autopilot
-    return autopilot
-
-
-SettingsDep = Annotated[Settings, Depends(_settings)]
-LibraryDep = Annotated[Library, Depends(_library)]
-TransfersDep = Annotated[TransferService, Depends(_transfers)]
-GroupsDep = Annotated[GroupService, Depends(_groups)]
-MessagesDep = Annotated[MessageService, Depends(_messages)]
-AutopilotDep = Annotated[Autopilot, Depends(_autopilot)]
-RegistryDep = Annotated[Registry, Depends(_registry)]
-SupervisorDep = Annotated[Supervisor, Depends(_supervisor)]
+SettingsDep = Annotated[Settings, Depends(_from_state("settings"))]
+RegistryDep = Annotated[Registry, Depends(_from_state("registry"))]
+SupervisorDep = Annotated[Supervisor, Depends(_from_state("supervisor"))]
+LibraryDep = Annotated[Library, Depends(_from_state("library"))]
+TransfersDep = Annotated[TransferService, Depends(_from_state("transfers"))]
+GroupsDep = Annotated[GroupService, Depends(_from_state("groups"))]
+MessagesDep = Annotated[MessageService, Depends(_from_state("messages"))]
+AutopilotDep = Annotated[Autopilot, Depends(_from_state("autopilot"))]
 
 
 async def require_token(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.raycluster import RayCluster
+from tests.support.raycluster import RayCluster, running_cluster
 from tests.support.server import CastRayServer, start_server
 from tests.support.waiting import wait_for
 
@@ -18,14 +18,9 @@ HEAD, WORKER_A, WORKER_B, LATE = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    ray = RayCluster(HEAD, tmp_path_factory.mktemp("home-cluster"))
-    try:
-        ray.start_head()
-        ray.add_worker(WORKER_A)
-        ray.add_worker(WORKER_B)
+    root = tmp_path_factory.mktemp("home-cluster")
+    with running_cluster(root, HEAD, WORKER_A, WORKER_B) as ray:
         yield ray
-    finally:
-        ray.stop()
 
 
 @pytest.fixture(scope="module")

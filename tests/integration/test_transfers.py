@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import blake3
 import pytest
 
 from tests.support import transfers as tx
-from tests.support.raycluster import RayCluster
+from tests.support.raycluster import RayCluster, running_cluster
 from tests.support.server import CastRayServer, start_server
 from tests.support.waiting import wait_for
 
@@ -23,14 +24,9 @@ UPLOAD_LIMIT = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    ray = RayCluster(HEAD, tmp_path_factory.mktemp("transfer-cluster"))
-    try:
-        ray.start_head()
-        ray.add_worker(WORKER_A)
-        ray.add_worker(WORKER_B)
+    root = tmp_path_factory.mktemp("transfer-cluster")
+    with running_cluster(root, HEAD, WORKER_A, WORKER_B) as ray:
         yield ray
-    finally:
-        ray.stop()
 
 
 @pytest.fixture(scope="module")
@@ -398,3 +394,49 @@ def test_a_recipient_whose_node_dies_fails_while_the_others_complete(
     arrived = Path(done["recipients"][DST_A]["path"])
     assert blake3.blake3(arrived.read_bytes()).hexdigest() == made.json()["blake3"]
     wait_for(lambda: server.nodes()[DST_B]["status"] == "dead", 30, f"{DST_B} to be dead")
+
+
+@pytest.fixture
+def tiny_disk_node(server: CastRayServer) -> Iterator[str]:
+    """A named endpoint whose storage is a 1 MiB tmpfs (needs root to mount)."""
+    storage = server.data_dir / "storage" / "tiny"
+    storage.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(storage)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        assert tx.post(server, "/api/nodes", {"node_id": "tiny"}).status_code == 201
+        yield "tiny"
+    finally:
+        with server.client() as client:
+            client.delete("/api/nodes/tiny")
+        subprocess.run(["umount", "-l", str(storage)], check=False)
+
+
+def test_a_recipient_whose_disk_fills_fails_while_the_others_complete(
+    server: CastRayServer, tiny_disk_node: str
+) -> None:
+    with server.client() as client:
+        made = client.post(
+            "/api/file-generator/create",
+            json={"size": "3MB", "content_type": "random", "name": "fat.bin"},
+        )
+    assert made.status_code == 201
+
+    done = tx.send(
+        server,
+        source_node=SRC,
+        file="fat.bin",
+        mode="multicast",
+        recipients=[DST_A, tiny_disk_node],
+    )
+
+    assert done["status"] == "partially_failed", done
+    failed = done["recipients"][tiny_disk_node]
+    assert failed["status"] == "failed"
+    assert "No space left" in failed["error"]
+    assert done["recipients"][DST_A]["status"] == "completed"
+    storage = server.data_dir / "storage" / tiny_disk_node
+    assert sorted(p.name for p in storage.iterdir()) == []

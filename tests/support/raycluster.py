@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,21 @@ class RayCluster:
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.auth_token}"} if self.auth_token else {}
+
+
+@contextmanager
+def running_cluster(
+    root: Path, head_ip: str, *worker_ips: str, **options: Any
+) -> Iterator[RayCluster]:
+    """A head and workers, started in order and stopped whatever happens."""
+    cluster = RayCluster(head_ip, root, **options)
+    try:
+        cluster.start_head()
+        for ip in worker_ips:
+            cluster.add_worker(ip)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
