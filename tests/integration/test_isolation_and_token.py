@@ -78,3 +78,13 @@ def test_ui_page_loads_without_token_and_asks_for_it(guarded_server: CastRayServ
 
     assert response.status_code == 200
     assert "Authorization" in response.text
+
+
+def test_open_api_on_a_public_interface_is_warned_about(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", "--host", "0.0.0.0")
+    try:
+        log = server.log.read_text()
+    finally:
+        server.stop()
+
+    assert "binding 0.0.0.0 without a token" in log
