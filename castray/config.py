@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     )
     agent_start_timeout: float = Field(120.0, gt=0, description="Seconds for an agent to connect.")
     agent_request_timeout: float = Field(60.0, gt=0, description="Seconds for an agent to answer.")
+    connect_timeout: float = Field(
+        10.0, gt=0, description="Seconds an external cluster gets to accept CastRay's driver."
+    )
     agent_stop_timeout: float = Field(10.0, gt=0, description="Grace before an agent is killed.")
 
     chunk_size: int = Field(

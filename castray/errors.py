@@ -9,6 +9,7 @@ into the same class.
     CastRayError
     ├── InvalidRequest          422  the request is well-formed but cannot be carried out
     ├── Unauthorized            401  a bearer token is required and was missing or wrong
+    ├── Forbidden               403  a token was given and refused (e.g. by a Ray cluster)
     ├── BadFileName             400  a file name with '/', '..', NUL or a control character
     ├── FileTooLarge            413  an upload over the size limit
     ├── NotFound                404
@@ -19,8 +20,10 @@ into the same class.
     │   └── GroupNotFound            no group with that name
     ├── Conflict                409
     │   ├── NodeExists               an endpoint with that id exists already
+    │   ├── VersionMismatch          a cluster runs another Ray version than CastRay
     │   └── NodeUnavailable          the endpoint is dead or not yet alive
     ├── ClusterUnavailable      503  the cluster's agent is starting, lost or gone
+    ├── ClusterUnreachable      502  nothing (or no Ray) answers at a cluster address
     ├── AgentFailure            502  the agent could not do what was asked
     │   └── AgentTimeout        504  the agent did not answer in time
     └── ServerUnreachable            (client side) no CastRay server answered
@@ -56,6 +59,13 @@ class Unauthorized(CastRayError):
     code = "unauthorized"
 
 
+class Forbidden(CastRayError):
+    """A token was given and refused."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(CastRayError):
     """The named thing does not exist."""
 
@@ -86,6 +96,19 @@ class NodeExists(Conflict):
     """An endpoint with that id exists already."""
 
     code = "node_exists"
+
+
+class VersionMismatch(Conflict):
+    """The cluster runs another Ray version than CastRay; a driver cannot join it."""
+
+    code = "version_mismatch"
+
+
+class ClusterUnreachable(CastRayError):
+    """Nothing, or nothing that speaks Ray, answers at the cluster address given."""
+
+    status_code = 502
+    code = "cluster_unreachable"
 
 
 class NodeUnavailable(Conflict):

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
 _ENDPOINT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -348,3 +348,80 @@ class ReceivedMessage(BaseModel):
     content: Any
     sent_at: float
     received_at: float
+
+
+# ---- external clusters -----------------------------------------------------------------
+
+
+class DiscoveredCluster(Snapshot):
+    """A Ray cluster found on this machine."""
+
+    gcs_address: str
+    dashboard_url: str | None
+    ray_version: str | None = None
+    session_name: str | None = None
+    temp_dir: str | None = None
+    local_node_ips: list[str] = Field(default_factory=list)
+    alive_nodes: int | None = None
+    resources: dict[str, float] = Field(default_factory=dict)
+    auth_required: bool | None = None
+    reachable: bool = False
+    connected: bool = False
+    detail: str | None = None
+
+
+class ConnectRequest(BaseModel):
+    """``POST /api/cluster/connect-external``: a dashboard URL or host:port, a GCS host:port,
+    or ray://host:port; ``ray_token`` for a cluster with Ray token authentication."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cluster_address: str
+    ray_token: SecretStr | None = None
+
+
+class ConnectResult(Snapshot):
+    success: bool = True
+    message: str
+    cluster: ClusterInfo
+    external_nodes: dict[str, Node]
+
+
+class DiscoverExternalResult(Snapshot):
+    """The manual's ``POST /api/cluster/discover-external`` answer."""
+
+    success: bool
+    message: str
+    discovered_clusters: list[DiscoveredCluster]
+    connected_cluster: str | None
+    external_nodes: dict[str, Node]
+
+
+class ExternalInfo(Snapshot):
+    """The manual's ``GET /api/cluster/external-info`` answer."""
+
+    is_connected: bool
+    connected_cluster: str | None
+    external_nodes: dict[str, Node]
+    clusters: list[ClusterInfo]
+
+
+class ExternalNodes(Snapshot):
+    """The manual's ``GET /api/nodes/external`` answer."""
+
+    success: bool = True
+    external_nodes: list[Node]
+    count: int
+
+
+class DisconnectResult(Snapshot):
+    success: bool = True
+    message: str
+    disconnected: list[str]
+
+
+class DiscoveryResult(Snapshot):
+    """``GET /api/cluster/discover``: clusters on this machine, nothing connected."""
+
+    clusters: list[DiscoveredCluster]
+    seconds: float

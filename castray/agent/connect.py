@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import ray
 
-from castray.errors import ClusterUnavailable, InvalidRequest
+from castray.errors import (
+    CastRayError,
+    ClusterUnavailable,
+    Forbidden,
+    InvalidRequest,
+    Unauthorized,
+    VersionMismatch,
+)
 from castray.protocol import AgentConfig
 
 log = logging.getLogger(__name__)
@@ -42,9 +50,8 @@ def connect(config: AgentConfig) -> ClusterIdentity:
             context = ray.init(address=config.address, log_to_driver=False, namespace="castray")
     except ValueError as exc:
         raise InvalidRequest(f"invalid Ray address {config.address!r}: {exc}") from exc
-    except (ConnectionError, RuntimeError, TimeoutError) as exc:
-        where = config.address or "an embedded local cluster"
-        raise ClusterUnavailable(f"could not start or join Ray at {where}: {exc}") from exc
+    except Exception as exc:  # every way ray.init fails becomes one of ours
+        raise _translate(exc, config.address) from exc
     info = context.address_info  # type: ignore[attr-defined]
     dashboard = context.dashboard_url or None
     if dashboard and "://" not in dashboard:
@@ -55,3 +62,24 @@ def connect(config: AgentConfig) -> ClusterIdentity:
         dashboard_url=dashboard,
         session_name=session_dir.rstrip("/").rsplit("/", 1)[-1] or None,
     )
+
+
+def _translate(exc: BaseException, address: str | None) -> CastRayError:
+    """Ray's start/join failures, most specific first, as errors a user can act on."""
+    chain: list[str] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 5:
+        chain.append(f"{type(cause).__name__}: {cause}")
+        cause = cause.__cause__ or cause.__context__
+    text = " | ".join(chain)
+    where = address or "an embedded local cluster"
+    if "AuthenticationError" in text or "InvalidAuthToken" in text:
+        if os.environ.get("RAY_AUTH_TOKEN"):
+            return Forbidden(f"the Ray cluster at {where} refused the Ray token given")
+        return Unauthorized(
+            f'the Ray cluster at {where} requires a Ray token: pass "ray_token", or set '
+            "RAY_AUTH_TOKEN (or ~/.ray/auth_token) for CastRay"
+        )
+    if "version mismatch" in text.lower():
+        return VersionMismatch(f"Ray at {where} runs another Ray version: {exc}")
+    return ClusterUnavailable(f"could not start or join Ray at {where}: {exc}")

@@ -58,7 +58,8 @@ class AgentLink:
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
-    async def start(self) -> None:
+    async def start(self, env: dict[str, str]) -> None:
+        """Start the agent; ``env`` is added to this process's environment for it."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log_out:
             self._process = await asyncio.create_subprocess_exec(
@@ -71,6 +72,7 @@ class AgentLink:
                 stderr=log_out,
                 limit=LINE_LIMIT,
                 start_new_session=True,
+                env={**os.environ, **env},
             )
         self._reader = asyncio.create_task(self._read(), name=f"agent-{self.config.cluster}")
 

@@ -16,6 +16,7 @@ from castray import __version__
 from castray.config import Settings
 from castray.errors import CastRayError
 from castray.server.autopilot import Autopilot
+from castray.server.clusters import ClusterService
 from castray.server.deps import require_token
 from castray.server.events import EventHub
 from castray.server.groups import GroupService
@@ -23,7 +24,17 @@ from castray.server.history import History
 from castray.server.library import Library
 from castray.server.messages import MessageService
 from castray.server.registry import Registry
-from castray.server.routes import files, generator, groups, messages, nodes, status, transfers, ui
+from castray.server.routes import (
+    clusters,
+    files,
+    generator,
+    groups,
+    messages,
+    nodes,
+    status,
+    transfers,
+    ui,
+)
 from castray.server.supervisor import Supervisor
 from castray.server.transfers import TransferService
 
@@ -47,7 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
         if interrupted:
             log.warning("%d transfer(s) were in flight when CastRay last stopped", interrupted)
         events = EventHub()
-        registry = Registry()
+        registry = Registry(events)
         supervisor = Supervisor(settings, registry)
         library = Library(settings.library_dir)
         group_service = GroupService(registry, history)
@@ -64,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.transfers = transfer_service
         app.state.messages = MessageService(registry, supervisor, events, group_service.members)
         app.state.autopilot = autopilot
+        app.state.clusters = ClusterService(settings, registry, supervisor, events)
         app.state.started_at = time.monotonic()
         await supervisor.start()
         autopilot.start()
@@ -82,7 +94,8 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     api = [Depends(require_token)]
-    for module in (status, nodes, messages, files, generator, transfers, groups):
+    # clusters before nodes: /api/nodes/external must not be taken for a node id.
+    for module in (status, clusters, nodes, messages, files, generator, transfers, groups):
         app.include_router(module.router, prefix="/api", dependencies=api)
     app.include_router(ui.router)
     _add_error_handlers(app)

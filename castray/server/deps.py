@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from castray.config import Settings
 from castray.errors import Unauthorized
 from castray.server.autopilot import Autopilot
+from castray.server.clusters import ClusterService
 from castray.server.groups import GroupService
 from castray.server.library import Library
 from castray.server.messages import MessageService
@@ -39,6 +40,7 @@ TransfersDep = Annotated[TransferService, Depends(_from_state("transfers"))]
 GroupsDep = Annotated[GroupService, Depends(_from_state("groups"))]
 MessagesDep = Annotated[MessageService, Depends(_from_state("messages"))]
 AutopilotDep = Annotated[Autopilot, Depends(_from_state("autopilot"))]
+ClustersDep = Annotated[ClusterService, Depends(_from_state("clusters"))]
 
 
 async def require_token(

@@ -22,6 +22,7 @@ from castray.models import (
     RayClusterState,
     StatusResponse,
 )
+from castray.server.events import EventHub
 
 
 @dataclass
@@ -39,7 +40,10 @@ class _Cluster:
 class Registry:
     """Clusters (home first) and their endpoints; bumps ``version`` on every visible change."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, events: EventHub | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._events = events or EventHub()
         self._clock = clock
         self._clusters: dict[str, _Cluster] = {}
         self._owner: dict[str, str] = {}
@@ -53,19 +57,41 @@ class Registry:
         self._clusters[name] = _Cluster(name=name, is_home=is_home, is_external=is_external)
         self._bump()
 
+    def remove_cluster(self, name: str) -> None:
+        """Forget a cluster and its endpoints (after a disconnect)."""
+        cluster = self._clusters.pop(name, None)
+        if cluster is None:
+            return
+        for endpoint_id in cluster.endpoints:
+            self._owner.pop(endpoint_id, None)
+            self._events.publish("node_removed", node_id=endpoint_id, cluster=name)
+        self._events.publish("cluster_disconnected", cluster=name)
+        self._bump()
+
+    def has_cluster(self, name: str) -> bool:
+        return name in self._clusters
+
     def set_cluster_status(self, name: str, status: ClusterStatus, detail: str | None) -> None:
-        cluster = self._clusters[name]
+        cluster = self._clusters.get(name)
+        if cluster is None:
+            return
         if (cluster.status, cluster.detail) != (status, detail):
             cluster.status, cluster.detail = status, detail
+            self._events.publish(f"cluster_{status.value}", cluster=name, detail=detail)
             self._bump()
 
     def cluster_seen(self, name: str, ray: RayClusterState) -> None:
         """A successful look at the cluster by its agent: its heartbeat."""
-        cluster = self._clusters[name]
+        cluster = self._clusters.get(name)
+        if cluster is None:
+            return
         cluster.last_seen = self._clock()
-        changed = cluster.ray != ray or cluster.status is not ClusterStatus.CONNECTED
+        newly = cluster.status is not ClusterStatus.CONNECTED
+        changed = cluster.ray != ray or newly
         cluster.ray = ray
         cluster.status, cluster.detail = ClusterStatus.CONNECTED, None
+        if newly:
+            self._events.publish("cluster_connected", cluster=name, address=ray.address)
         if changed:
             self._bump()
 
@@ -79,14 +105,24 @@ class Registry:
         ]
 
     def put_endpoint(self, cluster_name: str, endpoint: EndpointState) -> None:
-        self._clusters[cluster_name].endpoints[endpoint.id] = endpoint
+        cluster = self._clusters.get(cluster_name)
+        if cluster is None:
+            return
+        before = cluster.endpoints.get(endpoint.id)
+        cluster.endpoints[endpoint.id] = endpoint
         self._owner[endpoint.id] = cluster_name
+        node = _as_node(cluster, endpoint).model_dump(mode="json")
+        if before is None:
+            self._events.publish("node_added", node=node)
+        elif before.status is not endpoint.status:
+            self._events.publish("node_status", node=node)
         self._bump()
 
     def remove_endpoint(self, endpoint_id: str) -> None:
         cluster_name = self._owner.pop(endpoint_id, None)
-        if cluster_name is not None:
+        if cluster_name is not None and cluster_name in self._clusters:
             self._clusters[cluster_name].endpoints.pop(endpoint_id, None)
+            self._events.publish("node_removed", node_id=endpoint_id, cluster=cluster_name)
             self._bump()
 
     def _bump(self) -> None:
@@ -128,6 +164,9 @@ class Registry:
 
     def cluster_status(self, name: str) -> ClusterStatus:
         return self._clusters[name].status
+
+    def cluster(self, name: str) -> ClusterInfo:
+        return next(c for c in self.clusters() if c.name == name)
 
     def node(self, endpoint_id: str) -> Node:
         cluster = self._clusters[self.cluster_of(endpoint_id)]

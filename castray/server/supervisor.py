@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from castray.config import Settings
-from castray.errors import ClusterUnavailable, Conflict, NodeExists
+from castray.errors import (
+    AgentTimeout,
+    ClusterUnavailable,
+    ClusterUnreachable,
+    Conflict,
+    NodeExists,
+    error_from_code,
+)
 from castray.models import ClusterStatus, EndpointState, Node, NodeKind, NodeStatus
 from castray.protocol import (
     AgentConfig,
@@ -55,6 +62,8 @@ class Supervisor:
         self._scratch: list[Path] = []
         self._stopping = False
         self.on_transfer_message: Callable[[AgentMessage], None] = lambda message: None
+        self.on_cluster_down: Callable[[str, str], None] = lambda cluster, reason: None
+        self._fatal: dict[str, tuple[str, str]] = {}
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -119,7 +128,7 @@ class Supervisor:
             with contextlib.suppress(NodeExists):
                 await self.create_node(f"node_{n}", None)
 
-    async def _launch(self, config: AgentConfig) -> AgentLink:
+    async def _launch(self, config: AgentConfig, env: dict[str, str] | None = None) -> AgentLink:
         name = config.cluster
         link = AgentLink(
             config,
@@ -128,8 +137,64 @@ class Supervisor:
             on_exit=lambda code: self._on_exit(name, code),
         )
         self._links[name] = link
-        await link.start()
+        await link.start(env or {})
         return link
+
+    # ---- external clusters ---------------------------------------------------------------
+
+    def is_connected(self, name: str) -> bool:
+        return name in self._links and self._registry.has_cluster(name)
+
+    async def connect(self, name: str, address: str, ray_token: str | None) -> None:
+        """Start an agent for an external cluster; return once it is connected, else raise."""
+        settings = self._settings
+        self._registry.add_cluster(name, is_home=False, is_external=True)
+        config = AgentConfig(
+            cluster=name,
+            address=address,
+            storage_root=settings.storage_root,
+            temp_dir=settings.run_dir,
+            poll_interval=settings.node_poll_interval,
+        )
+        # The token goes in the environment, never on a command line others can read.
+        env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ray_token} if ray_token else {}
+        log.info("connecting external cluster %s at %s", name, address)
+        await self._launch(config, env)
+        settled = await self._registry.wait_until(
+            lambda: self._registry.cluster_status(name) is not ClusterStatus.STARTING,
+            settings.connect_timeout,
+        )
+        status = self._registry.cluster_status(name)
+        if status is ClusterStatus.CONNECTED:
+            # Answer with its endpoints up, so the user sees them alive straight away.
+            await self._registry.wait_until(
+                lambda: all(
+                    n.status is not NodeStatus.STARTING
+                    for n in self._registry.nodes()
+                    if n.cluster == name
+                ),
+                NODE_READY_TIMEOUT,
+            )
+            return
+        fatal = self._fatal.pop(name, None)
+        detail = self._registry.cluster(name).detail
+        await self.disconnect(name)
+        if fatal is not None:
+            raise error_from_code(*fatal)
+        if not settled:
+            raise AgentTimeout(
+                f"Ray at {address} did not accept a driver within {settings.connect_timeout:g} s: "
+                "is its GCS port reachable from this machine, and is it a Ray cluster?"
+            )
+        raise ClusterUnreachable(f"could not connect to Ray at {address}: {detail}")
+
+    async def disconnect(self, name: str) -> None:
+        """Stop a cluster's agent and forget the cluster and its endpoints."""
+        link = self._links.pop(name, None)
+        if link is not None:
+            await link.stop(self._settings.agent_stop_timeout)
+        self._registry.remove_cluster(name)
+        self.on_cluster_down(name, "its cluster was disconnected")
 
     def _spawn(self, coroutine: object, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine, name=name)  # type: ignore[arg-type]
@@ -150,16 +215,21 @@ class Supervisor:
             self.on_transfer_message(message)
         elif isinstance(message, Fatal):
             log.error("cluster %s: %s", cluster, message.message)
+            self._fatal[cluster] = (message.error_code, message.message)
             registry.set_cluster_status(cluster, ClusterStatus.LOST, message.message)
 
     def _on_exit(self, cluster: str, code: int | None) -> None:
+        link = self._links.get(cluster)
+        if link is None or not self._registry.has_cluster(cluster):
+            return  # disconnected on purpose
         if self._stopping:
             log.info("cluster %s: agent stopped", cluster)
             self._registry.set_cluster_status(cluster, ClusterStatus.LOST, "CastRay is stopping")
         elif self._registry.cluster_status(cluster) is not ClusterStatus.LOST:
-            detail = f"its agent exited (code {code}); see {self._links[cluster].log_file}"
+            detail = f"its agent exited (code {code}); see {link.log_file}"
             log.error("cluster %s lost: %s", cluster, detail)
             self._registry.set_cluster_status(cluster, ClusterStatus.LOST, detail)
+        self.on_cluster_down(cluster, self._registry.cluster(cluster).detail or "cluster lost")
 
     async def _watch_heartbeats(self) -> None:
         timeout = self._settings.cluster_timeout
@@ -167,9 +237,9 @@ class Supervisor:
             await asyncio.sleep(min(1.0, timeout / 4))
             for name in self._registry.clusters_silent_for(timeout):
                 log.warning("cluster %s has not answered for %g s", name, timeout)
-                self._registry.set_cluster_status(
-                    name, ClusterStatus.UNREACHABLE, f"no answer from Ray for {timeout:g} s"
-                )
+                reason = f"no answer from Ray for {timeout:g} s"
+                self._registry.set_cluster_status(name, ClusterStatus.UNREACHABLE, reason)
+                self.on_cluster_down(name, reason)
 
     # ---- requests ------------------------------------------------------------------------
 

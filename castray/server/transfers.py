@@ -88,6 +88,7 @@ class TransferService:
         self._live: dict[str, _Live] = {}
         self._history_writer = ThreadPoolExecutor(1, thread_name_prefix="history")
         supervisor.on_transfer_message = self._on_agent_message
+        supervisor.on_cluster_down = self._cluster_down
 
     # ---- requests ----------------------------------------------------------------------
 
@@ -199,6 +200,22 @@ class TransferService:
         return str(relative), name, None, None
 
     # ---- what the agents report ----------------------------------------------------------
+
+    def _cluster_down(self, cluster: str, reason: str) -> None:
+        """A cluster was lost or disconnected: its transfers in flight fail with the reason."""
+        for live in [live for live in self._live.values() if live.cluster == cluster]:
+            log.warning(
+                "transfer %s failed: cluster %s is down (%s)", live.transfer.id, cluster, reason
+            )
+            self._finished(
+                live,
+                TransferFinished(
+                    transfer_id=live.transfer.id,
+                    size=live.transfer.bytes_total,
+                    blake3=live.transfer.file.blake3,
+                    error=f"cluster {cluster} is down: {reason}",
+                ),
+            )
 
     def _on_agent_message(self, message: AgentMessage) -> None:
         if not isinstance(message, TransferProgress | RecipientFinished | TransferFinished):

@@ -32,7 +32,7 @@ def _endpoint(endpoint_id: str, status: NodeStatus = NodeStatus.ALIVE) -> Endpoi
 
 
 def _registry(clock: Clock | None = None) -> Registry:
-    registry = Registry(clock or Clock())
+    registry = Registry(clock=clock or Clock())
     registry.add_cluster("home", is_home=True, is_external=False)
     registry.cluster_seen("home", RAY)
     registry.put_endpoint("home", _endpoint("home-127.0.0.2"))

@@ -1,0 +1,277 @@
+"""External Ray clusters: the user's manual, step by step, against real ``ray start`` clusters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import transfers as tx
+from tests.support.raycluster import RayCluster, running_cluster
+from tests.support.server import CastRayServer, start_server
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+A_HEAD, A_WORKER, B_HEAD, SECURE_HEAD = "127.0.0.50", "127.0.0.51", "127.0.0.52", "127.0.0.53"
+RAY_TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def cluster_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    with running_cluster(tmp_path_factory.mktemp("ext-a"), A_HEAD, A_WORKER) as ray:
+        yield ray
+
+
+@pytest.fixture(scope="module")
+def cluster_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    with running_cluster(tmp_path_factory.mktemp("ext-b"), B_HEAD) as ray:
+        yield ray
+
+
+@pytest.fixture(scope="module")
+def server(
+    cluster_a: RayCluster, cluster_b: RayCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CastRayServer]:
+    """An embedded-home CastRay whose HOME holds no Ray token (so token tests are exact)."""
+    root = tmp_path_factory.mktemp("ext-server")
+    (root / "home").mkdir()
+    server = start_server(root / "data", "--demo-nodes", "1", env={"HOME": str(root / "home")})
+    try:
+        server.wait_alive(2)
+        yield server
+    finally:
+        server.stop()
+
+
+def _call(server: CastRayServer, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    with server.client() as client:
+        return client.request(method, path, **kwargs)
+
+
+def _alive_ray_nodes(cluster: RayCluster) -> int:
+    return sum(1 for node in cluster.list_nodes() if node["state"] == "ALIVE")
+
+
+def test_discovery_lists_other_clusters_and_never_home(
+    server: CastRayServer, cluster_a: RayCluster, cluster_b: RayCluster
+) -> None:
+    found = _call(server, "GET", "/api/cluster/discover").json()["clusters"]
+
+    by_gcs = {c["gcs_address"]: c for c in found}
+    assert server.status()["ray_cluster"]["address"] not in by_gcs
+    a = by_gcs[cluster_a.address]
+    assert a["dashboard_url"] == cluster_a.dashboard_url
+    assert a["ray_version"].startswith("2.")
+    assert a["alive_nodes"] == 2
+    assert a["local_node_ips"] == [A_HEAD, A_WORKER]
+    assert a["resources"]["CPU"] == 2
+    assert a["connected"] is False
+    assert by_gcs[cluster_b.address]["alive_nodes"] == 1
+
+
+def test_the_manuals_discover_then_inspect_steps(
+    server: CastRayServer, cluster_a: RayCluster
+) -> None:
+    discovered = _call(server, "POST", "/api/cluster/discover-external")
+
+    assert discovered.status_code == 200, discovered.text
+    body = discovered.json()
+    assert body["success"] is True
+    assert body["connected_cluster"] == f"{A_HEAD}:{cluster_a.dashboard_port}"
+    info = _call(server, "GET", "/api/cluster/external-info").json()
+    assert info["is_connected"] is True
+    assert info["connected_cluster"] == f"{A_HEAD}:{cluster_a.dashboard_port}"
+    assert {n["address"] for n in info["external_nodes"].values()} == {A_HEAD, A_WORKER}
+    listed = _call(server, "GET", "/api/nodes/external").json()
+    assert listed["success"] is True
+    assert listed["count"] == _alive_ray_nodes(cluster_a) == 2
+    assert {n["status"] for n in listed["external_nodes"]} == {"alive"}
+    status = server.status()
+    assert status["external_nodes_count"] == 2
+    assert status["total_nodes"] == 2 + 2
+    external = [n for n in status["node_statuses"] if n["is_external"]]
+    assert {n["cluster"] for n in external} == {f"ext-{cluster_a.address.replace(':', '-')}"}
+
+
+def test_connect_by_any_address_form_is_idempotent(
+    server: CastRayServer, cluster_b: RayCluster
+) -> None:
+    by_gcs = _call(
+        server, "POST", "/api/cluster/connect-external", json={"cluster_address": cluster_b.address}
+    )
+    by_url = _call(
+        server,
+        "POST",
+        "/api/cluster/connect-external",
+        json={"cluster_address": cluster_b.dashboard_url},
+    )
+    by_host_port = _call(
+        server,
+        "POST",
+        "/api/cluster/connect-external",
+        json={"cluster_address": cluster_b.dashboard_url.removeprefix("http://")},
+    )
+
+    assert by_gcs.status_code == 200, by_gcs.text
+    assert by_gcs.json()["success"] is True
+    names = {r.json()["cluster"]["name"] for r in (by_gcs, by_url, by_host_port)}
+    assert len(names) == 1
+    assert [n["address"] for n in by_gcs.json()["external_nodes"].values()] == [B_HEAD]
+    clusters = _call(server, "GET", "/api/cluster/external-info").json()["clusters"]
+    assert len(clusters) == 2
+
+
+def test_external_endpoints_send_and_receive_within_their_cluster(
+    server: CastRayServer, cluster_a: RayCluster
+) -> None:
+    name = f"ext-{cluster_a.address.replace(':', '-')}"
+    data = tx.random_bytes(300_000)
+    tx.upload_bytes(server, "ext.bin", data)
+
+    done = tx.send(
+        server, source_node=f"{name}-{A_HEAD}", file="ext.bin", recipients=[f"{name}-{A_WORKER}"]
+    )
+
+    assert done["status"] == "completed", done
+    assert Path(done["recipients"][f"{name}-{A_WORKER}"]["path"]).read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("address", "status", "says"),
+    [
+        ("not an address", 422, "cannot read the Ray address"),
+        ("127.0.0.1:notaport", 422, "cannot read the Ray address"),
+        ("ftp://127.0.0.1:21", 422, "cannot read the Ray address"),
+        ("127.0.0.99:1", 502, "nothing listens there"),
+        ("http://127.0.0.99:1", 502, "no Ray dashboard answers"),
+    ],
+)
+def test_bad_addresses_get_a_clear_error_quickly(
+    server: CastRayServer, address: str, status: int, says: str
+) -> None:
+    with server.client() as client:
+        response = client.post(
+            "/api/cluster/connect-external", json={"cluster_address": address}, timeout=15
+        )
+
+    assert response.status_code == status, response.text
+    assert says in response.json()["detail"]
+    assert server.status()["clusters"][0]["status"] == "connected"
+
+
+def test_an_http_server_that_is_not_ray_is_named_as_such(server: CastRayServer) -> None:
+    response = _call(
+        server, "POST", "/api/cluster/connect-external", json={"cluster_address": server.url}
+    )
+
+    assert response.status_code == 502
+    assert "not as a Ray dashboard" in response.json()["detail"]
+
+
+def test_disconnect_one_then_all_then_rediscover(
+    server: CastRayServer, cluster_a: RayCluster, cluster_b: RayCluster
+) -> None:
+    one = _call(
+        server, "DELETE", "/api/cluster/disconnect-external", params={"cluster": cluster_b.address}
+    )
+    assert one.status_code == 200, one.text
+    assert len(_call(server, "GET", "/api/cluster/external-info").json()["clusters"]) == 1
+
+    everything = _call(server, "DELETE", "/api/cluster/disconnect-external")
+    nothing = _call(server, "DELETE", "/api/cluster/disconnect-external")
+
+    assert everything.json()["success"] is True
+    assert nothing.status_code == 404
+    info = _call(server, "GET", "/api/cluster/external-info").json()
+    assert info == {
+        "is_connected": False,
+        "connected_cluster": None,
+        "external_nodes": {},
+        "clusters": [],
+    }
+    assert server.status()["external_nodes_count"] == 0
+    again = _call(server, "POST", "/api/cluster/discover-external").json()
+    assert again["success"] is True
+    assert again["external_nodes"]
+
+
+@pytest.fixture(scope="module")
+def secure_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    """A cluster with Ray token authentication on."""
+    root = tmp_path_factory.mktemp("ext-secure")
+    with running_cluster(root, SECURE_HEAD, auth_token=RAY_TOKEN) as ray:
+        yield ray
+
+
+def test_token_protected_cluster_needs_the_right_token(
+    server: CastRayServer, secure_cluster: RayCluster
+) -> None:
+    address = secure_cluster.dashboard_url
+    missing = _call(
+        server, "POST", "/api/cluster/connect-external", json={"cluster_address": address}
+    )
+    wrong = _call(
+        server,
+        "POST",
+        "/api/cluster/connect-external",
+        json={"cluster_address": address, "ray_token": "not-the-token"},
+    )
+    right = _call(
+        server,
+        "POST",
+        "/api/cluster/connect-external",
+        json={"cluster_address": secure_cluster.address, "ray_token": RAY_TOKEN},
+    )
+
+    assert missing.status_code == 401
+    assert "ray_token" in missing.json()["detail"]
+    assert wrong.status_code == 403
+    assert "refused" in wrong.json()["detail"]
+    assert right.status_code == 200, right.text
+    nodes = right.json()["external_nodes"]
+    assert [n["status"] for n in nodes.values()] == ["alive"]
+    assert RAY_TOKEN not in server.log.read_text()
+
+
+def test_discovery_reports_a_token_protected_cluster(
+    server: CastRayServer, secure_cluster: RayCluster
+) -> None:
+    found = _call(server, "GET", "/api/cluster/discover").json()["clusters"]
+
+    secure = next(c for c in found if c["gcs_address"] == secure_cluster.address)
+    assert secure["auth_required"] is True
+    assert secure["connected"] is True
+
+
+def test_a_killed_external_cluster_goes_dead_and_the_rest_keeps_working(
+    server: CastRayServer, tmp_path: Path
+) -> None:
+    with running_cluster(tmp_path, "127.0.0.54") as doomed:
+        connected = _call(
+            server,
+            "POST",
+            "/api/cluster/connect-external",
+            json={"cluster_address": doomed.address},
+        )
+        assert connected.status_code == 200, connected.text
+        (endpoint,) = connected.json()["external_nodes"]
+        for raylet in doomed.raylets:
+            raylet.stop(grace=0)
+
+    wait_for(
+        lambda: server.nodes()[endpoint]["status"] == "dead", 15, "the lost cluster's endpoint"
+    )
+    refused = _call(
+        server,
+        "POST",
+        "/api/transfers",
+        json={"source_node": "node_1", "file": "ext.bin", "recipients": [endpoint]},
+    )
+    assert refused.status_code == 409
+    assert "dead" in refused.json()["detail"]
+    home = tx.send(server, source_node="home-127.0.0.1", file="ext.bin", recipients=["node_1"])
+    assert home["status"] == "completed"
