@@ -72,6 +72,33 @@ class StartTransfer(_Message):
     expected_blake3: str | None = None
     chunk_size: int
     window: int
+    exports: list[tuple[str, int]] = Field(
+        default_factory=list, description="Agents of other clusters to stream each chunk to."
+    )
+
+
+class ImportTransfer(_Message):
+    """Receive a transfer from another cluster's agent: listen, then relay to ``recipients``.
+
+    The reply is the address to stream to; the run starts once the reply is sent."""
+
+    op: Literal["import_transfer"] = "import_transfer"
+    transfer_id: str
+    source: str
+    file_name: str
+    size: int
+    recipients: list[str]
+    expected_blake3: str | None = None
+    chunk_size: int
+    window: int
+
+
+class ProbeFile(_Message):
+    """The size of a file on an endpoint (before a transfer between clusters is planned)."""
+
+    op: Literal["probe_file"] = "probe_file"
+    endpoint_id: str
+    path: str
 
 
 class CancelTransfer(_Message):
@@ -107,6 +134,8 @@ Operation = Annotated[
     | RemoveEndpoint
     | Shutdown
     | StartTransfer
+    | ImportTransfer
+    | ProbeFile
     | CancelTransfer
     | DeliverMessage
     | ReadMessages

@@ -101,6 +101,10 @@ class Endpoint:
         self._sources[transfer_id] = _Source(handle, size, _Running() if hash_whole else None)
         return size
 
+    def file_size(self, path: str) -> int:
+        """Size of a file this endpoint could send."""
+        return self._source_path(path).stat().st_size
+
     def read_chunk(self, transfer_id: str, offset: int, length: int) -> tuple[np.ndarray, str]:
         """One chunk and its BLAKE3; sequential first reads also feed the whole-file hash."""
         source = self._sources[transfer_id]

@@ -17,7 +17,13 @@ from pydantic import ValidationError
 
 from castray.agent.environment import prepare_environment
 from castray.agent.wire import Wire
-from castray.errors import CastRayError, FileMissing, InvalidRequest, TransferNotFound
+from castray.errors import (
+    AgentFailure,
+    CastRayError,
+    FileMissing,
+    InvalidRequest,
+    TransferNotFound,
+)
 from castray.protocol import (
     AgentConfig,
     CancelTransfer,
@@ -25,7 +31,9 @@ from castray.protocol import (
     CreateEndpoint,
     DeliverMessage,
     Fatal,
+    ImportTransfer,
     InjectCorruption,
+    ProbeFile,
     ReadMessages,
     Ready,
     RecipientFinished,
@@ -44,6 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("castray.agent")
 
 REQUEST_THREADS = 8
+IMPORT_HOST = "127.0.0.1"
+"""Agents run beside the server, so streams between clusters stay on loopback."""
 TRANSFER_THREADS = 32
 """Transfers driven at once by this agent; more wait their turn."""
 
@@ -72,6 +82,33 @@ def main(argv: list[str] | None = None) -> int:
     fleet = Fleet(config.cluster, identity, config.storage_root, wire.send)
     Agent(config, fleet, wire).run()
     return 0
+
+
+def _run_spec(cls: Any, spec: StartTransfer | ImportTransfer) -> Any:
+    return cls(
+        transfer_id=spec.transfer_id,
+        file_name=spec.file_name,
+        expected_blake3=spec.expected_blake3,
+        chunk_size=spec.chunk_size,
+        window=spec.window,
+    )
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The user's exception inside a Ray task error."""
+    as_cause = getattr(exc, "as_instanceof_cause", None)
+    return as_cause() if callable(as_cause) else exc
+
+
+def _file_error(exc: BaseException, path: str, endpoint: str) -> CastRayError:
+    """A source-side file error as the user should see it."""
+    if isinstance(exc, FileNotFoundError):
+        return FileMissing(f"{path!r} does not exist on {endpoint}")
+    if isinstance(exc, PermissionError | IsADirectoryError | NotADirectoryError):
+        return InvalidRequest(f"cannot send {path!r} from {endpoint}: {exc}")
+    if isinstance(exc, CastRayError):
+        return exc
+    return AgentFailure(f"cannot open {path!r} on {endpoint}: {exc}")
 
 
 def ray_get(ref: Any, timeout: float = 60.0) -> Any:
@@ -140,11 +177,7 @@ class Agent:
         self._wire.send(reply)
         # A transfer starts only after its reply is on the wire, so the server always learns
         # of it before any of its progress.
-        started = (
-            self._starting.pop(request.id, None)
-            if isinstance(request.body, StartTransfer)
-            else None
-        )
+        started = self._starting.pop(request.id, None)
         if started is not None and reply.error_code is None:
             self._transfers[started.spec.transfer_id] = started
             self._transfer_pool.submit(started.run)
@@ -158,6 +191,15 @@ class Agent:
             return {}
         if isinstance(body, StartTransfer):
             return {"size": self._open_transfer(request_id, body)}
+        if isinstance(body, ImportTransfer):
+            host, port = self._open_import(request_id, body)
+            return {"host": host, "port": port}
+        if isinstance(body, ProbeFile):
+            handle = self._fleet.handle(body.endpoint_id)
+            try:
+                return {"size": ray_get(handle.file_size.remote(body.path))}
+            except Exception as exc:  # the actor's error decides the answer
+                raise _file_error(_cause(exc), body.path, body.endpoint_id) from exc
         if isinstance(body, CancelTransfer):
             run = self._transfers.get(body.transfer_id)
             if run is None:
@@ -176,19 +218,37 @@ class Agent:
 
     def _open_transfer(self, request_id: int, spec: StartTransfer) -> int:
         """Open the source file; the transfer itself starts once the reply is sent."""
-        from castray.agent.relay import TransferRun
+        from castray.agent.feeds import EndpointFeed, Exporter
+        from castray.agent.relay import RunSpec, TransferRun
 
         source = self._fleet.handle(spec.source)
+        feed = EndpointFeed(spec.transfer_id, spec.source, source, spec.path)
         recipients = [(rid, self._fleet.handle(rid)) for rid in spec.recipients]
-        run = TransferRun(spec, source, recipients, self._on_transfer_message)
+        run = TransferRun(_run_spec(RunSpec, spec), feed, recipients, self._on_transfer_message)
         try:
             size = run.open()
-        except FileNotFoundError as exc:
-            raise FileMissing(f"{spec.path!r} does not exist on {spec.source}") from exc
-        except (PermissionError, IsADirectoryError) as exc:
-            raise InvalidRequest(f"cannot send {spec.path!r} from {spec.source}: {exc}") from exc
+        except Exception as exc:  # the source's error decides the answer
+            raise _file_error(exc, spec.path, spec.source) from exc
+        try:
+            run.export_to([Exporter(host, port) for host, port in spec.exports])
+        except OSError as exc:
+            feed.abort()
+            raise AgentFailure(f"cannot reach the agent of a recipient cluster: {exc}") from exc
         self._starting[request_id] = run
         return size
+
+    def _open_import(self, request_id: int, spec: ImportTransfer) -> tuple[str, int]:
+        """Listen for the source cluster's stream; the run starts once the reply is sent."""
+        from castray.agent.feeds import StreamFeed
+        from castray.agent.relay import RunSpec, TransferRun
+
+        recipients = [(rid, self._fleet.handle(rid)) for rid in spec.recipients]
+        feed = StreamFeed.listen(IMPORT_HOST, supplier=spec.source)
+        run = TransferRun(
+            _run_spec(RunSpec, spec), feed, recipients, self._on_transfer_message, size=spec.size
+        )
+        self._starting[request_id] = run
+        return feed.address
 
     def _on_transfer_message(self, message: Any) -> None:
         """Counts verified work on the endpoints, then passes the message on."""

@@ -10,6 +10,10 @@ recipients (a chain: multicast and broadcast cost the source what unicast does),
 A chunk that arrives corrupted, or that a recipient could not get because its upstream
 failed, is read again from the source and sent to that recipient directly, a few times at
 most. A recipient that dies or cannot write is failed with a reason; the others go on.
+
+Recipients in other clusters are reached through their clusters' agents (``feeds.py``): the
+source cluster's run exports each chunk once to each of them, and each of them runs its own
+``TransferRun`` fed by that stream.
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayError
 
+from castray.agent.feeds import EndpointFeed, Exporter, StreamBroken, StreamFeed
 from castray.chunks import Chunk, plan_chunks
 from castray.protocol import (
     AgentMessage,
     RecipientFinished,
-    StartTransfer,
     TransferFinished,
     TransferProgress,
 )
@@ -63,25 +67,39 @@ class _InFlight:
     supplier: str
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """What one agent's part of a transfer needs to know."""
+
+    transfer_id: str
+    file_name: str
+    expected_blake3: str | None
+    chunk_size: int
+    window: int
+
+
 class TransferRun:
-    """Runs one ``StartTransfer`` to its end on the calling thread."""
+    """Runs one agent's part of a transfer to its end on the calling thread."""
 
     def __init__(
         self,
-        spec: StartTransfer,
-        source: Any,
+        spec: RunSpec,
+        feed: EndpointFeed | StreamFeed,
         recipients: list[tuple[str, Any]],
         emit: Callable[[AgentMessage], None],
+        exporters: list[Exporter] | None = None,
+        size: int = 0,
     ) -> None:
         self.spec = spec
-        self._source = source
+        self._feed = feed
         self._recipients = [_Recipient(rid, handle) for rid, handle in recipients]
+        self._exporters = list(exporters or [])
         self._emit = emit
         self._cancelled = threading.Event()
         self._inflight: dict[Any, _InFlight] = {}
         self._outstanding: dict[int, int] = defaultdict(int)
         self._served: dict[str, int] = defaultdict(int)
-        self._size = 0
+        self._size = size
         self._resent = 0
 
     @property
@@ -90,14 +108,13 @@ class TransferRun:
 
     def open(self) -> int:
         """Open the file at the source; raises the source's error (e.g. FileNotFoundError)."""
+        assert isinstance(self._feed, EndpointFeed)
         # A library file's BLAKE3 is known; only other files are hashed whole at the source.
-        hash_whole = self.spec.expected_blake3 is None
-        ref = self._source.open_source.remote(self.spec.transfer_id, self.spec.path, hash_whole)
-        try:
-            self._size = int(ray.get(ref, timeout=CONTROL_TIMEOUT))
-        except ray.exceptions.RayTaskError as exc:
-            raise exc.as_instanceof_cause() from None
+        self._size = self._feed.open(self.spec.expected_blake3 is None, CONTROL_TIMEOUT)
         return self._size
+
+    def export_to(self, exporters: list[Exporter]) -> None:
+        self._exporters.extend(exporters)
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -109,13 +126,21 @@ class TransferRun:
         try:
             self._open_sinks()
             self._stream()
-            whole = self._close_source()
+            whole = self._feed.close(CONTROL_TIMEOUT)
+            for exporter in self._exporters:
+                exporter.finish(whole or self.spec.expected_blake3)
+            self._exporters.clear()
             if not self._cancelled.is_set():
                 self._commit(whole, self.spec.expected_blake3)
-        except RayError as exc:
+        except StreamBroken as exc:
+            error = str(exc)
+            log.warning("transfer %s: %s", self.spec.transfer_id, error)
+        except (RayError, OSError) as exc:
             error = f"the source failed: {exc}"
             log.warning("transfer %s: %s", self.spec.transfer_id, error)
         finally:
+            for exporter in self._exporters:
+                exporter.abort()
             if self._cancelled.is_set() or error is not None:
                 self._abort_open_sinks(error or "cancelled")
             self._report_progress()
@@ -150,7 +175,7 @@ class TransferRun:
             if self._cancelled.is_set():
                 return
             chain = self._alive()
-            if not chain:
+            if not chain and not self._exporters:
                 return
             self._send(chunk, chain)
             while self._chunks_in_flight() >= self.spec.window:
@@ -163,12 +188,6 @@ class TransferRun:
             if time.monotonic() - last_report >= PROGRESS_EVERY:
                 self._report_progress()
                 last_report = time.monotonic()
-
-    def _close_source(self) -> str | None:
-        digest: str | None = ray.get(
-            self._source.close_source.remote(self.spec.transfer_id), timeout=CONTROL_TIMEOUT
-        )
-        return digest
 
     def _commit(self, whole: str | None, expected: str | None) -> None:
         if whole is not None and expected is not None and whole != expected:
@@ -204,12 +223,14 @@ class TransferRun:
 
     # ---- chunks ----------------------------------------------------------------------
 
-    def _send(self, chunk: Chunk, chain: list[_Recipient]) -> None:
-        """Read ``chunk`` at the source and pass it down ``chain``."""
-        data, digest = self._source.read_chunk.options(num_returns=2).remote(
-            self.spec.transfer_id, chunk.offset, chunk.length
-        )
-        supplier = self.spec.source
+    def _send(self, chunk: Chunk, chain: list[_Recipient], retry: bool = False) -> None:
+        """Get ``chunk`` from the feed, export it once, and pass it down ``chain``."""
+        data, digest = self._feed.chunk(chunk, retry)
+        if not retry and self._exporters:
+            self._export(chunk, ray.get(data), ray.get(digest))
+        if not chain:
+            self._feed.release(chunk)
+        supplier = self._feed.supplier
         for position, recipient in enumerate(chain):
             forward = position < len(chain) - 1
             status, data = recipient.handle.write_chunk.options(num_returns=2).remote(
@@ -218,6 +239,22 @@ class TransferRun:
             self._inflight[status] = _InFlight(chunk, recipient, supplier)
             self._outstanding[chunk.index] += 1
             supplier = recipient.id
+
+    def _export(self, chunk: Chunk, data: Any, digest: str) -> None:
+        for exporter in list(self._exporters):
+            try:
+                exporter.send(chunk.offset, data, digest)
+                self._served[self._feed.supplier] += chunk.length
+            except OSError as exc:
+                # That cluster's agent reports its own recipients' failure.
+                log.warning(
+                    "transfer %s: export to %s broke: %s",
+                    self.spec.transfer_id,
+                    exporter.address,
+                    exc,
+                )
+                exporter.abort()
+                self._exporters.remove(exporter)
 
     def _collect(self) -> None:
         """Wait for some chunk acknowledgements and act on them."""
@@ -228,8 +265,11 @@ class TransferRun:
         ready, _ = ray.wait(list(self._inflight), num_returns=len(self._inflight), timeout=0)
         for ref in ready:
             flight = self._inflight.pop(ref)
-            self._outstanding[flight.chunk.index] -= 1
             self._settle(ref, flight)
+            self._outstanding[flight.chunk.index] -= 1
+            if self._outstanding[flight.chunk.index] == 0:
+                del self._outstanding[flight.chunk.index]
+                self._feed.release(flight.chunk)
 
     def _settle(self, ref: Any, flight: _InFlight) -> None:
         recipient = flight.recipient
@@ -264,7 +304,7 @@ class TransferRun:
             recipient.id,
             why,
         )
-        self._send(chunk, [recipient])
+        self._send(chunk, [recipient], retry=True)
 
     def _give_up_stalled(self) -> None:
         waiting = {flight.recipient.id: flight.recipient for flight in self._inflight.values()}
@@ -298,7 +338,7 @@ class TransferRun:
                 _quietly(recipient.handle.abort_sink.remote(self.spec.transfer_id))
                 if not self._cancelled.is_set():
                     self._fail(recipient, reason)
-        _quietly(self._source.close_source.remote(self.spec.transfer_id))
+        self._feed.abort()
 
     def _report_progress(self) -> None:
         self._emit(

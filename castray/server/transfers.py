@@ -10,6 +10,7 @@ handed out are immutable snapshots.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +21,8 @@ from pathlib import PurePosixPath
 from castray.config import Settings
 from castray.errors import (
     BadFileName,
+    CastRayError,
     FileMissing,
-    InvalidRequest,
     NodeUnavailable,
     TransferNotFound,
 )
@@ -39,6 +40,8 @@ from castray.models import (
 from castray.protocol import (
     AgentMessage,
     CancelTransfer,
+    ImportTransfer,
+    ProbeFile,
     RecipientFinished,
     StartTransfer,
     TransferFinished,
@@ -62,9 +65,11 @@ class _Live:
     """A transfer in flight; mutated only on the event loop."""
 
     transfer: Transfer
-    cluster: str
+    clusters: list[str]
+    """The source's cluster first, then every other cluster with recipients."""
     recipients: dict[str, RecipientState] = field(default_factory=dict)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    finished_parts: list[TransferFinished] = field(default_factory=list)
 
 
 class TransferService:
@@ -105,8 +110,13 @@ class TransferService:
             request.recipients,
             request.group,
         )
-        _same_cluster(source, recipients)
         path, name, size, digest = await self._locate(request.file)
+        local, remote = _split_by_cluster(source, recipients)
+        if remote and size is None:
+            probed = await self._supervisor.request(
+                source.cluster, ProbeFile(endpoint_id=source.id, path=path)
+            )
+            size = int(probed["size"])
         now = datetime.now(timezone.utc)
         transfer = Transfer(
             id=uuid.uuid4().hex[:16],
@@ -119,24 +129,42 @@ class TransferService:
             created_at=now,
             started_at=now,
         )
-        live = _Live(transfer, source.cluster, dict(transfer.recipients))
+        live = _Live(transfer, [source.cluster, *remote], dict(transfer.recipients))
         self._live[transfer.id] = live
+        common = {
+            "transfer_id": transfer.id,
+            "file_name": name,
+            "expected_blake3": digest,
+            "chunk_size": self._settings.chunk_size,
+            "window": self._settings.transfer_window,
+        }
         try:
+            # Each other cluster's agent listens first; the source's agent then streams to it.
+            exports = []
+            for cluster, nodes in remote.items():
+                listening = await self._supervisor.request(
+                    cluster,
+                    ImportTransfer(
+                        source=source.id,
+                        size=size or 0,
+                        recipients=[n.id for n in _chain_order(nodes)],
+                        **common,
+                    ),
+                )
+                exports.append((str(listening["host"]), int(listening["port"])))
             result = await self._supervisor.request(
                 source.cluster,
                 StartTransfer(
-                    transfer_id=transfer.id,
                     source=source.id,
                     path=path,
-                    file_name=name,
-                    recipients=[r.id for r in _chain_order(recipients)],
-                    expected_blake3=digest,
-                    chunk_size=self._settings.chunk_size,
-                    window=self._settings.transfer_window,
+                    recipients=[r.id for r in _chain_order(local)],
+                    exports=exports,
+                    **common,
                 ),
             )
         except Exception:
             self._live.pop(transfer.id, None)
+            await self._cancel_parts(live)
             raise
         # The agent's first reports may have been handled already (even its last, for a
         # small file): the sized snapshot is saved only while the transfer is still live.
@@ -151,12 +179,20 @@ class TransferService:
         live = self._live.get(transfer_id)
         if live is None:
             return await self.get(transfer_id)
-        await self._supervisor.request(live.cluster, CancelTransfer(transfer_id=transfer_id))
+        await self._cancel_parts(live)
         try:
             await asyncio.wait_for(live.done.wait(), CANCEL_WAIT)
         except TimeoutError:
             log.warning("transfer %s did not confirm its cancellation", transfer_id)
         return live.transfer
+
+    async def _cancel_parts(self, live: _Live) -> None:
+        """Ask every agent with a part of the transfer to stop it (finished parts are gone)."""
+        for cluster in live.clusters:
+            with contextlib.suppress(CastRayError):
+                await self._supervisor.request(
+                    cluster, CancelTransfer(transfer_id=live.transfer.id)
+                )
 
     async def get(self, transfer_id: str) -> Transfer:
         live = self._live.get(transfer_id)
@@ -203,10 +239,12 @@ class TransferService:
 
     def _cluster_down(self, cluster: str, reason: str) -> None:
         """A cluster was lost or disconnected: its transfers in flight fail with the reason."""
-        for live in [live for live in self._live.values() if live.cluster == cluster]:
+        for live in [live for live in self._live.values() if cluster in live.clusters]:
             log.warning(
                 "transfer %s failed: cluster %s is down (%s)", live.transfer.id, cluster, reason
             )
+            live.finished_parts = []
+            live.clusters = [cluster]
             self._finished(
                 live,
                 TransferFinished(
@@ -289,6 +327,20 @@ class TransferService:
         )
 
     def _finished(self, live: _Live, message: TransferFinished) -> None:
+        """One agent's part ended; the transfer ends when every part has."""
+        live.finished_parts.append(message)
+        if len(live.finished_parts) < len(live.clusters):
+            return
+        parts = live.finished_parts
+        errors = [p.error for p in parts if p.error]
+        message = TransferFinished(
+            transfer_id=message.transfer_id,
+            size=max(p.size for p in parts),
+            blake3=next((p.blake3 for p in parts if p.blake3), None),
+            cancelled=any(p.cancelled for p in parts),
+            error="; ".join(errors) or None,
+            chunks_resent=sum(p.chunks_resent for p in parts),
+        )
         self._sized(live, message.size)
         recipients = dict(live.recipients)
         for rid, state in recipients.items():
@@ -346,13 +398,16 @@ class TransferService:
         self._history_writer.shutdown(wait=True)
 
 
-def _same_cluster(source: Node, recipients: list[Node]) -> None:
-    others = sorted({r.cluster for r in recipients if r.cluster != source.cluster})
-    if others:
-        raise InvalidRequest(
-            f"recipients in cluster(s) {', '.join(others)} are not in the source's cluster "
-            f"{source.cluster!r}; transfers between clusters are not supported yet"
-        )
+def _split_by_cluster(
+    source: Node, recipients: list[Node]
+) -> tuple[list[Node], dict[str, list[Node]]]:
+    """Recipients in the source's cluster, and those of every other cluster."""
+    local = [r for r in recipients if r.cluster == source.cluster]
+    remote: dict[str, list[Node]] = {}
+    for node in recipients:
+        if node.cluster != source.cluster:
+            remote.setdefault(node.cluster, []).append(node)
+    return local, remote
 
 
 def _chain_order(recipients: list[Node]) -> list[Node]:

@@ -141,6 +141,61 @@ def test_external_endpoints_send_and_receive_within_their_cluster(
 
 
 @pytest.mark.parametrize(
+    ("source", "targets"),
+    [
+        ("home", ["a-head"]),
+        ("a-worker", ["home"]),
+        ("a-head", ["b-head"]),
+        ("home", ["a-head", "a-worker", "b-head", "node_1"]),
+    ],
+    ids=["home-to-external", "external-to-home", "external-a-to-b", "across-three-clusters"],
+)
+def test_transfers_cross_cluster_boundaries_byte_for_byte(
+    server: CastRayServer,
+    cluster_a: RayCluster,
+    cluster_b: RayCluster,
+    source: str,
+    targets: list[str],
+) -> None:
+    a = f"ext-{cluster_a.address.replace(':', '-')}"
+    b = f"ext-{cluster_b.address.replace(':', '-')}"
+    ids = {
+        "home": "home-127.0.0.1",
+        "node_1": "node_1",
+        "a-head": f"{a}-{A_HEAD}",
+        "a-worker": f"{a}-{A_WORKER}",
+        "b-head": f"{b}-{B_HEAD}",
+    }
+    data = tx.random_bytes(700_000)
+    name = f"cross-{source}-{len(targets)}.bin"
+    tx.upload_bytes(server, name, data)
+    mode = "unicast" if len(targets) == 1 else "multicast"
+
+    done = tx.send(
+        server, source_node=ids[source], file=name, mode=mode, recipients=[ids[t] for t in targets]
+    )
+
+    assert done["status"] == "completed", done
+    for target in targets:
+        assert Path(done["recipients"][ids[target]]["path"]).read_bytes() == data
+
+
+def test_a_file_received_in_one_cluster_can_be_sent_on_to_another(
+    server: CastRayServer, cluster_a: RayCluster, cluster_b: RayCluster
+) -> None:
+    a = f"ext-{cluster_a.address.replace(':', '-')}-{A_WORKER}"
+    b = f"ext-{cluster_b.address.replace(':', '-')}-{B_HEAD}"
+    data = tx.random_bytes(300_001)
+    tx.upload_bytes(server, "relay.bin", data)
+    tx.send(server, source_node="home-127.0.0.1", file="relay.bin", recipients=[a])
+
+    done = tx.send(server, source_node=a, file="relay.bin", recipients=[b])
+
+    assert done["status"] == "completed", done
+    assert Path(done["recipients"][b]["path"]).read_bytes() == data
+
+
+@pytest.mark.parametrize(
     ("address", "status", "says"),
     [
         ("not an address", 422, "cannot read the Ray address"),

@@ -1,0 +1,168 @@
+"""Where a transfer's chunks come from, and the stream that carries them between clusters.
+
+Within a cluster the feed is the source endpoint: each chunk is read on its node into the
+object store. Across clusters the source cluster's agent also sends each chunk, once, over a
+TCP stream to the agent of every other cluster with recipients; there the chunk is put into
+that cluster's object store and goes down the local chain as usual. A frame is the chunk's
+offset, length and BLAKE3, then its bytes; a final frame carries the whole file's BLAKE3.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+import blake3
+import numpy as np
+import ray
+
+from castray.chunks import Chunk
+
+FRAME = struct.Struct("!QQ32s")
+END = 2**64 - 1
+ACCEPT_TIMEOUT = 30.0
+"""Seconds an importing agent waits for the source cluster's agent to connect."""
+STREAM_TIMEOUT = 120.0
+"""Seconds a stream between agents may stay silent before it is given up."""
+
+
+class StreamBroken(Exception):
+    """The stream between two clusters' agents ended early or carried a bad chunk."""
+
+
+class EndpointFeed:
+    """Chunks read by the source endpoint's actor on its own node."""
+
+    def __init__(self, transfer_id: str, source_id: str, handle: Any, path: str) -> None:
+        self.supplier = source_id
+        self._transfer_id = transfer_id
+        self._handle = handle
+        self._path = path
+
+    def open(self, hash_whole: bool, timeout: float) -> int:
+        ref = self._handle.open_source.remote(self._transfer_id, self._path, hash_whole)
+        try:
+            return int(ray.get(ref, timeout=timeout))
+        except ray.exceptions.RayTaskError as exc:
+            raise exc.as_instanceof_cause() from None
+
+    def chunk(self, chunk: Chunk, retry: bool) -> tuple[Any, Any]:
+        """Object refs of the chunk's bytes and BLAKE3 (a retry is read again)."""
+        data, digest = self._handle.read_chunk.options(num_returns=2).remote(
+            self._transfer_id, chunk.offset, chunk.length
+        )
+        return data, digest
+
+    def release(self, chunk: Chunk) -> None:
+        """Nothing to keep: a retried chunk is read again from the file."""
+
+    def close(self, timeout: float) -> str | None:
+        digest: str | None = ray.get(
+            self._handle.close_source.remote(self._transfer_id), timeout=timeout
+        )
+        return digest
+
+    def abort(self) -> None:
+        self._handle.close_source.remote(self._transfer_id)
+
+
+class StreamFeed:
+    """Chunks arriving from another cluster's agent, kept until every recipient has them."""
+
+    def __init__(self, listener: socket.socket, supplier: str) -> None:
+        self.supplier = supplier
+        self._listener = listener
+        self._conn: socket.socket | None = None
+        self._kept: dict[int, tuple[Any, str]] = {}
+        self._whole: str | None = None
+
+    @classmethod
+    def listen(cls, host: str, supplier: str) -> StreamFeed:
+        listener = socket.create_server((host, 0))
+        listener.settimeout(ACCEPT_TIMEOUT)
+        return cls(listener, supplier)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._listener.getsockname()[:2]
+        return str(host), int(port)
+
+    def chunk(self, chunk: Chunk, retry: bool) -> tuple[Any, Any]:
+        if retry:
+            return self._kept[chunk.index]
+        offset, length, digest = self._frame()
+        if offset != chunk.offset or length != chunk.length:
+            raise StreamBroken(f"expected chunk at {chunk.offset}, got one at {offset}")
+        data = np.empty(length, dtype=np.uint8)
+        self._read_into(data)
+        if blake3.blake3(data.data).hexdigest() != digest:
+            raise StreamBroken(f"the chunk at {offset} was damaged between the clusters")
+        kept = (ray.put(data), digest)
+        self._kept[chunk.index] = kept
+        return kept
+
+    def release(self, chunk: Chunk) -> None:
+        self._kept.pop(chunk.index, None)
+
+    def close(self, timeout: float) -> str | None:
+        if self._whole is None:
+            offset, _, digest = self._frame()
+            if offset != END:
+                raise StreamBroken("the source cluster sent more than the file")
+            self._whole = digest or None
+        self.abort()
+        return self._whole
+
+    def abort(self) -> None:
+        for sock in (self._conn, self._listener):
+            if sock is not None:
+                sock.close()
+
+    def _connection(self) -> socket.socket:
+        if self._conn is None:
+            try:
+                self._conn, _ = self._listener.accept()
+            except TimeoutError as exc:
+                raise StreamBroken("the source cluster's agent never connected") from exc
+            self._conn.settimeout(STREAM_TIMEOUT)
+        return self._conn
+
+    def _frame(self) -> tuple[int, int, str]:
+        header = bytearray(FRAME.size)
+        self._read_into(memoryview(header))
+        offset, length, raw = FRAME.unpack(header)
+        digest = raw.hex() if any(raw) else ""
+        return offset, length, digest
+
+    def _read_into(self, buffer: Any) -> None:
+        view = memoryview(buffer).cast("B")
+        conn = self._connection()
+        got = 0
+        while got < len(view):
+            try:
+                n = conn.recv_into(view[got:])
+            except OSError as exc:
+                raise StreamBroken(f"the stream from the source cluster broke: {exc}") from exc
+            if n == 0:
+                raise StreamBroken("the source cluster stopped sending")
+            got += n
+
+
+class Exporter:
+    """The sending end: pushes each chunk once to another cluster's agent."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.address = f"{host}:{port}"
+        self._sock = socket.create_connection((host, port), timeout=STREAM_TIMEOUT)
+
+    def send(self, offset: int, data: np.ndarray, digest: str) -> None:
+        self._sock.sendall(FRAME.pack(offset, len(data), bytes.fromhex(digest)))
+        self._sock.sendall(data.data)
+
+    def finish(self, whole: str | None) -> None:
+        self._sock.sendall(FRAME.pack(END, 0, bytes.fromhex(whole) if whole else bytes(32)))
+        self._sock.close()
+
+    def abort(self) -> None:
+        self._sock.close()
