@@ -14,6 +14,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from castray import cli_clusters
+from castray.cli_common import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption
 from castray.client import Client
 from castray.config import Settings, load_settings
 from castray.errors import CastRayError
@@ -23,18 +25,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(cli_clusters.app, name="clusters")
+app.command()(cli_clusters.demo)
 err = Console(stderr=True)
 out = Console()
 log = logging.getLogger("castray")
-
-ServerOption = Annotated[
-    str, typer.Option("--server", envvar="CASTRAY_SERVER", help="URL of the CastRay server.")
-]
-TokenOption = Annotated[
-    str | None, typer.Option("--token", envvar="CASTRAY_TOKEN", help="The server's API token.")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
 @app.command()
@@ -121,11 +116,16 @@ def status(
 
 @app.command()
 def nodes(
-    server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, json_out: JsonOption = False
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    json_out: JsonOption = False,
+    external: Annotated[
+        bool, typer.Option("--external", help="Only external clusters' nodes.")
+    ] = False,
 ) -> None:
     """List the endpoints ("nodes") of a running server."""
     with Client(server, token) as client:
-        listed = client.nodes()
+        listed = [n for n in client.nodes() if n.is_external or not external]
     if json_out:
         out.print_json(json.dumps([n.model_dump(mode="json") for n in listed]))
         return
@@ -170,4 +170,5 @@ def main() -> None:
     try:
         app()
     except CastRayError as exc:
-        _fail(exc.message)
+        err.print(f"[red]error:[/] {exc.message}", highlight=False)
+        sys.exit(1)

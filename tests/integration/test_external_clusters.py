@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -193,6 +196,43 @@ def test_a_file_received_in_one_cluster_can_be_sent_on_to_another(
 
     assert done["status"] == "completed", done
     assert Path(done["recipients"][b]["path"]).read_bytes() == data
+
+
+def _cli(server: CastRayServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "castray", *args, "--server", server.url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_cli_lists_and_the_demo_sends_to_every_external_node(
+    server: CastRayServer, cluster_a: RayCluster
+) -> None:
+    discovered = _cli(server, "clusters", "discover", "--json")
+    info = _cli(server, "clusters", "info")
+    external = _cli(server, "nodes", "--external", "--json")
+    demo = _cli(server, "demo", "--size", "1MB")
+
+    assert discovered.returncode == 0, discovered.stderr
+    gcs = {c["gcs_address"] for c in json.loads(discovered.stdout)["clusters"]}
+    assert cluster_a.address in gcs
+    assert info.returncode == 0 and "connected" in info.stdout
+    nodes = json.loads(external.stdout)
+    assert nodes and all(n["is_external"] for n in nodes)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "every copy BLAKE3-verified: True" in demo.stdout
+    for node in nodes:
+        assert node["id"] in demo.stdout
+
+
+def test_the_cli_reports_errors_in_one_line(server: CastRayServer) -> None:
+    result = _cli(server, "clusters", "connect", "not an address")
+
+    assert result.returncode == 1
+    assert "cannot read the Ray address" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,158 @@
+"""``castray clusters ...`` and ``castray demo``: external clusters from the command line."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from castray.cli_common import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption
+from castray.client import Client
+from castray.errors import CastRayError
+from castray.models import ClusterInfo, DiscoveredCluster
+
+app = typer.Typer(help="Discover, connect and disconnect external Ray clusters.")
+out = Console()
+
+
+@app.command()
+def discover(
+    server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, json_out: JsonOption = False
+) -> None:
+    """List the Ray clusters running on this machine (connects nothing)."""
+    with Client(server, token) as client:
+        found = client.discover()
+    if json_out:
+        out.print_json(found.model_dump_json())
+        return
+    _print_discovered(found.clusters)
+    out.print(f"({found.seconds * 1000:.0f} ms)")
+
+
+@app.command()
+def connect(
+    address: Annotated[
+        str, typer.Argument(help="Dashboard URL or host:port, GCS host:port, ray://")
+    ],
+    ray_token: Annotated[
+        str | None,
+        typer.Option(envvar="CASTRAY_RAY_TOKEN", help="Token of a Ray cluster with auth."),
+    ] = None,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Connect an external cluster; its nodes become CastRay endpoints."""
+    with Client(server, token) as client:
+        result = client.connect(address, ray_token)
+    if json_out:
+        out.print_json(result.model_dump_json())
+        return
+    out.print(result.message)
+    for node in result.external_nodes.values():
+        out.print(f"  {node.id}  {node.address}  {node.status.value}")
+
+
+@app.command()
+def disconnect(
+    cluster: Annotated[
+        str | None, typer.Argument(help="Name or address; all when omitted.")
+    ] = None,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+) -> None:
+    """Disconnect one external cluster, or all of them."""
+    with Client(server, token) as client:
+        out.print(client.disconnect(cluster).message)
+
+
+@app.command()
+def info(
+    server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, json_out: JsonOption = False
+) -> None:
+    """Show the connected external clusters and their nodes."""
+    with Client(server, token) as client:
+        state = client.external_info()
+    if json_out:
+        out.print_json(state.model_dump_json())
+        return
+    if not state.clusters:
+        out.print("no external cluster is connected; try 'castray clusters discover'")
+        return
+    _print_connected(state.clusters)
+    out.print(f"{len(state.external_nodes)} external node(s)")
+
+
+def demo(
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    size: Annotated[str, typer.Option(help="Size of the generated demo file.")] = "10MB",
+) -> None:
+    """Discover and connect external clusters, then send a file to every external node."""
+    with Client(server, token) as client:
+        found = client.discover_and_connect()
+        out.print(f"[bold]1. discover[/]: {found.message}")
+        if not found.success:
+            raise typer.Exit(code=1)
+        info = client.external_info()
+        _print_connected(info.clusters)
+        targets = sorted(n.id for n in info.external_nodes.values() if n.status.value == "alive")
+        out.print(f"[bold]2. external nodes[/]: {', '.join(targets) or 'none alive'}")
+        if not targets:
+            raise typer.Exit(code=1)
+        source = _home_source(client)
+        made = client.generate(size, "random", f"castray-demo-{size}.bin")
+        digest = made.blake3[:16]
+        out.print(f"[bold]3. send[/] {made.file} ({made.size} B, BLAKE3 {digest}…) from {source}")
+        accepted = client.send(source, made.file, targets)
+        done = client.wait(accepted.transfer_id)
+        table = Table("recipient", "status", "bytes", "path / error")
+        for rid, state in sorted(done.recipients.items()):
+            table.add_row(
+                rid, state.status.value, str(state.bytes_done), state.path or state.error or ""
+            )
+        out.print(table)
+        verified = done.file.blake3 == made.blake3 and done.status.value == "completed"
+        out.print(
+            f"[bold]4. result[/]: {done.status.value}; every copy BLAKE3-verified: {verified}"
+        )
+        if not verified:
+            raise typer.Exit(code=1)
+
+
+def _home_source(client: Client) -> str:
+    for node in client.nodes():
+        if not node.is_external and node.status.value == "alive":
+            return node.id
+    raise CastRayError("no alive home node to send from")
+
+
+def _print_discovered(clusters: list[DiscoveredCluster]) -> None:
+    table = Table("GCS", "dashboard", "Ray", "nodes", "auth", "connected", "note")
+    for c in clusters:
+        table.add_row(
+            c.gcs_address,
+            c.dashboard_url or "-",
+            c.ray_version or "?",
+            "?" if c.alive_nodes is None else str(c.alive_nodes),
+            {True: "token", False: "none", None: "?"}[c.auth_required],
+            "yes" if c.connected else "no",
+            c.detail or "",
+        )
+    out.print(table)
+
+
+def _print_connected(clusters: list[ClusterInfo]) -> None:
+    table = Table("cluster", "status", "GCS", "dashboard", "nodes")
+    for c in clusters:
+        ray = c.ray
+        table.add_row(
+            c.name,
+            c.status.value,
+            ray.address if ray else "-",
+            (ray.dashboard_url or "-") if ray else "-",
+            str(ray.alive_nodes) if ray else "-",
+        )
+    out.print(table)
