@@ -165,6 +165,7 @@ def running_cluster(
     root: Path, head_ip: str, *worker_ips: str, **options: Any
 ) -> Iterator[RayCluster]:
     """A head and workers, started in order and stopped whatever happens."""
+    root.mkdir(parents=True, exist_ok=True)
     cluster = RayCluster(head_ip, root, **options)
     try:
         cluster.start_head()
