@@ -91,12 +91,16 @@ class ClusterService:
     # ---- changes -------------------------------------------------------------------------
 
     async def discover_and_connect(self) -> tuple[list[DiscoveredCluster], ClusterInfo | None]:
-        """Connect the first discovered cluster not yet connected; None when there is none."""
+        """Connect the first discovered cluster not yet connected whose dashboard answered.
+
+        A cluster without an answering dashboard (such as another CastRay's private embedded
+        cluster) is listed but left alone: connect it by its GCS address if it is meant.
+        """
         found = await self.discover()
-        for cluster in found:
-            if not cluster.connected:
-                return found, await self.connect(cluster.gcs_address, None)
-        return found, None
+        candidates = [c for c in found if c.reachable and not c.connected]
+        if not candidates:
+            return found, None
+        return found, await self.connect(candidates[0].gcs_address, None)
 
     async def connect(self, address: str, ray_token: str | None) -> ClusterInfo:
         """Connect an external cluster (idempotent); errors say what was tried."""

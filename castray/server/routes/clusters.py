@@ -44,12 +44,19 @@ async def discover(clusters: ClustersDep) -> DiscoveryResult:
 async def discover_external(clusters: ClustersDep) -> DiscoverExternalResult:
     """Find clusters started by other processes and connect the first one not connected."""
     found, connected = await clusters.discover_and_connect()
+    any_connected = bool(clusters.external_clusters())
     if not found:
-        message, success = NONE_RUNNING, False
-    elif connected is None:
-        message, success = "every discovered cluster is connected already", True
+        message = NONE_RUNNING
+    elif connected is not None:
+        message = f"connected external cluster {connected.name}"
+    elif any_connected:
+        message = "every discovered cluster with an answering dashboard is connected already"
     else:
-        message, success = f"connected external cluster {connected.name}", True
+        message = (
+            f"found {len(found)} cluster(s), none with an answering Ray dashboard; connect one "
+            "by its GCS address with POST /api/cluster/connect-external"
+        )
+    success = connected is not None or any_connected
     return DiscoverExternalResult(
         success=success,
         message=message,
