@@ -208,9 +208,7 @@ class Endpoint:
         """Drop a transfer's partial file; nothing of it stays."""
         sink = self._sinks.pop(transfer_id, None)
         if sink is not None:
-            with contextlib.suppress(OSError):
-                os.close(sink.fd)
-            sink.temp.unlink(missing_ok=True)
+            self._discard(sink)
 
     def _discard(self, sink: _Sink) -> None:
         with contextlib.suppress(OSError):

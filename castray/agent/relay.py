@@ -325,7 +325,8 @@ class TransferRun:
             return
         recipient.failed = reason
         log.warning("transfer %s: %s failed: %s", self.spec.transfer_id, recipient.id, reason)
-        _quietly(recipient.handle.abort_sink.remote(self.spec.transfer_id))
+        # Fire and forget: the actor may be gone, and then there is nothing to clean.
+        recipient.handle.abort_sink.remote(self.spec.transfer_id)
         self._emit(
             RecipientFinished(
                 transfer_id=self.spec.transfer_id, recipient=recipient.id, ok=False, error=reason
@@ -335,7 +336,7 @@ class TransferRun:
     def _abort_open_sinks(self, reason: str) -> None:
         for recipient in self._recipients:
             if recipient.failed is None and recipient.path is None:
-                _quietly(recipient.handle.abort_sink.remote(self.spec.transfer_id))
+                recipient.handle.abort_sink.remote(self.spec.transfer_id)
                 if not self._cancelled.is_set():
                     self._fail(recipient, reason)
         self._feed.abort()
@@ -357,11 +358,6 @@ def _answers(handle: Any) -> bool:
     except (RayError, GetTimeoutError):
         return False
     return True
-
-
-def _quietly(ref: Any) -> None:
-    """Fire-and-forget call whose failure changes nothing (the actor may be gone)."""
-    del ref
 
 
 def _reason(exc: BaseException) -> str:

@@ -370,3 +370,27 @@ def test_a_killed_external_cluster_goes_dead_and_the_rest_keeps_working(
     assert "dead" in refused.json()["detail"]
     home = tx.send(server, source_node="home-127.0.0.1", file="ext.bin", recipients=["node_1"])
     assert home["status"] == "completed"
+
+
+def test_the_token_ray_keeps_on_this_machine_is_used_when_none_is_given(
+    secure_cluster: RayCluster, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(RAY_TOKEN + "\n")
+    server = start_server(tmp_path / "data", env={"HOME": str(home)})
+    try:
+        found = _call(server, "GET", "/api/cluster/discover").json()["clusters"]
+        connected = _call(
+            server,
+            "POST",
+            "/api/cluster/connect-external",
+            json={"cluster_address": secure_cluster.dashboard_url},
+        )
+    finally:
+        server.stop()
+
+    secure = next(c for c in found if c["gcs_address"] == secure_cluster.address)
+    assert secure["alive_nodes"] == 1
+    assert connected.status_code == 200, connected.text
+    assert [n["status"] for n in connected.json()["external_nodes"].values()] == ["alive"]
