@@ -149,6 +149,8 @@ def _configure_logging(settings: Settings) -> None:
         format="%(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    # One line per dashboard probe is noise at info level.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _is_loopback(host: str) -> bool:
