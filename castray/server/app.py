@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from castray import __version__
 from castray.config import Settings
 from castray.errors import CastRayError
+from castray.server import ws
 from castray.server.autopilot import Autopilot
 from castray.server.clusters import ClusterService
 from castray.server.deps import require_token
@@ -98,6 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (status, clusters, nodes, messages, files, generator, transfers, groups):
         app.include_router(module.router, prefix="/api", dependencies=api)
     app.include_router(ui.router)
+    app.include_router(ws.router)
     _add_error_handlers(app)
     return app
 

@@ -45,6 +45,11 @@ class EventHub:
         self._subscribers: set[Subscription] = set()
         self._seq = 0
 
+    @property
+    def last_seq(self) -> int:
+        """Number of the newest event (0 before the first)."""
+        return self._seq
+
     def publish(self, type_: str, **data: Any) -> Event:
         self._seq += 1
         event = Event(self._seq, type_, data)

@@ -1,0 +1,59 @@
+"""``/ws``: a snapshot first, then numbered events as things happen."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from tests.support.server import CastRayServer
+
+pytestmark = pytest.mark.ray
+
+
+def _ws_url(server: CastRayServer) -> str:
+    return server.url.replace("http://", "ws://") + "/ws"
+
+
+def _receive_until(ws: ClientConnection, kind: str, limit: int = 50) -> dict[str, Any]:
+    for _ in range(limit):
+        message = json.loads(ws.recv(timeout=30))
+        if message["type"] == kind:
+            return dict(message)
+    raise AssertionError(f"no {kind!r} event among {limit} messages")
+
+
+def test_snapshot_then_ordered_events(embedded_server: CastRayServer) -> None:
+    with connect(_ws_url(embedded_server)) as ws:
+        snapshot = json.loads(ws.recv(timeout=30))
+        with embedded_server.client() as client:
+            created = client.post("/api/nodes", json={"node_id": "ws-watch"})
+            assert created.status_code == 201
+            client.delete("/api/nodes/ws-watch")
+        added = _receive_until(ws, "node_added")
+        removed = _receive_until(ws, "node_removed")
+
+    assert snapshot["type"] == "snapshot"
+    assert {n["id"] for n in snapshot["data"]["nodes"]} >= {"home-127.0.0.1", "node_1"}
+    assert [c["name"] for c in snapshot["data"]["clusters"]] == ["home"]
+    assert added["data"]["node"]["id"] == "ws-watch"
+    assert removed["data"]["node_id"] == "ws-watch"
+    assert snapshot["seq"] < added["seq"] < removed["seq"]
+
+
+def test_events_reach_a_reading_client_while_another_reads_nothing(
+    embedded_server: CastRayServer,
+) -> None:
+    with connect(_ws_url(embedded_server)) as stalled, connect(_ws_url(embedded_server)) as live:
+        json.loads(stalled.recv(timeout=30))
+        json.loads(live.recv(timeout=30))
+        with embedded_server.client() as client:
+            for n in range(5):
+                assert client.post("/api/nodes", json={"node_id": f"burst-{n}"}).status_code == 201
+            seen = {_receive_until(live, "node_added")["data"]["node"]["id"] for _ in range(5)}
+            for n in range(5):
+                client.delete(f"/api/nodes/burst-{n}")
+
+    assert seen == {f"burst-{n}" for n in range(5)}
