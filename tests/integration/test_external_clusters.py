@@ -394,3 +394,39 @@ def test_the_token_ray_keeps_on_this_machine_is_used_when_none_is_given(
     assert secure["alive_nodes"] == 1
     assert connected.status_code == 200, connected.text
     assert [n["status"] for n in connected.json()["external_nodes"].values()] == ["alive"]
+
+
+def test_a_transfer_into_a_cluster_that_dies_fails_with_the_reason(
+    server: CastRayServer, tmp_path: Path
+) -> None:
+    with server.client() as client:
+        made = client.post(
+            "/api/file-generator/create",
+            json={"size": "400MB", "content_type": "pattern", "name": "into-the-void.bin"},
+        )
+    assert made.status_code == 201
+    with running_cluster(tmp_path, "127.0.0.55") as doomed:
+        connected = _call(
+            server,
+            "POST",
+            "/api/cluster/connect-external",
+            json={"cluster_address": doomed.address},
+        )
+        assert connected.status_code == 200, connected.text
+        (endpoint,) = connected.json()["external_nodes"]
+        transfer_id = tx.start(
+            server, source_node="home-127.0.0.1", file="into-the-void.bin", recipients=[endpoint]
+        )
+        wait_for(
+            lambda: tx.get(server, transfer_id)["recipients"][endpoint]["bytes_done"] > 0,
+            60,
+            "the transfer to be under way",
+            interval=0.05,
+        )
+        for raylet in doomed.raylets:
+            raylet.stop(grace=0)
+
+    done = tx.wait_finished(server, transfer_id, timeout=60)
+    assert done["status"] == "failed", done
+    assert done["recipients"][endpoint]["status"] == "failed"
+    assert "down" in done["error"] or "died" in (done["recipients"][endpoint]["error"] or "")
