@@ -2,7 +2,8 @@
 
 Every raylet gets its own process group, node IP (127.0.0.N, N >= 2), ports and temp dir,
 so clusters of different tests never meet, and stopping a group leaves nothing behind.
-Never ``ray stop``: it would kill every Ray process on the machine.
+Nothing here uses the global stop command of Ray's CLI: it would kill every Ray process on
+the machine, other users' clusters included.
 """
 
 from __future__ import annotations
