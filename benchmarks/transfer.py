@@ -55,17 +55,6 @@ def timed(action: Any) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-def generate(server: CastRayServer, name: str, size: str, kind: str) -> dict[str, Any]:
-    with server.client() as client:
-        made = client.post(
-            "/api/file-generator/create",
-            json={"size": size, "content_type": kind, "name": name},
-            timeout=600,
-        )
-    made.raise_for_status()
-    return dict(made.json())
-
-
 def cp(source: Path, targets: list[Path]) -> float:
     """Seconds for parallel ``cp`` + ``sync`` of each copy."""
     subprocess.run(["sync"], check=True)
@@ -238,7 +227,7 @@ def measure_broadcast(server: CastRayServer, root: Path) -> Rows:
 
 
 def measure_big(cluster: RayCluster, server: CastRayServer, size: str) -> Rows:
-    big = generate(server, "big.bin", size, "pattern")
+    big = tx.generate(server, "big.bin", size, "pattern")
     with Sampler(cluster, server) as sampler:
         seconds, done = timed(
             lambda: tx.send(
@@ -275,7 +264,7 @@ def main() -> None:
             try:
                 server.wait_alive(3)
                 if parts & {"unicast", "broadcast"}:
-                    generate(server, "one-gib.bin", "1GB", "random")
+                    tx.generate(server, "one-gib.bin", "1GB", "random")
                 if "unicast" in parts:
                     rows += measure_unicast(cluster, server, root)
                 if "broadcast" in parts:

@@ -35,7 +35,6 @@ _BY_STATUS = {
     503: "cluster_unavailable",
     504: "agent_timeout",
 }
-FINISHED = {"completed", "partially_failed", "failed", "cancelled", "interrupted"}
 
 
 class Client:
@@ -107,7 +106,7 @@ class Client:
         deadline = time.monotonic() + timeout
         while True:
             transfer = self.transfer(transfer_id)
-            if transfer.status.value in FINISHED or time.monotonic() > deadline:
+            if transfer.status.finished or time.monotonic() > deadline:
                 return transfer
             time.sleep(poll)
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.server import CastRayServer, start_server
+from tests.support.server import CastRayServer, serving
 
 DEMO_NODES = 2
 
@@ -20,9 +20,6 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CastRa
     root = tmp_path_factory.mktemp("embedded")
     home = root / "home"
     home.mkdir()
-    server = start_server(root / "data", "--demo-nodes", str(DEMO_NODES), env={"HOME": str(home)})
-    try:
-        server.wait_alive(1 + DEMO_NODES)
+    args = ("--demo-nodes", str(DEMO_NODES))
+    with serving(root / "data", *args, alive=1 + DEMO_NODES, env={"HOME": str(home)}) as server:
         yield server
-    finally:
-        server.stop()

@@ -243,9 +243,7 @@ class TransferService:
             log.warning(
                 "transfer %s failed: cluster %s is down (%s)", live.transfer.id, cluster, reason
             )
-            live.finished_parts = []
-            live.clusters = [cluster]
-            self._finished(
+            self._finalize(
                 live,
                 TransferFinished(
                     transfer_id=live.transfer.id,
@@ -333,14 +331,20 @@ class TransferService:
             return
         parts = live.finished_parts
         errors = [p.error for p in parts if p.error]
-        message = TransferFinished(
-            transfer_id=message.transfer_id,
-            size=max(p.size for p in parts),
-            blake3=next((p.blake3 for p in parts if p.blake3), None),
-            cancelled=any(p.cancelled for p in parts),
-            error="; ".join(errors) or None,
-            chunks_resent=sum(p.chunks_resent for p in parts),
+        self._finalize(
+            live,
+            TransferFinished(
+                transfer_id=message.transfer_id,
+                size=max(p.size for p in parts),
+                blake3=next((p.blake3 for p in parts if p.blake3), None),
+                cancelled=any(p.cancelled for p in parts),
+                error="; ".join(errors) or None,
+                chunks_resent=sum(p.chunks_resent for p in parts),
+            ),
         )
+
+    def _finalize(self, live: _Live, message: TransferFinished) -> None:
+        """The transfer's final state from the outcome of all its parts."""
         self._sized(live, message.size)
         recipients = dict(live.recipients)
         for rid, state in recipients.items():

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import transfers as tx
 from tests.support.raycluster import RayCluster, running_cluster
-from tests.support.server import CastRayServer, start_server
+from tests.support.server import CastRayServer, serving, start_server
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -42,12 +42,10 @@ def server(
     """An embedded-home CastRay whose HOME holds no Ray token (so token tests are exact)."""
     root = tmp_path_factory.mktemp("ext-server")
     (root / "home").mkdir()
-    server = start_server(root / "data", "--demo-nodes", "1", env={"HOME": str(root / "home")})
-    try:
-        server.wait_alive(2)
+    with serving(
+        root / "data", "--demo-nodes", "1", alive=2, env={"HOME": str(root / "home")}
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _call(server: CastRayServer, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -399,12 +397,7 @@ def test_the_token_ray_keeps_on_this_machine_is_used_when_none_is_given(
 def test_a_transfer_into_a_cluster_that_dies_fails_with_the_reason(
     server: CastRayServer, tmp_path: Path
 ) -> None:
-    with server.client() as client:
-        made = client.post(
-            "/api/file-generator/create",
-            json={"size": "400MB", "content_type": "pattern", "name": "into-the-void.bin"},
-        )
-    assert made.status_code == 201
+    tx.generate(server, "into-the-void.bin", "400MB", "pattern")
     with running_cluster(tmp_path, "127.0.0.55") as doomed:
         connected = _call(
             server,

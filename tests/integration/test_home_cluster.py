@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.raycluster import RayCluster, running_cluster
-from tests.support.server import CastRayServer, start_server
+from tests.support.server import CastRayServer, serving
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -28,12 +28,8 @@ def server(
     cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[CastRayServer]:
     data = tmp_path_factory.mktemp("home-cluster-server") / "data"
-    server = start_server(data, "--ray-address", cluster.address)
-    try:
-        server.wait_alive(3)
+    with serving(data, "--ray-address", cluster.address, alive=3) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_each_ray_node_gets_one_endpoint(server: CastRayServer, cluster: RayCluster) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support import transfers as tx
 from tests.support.raycluster import RayCluster, running_cluster
-from tests.support.server import CastRayServer, start_server
+from tests.support.server import CastRayServer, serving
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -39,16 +39,11 @@ def server(
         "CASTRAY_UPLOAD_LIMIT_BYTES": str(UPLOAD_LIMIT),
         "CASTRAY_ENABLE_FAULT_INJECTION": "1",
     }
-    server = start_server(data, "--ray-address", cluster.address, env=env)
-    try:
-        server.wait_alive(3)
-        with server.client() as client:
-            worker = server.nodes()[DST_A]["ray_node_id"]
-            created = client.post("/api/nodes", json={"node_id": "side", "ray_node_id": worker})
-            assert created.status_code == 201, created.text
+    with serving(data, "--ray-address", cluster.address, alive=3, env=env) as server:
+        worker = server.nodes()[DST_A]["ray_node_id"]
+        created = tx.post(server, "/api/nodes", {"node_id": "side", "ray_node_id": worker})
+        assert created.status_code == 201, created.text
         yield server
-    finally:
-        server.stop()
 
 
 def _path(server: CastRayServer, node: str, name: str) -> Path:
@@ -120,19 +115,14 @@ def test_multicast_to_a_group_and_counters_count_verified_bytes(server: CastRayS
 
 
 def test_a_few_hundred_megabytes_arrive_intact(server: CastRayServer) -> None:
-    with server.client() as client:
-        made = client.post(
-            "/api/file-generator/create",
-            json={"size": "200MB", "content_type": "random", "name": "big.bin"},
-        )
-    assert made.status_code == 201, made.text
+    made = tx.generate(server, "big.bin", "200MB", "random")
 
     done = tx.send(server, source_node=SRC, file="big.bin", recipients=[DST_B], timeout=600)
 
     assert done["status"] == "completed", done
     arrived = Path(done["recipients"][DST_B]["path"])
     assert arrived.stat().st_size == 200 * 1024 * 1024
-    assert blake3.blake3(arrived.read_bytes()).hexdigest() == made.json()["blake3"]
+    assert blake3.blake3(arrived.read_bytes()).hexdigest() == made["blake3"]
     assert done["throughput_bps"] > 0
 
 
@@ -164,14 +154,10 @@ def test_a_file_in_the_source_storage_can_be_sent_on(server: CastRayServer) -> N
 
 
 def test_cancel_stops_the_transfer_and_leaves_no_partial_file(server: CastRayServer) -> None:
-    with server.client() as client:
-        made = client.post(
-            "/api/file-generator/create",
-            json={"size": "300MB", "content_type": "pattern", "name": "slow.bin"},
-        )
-        assert made.status_code == 201
-        transfer_id = tx.start(server, source_node=SRC, file="slow.bin", recipients=[DST_A])
+    tx.generate(server, "slow.bin", "300MB", "pattern")
+    transfer_id = tx.start(server, source_node=SRC, file="slow.bin", recipients=[DST_A])
 
+    with server.client() as client:
         cancelled = client.delete(f"/api/transfers/{transfer_id}")
 
     assert cancelled.status_code == 200
@@ -368,12 +354,7 @@ def test_messages_reach_every_recipient_through_their_actors(server: CastRayServ
 def test_a_recipient_whose_node_dies_fails_while_the_others_complete(
     server: CastRayServer, cluster: RayCluster
 ) -> None:
-    with server.client() as client:
-        made = client.post(
-            "/api/file-generator/create",
-            json={"size": "400MB", "content_type": "pattern", "name": "doomed.bin"},
-        )
-    assert made.status_code == 201
+    made = tx.generate(server, "doomed.bin", "400MB", "pattern")
     transfer_id = tx.start(
         server, source_node=SRC, file="doomed.bin", mode="multicast", recipients=[DST_A, DST_B]
     )
@@ -392,7 +373,7 @@ def test_a_recipient_whose_node_dies_fails_while_the_others_complete(
     assert done["recipients"][DST_B]["error"]
     assert done["recipients"][DST_A]["status"] == "completed"
     arrived = Path(done["recipients"][DST_A]["path"])
-    assert blake3.blake3(arrived.read_bytes()).hexdigest() == made.json()["blake3"]
+    assert blake3.blake3(arrived.read_bytes()).hexdigest() == made["blake3"]
     wait_for(lambda: server.nodes()[DST_B]["status"] == "dead", 30, f"{DST_B} to be dead")
 
 
@@ -418,12 +399,7 @@ def tiny_disk_node(server: CastRayServer) -> Iterator[str]:
 def test_a_recipient_whose_disk_fills_fails_while_the_others_complete(
     server: CastRayServer, tiny_disk_node: str
 ) -> None:
-    with server.client() as client:
-        made = client.post(
-            "/api/file-generator/create",
-            json={"size": "3MB", "content_type": "random", "name": "fat.bin"},
-        )
-    assert made.status_code == 201
+    tx.generate(server, "fat.bin", "3MB", "random")
 
     done = tx.send(
         server,

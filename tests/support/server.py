@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,19 @@ class CastRayServer:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         return self.process.returncode
+
+
+@contextmanager
+def serving(
+    data_dir: Path, *args: str, alive: int, env: dict[str, str] | None = None
+) -> Iterator[CastRayServer]:
+    """A started server with ``alive`` endpoints up, stopped whatever happens."""
+    server = start_server(data_dir, *args, env=env)
+    try:
+        server.wait_alive(alive)
+        yield server
+    finally:
+        server.stop()
 
 
 def start_server(

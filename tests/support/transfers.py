@@ -21,6 +21,18 @@ def upload_bytes(server: CastRayServer, name: str, data: bytes) -> dict[str, Any
     return dict(response.json())
 
 
+def generate(server: CastRayServer, name: str, size: str, content_type: str) -> dict[str, Any]:
+    """A new library file made by the server's generator (streamed: any size)."""
+    with server.client() as client:
+        response = client.post(
+            "/api/file-generator/create",
+            json={"size": size, "content_type": content_type, "name": name},
+            timeout=600,
+        )
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
 def start(server: CastRayServer, **body: Any) -> str:
     with server.client() as client:
         response = client.post("/api/transfers", json=body)
