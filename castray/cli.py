@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from castray import cli_clusters
+from castray import cli_clusters, cli_transfers
 from castray.cli_common import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption
 from castray.client import Client
 from castray.config import Settings, load_settings
@@ -26,7 +26,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(cli_clusters.app, name="clusters")
-app.command()(cli_clusters.demo)
+app.add_typer(cli_transfers.groups_app, name="groups")
+for command in (
+    cli_transfers.send,
+    cli_transfers.transfers,
+    cli_transfers.cancel,
+    cli_transfers.generate,
+    cli_transfers.files,
+    cli_clusters.demo,
+):
+    app.command()(command)
 err = Console(stderr=True)
 out = Console()
 log = logging.getLogger("castray")

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
+from websockets.exceptions import WebSocketException
+from websockets.sync.client import ClientConnection, connect
 
 from castray.errors import ServerUnreachable, error_from_code
 from castray.models import (
@@ -16,11 +22,15 @@ from castray.models import (
     DiscoveryResult,
     ExternalInfo,
     GeneratedFile,
+    Group,
+    LibraryFile,
     Node,
     NodeList,
     StatusResponse,
     Transfer,
     TransferAccepted,
+    TransferPage,
+    UploadResult,
 )
 
 _BY_STATUS = {
@@ -41,8 +51,10 @@ class Client:
     """A thin, typed wrapper over the REST API; errors come back as CastRayError."""
 
     def __init__(self, server: str, token: str | None = None, timeout: float = 60.0) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout)
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=server.rstrip("/"), headers=self._headers, timeout=timeout
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -93,13 +105,71 @@ class Client:
             self._call("POST", "/api/file-generator/create", json=body)
         )
 
-    def send(self, source: str, file: str, recipients: list[str]) -> TransferAccepted:
-        mode = "unicast" if len(recipients) == 1 else "multicast"
-        body = {"source_node": source, "file": file, "mode": mode, "recipients": recipients}
+    def files(self) -> list[LibraryFile]:
+        return [LibraryFile.model_validate(f) for f in self._call("GET", "/api/files")]
+
+    def upload(self, path: Path) -> UploadResult:
+        """Store a local file in the server's library (under its own name), streamed."""
+        with path.open("rb") as handle:
+            files = {"file": (path.name, handle, "application/octet-stream")}
+            body = self._call("POST", "/api/upload", files=files, timeout=None)
+        return UploadResult.model_validate(body)
+
+    def send(
+        self,
+        source: str,
+        file: str,
+        recipients: list[str] | None = None,
+        group: str | None = None,
+    ) -> TransferAccepted:
+        """Unicast/multicast to ``recipients``, multicast to ``group``, or else broadcast."""
+        body: dict[str, Any] = {"source_node": source, "file": file}
+        if group:
+            body |= {"mode": "multicast", "group": group}
+        elif recipients:
+            mode = "unicast" if len(recipients) == 1 else "multicast"
+            body |= {"mode": mode, "recipients": recipients}
+        else:
+            body["mode"] = "broadcast"
         return TransferAccepted.model_validate(self._call("POST", "/api/transfers", json=body))
 
     def transfer(self, transfer_id: str) -> Transfer:
         return Transfer.model_validate(self._call("GET", f"/api/transfers/{transfer_id}"))
+
+    def transfers(self, limit: int = 20) -> TransferPage:
+        return TransferPage.model_validate(
+            self._call("GET", "/api/transfers", params={"limit": limit})
+        )
+
+    def cancel(self, transfer_id: str) -> Transfer:
+        return Transfer.model_validate(self._call("DELETE", f"/api/transfers/{transfer_id}"))
+
+    def groups(self) -> list[Group]:
+        return [Group.model_validate(g) for g in self._call("GET", "/api/groups")]
+
+    def group(self, name: str) -> Group:
+        return Group.model_validate(self._call("GET", f"/api/groups/{name}"))
+
+    def save_group(self, name: str, members: list[str], replace: bool = False) -> Group:
+        if replace:
+            body = self._call("PUT", f"/api/groups/{name}", json={"members": members})
+        else:
+            body = self._call("POST", "/api/groups", json={"name": name, "members": members})
+        return Group.model_validate(body)
+
+    def delete_group(self, name: str) -> None:
+        self._call("DELETE", f"/api/groups/{name}")
+
+    @contextmanager
+    def events(self) -> Iterator[EventStream]:
+        """The server's ``/ws`` stream; open it before acting, so no event is missed."""
+        url = str(self._http.base_url).replace("http", "ws", 1).rstrip("/") + "/ws"
+        try:
+            connection = connect(url, additional_headers=self._headers, open_timeout=10)
+        except (OSError, WebSocketException) as exc:
+            raise ServerUnreachable(f"cannot open the event stream {url}: {exc}") from exc
+        with connection:
+            yield EventStream(connection)
 
     def wait(self, transfer_id: str, timeout: float = 3600.0, poll: float = 0.25) -> Transfer:
         """Poll a transfer until it has finished."""
@@ -122,6 +192,28 @@ class Client:
             code = _BY_STATUS.get(response.status_code, "agent_failure")
             raise error_from_code(code, _detail(response))
         return response.json()
+
+
+class EventStream:
+    """Messages of ``/ws`` as dicts (``type``, ``seq``, ``at``, ``data``)."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self._connection = connection
+        self.snapshot: dict[str, Any] = self._receive(30.0) or {}
+
+    def next(self, timeout: float) -> dict[str, Any] | None:
+        """The next message, or None if none came within ``timeout`` seconds."""
+        return self._receive(timeout)
+
+    def _receive(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            raw = self._connection.recv(timeout=timeout)
+        except TimeoutError:
+            return None
+        except WebSocketException as exc:
+            raise ServerUnreachable(f"the event stream closed: {exc}") from exc
+        message: dict[str, Any] = json.loads(raw)
+        return message
 
 
 def _detail(response: httpx.Response) -> str:

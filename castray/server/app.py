@@ -62,7 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
         registry = Registry(events)
         supervisor = Supervisor(settings, registry)
         library = Library(settings.library_dir)
-        group_service = GroupService(registry, history)
+        group_service = GroupService(registry, history, events)
         transfer_service = TransferService(
             settings, registry, supervisor, library, history, events, group_service.members
         )
@@ -98,7 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
     # clusters before nodes: /api/nodes/external must not be taken for a node id.
     for module in (status, clusters, nodes, messages, files, generator, transfers, groups):
         app.include_router(module.router, prefix="/api", dependencies=api)
-    app.include_router(ui.router)
+    ui.mount(app)
     app.include_router(ws.router)
     _add_error_handlers(app)
     return app

@@ -6,6 +6,7 @@ import asyncio
 
 from castray.errors import Conflict, GroupNotFound
 from castray.models import Group
+from castray.server.events import EventHub
 from castray.server.history import History
 from castray.server.registry import Registry
 
@@ -13,9 +14,10 @@ from castray.server.registry import Registry
 class GroupService:
     """Groups by name; ``members`` is the live mapping the planners read."""
 
-    def __init__(self, registry: Registry, history: History) -> None:
+    def __init__(self, registry: Registry, history: History, events: EventHub) -> None:
         self._registry = registry
         self._history = history
+        self._events = events
         self.members: dict[str, list[str]] = {g.name: g.members for g in history.groups()}
 
     def all(self) -> list[Group]:
@@ -39,6 +41,7 @@ class GroupService:
         self.get(name)
         del self.members[name]
         await asyncio.to_thread(self._history.delete_group, name)
+        self._events.publish("group_deleted", name=name)
 
     async def _save(self, group: Group) -> Group:
         members = list(dict.fromkeys(group.members))
@@ -47,4 +50,5 @@ class GroupService:
         group = Group(name=group.name, members=members)
         self.members[group.name] = members
         await asyncio.to_thread(self._history.save_group, group)
+        self._events.publish("group_saved", group=group.model_dump(mode="json"))
         return group

@@ -116,6 +116,8 @@ class Registry:
             self._events.publish("node_added", node=node)
         elif before.status is not endpoint.status:
             self._events.publish("node_status", node=node)
+        elif before != endpoint:
+            self._events.publish("node_updated", node=node)
         self._bump()
 
     def remove_endpoint(self, endpoint_id: str) -> None:

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 
 from castray.config import Settings
 from castray.server.events import Event, EventHub, Subscription
+from castray.server.groups import GroupService
 from castray.server.registry import Registry
 from castray.server.transfers import TransferService
 
@@ -45,7 +46,7 @@ async def events(websocket: WebSocket) -> None:
     subscription = hub.subscribe()
     try:
         await websocket.accept()
-        await _send(websocket, "snapshot", hub.last_seq, _snapshot(state.registry, state.transfers))
+        await _send(websocket, "snapshot", hub.last_seq, _snapshot(state))
         await _stream(websocket, hub, subscription)
     except (WebSocketDisconnect, TimeoutError, RuntimeError):
         pass
@@ -93,11 +94,15 @@ async def _send(
     await asyncio.wait_for(websocket.send_json(message), SEND_TIMEOUT)
 
 
-def _snapshot(registry: Registry, transfers: TransferService) -> dict[str, Any]:
+def _snapshot(state: Any) -> dict[str, Any]:
+    registry: Registry = state.registry
+    transfers: TransferService = state.transfers
+    groups: GroupService = state.groups
     return {
         "clusters": [c.model_dump(mode="json") for c in registry.clusters()],
         "nodes": [n.model_dump(mode="json") for n in registry.nodes()],
         "transfers": [t.model_dump(mode="json") for t in transfers.live()],
+        "groups": [g.model_dump(mode="json") for g in groups.all()],
     }
 
 

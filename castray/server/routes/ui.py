@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from importlib.resources import files
+from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 router = APIRouter(include_in_schema=False)
 
@@ -18,4 +20,20 @@ async def root() -> RedirectResponse:
 @router.get("/ui")
 async def ui() -> HTMLResponse:
     page = files("castray").joinpath("web/index.html").read_text(encoding="utf-8")
-    return HTMLResponse(page)
+    return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
+
+class _Assets(StaticFiles):
+    """Static files that browsers revalidate, so an upgraded CastRay serves its new scripts."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
+def mount(app: FastAPI) -> None:
+    """The page, and its scripts and styles under ``/ui/assets``."""
+    app.include_router(router)
+    assets = _Assets(packages=[("castray", "web")])
+    app.mount("/ui/assets", assets, name="ui-assets")

@@ -1,0 +1,314 @@
+"""Client commands for files and transfers: ``send`` (with live progress), ``transfers``,
+``cancel``, ``generate``, ``files``, and the ``groups`` sub-commands."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.filesize import decimal
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from castray.chunks import file_blake3
+from castray.cli_common import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption
+from castray.client import Client, EventStream
+from castray.errors import InvalidRequest
+from castray.models import RecipientState, Transfer, TransferStatus
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+groups_app = typer.Typer(help="Named groups of nodes to multicast to.", no_args_is_help=True)
+
+POLL_EVERY = 1.0
+"""Seconds without a word about our transfer after which its state is fetched over REST."""
+
+
+def send(
+    file: Annotated[str, typer.Argument(help="A local file (uploaded first) or a library name.")],
+    source: Annotated[str, typer.Option("--from", help="The node that sends.")],
+    to: Annotated[str | None, typer.Option("--to", help="Comma-separated recipient nodes.")] = None,
+    group: Annotated[str | None, typer.Option("--group", help="Multicast to a group.")] = None,
+    everyone: Annotated[
+        bool, typer.Option("--all", help="Broadcast to every other alive node.")
+    ] = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Print the transfer id and return at once.")
+    ] = False,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Send a file from one node to others and follow it to the end.
+
+    Exit code 0 when every recipient has a verified copy, 1 otherwise.
+    """
+    recipients = [r.strip() for r in to.split(",") if r.strip()] if to else None
+    if sum(map(bool, (recipients, group, everyone))) != 1:
+        raise InvalidRequest("say who receives the file: exactly one of --to, --group or --all")
+    with Client(server, token) as client:
+        name = _library_name(client, file, quiet=json_out)
+        if detach:
+            accepted = client.send(source, name, recipients, group)
+            _print_json_or(json_out, accepted.model_dump_json(), accepted.transfer_id)
+            return
+        with client.events() as stream:
+            accepted = client.send(source, name, recipients, group)
+            if not json_out:
+                err.print(f"transfer [bold]{accepted.transfer_id}[/]", highlight=False)
+            try:
+                final = _follow(client, stream, accepted.transfer_id, show=not json_out)
+            except KeyboardInterrupt:
+                err.print(
+                    f"stopped watching; the transfer goes on. Cancel it with "
+                    f"'castray cancel {accepted.transfer_id}'."
+                )
+                raise typer.Exit(code=130) from None
+    if json_out:
+        out.print_json(final.model_dump_json())
+    else:
+        _print_outcome(final)
+    if final.status is not TransferStatus.COMPLETED:
+        raise typer.Exit(code=1)
+
+
+def _library_name(client: Client, file: str, quiet: bool) -> str:
+    """Upload a local file unless the library has it already (same name, same BLAKE3)."""
+    path = Path(file).expanduser()
+    if not path.is_file():
+        return file
+    known = {f.name: f.blake3 for f in client.files()}
+    if path.name in known and known[path.name] == file_blake3(path):
+        return path.name
+    if not quiet:
+        err.print(f"uploading {path} …", highlight=False)
+    return client.upload(path).file
+
+
+def _follow(client: Client, stream: EventStream, transfer_id: str, show: bool) -> Transfer:
+    """Progress bars fed by /ws events; once a second the REST state settles what they missed."""
+    transfer = client.transfer(transfer_id)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err,
+        disable=not show,
+    ) as progress:
+        tasks = {
+            rid: progress.add_task(rid, total=transfer.bytes_total or None, status=r.status.value)
+            for rid, r in transfer.recipients.items()
+        }
+        synced = time.monotonic()
+        while not transfer.status.finished:
+            message = stream.next(timeout=POLL_EVERY)
+            data = message["data"] if message else {}
+            kind = message["type"] if message else None
+            if kind == "transfer_progress" and data["transfer_id"] == transfer_id:
+                for rid, done in data["bytes_done"].items():
+                    if rid in tasks:
+                        progress.update(tasks[rid], total=data["bytes_total"], completed=done)
+            elif kind in ("recipient_completed", "recipient_failed") and (
+                data["transfer_id"] == transfer_id
+            ):
+                state = RecipientState.model_validate(data["recipient_state"])
+                _show_recipient(progress, tasks[data["recipient"]], state)
+            elif kind == "transfer_finished" and data["transfer"]["id"] == transfer_id:
+                synced = 0.0
+            if time.monotonic() - synced >= POLL_EVERY:
+                transfer = client.transfer(transfer_id)
+                synced = time.monotonic()
+                for rid, state in transfer.recipients.items():
+                    progress.update(tasks[rid], total=transfer.bytes_total or None)
+                    _show_recipient(progress, tasks[rid], state)
+    return transfer
+
+
+def _show_recipient(progress: Progress, task: TaskID, state: RecipientState) -> None:
+    progress.update(task, completed=state.bytes_done, status=state.status.value)
+
+
+def _print_outcome(transfer: Transfer) -> None:
+    table = Table("recipient", "status", "where / why")
+    for rid, state in transfer.recipients.items():
+        table.add_row(rid, state.status.value, state.path or state.error or "")
+    out.print(table)
+    speed = f", {transfer.throughput_bps / 1e6:.1f} MB/s" if transfer.throughput_bps else ""
+    out.print(
+        f"{transfer.status.value}: {transfer.file.name} ({transfer.bytes_total} bytes) "
+        f"from {transfer.source_node}{speed}; every copy BLAKE3-verified"
+        if transfer.status is TransferStatus.COMPLETED
+        else f"{transfer.status.value}: {transfer.error or 'some recipients have no copy'}",
+        highlight=False,
+    )
+
+
+def transfers(
+    transfer_id: Annotated[str | None, typer.Argument(help="Show one transfer in full.")] = None,
+    limit: Annotated[int, typer.Option(help="How many of the newest to list.")] = 20,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List transfers, newest first, or show one with each recipient."""
+    with Client(server, token) as client:
+        if transfer_id:
+            one = client.transfer(transfer_id)
+            if json_out:
+                out.print_json(one.model_dump_json())
+            else:
+                out.print(
+                    f"[bold]{one.id}[/] {one.mode.value} of {one.file.name} from "
+                    f"{one.source_node}, created {one.created_at:%Y-%m-%d %H:%M:%S}",
+                    highlight=False,
+                )
+                _print_outcome(one)
+            return
+        page = client.transfers(limit)
+    if json_out:
+        out.print_json(page.model_dump_json())
+        return
+    table = Table("id", "status", "file", "size", "from → to", "MB/s", "created")
+    table.columns[0].no_wrap = True
+    for t in page.transfers:
+        to = list(t.recipients)
+        table.add_row(
+            t.id,
+            t.status.value,
+            t.file.name,
+            decimal(t.bytes_total),
+            f"{t.source_node} → {to[0] if len(to) == 1 else f'{len(to)} nodes'}",
+            f"{t.throughput_bps / 1e6:.1f}" if t.throughput_bps else "",
+            f"{t.created_at.astimezone():%H:%M:%S}",
+        )
+    out.print(table)
+    out.print(f"{len(page.transfers)} of {page.total}", style="dim")
+
+
+def cancel(
+    transfer_id: Annotated[str, typer.Argument(help="The transfer to stop.")],
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Cancel a transfer in flight; partial copies are removed."""
+    with Client(server, token) as client:
+        result = client.cancel(transfer_id)
+    _print_json_or(json_out, result.model_dump_json(), f"{result.id}: {result.status.value}")
+
+
+def generate(
+    size: Annotated[str, typer.Argument(help='Bytes, or with a unit: "10MB", "1.5GiB".')],
+    content_type: Annotated[
+        str, typer.Option("--type", help="random, text or pattern.")
+    ] = "random",
+    name: Annotated[str | None, typer.Option(help="File name in the library.")] = None,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Create a test file in the server's library."""
+    with Client(server, token) as client:
+        made = client.generate(size, content_type, name)
+    _print_json_or(
+        json_out,
+        made.model_dump_json(),
+        f"{made.file}: {made.size} bytes, BLAKE3 {made.blake3}",
+    )
+
+
+def files(
+    server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, json_out: JsonOption = False
+) -> None:
+    """List the files in the server's library."""
+    with Client(server, token) as client:
+        listed = client.files()
+    if json_out:
+        out.print_json(json.dumps([f.model_dump(mode="json") for f in listed]))
+        return
+    table = Table("name", "bytes", "BLAKE3", "modified")
+    for f in listed:
+        table.add_row(f.name, str(f.size), f.blake3[:16] + "…", f"{f.modified:%Y-%m-%d %H:%M}")
+    out.print(table)
+
+
+@groups_app.command("list")
+def groups_list(
+    server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, json_out: JsonOption = False
+) -> None:
+    """List the groups and their members."""
+    with Client(server, token) as client:
+        listed = client.groups()
+    if json_out:
+        out.print_json(json.dumps([g.model_dump(mode="json") for g in listed]))
+        return
+    for g in listed:
+        out.print(f"[bold]{g.name}[/]: {', '.join(g.members)}", highlight=False)
+    if not listed:
+        out.print("no groups; create one with 'castray groups create NAME NODE...'")
+
+
+@groups_app.command("create")
+def groups_create(
+    name: Annotated[str, typer.Argument(help="The group's name.")],
+    members: Annotated[list[str], typer.Argument(help="Its nodes.")],
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Create a group."""
+    _save_group(name, members, server, token, json_out, replace=False)
+
+
+@groups_app.command("set")
+def groups_set(
+    name: Annotated[str, typer.Argument(help="The group's name.")],
+    members: Annotated[list[str], typer.Argument(help="Its nodes, replacing the old ones.")],
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Replace a group's members."""
+    _save_group(name, members, server, token, json_out, replace=True)
+
+
+@groups_app.command("delete")
+def groups_delete(
+    name: Annotated[str, typer.Argument(help="The group's name.")],
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+) -> None:
+    """Delete a group (its nodes stay)."""
+    with Client(server, token) as client:
+        client.delete_group(name)
+    out.print(f"deleted group {name}", highlight=False)
+
+
+def _save_group(
+    name: str, members: list[str], server: str, token: str | None, json_out: bool, replace: bool
+) -> None:
+    with Client(server, token) as client:
+        group = client.save_group(name, members, replace=replace)
+    _print_json_or(json_out, group.model_dump_json(), f"{group.name}: {', '.join(group.members)}")
+
+
+def _print_json_or(json_out: bool, as_json: str, text: str) -> None:
+    if json_out:
+        out.print_json(as_json)
+    else:
+        out.print(text, highlight=False)

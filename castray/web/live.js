@@ -1,0 +1,66 @@
+// The /ws connection: a snapshot, then numbered events; reconnects, and starts over from a
+// fresh snapshot whenever events were lost (a gap in seq, or the server said it dropped some).
+
+import { askForToken, token } from "./api.js";
+
+export class LiveFeed {
+  constructor({ onSnapshot, onEvent, onState }) {
+    this.onSnapshot = onSnapshot;
+    this.onEvent = onEvent;
+    this.onState = onState;
+    this.seq = 0;
+    this.retry = 500;
+    this.socket = null;
+    this.askedForToken = false;
+  }
+
+  start() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const saved = token();
+    const query = saved ? `?token=${encodeURIComponent(saved)}` : "";
+    const socket = new WebSocket(`${scheme}://${location.host}/ws${query}`);
+    this.socket = socket;
+    let opened = false;
+    socket.onopen = () => { opened = true; };
+    socket.onmessage = (message) => this.receive(JSON.parse(message.data));
+    socket.onclose = (event) => {
+      this.onState(false);
+      if (!opened && !this.askedForToken) this.checkToken();
+      const delay = this.retry;
+      this.retry = Math.min(Math.max(this.retry * 2, 500), 10000);
+      setTimeout(() => this.start(), delay);
+    };
+  }
+
+  /** The handshake was refused: if the API says 401 too, ask for the token. */
+  async checkToken() {
+    const probe = await fetch("/api/status", {
+      headers: token() ? { Authorization: "Bearer " + token() } : {},
+    }).catch(() => null);
+    if (probe && probe.status === 401) {
+      this.askedForToken = true;
+      askForToken();
+    }
+  }
+
+  receive(message) {
+    if (message.type === "snapshot") {
+      this.seq = message.seq;
+      this.retry = 500;
+      this.onState(true);
+      this.onSnapshot(message.data);
+      return;
+    }
+    if (message.type === "heartbeat") return;
+    if (message.type === "events_dropped") { this.resync(); return; }
+    if (message.seq <= this.seq) return; // already part of the snapshot
+    if (message.seq !== this.seq + 1) { this.resync(); return; }
+    this.seq = message.seq;
+    this.onEvent(message.type, message.data, message.at);
+  }
+
+  resync() {
+    this.retry = 0;
+    this.socket.close();
+  }
+}
