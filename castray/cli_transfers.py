@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.filesize import decimal
+from rich.filesize import pick_unit_and_suffix
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -103,7 +103,7 @@ def _follow(client: Client, stream: EventStream, transfer_id: str, show: bool) -
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
+        DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
@@ -144,10 +144,13 @@ def _show_recipient(progress: Progress, task: TaskID, state: RecipientState) -> 
 
 
 def _print_outcome(transfer: Transfer) -> None:
-    table = Table("recipient", "status", "where / why")
+    table = Table("recipient", "status", "copy")
     for rid, state in transfer.recipients.items():
-        table.add_row(rid, state.status.value, state.path or state.error or "")
+        table.add_row(rid, state.status.value, state.path or "")
     out.print(table)
+    for rid, state in transfer.recipients.items():
+        if state.error:
+            out.print(f"{rid} {state.status.value}: {state.error}", style="red", highlight=False)
     speed = f", {transfer.throughput_bps / 1e6:.1f} MB/s" if transfer.throughput_bps else ""
     out.print(
         f"{transfer.status.value}: {transfer.file.name} ({transfer.bytes_total} bytes) "
@@ -191,7 +194,7 @@ def transfers(
             t.id,
             t.status.value,
             t.file.name,
-            decimal(t.bytes_total),
+            _size(t.bytes_total),
             f"{t.source_node} → {to[0] if len(to) == 1 else f'{len(to)} nodes'}",
             f"{t.throughput_bps / 1e6:.1f}" if t.throughput_bps else "",
             f"{t.created_at.astimezone():%H:%M:%S}",
@@ -305,6 +308,12 @@ def _save_group(
     with Client(server, token) as client:
         group = client.save_group(name, members, replace=replace)
     _print_json_or(json_out, group.model_dump_json(), f"{group.name}: {', '.join(group.members)}")
+
+
+def _size(count: int) -> str:
+    """Binary units, as the generator reads "10MB"."""
+    unit, suffix = pick_unit_and_suffix(count, ["B", "KiB", "MiB", "GiB", "TiB"], 1024)
+    return f"{count / unit:.1f} {suffix}"
 
 
 def _print_json_or(json_out: bool, as_json: str, text: str) -> None:

@@ -191,7 +191,7 @@ class Client:
         if response.is_error:
             code = _BY_STATUS.get(response.status_code, "agent_failure")
             raise error_from_code(code, _detail(response))
-        return response.json()
+        return response.json() if response.content else None
 
 
 class EventStream:

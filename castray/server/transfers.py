@@ -131,6 +131,8 @@ class TransferService:
         )
         live = _Live(transfer, [source.cluster, *remote], dict(transfer.recipients))
         self._live[transfer.id] = live
+        # Announced before any agent can report on it, so watchers see it start first.
+        self._events.publish("transfer_started", transfer=transfer.model_dump(mode="json"))
         common = {
             "transfer_id": transfer.id,
             "file_name": name,
@@ -162,15 +164,18 @@ class TransferService:
                     **common,
                 ),
             )
-        except Exception:
+        except Exception as exc:
             self._live.pop(transfer.id, None)
             await self._cancel_parts(live)
+            failed = transfer.model_copy(
+                update={"status": TransferStatus.FAILED, "error": str(exc)}
+            )
+            self._events.publish("transfer_finished", transfer=failed.model_dump(mode="json"))
             raise
         # The agent's first reports may have been handled already (even its last, for a
         # small file): the sized snapshot is saved only while the transfer is still live.
         if transfer.id in self._live:
             self._sized(live, int(result["size"]))
-            self._events.publish("transfer_started", transfer=live.transfer.model_dump(mode="json"))
             await self._save(live.transfer)
         return live.transfer
 

@@ -13,9 +13,14 @@ function authHeaders() {
   return saved ? { Authorization: "Bearer " + saved } : {};
 }
 
-/** Ask for the token once the server said 401; true when the user gave one. */
-export function askForToken() {
-  const given = window.prompt("This CastRay server needs its API token:");
+/**
+ * The server said 401 to a call made with ``used``: true when there is a token to try now.
+ * Only one prompt at a time (prompt blocks); calls that failed meanwhile reuse its answer.
+ */
+export function tokenAfter401(used) {
+  if (token() !== used) return true;
+  const given = window.prompt(
+    used ? "That token was refused. The CastRay API token:" : "This CastRay server needs its API token:");
   if (!given) return false;
   localStorage.setItem(TOKEN_KEY, given.trim());
   return true;
@@ -32,6 +37,7 @@ async function detailOf(response) {
 
 /** JSON in, JSON out; a failed call throws ApiError with the server's own explanation. */
 export async function api(method, path, body) {
+  const used = token();
   const init = { method, headers: authHeaders() };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
@@ -43,7 +49,7 @@ export async function api(method, path, body) {
   } catch {
     throw new ApiError("the CastRay server does not answer; is it still running?");
   }
-  if (response.status === 401 && askForToken()) return api(method, path, body);
+  if (response.status === 401 && tokenAfter401(used)) return api(method, path, body);
   if (!response.ok) throw new ApiError(await detailOf(response));
   return response.status === 204 ? null : response.json();
 }

@@ -178,8 +178,14 @@ function fillSelect(select, options, keepFirst = false) {
     el("option", { value, selected: chosen.has(value) }, label)));
 }
 
+let choicesKey = "";
+
+/** Refill the node pickers only when the set of nodes changed: an open list stays open. */
 function renderNodeChoices() {
   const alive = [...state.nodes.values()].filter((n) => n.status === "alive").sort(byClusterThenId);
+  const key = [$("send-source").value, ...alive.map((n) => n.id), "|", ...state.nodes.keys()].join(",");
+  if (key === choicesKey) return;
+  choicesKey = key;
   const label = (n) => (n.is_external ? `${n.id} (${n.cluster})` : n.id);
   const options = alive.map((n) => [n.id, label(n)]);
   fillSelect($("send-source"), options);
@@ -606,8 +612,9 @@ $("group-form").addEventListener("submit", saveGroup);
 $("message-form").addEventListener("submit", sendMessage);
 $("message-filter").addEventListener("change", showMessagesOf);
 
-new LiveFeed({ onSnapshot: applySnapshot, onEvent, onState: onLiveState }).start();
-act(null, () => loadFiles());
+// The first call asks for the API token if the server wants one; then go live.
+act(null, () => loadFiles()).then(() =>
+  new LiveFeed({ onSnapshot: applySnapshot, onEvent, onState: onLiveState }).start());
 setInterval(() => {
   schedule("chart");
   if ([...state.transfers.values()].some((t) => !t.finished)) schedule("transfers");

@@ -1,12 +1,13 @@
-// Human-readable numbers for the page.
+// Human-readable numbers for the page. Sizes are binary (MiB = 2^20 bytes), as the
+// generator reads "10MB".
 
-const UNITS = ["B", "KB", "MB", "GB", "TB"];
+const UNITS = ["B", "KiB", "MiB", "GiB", "TiB"];
 
 export function bytes(n) {
   if (n === null || n === undefined) return "–";
   let value = n;
   let unit = 0;
-  while (value >= 1000 && unit < UNITS.length - 1) { value /= 1000; unit += 1; }
+  while (value >= 1024 && unit < UNITS.length - 1) { value /= 1024; unit += 1; }
   return `${value >= 100 || unit === 0 ? value.toFixed(0) : value.toFixed(1)} ${UNITS[unit]}`;
 }
 

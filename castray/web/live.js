@@ -1,7 +1,7 @@
 // The /ws connection: a snapshot, then numbered events; reconnects, and starts over from a
 // fresh snapshot whenever events were lost (a gap in seq, or the server said it dropped some).
 
-import { askForToken, token } from "./api.js";
+import { api, token } from "./api.js";
 
 export class LiveFeed {
   constructor({ onSnapshot, onEvent, onState }) {
@@ -11,7 +11,6 @@ export class LiveFeed {
     this.seq = 0;
     this.retry = 500;
     this.socket = null;
-    this.askedForToken = false;
   }
 
   start() {
@@ -23,24 +22,22 @@ export class LiveFeed {
     let opened = false;
     socket.onopen = () => { opened = true; };
     socket.onmessage = (message) => this.receive(JSON.parse(message.data));
-    socket.onclose = (event) => {
+    socket.onclose = () => {
       this.onState(false);
-      if (!opened && !this.askedForToken) this.checkToken();
       const delay = this.retry;
       this.retry = Math.min(Math.max(this.retry * 2, 500), 10000);
-      setTimeout(() => this.start(), delay);
+      setTimeout(() => (opened ? this.start() : this.checkAccessThenStart()), delay);
     };
   }
 
-  /** The handshake was refused: if the API says 401 too, ask for the token. */
-  async checkToken() {
-    const probe = await fetch("/api/status", {
-      headers: token() ? { Authorization: "Bearer " + token() } : {},
-    }).catch(() => null);
-    if (probe && probe.status === 401) {
-      this.askedForToken = true;
-      askForToken();
+  /** Before (re)opening after a refused handshake: a 401 asks for the token (api does). */
+  async checkAccessThenStart() {
+    try {
+      await api("GET", "/api/health");
+    } catch {
+      // The server is away or still refuses; try again later.
     }
+    this.start();
   }
 
   receive(message) {

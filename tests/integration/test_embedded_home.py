@@ -49,14 +49,22 @@ def test_demo_nodes_are_named_endpoints_on_the_head(embedded_server: CastRayServ
         assert node["ray_node_id"] == head["ray_node_id"]
         assert node["cluster"] == "home"
         assert node["is_external"] is False
-        assert node["counters"] == {
-            "bytes_sent": 0,
-            "bytes_received": 0,
-            "transfers_ok": 0,
-            "transfers_failed": 0,
-            "messages_sent": 0,
-            "messages_received": 0,
-        }
+
+
+def test_a_new_endpoint_starts_with_zero_counters(embedded_server: CastRayServer) -> None:
+    with embedded_server.client() as client:
+        created = client.post("/api/nodes", json={"node_id": "fresh-counters"})
+        client.delete("/api/nodes/fresh-counters")
+
+    assert created.status_code == 201, created.text
+    assert created.json()["counters"] == {
+        "bytes_sent": 0,
+        "bytes_received": 0,
+        "transfers_ok": 0,
+        "transfers_failed": 0,
+        "messages_sent": 0,
+        "messages_received": 0,
+    }
 
 
 def test_every_endpoint_has_its_own_storage_directory(embedded_server: CastRayServer) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -196,22 +194,13 @@ def test_a_file_received_in_one_cluster_can_be_sent_on_to_another(
     assert Path(done["recipients"][b]["path"]).read_bytes() == data
 
 
-def _cli(server: CastRayServer, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "castray", *args, "--server", server.url],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_the_cli_lists_and_the_demo_sends_to_every_external_node(
     server: CastRayServer, cluster_a: RayCluster
 ) -> None:
-    discovered = _cli(server, "clusters", "discover", "--json")
-    info = _cli(server, "clusters", "info")
-    external = _cli(server, "nodes", "--external", "--json")
-    demo = _cli(server, "demo", "--size", "1MB")
+    discovered = server.cli("clusters", "discover", "--json")
+    info = server.cli("clusters", "info")
+    external = server.cli("nodes", "--external", "--json")
+    demo = server.cli("demo", "--size", "1MB")
 
     assert discovered.returncode == 0, discovered.stderr
     gcs = {c["gcs_address"] for c in json.loads(discovered.stdout)["clusters"]}
@@ -226,7 +215,7 @@ def test_the_cli_lists_and_the_demo_sends_to_every_external_node(
 
 
 def test_the_cli_reports_errors_in_one_line(server: CastRayServer) -> None:
-    result = _cli(server, "clusters", "connect", "not an address")
+    result = server.cli("clusters", "connect", "not an address")
 
     assert result.returncode == 1
     assert "cannot read the Ray address" in result.stderr

@@ -73,11 +73,13 @@ def test_api_with_the_token_answers(guarded_server: CastRayServer) -> None:
         assert client.get("/api/nodes").status_code == 200
 
 
-def test_ui_page_loads_without_token_and_asks_for_it(guarded_server: CastRayServer) -> None:
-    response = httpx.get(guarded_server.url + "/ui")
+def test_ui_page_and_its_scripts_load_without_token(guarded_server: CastRayServer) -> None:
+    page = httpx.get(guarded_server.url + "/ui")
+    script = httpx.get(guarded_server.url + "/ui/assets/api.js")
 
-    assert response.status_code == 200
-    assert "Authorization" in response.text
+    assert page.status_code == 200
+    assert script.status_code == 200
+    assert "Authorization" in script.text  # it asks for the token and sends it (tests/browser)
 
 
 def test_open_api_on_a_public_interface_is_warned_about(tmp_path: Path) -> None:

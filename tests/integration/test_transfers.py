@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -379,21 +378,8 @@ def test_a_recipient_whose_node_dies_fails_while_the_others_complete(
 
 @pytest.fixture
 def tiny_disk_node(server: CastRayServer) -> Iterator[str]:
-    """A named endpoint whose storage is a 1 MiB tmpfs (needs root to mount)."""
-    storage = server.data_dir / "storage" / "tiny"
-    storage.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(storage)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        assert tx.post(server, "/api/nodes", {"node_id": "tiny"}).status_code == 201
-        yield "tiny"
-    finally:
-        with server.client() as client:
-            client.delete("/api/nodes/tiny")
-        subprocess.run(["umount", "-l", str(storage)], check=False)
+    with tx.tiny_disk_node(server) as node:
+        yield node
 
 
 def test_a_recipient_whose_disk_fills_fails_while_the_others_complete(

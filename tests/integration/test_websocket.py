@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from tests.support import transfers as tx
 from tests.support.server import CastRayServer
 
 pytestmark = pytest.mark.ray
@@ -57,3 +58,46 @@ def test_events_reach_a_reading_client_while_another_reads_nothing(
                 client.delete(f"/api/nodes/burst-{n}")
 
     assert seen == {f"burst-{n}" for n in range(5)}
+
+
+def test_a_transfer_is_told_from_start_to_finish_in_order(embedded_server: CastRayServer) -> None:
+    tx.generate(embedded_server, "ws-watched.bin", "20MB", "random")
+    with connect(_ws_url(embedded_server)) as ws:
+        json.loads(ws.recv(timeout=30))
+        transfer_id = tx.start(
+            embedded_server, source_node="node_1", file="ws-watched.bin", recipients=["node_2"]
+        )
+        seen: list[dict[str, Any]] = []
+        while not seen or seen[-1]["type"] != "transfer_finished":
+            message = json.loads(ws.recv(timeout=60))
+            data = message["data"]
+            if transfer_id in (data.get("transfer_id"), data.get("transfer", {}).get("id")):
+                seen.append(message)
+
+    kinds = [m["type"] for m in seen]
+    assert kinds[0] == "transfer_started"
+    assert kinds[-1] == "transfer_finished"
+    assert kinds.count("recipient_completed") == 1
+    assert "transfer_progress" in kinds
+    assert [m["seq"] for m in seen] == sorted(m["seq"] for m in seen)
+    assert seen[-1]["data"]["transfer"]["status"] == "completed"
+    done = [m["data"]["bytes_done"]["node_2"] for m in seen if m["type"] == "transfer_progress"]
+    assert done == sorted(done)
+
+
+def test_groups_are_in_the_snapshot_and_their_changes_are_events(
+    embedded_server: CastRayServer,
+) -> None:
+    with embedded_server.client() as client:
+        assert client.post("/api/groups", json={"name": "ws-g", "members": ["node_1"]}).is_success
+    with connect(_ws_url(embedded_server)) as ws:
+        snapshot = json.loads(ws.recv(timeout=30))
+        with embedded_server.client() as client:
+            client.put("/api/groups/ws-g", json={"members": ["node_1", "node_2"]})
+            client.delete("/api/groups/ws-g")
+        saved = _receive_until(ws, "group_saved")
+        deleted = _receive_until(ws, "group_deleted")
+
+    assert {"name": "ws-g", "members": ["node_1"]} in snapshot["data"]["groups"]
+    assert saved["data"]["group"] == {"name": "ws-g", "members": ["node_1", "node_2"]}
+    assert deleted["data"]["name"] == "ws-g"

@@ -33,6 +33,16 @@ class CastRayServer:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run ``castray ARGS --server URL`` as a user would, capturing what it prints."""
+        token = ("--token", self.token) if self.token else ()
+        return subprocess.run(
+            [sys.executable, "-m", "castray", *args, "--server", self.url, *token],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
     def status(self) -> dict[str, Any]:
         with self.client() as client:
             response = client.get("/api/status")
@@ -70,10 +80,14 @@ class CastRayServer:
 
 @contextmanager
 def serving(
-    data_dir: Path, *args: str, alive: int, env: dict[str, str] | None = None
+    data_dir: Path,
+    *args: str,
+    alive: int,
+    env: dict[str, str] | None = None,
+    token: str | None = None,
 ) -> Iterator[CastRayServer]:
     """A started server with ``alive`` endpoints up, stopped whatever happens."""
-    server = start_server(data_dir, *args, env=env)
+    server = start_server(data_dir, *args, env=env, token=token)
     try:
         server.wait_alive(alive)
         yield server

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.support.server import CastRayServer
 from tests.support.waiting import wait_for
@@ -73,3 +77,22 @@ def post(server: CastRayServer, path: str, body: Any) -> httpx.Response:
 
 def random_bytes(size: int) -> bytes:
     return os.urandom(size)
+
+
+@contextmanager
+def tiny_disk_node(server: CastRayServer, name: str = "tiny") -> Iterator[str]:
+    """A named endpoint whose storage is a 1 MiB tmpfs (needs root to mount; skips otherwise)."""
+    storage = server.data_dir / "storage" / name
+    storage.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(storage)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        assert post(server, "/api/nodes", {"node_id": name}).status_code == 201
+        yield name
+    finally:
+        with server.client() as client:
+            client.delete(f"/api/nodes/{name}")
+        subprocess.run(["umount", "-l", str(storage)], check=False)

@@ -1,0 +1,213 @@
+"""The web UI in a real browser, over a real server, its embedded Ray and an external cluster."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.support import transfers as tx
+from tests.support.raycluster import RayCluster, running_cluster
+from tests.support.server import CastRayServer, serving
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+EXTERNAL_HEAD = "127.0.0.60"
+
+
+@pytest.fixture(scope="module")
+def external(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    with running_cluster(tmp_path_factory.mktemp("ui-ext"), EXTERNAL_HEAD) as ray:
+        yield ray
+
+
+@pytest.fixture(scope="module")
+def server(
+    external: RayCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CastRayServer]:
+    root = tmp_path_factory.mktemp("ui-server")
+    (root / "home").mkdir()
+    with serving(
+        root / "data", "--demo-nodes", "2", alive=3, env={"HOME": str(root / "home")}
+    ) as server:
+        yield server
+
+
+def _open(page: Page, server: CastRayServer) -> None:
+    page.goto(server.url + "/")
+    expect(page).to_have_url(re.compile(r"/ui$"))
+    expect(page.locator("#live")).to_have_text("live")
+
+
+def _cluster_name(external: RayCluster) -> str:
+    return f"ext-{external.address.replace(':', '-')}"
+
+
+def _send(page: Page, source: str, recipients: list[str]) -> str:
+    """Fill the Send form with the selected library file; the new transfer's id."""
+    page.select_option("#send-source", source)
+    for recipient in recipients:
+        page.check(f"#send-recipients input[value='{recipient}']")
+    page.click("#send-start")
+    card = page.locator(".transfer").first
+    expect(card.locator("code")).to_have_text(re.compile(r"^[0-9a-f]{16}$"))
+    return card.locator("code").inner_text()
+
+
+def test_the_page_shows_home_and_its_nodes_live(page: Page, server: CastRayServer) -> None:
+    _open(page, server)
+
+    expect(page.locator("#home-cluster")).to_contain_text("connected")
+    expect(page.locator("#home-cluster")).to_contain_text("Ray 2.")
+    for node in ("home-127.0.0.1", "node_1", "node_2"):
+        expect(page.locator(f"#nodes tr[data-node='{node}']")).to_contain_text("alive")
+
+    with server.client() as client:
+        assert client.post("/api/nodes", json={"node_id": "late-comer"}).status_code == 201
+    expect(page.locator("#nodes tr[data-node='late-comer']")).to_contain_text("alive")
+    with server.client() as client:
+        client.delete("/api/nodes/late-comer")
+    expect(page.locator("#nodes tr[data-node='late-comer']")).to_have_count(0)
+
+
+def test_discover_send_to_an_external_node_then_disconnect(
+    page: Page,
+    server: CastRayServer,
+    external: RayCluster,
+    screenshot: Callable[[Page, str], None],
+) -> None:
+    _open(page, server)
+    name = _cluster_name(external)
+    external_node = f"{name}-{EXTERNAL_HEAD}"
+
+    # Each Discover connects one more reachable cluster; other clusters may run on this host.
+    for _ in range(5):
+        page.click("#discover")
+        expect(page.locator("#discover")).to_be_enabled()
+        if page.locator(f"#clusters tr[data-cluster='{name}']").count():
+            break
+    row = page.locator(f"#nodes tr[data-node='{external_node}']")
+    expect(row).to_contain_text("alive")
+    expect(row).to_contain_text(name)
+    expect(row).to_contain_text(EXTERNAL_HEAD)
+    expect(page.locator(f"#clusters tr[data-cluster='{name}'] button.disconnect")).to_be_visible()
+
+    page.fill("#generate-size", "24MB")
+    page.fill("#generate-name", "for-external.bin")
+    page.click("#generate-start")
+    expect(page.locator("#send-file")).to_have_value("for-external.bin")
+    transfer_id = _send(page, "node_1", [external_node])
+
+    card = page.locator(f".transfer[data-transfer='{transfer_id}']")
+    bar = card.locator(f".recipient[data-recipient='{external_node}'] [role=progressbar]")
+    expect(bar).to_have_attribute("aria-valuenow", "100", timeout=120_000)
+    expect(card).to_have_attribute("data-status", "completed")
+    expect(card.locator(f".recipient[data-recipient='{external_node}']")).to_contain_text(
+        "completed"
+    )
+    expect(page.locator(f"#history tr[data-transfer='{transfer_id}']")).to_contain_text("completed")
+    screenshot(page, "sent-to-an-external-node")
+    done = tx.get(server, transfer_id)
+    assert done["recipients"][external_node]["status"] == "completed"
+    copy = Path(done["recipients"][external_node]["path"])
+    original = server.data_dir / "library" / "for-external.bin"
+    assert copy.read_bytes() == original.read_bytes()
+
+    page.click(f"#clusters tr[data-cluster='{name}'] button.disconnect")
+    expect(row).to_have_count(0)
+    discovered = page.locator(f"#clusters tr[data-discovered='{external.address}']")
+    expect(discovered.locator("button.connect")).to_be_visible()
+
+    discovered.locator("button.connect").click()
+    expect(page.locator(f"#nodes tr[data-node='{external_node}']")).to_contain_text("alive")
+
+
+def test_upload_with_progress_then_multicast_to_a_group(
+    page: Page, server: CastRayServer, tmp_path: Path
+) -> None:
+    local = tmp_path / "holiday-photos.tar"
+    local.write_bytes(tx.random_bytes(12_000_000))
+    _open(page, server)
+
+    page.set_input_files("#upload-input", str(local))
+    page.click("#upload-start")
+    expect(page.locator("#upload-status")).to_contain_text("holiday-photos.tar stored")
+    expect(page.locator("#send-file")).to_have_value("holiday-photos.tar")
+
+    page.select_option("#send-source", "node_1")
+    page.check("#send-recipients input[value='node_2']")
+    page.check("#send-recipients input[value='home-127.0.0.1']")
+    page.locator("#groups-box summary").click()
+    page.fill("#group-name", "pair")
+    page.click("#group-form button[type=submit]")
+    expect(page.locator("#groups")).to_contain_text("pair: home-127.0.0.1, node_2")
+    for recipient in ("node_2", "home-127.0.0.1"):
+        page.uncheck(f"#send-recipients input[value='{recipient}']")
+    page.select_option("#send-group", "pair")
+    page.check("input[name=mode][value=multicast]")
+    page.click("#send-start")
+
+    card = page.locator(".transfer").first
+    expect(card).to_have_attribute("data-status", "completed", timeout=120_000)
+    for recipient in ("node_2", "home-127.0.0.1"):
+        bar = card.locator(f".recipient[data-recipient='{recipient}'] [role=progressbar]")
+        expect(bar).to_have_attribute("aria-valuenow", "100")
+        copy = server.data_dir / "storage" / recipient / "holiday-photos.tar"
+        assert copy.read_bytes() == local.read_bytes()
+
+
+def test_a_transfer_can_be_cancelled_from_its_card(page: Page, server: CastRayServer) -> None:
+    tx.generate(server, "too-big.bin", "3GB", "pattern")
+    _open(page, server)
+    page.click("#files-refresh")
+    page.select_option("#send-file", "too-big.bin")
+    transfer_id = _send(page, "node_1", ["node_2"])
+
+    card = page.locator(f".transfer[data-transfer='{transfer_id}']")
+    card.locator("button.cancel").click()
+
+    expect(card).to_have_attribute("data-status", "cancelled", timeout=60_000)
+    expect(card.locator("button.cancel")).to_have_count(0)
+    assert not (server.data_dir / "storage" / "node_2" / "too-big.bin").exists()
+    with server.client() as client:
+        client.delete("/api/files/too-big.bin")
+
+
+def test_messages_sent_from_the_page_show_as_received(page: Page, server: CastRayServer) -> None:
+    _open(page, server)
+
+    page.select_option("#message-sender", "node_1")
+    page.select_option("#message-to", ["node_2"])
+    page.select_option("#message-type", "json")
+    page.fill("#message-content", '{"hello": "node 2"}')
+    page.click("#message-form button[type=submit]")
+
+    expect(page.locator(".notice.info")).to_contain_text("delivered to node_2")
+    received = page.locator("#messages li[data-recipient='node_2']").first
+    expect(received).to_contain_text("received from node_1")
+    expect(received).to_contain_text('"hello": "node 2"')
+
+
+def test_mistakes_become_readable_notices(page: Page, server: CastRayServer) -> None:
+    _open(page, server)
+
+    page.fill("#connect-address", "not a cluster::")
+    page.click("#connect-form button[type=submit]")
+    notice = page.locator(".notice.error").last
+    expect(notice).to_be_visible()
+    assert "Traceback" not in notice.inner_text()
+    assert len(notice.inner_text()) > 20
+
+    page.select_option("#message-sender", "node_1")
+    page.select_option("#message-type", "json")
+    page.fill("#message-content", "{not json")
+    page.select_option("#message-to", ["node_2"])
+    page.click("#message-form button[type=submit]")
+    expect(page.locator(".notice.error").last).to_contain_text("not valid JSON")
+
+    page.fill("#generate-size", "5 parsecs")
+    page.click("#generate-start")
+    expect(page.locator(".notice.error").last).to_contain_text("cannot read size")

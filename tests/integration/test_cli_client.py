@@ -1,0 +1,122 @@
+"""The CLI client against a live server: what it prints, what it does, its exit codes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.support import transfers as tx
+from tests.support.server import CastRayServer
+
+pytestmark = pytest.mark.ray
+
+
+def test_send_uploads_a_local_file_and_follows_it_to_every_copy(
+    embedded_server: CastRayServer, tmp_path: Path
+) -> None:
+    local = tmp_path / "report.pdf"
+    local.write_bytes(tx.random_bytes(6_000_000))
+
+    result = embedded_server.cli("send", str(local), "--from", "node_1", "--to", "node_2")
+
+    assert result.returncode == 0, result.stderr
+    assert "uploading" in result.stderr
+    assert "node_2" in result.stderr  # the progress bar's label
+    assert "completed: report.pdf (6000000 bytes) from node_1" in result.stdout
+    copy = embedded_server.data_dir / "storage" / "node_2" / "report.pdf"
+    assert copy.read_bytes() == local.read_bytes()
+
+
+def test_send_does_not_upload_what_the_library_has_already(
+    embedded_server: CastRayServer, tmp_path: Path
+) -> None:
+    local = tmp_path / "same.bin"
+    local.write_bytes(tx.random_bytes(100_000))
+    first = embedded_server.cli("send", str(local), "--from", "node_1", "--to", "node_2")
+    again = embedded_server.cli("send", str(local), "--from", "node_2", "--all", "--json")
+
+    assert first.returncode == 0, first.stderr
+    assert again.returncode == 0, again.stderr
+    assert "uploading" not in again.stderr
+    transfer = json.loads(again.stdout)
+    assert transfer["status"] == "completed"
+    assert transfer["mode"] == "broadcast"
+    assert set(transfer["recipients"]) == {"home-127.0.0.1", "node_1"}
+
+
+def test_groups_and_sending_to_a_group_as_json(embedded_server: CastRayServer) -> None:
+    made = embedded_server.cli("generate", "2MB", "--type", "text", "--name", "g.txt", "--json")
+    created = embedded_server.cli("groups", "create", "cli-pair", "node_1", "node_2")
+    listed = embedded_server.cli("groups", "list", "--json")
+    sent = embedded_server.cli("send", "g.txt", "--from", "home-127.0.0.1", "--group", "cli-pair")
+    deleted = embedded_server.cli("groups", "delete", "cli-pair")
+
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["size"] == 2 * 1024 * 1024
+    assert created.returncode == 0, created.stderr
+    assert {"name": "cli-pair", "members": ["node_1", "node_2"]} in json.loads(listed.stdout)
+    assert sent.returncode == 0, sent.stderr
+    assert "completed: g.txt" in sent.stdout
+    assert deleted.returncode == 0
+    assert "cli-pair" not in embedded_server.cli("groups", "list").stdout
+
+
+def test_transfers_lists_and_shows_one(embedded_server: CastRayServer) -> None:
+    tx.generate(embedded_server, "listed.bin", "1MB", "random")
+    detached = embedded_server.cli(
+        "send", "listed.bin", "--from", "node_1", "--to", "node_2", "--detach"
+    )
+    transfer_id = detached.stdout.strip()
+    tx.wait_finished(embedded_server, transfer_id)
+
+    listing = embedded_server.cli("transfers", "--limit", "5")
+    one = embedded_server.cli("transfers", transfer_id, "--json")
+
+    assert detached.returncode == 0, detached.stderr
+    assert transfer_id in listing.stdout
+    assert json.loads(one.stdout)["recipients"]["node_2"]["status"] == "completed"
+
+
+def test_mistakes_exit_non_zero_with_one_readable_line(
+    embedded_server: CastRayServer,
+) -> None:
+    no_recipients = embedded_server.cli("send", "x.bin", "--from", "node_1")
+    unknown_node = embedded_server.cli("send", "x.bin", "--from", "node_1", "--to", "nobody")
+    missing_file = embedded_server.cli("send", "no-such.bin", "--from", "node_1", "--to", "node_2")
+    bad_size = embedded_server.cli("generate", "5 parsecs")
+
+    for result in (no_recipients, unknown_node, missing_file, bad_size):
+        assert result.returncode == 1, result
+        assert result.stderr.startswith("error: ")
+        assert "Traceback" not in result.stderr
+    assert "--to, --group or --all" in no_recipients.stderr
+    assert "nobody" in unknown_node.stderr
+    assert "no-such.bin" in missing_file.stderr
+
+
+def test_send_exits_1_when_a_recipient_fails(embedded_server: CastRayServer) -> None:
+    tx.generate(embedded_server, "too-fat.bin", "3MB", "random")
+    with tx.tiny_disk_node(embedded_server, "cli-tiny") as tiny:
+        result = embedded_server.cli(
+            "send", "too-fat.bin", "--from", "node_1", "--to", f"node_2,{tiny}"
+        )
+
+    assert result.returncode == 1, result
+    assert "partially_failed" in result.stdout
+    assert re.search(r"cli-tiny failed: .*(No space left|disk full)", result.stdout), result.stdout
+
+
+def test_an_unreachable_server_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    unreachable = CastRayServer(
+        process=None,  # type: ignore[arg-type]
+        url="http://127.0.0.1:9",
+        data_dir=tmp_path,
+        log=tmp_path / "log",
+    )
+    result = unreachable.cli("transfers")
+
+    assert result.returncode == 1
+    assert "no CastRay server at http://127.0.0.1:9" in result.stderr
