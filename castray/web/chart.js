@@ -37,7 +37,7 @@ export class ThroughputChart {
     ctx.scale(ratio, ratio);
     ctx.clearRect(0, 0, width, height);
     const values = [];
-    for (let s = now - this.seconds; s < now; s += 1) values.push(this.buckets.get(s) || 0);
+    for (let s = now - this.seconds; s <= now; s += 1) values.push(this.buckets.get(s) || 0);
     const peak = Math.max(...values, 1);
     const left = 4;
     const bottom = height - 16;
