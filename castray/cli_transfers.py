@@ -110,10 +110,8 @@ def _follow(client: Client, stream: EventStream, transfer_id: str, show: bool) -
         console=err,
         disable=not show,
     ) as progress:
-        tasks = {
-            rid: progress.add_task(rid, total=transfer.bytes_total or None, status=r.status.value)
-            for rid, r in transfer.recipients.items()
-        }
+        tasks = {rid: progress.add_task(rid, status="") for rid in transfer.recipients}
+        _show_all(progress, tasks, transfer)
         synced = time.monotonic()
         while not transfer.status.finished:
             message = stream.next(timeout=POLL_EVERY)
@@ -133,10 +131,14 @@ def _follow(client: Client, stream: EventStream, transfer_id: str, show: bool) -
             if time.monotonic() - synced >= POLL_EVERY:
                 transfer = client.transfer(transfer_id)
                 synced = time.monotonic()
-                for rid, state in transfer.recipients.items():
-                    progress.update(tasks[rid], total=transfer.bytes_total or None)
-                    _show_recipient(progress, tasks[rid], state)
+                _show_all(progress, tasks, transfer)
     return transfer
+
+
+def _show_all(progress: Progress, tasks: dict[str, TaskID], transfer: Transfer) -> None:
+    for rid, state in transfer.recipients.items():
+        progress.update(tasks[rid], total=transfer.bytes_total or None)
+        _show_recipient(progress, tasks[rid], state)
 
 
 def _show_recipient(progress: Progress, task: TaskID, state: RecipientState) -> None:

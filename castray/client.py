@@ -147,9 +147,6 @@ class Client:
     def groups(self) -> list[Group]:
         return [Group.model_validate(g) for g in self._call("GET", "/api/groups")]
 
-    def group(self, name: str) -> Group:
-        return Group.model_validate(self._call("GET", f"/api/groups/{name}"))
-
     def save_group(self, name: str, members: list[str], replace: bool = False) -> Group:
         if replace:
             body = self._call("PUT", f"/api/groups/{name}", json={"members": members})

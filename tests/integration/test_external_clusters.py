@@ -197,11 +197,13 @@ def test_a_file_received_in_one_cluster_can_be_sent_on_to_another(
 def test_the_cli_lists_and_the_demo_sends_to_every_external_node(
     server: CastRayServer, cluster_a: RayCluster
 ) -> None:
+    connected = server.cli("clusters", "connect", cluster_a.address)  # idempotent
     discovered = server.cli("clusters", "discover", "--json")
     info = server.cli("clusters", "info")
     external = server.cli("nodes", "--external", "--json")
     demo = server.cli("demo", "--size", "1MB")
 
+    assert connected.returncode == 0, connected.stderr
     assert discovered.returncode == 0, discovered.stderr
     gcs = {c["gcs_address"] for c in json.loads(discovered.stdout)["clusters"]}
     assert cluster_a.address in gcs
