@@ -61,7 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
         events = EventHub()
         registry = Registry(events)
         supervisor = Supervisor(settings, registry)
-        library = Library(settings.library_dir)
+        library = Library(settings.library_dir, events.publisher_for_threads())
         group_service = GroupService(registry, history, events)
         transfer_service = TransferService(
             settings, registry, supervisor, library, history, events, group_service.members

@@ -7,7 +7,10 @@ and is told so by a ``lagged`` flag, so a slow client never slows the server or 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +59,17 @@ class EventHub:
         for subscriber in self._subscribers:
             subscriber.offer(event)
         return event
+
+    def publisher_for_threads(self) -> Callable[..., None]:
+        """A ``publish`` that worker threads may call: it hands the event to this loop."""
+        loop = asyncio.get_running_loop()
+
+        def publish(type_: str, **data: Any) -> None:
+            # After shutdown there is no one left to tell.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(functools.partial(self.publish, type_, **data))
+
+        return publish
 
     def subscribe(self, size: int = SUBSCRIBER_QUEUE) -> Subscription:
         subscription = Subscription(self, size)

@@ -12,6 +12,7 @@ import contextlib
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from castray.errors import BadFileName, FileMissing, FileTooLarge
 from castray.models import LibraryFile
 
 PART_SUFFIX = ".part"
+
+OnChange = Callable[..., None]
+"""Told ``("file_added", file=<LibraryFile as JSON>)`` or ``("file_removed", name=...)``; it
+is called from the worker thread that made the change."""
 
 
 def check_file_name(name: str) -> str:
@@ -47,10 +52,11 @@ def check_file_name(name: str) -> str:
 class Library:
     """Files in one directory, keyed by name."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, on_change: OnChange | None = None) -> None:
         self.root = root
         self._digests: dict[str, tuple[int, int, str]] = {}
         self._lock = threading.Lock()
+        self._on_change = on_change or (lambda *args, **kwargs: None)
 
     def path(self, name: str) -> Path:
         """Where a library file is; raises ``FileMissing`` when it is not there."""
@@ -90,6 +96,7 @@ class Library:
         self.path(name).unlink()
         with self._lock:
             self._digests.pop(name, None)
+        self._on_change("file_removed", name=name)
 
     def create(self, name: str, limit: int | None = None) -> LibraryWriter:
         """Start a new library file; it appears under ``name`` only once committed."""
@@ -104,6 +111,7 @@ class Library:
         stat = final.stat()
         with self._lock:
             self._digests[name] = (stat.st_size, stat.st_mtime_ns, digest)
+        self._on_change("file_added", file=self.describe(name).model_dump(mode="json"))
 
     def _digest(self, name: str, path: Path, stat: os.stat_result) -> str:
         with self._lock:

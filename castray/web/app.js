@@ -323,6 +323,7 @@ function applySnapshot(data) {
   for (const [id, t] of state.transfers) if (!t.finished) state.transfers.delete(id);
   for (const t of data.transfers) state.transfers.set(t.id, new Tracked(t));
   schedule("summary", "clusters", "nodes", "groups", "transfers", "history");
+  act(null, () => loadFiles()); // the library is not in the snapshot; events keep it fresh
 }
 
 let statusRefresh = null;
@@ -389,6 +390,15 @@ const HANDLERS = {
     state.messages.unshift({ recipient: d.recipient, message: d.message });
     state.messages.length = Math.min(state.messages.length, MESSAGES_KEPT);
     schedule("messages");
+  },
+  file_added: (d) => {
+    state.files = [...state.files.filter((f) => f.name !== d.file.name), d.file]
+      .sort((a, b) => a.name.localeCompare(b.name));
+    schedule("files");
+  },
+  file_removed: (d) => {
+    state.files = state.files.filter((f) => f.name !== d.name);
+    schedule("files");
   },
   group_saved: (d) => { state.groups.set(d.group.name, d.group.members); schedule("groups"); },
   group_deleted: (d) => { state.groups.delete(d.name); schedule("groups"); },
@@ -613,7 +623,7 @@ $("message-form").addEventListener("submit", sendMessage);
 $("message-filter").addEventListener("change", showMessagesOf);
 
 // The first call asks for the API token if the server wants one; then go live.
-act(null, () => loadFiles()).then(() =>
+act(null, () => api("GET", "/api/health")).then(() =>
   new LiveFeed({ onSnapshot: applySnapshot, onEvent, onState: onLiveState }).start());
 setInterval(() => {
   schedule("chart");

@@ -72,6 +72,12 @@ def test_the_page_shows_home_and_its_nodes_live(page: Page, server: CastRayServe
         client.delete("/api/nodes/late-comer")
     expect(page.locator("#nodes tr[data-node='late-comer']")).to_have_count(0)
 
+    tx.upload_bytes(server, "from-elsewhere.txt", b"uploaded by another client")
+    expect(page.locator("#send-file option[value='from-elsewhere.txt']")).to_have_count(1)
+    with server.client() as client:
+        client.delete("/api/files/from-elsewhere.txt")
+    expect(page.locator("#send-file option[value='from-elsewhere.txt']")).to_have_count(0)
+
 
 def test_discover_send_to_an_external_node_then_disconnect(
     page: Page,

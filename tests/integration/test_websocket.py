@@ -101,3 +101,18 @@ def test_groups_are_in_the_snapshot_and_their_changes_are_events(
     assert {"name": "ws-g", "members": ["node_1"]} in snapshot["data"]["groups"]
     assert saved["data"]["group"] == {"name": "ws-g", "members": ["node_1", "node_2"]}
     assert deleted["data"]["name"] == "ws-g"
+
+
+def test_library_changes_are_events(embedded_server: CastRayServer) -> None:
+    with connect(_ws_url(embedded_server)) as ws:
+        json.loads(ws.recv(timeout=30))
+        tx.upload_bytes(embedded_server, "ws-lib.txt", b"library event")
+        with embedded_server.client() as client:
+            assert client.delete("/api/files/ws-lib.txt").status_code == 204
+        added = _receive_until(ws, "file_added")
+        removed = _receive_until(ws, "file_removed")
+
+    assert added["data"]["file"]["name"] == "ws-lib.txt"
+    assert added["data"]["file"]["size"] == len(b"library event")
+    assert removed["data"]["name"] == "ws-lib.txt"
+    assert added["seq"] < removed["seq"]

@@ -69,3 +69,18 @@ def test_a_file_put_there_by_hand_is_hashed_on_first_use(tmp_path: Path) -> None
     (tmp_path / "manual.txt").write_bytes(b"abc")
 
     assert Library(tmp_path).describe("manual.txt").blake3 == blake3.blake3(b"abc").hexdigest()
+
+
+def test_changes_are_told_as_they_happen(tmp_path: Path) -> None:
+    told: list[tuple[str, dict[str, object]]] = []
+    library = Library(tmp_path, lambda kind, **data: told.append((kind, data)))
+    writer = library.create("told.bin")
+    writer.write(b"abc")
+    writer.commit()
+    library.delete("told.bin")
+
+    (added, added_data), removed = told
+    assert added == "file_added"
+    assert added_data["file"]["name"] == "told.bin"  # type: ignore[index]
+    assert added_data["file"]["blake3"] == blake3.blake3(b"abc").hexdigest()  # type: ignore[index]
+    assert removed == ("file_removed", {"name": "told.bin"})
