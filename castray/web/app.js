@@ -220,8 +220,7 @@ function renderFiles() {
 function renderTransfers() {
   const tracked = [...state.transfers.values()];
   const live = tracked.filter((t) => !t.finished);
-  const done = tracked.filter((t) => t.finished).sort((a, b) => b.shownAt - a.shownAt).slice(0, FINISHED_SHOWN);
-  for (const t of tracked) if (t.finished && !done.includes(t)) state.transfers.delete(t.transfer.id);
+  const done = tracked.filter((t) => t.finished).sort((a, b) => b.shownAt - a.shownAt);
   const cards = [...live, ...done].map(transferCard);
   if (!cards.length) cards.push(el("p", { class: "muted empty" }, "No transfers in flight."));
   $("transfers").replaceChildren(...cards);
@@ -384,6 +383,7 @@ const HANDLERS = {
     tracked.transfer = d.transfer;
     tracked.shownAt = Date.now();
     state.transfers.set(d.transfer.id, tracked);
+    forgetOldFinished();
     schedule("transfers", "history", "chart");
   },
   message_received: (d) => {
@@ -403,6 +403,13 @@ const HANDLERS = {
   group_saved: (d) => { state.groups.set(d.group.name, d.group.members); schedule("groups"); },
   group_deleted: (d) => { state.groups.delete(d.name); schedule("groups"); },
 };
+
+/** Keep cards of only the newest FINISHED_SHOWN finished transfers; the history has the rest. */
+function forgetOldFinished() {
+  const finished = [...state.transfers.values()].filter((t) => t.finished)
+    .sort((a, b) => b.shownAt - a.shownAt);
+  for (const old of finished.slice(FINISHED_SHOWN)) state.transfers.delete(old.transfer.id);
+}
 
 function onEvent(type, data, at) {
   const handler = HANDLERS[type];

@@ -51,6 +51,16 @@ def _call(server: CastRayServer, method: str, path: str, **kwargs: Any) -> httpx
         return client.request(method, path, **kwargs)
 
 
+def _connect_single_node(server: CastRayServer, cluster: RayCluster) -> str:
+    """Connect a one-node cluster; the id of its endpoint."""
+    connected = _call(
+        server, "POST", "/api/cluster/connect-external", json={"cluster_address": cluster.address}
+    )
+    assert connected.status_code == 200, connected.text
+    (endpoint,) = connected.json()["external_nodes"]
+    return str(endpoint)
+
+
 def _alive_ray_nodes(cluster: RayCluster) -> int:
     return sum(1 for node in cluster.list_nodes() if node["state"] == "ALIVE")
 
@@ -334,15 +344,9 @@ def test_discovery_reports_a_token_protected_cluster(
 def test_a_killed_external_cluster_goes_dead_and_the_rest_keeps_working(
     server: CastRayServer, tmp_path: Path
 ) -> None:
+    tx.upload_bytes(server, "after-the-loss.bin", tx.random_bytes(100_000))
     with running_cluster(tmp_path, "127.0.0.54") as doomed:
-        connected = _call(
-            server,
-            "POST",
-            "/api/cluster/connect-external",
-            json={"cluster_address": doomed.address},
-        )
-        assert connected.status_code == 200, connected.text
-        (endpoint,) = connected.json()["external_nodes"]
+        endpoint = _connect_single_node(server, doomed)
         for raylet in doomed.raylets:
             raylet.stop(grace=0)
 
@@ -353,11 +357,13 @@ def test_a_killed_external_cluster_goes_dead_and_the_rest_keeps_working(
         server,
         "POST",
         "/api/transfers",
-        json={"source_node": "node_1", "file": "ext.bin", "recipients": [endpoint]},
+        json={"source_node": "node_1", "file": "after-the-loss.bin", "recipients": [endpoint]},
     )
     assert refused.status_code == 409
     assert "dead" in refused.json()["detail"]
-    home = tx.send(server, source_node="home-127.0.0.1", file="ext.bin", recipients=["node_1"])
+    home = tx.send(
+        server, source_node="home-127.0.0.1", file="after-the-loss.bin", recipients=["node_1"]
+    )
     assert home["status"] == "completed"
 
 
@@ -390,14 +396,7 @@ def test_a_transfer_into_a_cluster_that_dies_fails_with_the_reason(
 ) -> None:
     tx.generate(server, "into-the-void.bin", "400MB", "pattern")
     with running_cluster(tmp_path, "127.0.0.55") as doomed:
-        connected = _call(
-            server,
-            "POST",
-            "/api/cluster/connect-external",
-            json={"cluster_address": doomed.address},
-        )
-        assert connected.status_code == 200, connected.text
-        (endpoint,) = connected.json()["external_nodes"]
+        endpoint = _connect_single_node(server, doomed)
         transfer_id = tx.start(
             server, source_node="home-127.0.0.1", file="into-the-void.bin", recipients=[endpoint]
         )
