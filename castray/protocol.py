@@ -35,6 +35,11 @@ class AgentConfig(_Message):
     ray_token_file: Path | None = Field(
         default=None, description="Token file for the embedded cluster's Ray token auth."
     )
+    stay_on_loopback: bool = Field(
+        default=False,
+        description="The external cluster runs on 127.0.0.1: join it there, where Ray would "
+        "otherwise put this machine's primary IP in place of 127.0.0.1.",
+    )
 
 
 # ---- server -> agent ------------------------------------------------------------------

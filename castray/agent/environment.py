@@ -14,15 +14,21 @@ import os
 
 from castray.protocol import AgentConfig
 
+SINGLE_MACHINE_MODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Set to 0, Ray keeps 127.0.0.1 as the node IP (and as the address to join) instead of
+replacing it with the machine's primary IP: the embedded cluster binds loopback only, and a
+driver can join a cluster that was started that way."""
+
 
 def prepare_environment(config: AgentConfig) -> None:
     """Set the Ray environment variables this agent's cluster mode needs."""
     if config.address is not None:
+        if config.stay_on_loopback:
+            os.environ[SINGLE_MACHINE_MODE] = "0"
         return
     os.environ.pop("RAY_ADDRESS", None)
     os.environ.pop("RAY_AUTH_TOKEN", None)
-    # Ray's single-machine mode: bind 127.0.0.1 instead of the primary IP.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ[SINGLE_MACHINE_MODE] = "0"
     if config.ray_token_file is not None:
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(config.ray_token_file)

@@ -49,6 +49,8 @@ class _Target:
     name: str
     dashboard: str | None
     auth_required: bool
+    on_loopback: bool = False
+    """The cluster's raylets here record a 127.0.0.1 GCS: the driver must join it there."""
 
 
 class ClusterService:
@@ -114,7 +116,10 @@ class ClusterService:
             if home is not None and home.address == target.driver_address:
                 raise NotFound(f"{address} is CastRay's own home cluster, not an external one")
             await self._supervisor.connect(
-                target.name, target.driver_address, token if target.auth_required else None
+                target.name,
+                target.driver_address,
+                token if target.auth_required else None,
+                stay_on_loopback=target.on_loopback,
             )
             return self._registry.cluster(target.name)
 
@@ -147,7 +152,7 @@ class ClusterService:
                         "on this machine, so its GCS address is unknown: connect with the GCS "
                         "address (host:6379) or ray://host:10001"
                     )
-                return _Target(gcs, _gcs_name(gcs), address.http_url, dashboard)
+                return _Target(gcs, _gcs_name(gcs), address.http_url, dashboard, _is_loopback(gcs))
             if address.kind is AddressKind.DASHBOARD:
                 raise ClusterUnreachable(f"no Ray dashboard answers at {address}: {tried[-1]}")
             gcs = address.host_port
@@ -155,7 +160,8 @@ class ClusterService:
             if cluster is not None and cluster.dashboard:
                 url = f"http://{cluster.dashboard}"
                 auth = await self._dashboard(http, url, token, explicit, tried)
-                return _Target(cluster.gcs_address, _gcs_name(cluster.gcs_address), url, bool(auth))
+                gcs = cluster.gcs_address
+                return _Target(gcs, _gcs_name(gcs), url, bool(auth), _is_loopback(gcs))
         if not await _port_open(address.host, address.port):
             tried.append(f"GCS {gcs}: nothing listens there")
             raise ClusterUnreachable(f"cannot connect to {address}: tried " + "; ".join(tried))
@@ -235,6 +241,11 @@ def _json(response: httpx.Response) -> dict[str, object]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def _is_loopback(gcs: str) -> bool:
+    """The hosts Ray replaces by the primary IP when joining (127.0.0.N, N >= 2, it keeps)."""
+    return gcs.rpartition(":")[0].strip("[]") in {"127.0.0.1", "localhost", "::1"}
 
 
 def _name(host: str, port: int) -> str:

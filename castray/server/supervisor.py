@@ -145,7 +145,9 @@ class Supervisor:
     def is_connected(self, name: str) -> bool:
         return name in self._links and self._registry.has_cluster(name)
 
-    async def connect(self, name: str, address: str, ray_token: str | None) -> None:
+    async def connect(
+        self, name: str, address: str, ray_token: str | None, stay_on_loopback: bool = False
+    ) -> None:
         """Start an agent for an external cluster; return once it is connected, else raise."""
         settings = self._settings
         self._registry.add_cluster(name, is_home=False, is_external=True)
@@ -155,6 +157,7 @@ class Supervisor:
             storage_root=settings.storage_root,
             temp_dir=settings.run_dir,
             poll_interval=settings.node_poll_interval,
+            stay_on_loopback=stay_on_loopback,
         )
         # The token goes in the environment, never on a command line others can read.
         env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ray_token} if ray_token else {}

@@ -341,6 +341,35 @@ def test_discovery_reports_a_token_protected_cluster(
     assert secure["connected"] is True
 
 
+def test_a_cluster_on_127_0_0_1_is_joined_there(server: CastRayServer, tmp_path: Path) -> None:
+    """Started in Ray's single-machine mode (as the manual can be run on a laptop), a cluster
+    records 127.0.0.1; Ray's driver would swap that for the primary IP unless told not to."""
+    loopback_only = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    with running_cluster(tmp_path, "127.0.0.1", ray_env=loopback_only) as laptop:
+        found = _call(server, "GET", "/api/cluster/discover").json()["clusters"]
+        connected = _call(
+            server,
+            "POST",
+            "/api/cluster/connect-external",
+            json={"cluster_address": laptop.dashboard_url},
+            timeout=60,
+        )
+        assert connected.status_code == 200, connected.text
+        (endpoint,) = connected.json()["external_nodes"]
+        tx.upload_bytes(server, "to-the-laptop.bin", tx.random_bytes(3_000_000))
+        sent = tx.send(
+            server, source_node="node_1", file="to-the-laptop.bin", recipients=[endpoint]
+        )
+        gone = _call(
+            server, "DELETE", "/api/cluster/disconnect-external", params={"cluster": laptop.address}
+        )
+
+    assert laptop.address in {c["gcs_address"] for c in found}
+    assert endpoint.endswith("-127.0.0.1")
+    assert sent["status"] == "completed", sent
+    assert gone.status_code == 200, gone.text
+
+
 def test_a_killed_external_cluster_goes_dead_and_the_rest_keeps_working(
     server: CastRayServer, tmp_path: Path
 ) -> None:

@@ -59,6 +59,7 @@ class RayCluster:
     dashboard_port: int = field(default_factory=free_port)
     auth_token: str | None = None
     object_store_bytes: int = 200 * 1024 * 1024
+    ray_env: dict[str, str] = field(default_factory=dict)
     raylets: list[Raylet] = field(default_factory=list)
     _temp_dirs: list[Path] = field(default_factory=list)
 
@@ -78,7 +79,7 @@ class RayCluster:
         else:
             env["RAY_AUTH_MODE"] = "token"
             env["RAY_AUTH_TOKEN"] = self.auth_token
-        return env
+        return env | self.ray_env
 
     def start_head(self, num_cpus: int = 1) -> RayCluster:
         self._start(
