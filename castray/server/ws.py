@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
+from starlette.websockets import WebSocketState
 
 from castray.config import Settings
 from castray.server.events import Event, EventHub, Subscription
@@ -52,8 +53,10 @@ async def events(websocket: WebSocket) -> None:
         pass
     finally:
         subscription.close()
-        with contextlib.suppress(RuntimeError):
-            await websocket.close()
+        if websocket.client_state is WebSocketState.CONNECTED:
+            # The client may go at any moment; then there is nothing left to close.
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await websocket.close()
 
 
 async def _stream(websocket: WebSocket, hub: EventHub, subscription: Subscription) -> None:

@@ -60,6 +60,15 @@ class CastRayServer:
 
         return wait_for(ready, timeout, f"{count} alive endpoints at {self.url}")
 
+    def check_log_clean(self) -> None:
+        """Whatever the tests did, the server never logged an unhandled exception."""
+        log = self.log.read_text()
+        if "Traceback (most recent call last)" in log:
+            start = log.index("Traceback (most recent call last)")
+            raise AssertionError(
+                f"the server logged a traceback ({self.log}):\n{log[start:][:3000]}"
+            )
+
     def check_running(self) -> None:
         if self.process.poll() is not None:
             raise AssertionError(f"castray serve exited:\n{self.log.read_text()[-4000:]}")
@@ -93,6 +102,7 @@ def serving(
         yield server
     finally:
         server.stop()
+    server.check_log_clean()
 
 
 def start_server(
