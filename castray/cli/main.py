@@ -14,8 +14,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from castray import cli_clusters, cli_transfers
-from castray.cli_common import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption
+from castray.cli import clusters as cli_clusters
+from castray.cli import groups as cli_groups
+from castray.cli import transfers as cli_transfers
+from castray.cli.options import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption
 from castray.client import Client
 from castray.config import Settings, load_settings
 from castray.errors import CastRayError
@@ -26,14 +28,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(cli_clusters.app, name="clusters")
-app.add_typer(cli_transfers.groups_app, name="groups")
+app.add_typer(cli_groups.app, name="groups")
 for command in (
     cli_transfers.send,
     cli_transfers.transfers,
     cli_transfers.cancel,
     cli_transfers.generate,
     cli_transfers.files,
-    cli_clusters.demo,
 ):
     app.command()(command)
 err = Console(stderr=True)
@@ -150,6 +151,51 @@ def nodes(
             str(node.counters.bytes_sent),
         )
     out.print(table)
+
+
+@app.command()
+def demo(
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    size: Annotated[str, typer.Option(help="Size of the generated demo file.")] = "10MB",
+) -> None:
+    """Discover and connect external clusters, then send a file to every external node."""
+    with Client(server, token) as client:
+        found = client.discover_and_connect()
+        out.print(f"[bold]1. discover[/]: {found.message}")
+        if not found.success:
+            raise typer.Exit(code=1)
+        info = client.external_info()
+        cli_clusters.print_connected(info.clusters)
+        targets = sorted(n.id for n in info.external_nodes.values() if n.status.value == "alive")
+        out.print(f"[bold]2. external nodes[/]: {', '.join(targets) or 'none alive'}")
+        if not targets:
+            raise typer.Exit(code=1)
+        source = _home_source(client)
+        made = client.generate(size, "random", f"castray-demo-{size}.bin")
+        digest = made.blake3[:16]
+        out.print(f"[bold]3. send[/] {made.file} ({made.size} B, BLAKE3 {digest}…) from {source}")
+        accepted = client.send(source, made.file, targets)
+        done = client.wait(accepted.transfer_id)
+        table = Table("recipient", "status", "bytes", "path / error")
+        for rid, state in sorted(done.recipients.items()):
+            table.add_row(
+                rid, state.status.value, str(state.bytes_done), state.path or state.error or ""
+            )
+        out.print(table)
+        verified = done.file.blake3 == made.blake3 and done.status.value == "completed"
+        out.print(
+            f"[bold]4. result[/]: {done.status.value}; every copy BLAKE3-verified: {verified}"
+        )
+        if not verified:
+            raise typer.Exit(code=1)
+
+
+def _home_source(client: Client) -> str:
+    for node in client.nodes():
+        if not node.is_external and node.status.value == "alive":
+            return node.id
+    raise CastRayError("no alive home node to send from")
 
 
 def _configure_logging(settings: Settings) -> None:

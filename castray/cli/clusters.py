@@ -1,4 +1,4 @@
-"""``castray clusters ...`` and ``castray demo``: external clusters from the command line."""
+"""``castray clusters ...``: external clusters from the command line."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from castray.cli_common import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption
+from castray.cli.options import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption
 from castray.client import Client
-from castray.errors import CastRayError
 from castray.models import ClusterInfo, DiscoveredCluster
 
 app = typer.Typer(help="Discover, connect and disconnect external Ray clusters.")
@@ -81,52 +80,8 @@ def info(
     if not state.clusters:
         out.print("no external cluster is connected; try 'castray clusters discover'")
         return
-    _print_connected(state.clusters)
+    print_connected(state.clusters)
     out.print(f"{len(state.external_nodes)} external node(s)")
-
-
-def demo(
-    server: ServerOption = DEFAULT_SERVER,
-    token: TokenOption = None,
-    size: Annotated[str, typer.Option(help="Size of the generated demo file.")] = "10MB",
-) -> None:
-    """Discover and connect external clusters, then send a file to every external node."""
-    with Client(server, token) as client:
-        found = client.discover_and_connect()
-        out.print(f"[bold]1. discover[/]: {found.message}")
-        if not found.success:
-            raise typer.Exit(code=1)
-        info = client.external_info()
-        _print_connected(info.clusters)
-        targets = sorted(n.id for n in info.external_nodes.values() if n.status.value == "alive")
-        out.print(f"[bold]2. external nodes[/]: {', '.join(targets) or 'none alive'}")
-        if not targets:
-            raise typer.Exit(code=1)
-        source = _home_source(client)
-        made = client.generate(size, "random", f"castray-demo-{size}.bin")
-        digest = made.blake3[:16]
-        out.print(f"[bold]3. send[/] {made.file} ({made.size} B, BLAKE3 {digest}…) from {source}")
-        accepted = client.send(source, made.file, targets)
-        done = client.wait(accepted.transfer_id)
-        table = Table("recipient", "status", "bytes", "path / error")
-        for rid, state in sorted(done.recipients.items()):
-            table.add_row(
-                rid, state.status.value, str(state.bytes_done), state.path or state.error or ""
-            )
-        out.print(table)
-        verified = done.file.blake3 == made.blake3 and done.status.value == "completed"
-        out.print(
-            f"[bold]4. result[/]: {done.status.value}; every copy BLAKE3-verified: {verified}"
-        )
-        if not verified:
-            raise typer.Exit(code=1)
-
-
-def _home_source(client: Client) -> str:
-    for node in client.nodes():
-        if not node.is_external and node.status.value == "alive":
-            return node.id
-    raise CastRayError("no alive home node to send from")
 
 
 def _print_discovered(clusters: list[DiscoveredCluster]) -> None:
@@ -144,7 +99,7 @@ def _print_discovered(clusters: list[DiscoveredCluster]) -> None:
     out.print(table)
 
 
-def _print_connected(clusters: list[ClusterInfo]) -> None:
+def print_connected(clusters: list[ClusterInfo]) -> None:
     table = Table("cluster", "status", "GCS", "dashboard", "nodes")
     for c in clusters:
         ray = c.ray

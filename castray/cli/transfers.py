@@ -1,5 +1,5 @@
 """Client commands for files and transfers: ``send`` (with live progress), ``transfers``,
-``cancel``, ``generate``, ``files``, and the ``groups`` sub-commands."""
+``cancel``, ``generate``, ``files``."""
 
 from __future__ import annotations
 
@@ -23,14 +23,19 @@ from rich.progress import (
 from rich.table import Table
 
 from castray.chunks import file_blake3
-from castray.cli_common import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption
+from castray.cli.options import (
+    DEFAULT_SERVER,
+    JsonOption,
+    ServerOption,
+    TokenOption,
+    print_json_or,
+)
 from castray.client import Client, EventStream
 from castray.errors import InvalidRequest
 from castray.models import RecipientState, Transfer, TransferStatus
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
-groups_app = typer.Typer(help="Named groups of nodes to multicast to.", no_args_is_help=True)
 
 POLL_EVERY = 1.0
 """Seconds without a word about our transfer after which its state is fetched over REST."""
@@ -62,7 +67,7 @@ def send(
         name = _library_name(client, file, quiet=json_out)
         if detach:
             accepted = client.send(source, name, recipients, group)
-            _print_json_or(json_out, accepted.model_dump_json(), accepted.transfer_id)
+            print_json_or(json_out, accepted.model_dump_json(), accepted.transfer_id)
             return
         with client.events() as stream:
             accepted = client.send(source, name, recipients, group)
@@ -214,7 +219,7 @@ def cancel(
     """Cancel a transfer in flight; partial copies are removed."""
     with Client(server, token) as client:
         result = client.cancel(transfer_id)
-    _print_json_or(json_out, result.model_dump_json(), f"{result.id}: {result.status.value}")
+    print_json_or(json_out, result.model_dump_json(), f"{result.id}: {result.status.value}")
 
 
 def generate(
@@ -230,7 +235,7 @@ def generate(
     """Create a test file in the server's library."""
     with Client(server, token) as client:
         made = client.generate(size, content_type, name)
-    _print_json_or(
+    print_json_or(
         json_out,
         made.model_dump_json(),
         f"{made.file}: {made.size} bytes, BLAKE3 {made.blake3}",
@@ -252,74 +257,7 @@ def files(
     out.print(table)
 
 
-@groups_app.command("list")
-def groups_list(
-    server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, json_out: JsonOption = False
-) -> None:
-    """List the groups and their members."""
-    with Client(server, token) as client:
-        listed = client.groups()
-    if json_out:
-        out.print_json(json.dumps([g.model_dump(mode="json") for g in listed]))
-        return
-    for g in listed:
-        out.print(f"[bold]{g.name}[/]: {', '.join(g.members)}", highlight=False)
-    if not listed:
-        out.print("no groups; create one with 'castray groups create NAME NODE...'")
-
-
-@groups_app.command("create")
-def groups_create(
-    name: Annotated[str, typer.Argument(help="The group's name.")],
-    members: Annotated[list[str], typer.Argument(help="Its nodes.")],
-    server: ServerOption = DEFAULT_SERVER,
-    token: TokenOption = None,
-    json_out: JsonOption = False,
-) -> None:
-    """Create a group."""
-    _save_group(name, members, server, token, json_out, replace=False)
-
-
-@groups_app.command("set")
-def groups_set(
-    name: Annotated[str, typer.Argument(help="The group's name.")],
-    members: Annotated[list[str], typer.Argument(help="Its nodes, replacing the old ones.")],
-    server: ServerOption = DEFAULT_SERVER,
-    token: TokenOption = None,
-    json_out: JsonOption = False,
-) -> None:
-    """Replace a group's members."""
-    _save_group(name, members, server, token, json_out, replace=True)
-
-
-@groups_app.command("delete")
-def groups_delete(
-    name: Annotated[str, typer.Argument(help="The group's name.")],
-    server: ServerOption = DEFAULT_SERVER,
-    token: TokenOption = None,
-) -> None:
-    """Delete a group (its nodes stay)."""
-    with Client(server, token) as client:
-        client.delete_group(name)
-    out.print(f"deleted group {name}", highlight=False)
-
-
-def _save_group(
-    name: str, members: list[str], server: str, token: str | None, json_out: bool, replace: bool
-) -> None:
-    with Client(server, token) as client:
-        group = client.save_group(name, members, replace=replace)
-    _print_json_or(json_out, group.model_dump_json(), f"{group.name}: {', '.join(group.members)}")
-
-
 def _size(count: int) -> str:
     """Binary units, as the generator reads "10MB"."""
     unit, suffix = pick_unit_and_suffix(count, ["B", "KiB", "MiB", "GiB", "TiB"], 1024)
     return f"{count / unit:.1f} {suffix}"
-
-
-def _print_json_or(json_out: bool, as_json: str, text: str) -> None:
-    if json_out:
-        out.print_json(as_json)
-    else:
-        out.print(text, highlight=False)
