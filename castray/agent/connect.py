@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 import ray
@@ -17,10 +18,13 @@ from castray.errors import (
     VersionMismatch,
 )
 from castray.protocol import AgentConfig
+from castray.ray_address import clean_version, version_mismatch
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_NODE_IP = "127.0.0.1"
+SESSION_LOOKUP_TIMEOUT = 30.0
+"""Seconds for a first task on a cluster joined through Ray Client (a worker must start)."""
 
 
 @dataclass(frozen=True)
@@ -52,16 +56,38 @@ def connect(config: AgentConfig) -> ClusterIdentity:
         raise InvalidRequest(f"invalid Ray address {config.address!r}: {exc}") from exc
     except Exception as exc:  # every way ray.init fails becomes one of ours
         raise _translate(exc, config.address) from exc
-    info = context.address_info  # type: ignore[attr-defined]
     dashboard = context.dashboard_url or None
     if dashboard and "://" not in dashboard:
         dashboard = f"http://{dashboard}"
+    info = getattr(context, "address_info", None)
+    if info is None:  # Ray Client: the driver runs on the cluster, this process only talks to it
+        return ClusterIdentity(
+            gcs_address=str(ray.get_runtime_context().gcs_address),
+            dashboard_url=dashboard,
+            session_name=_session_name_from_the_cluster(),
+        )
     session_dir = str(info.get("session_dir") or "")
     return ClusterIdentity(
         gcs_address=str(info.get("gcs_address") or info.get("address") or config.address),
         dashboard_url=dashboard,
         session_name=session_dir.rstrip("/").rsplit("/", 1)[-1] or None,
     )
+
+
+def _session_name_from_the_cluster() -> str | None:
+    """Ray Client has no session of its own to show; a task on the cluster reads it there."""
+
+    @ray.remote(num_cpus=0)
+    def session_name() -> str | None:
+        node = ray._private.worker.global_worker.node
+        return None if node is None else str(node.session_name)
+
+    try:
+        name: str | None = ray.get(session_name.remote(), timeout=SESSION_LOOKUP_TIMEOUT)
+    except Exception:  # noqa: BLE001 - the session only sharpens identity; go on without it
+        log.warning("could not read the cluster's session name through Ray Client")
+        return None
+    return name
 
 
 def _translate(exc: BaseException, address: str | None) -> CastRayError:
@@ -81,5 +107,13 @@ def _translate(exc: BaseException, address: str | None) -> CastRayError:
             "RAY_AUTH_TOKEN (or ~/.ray/auth_token) for CastRay"
         )
     if "version mismatch" in text.lower():
-        return VersionMismatch(f"Ray at {where} runs another Ray version: {exc}")
+        rays = [clean_version(v) for v in re.findall(r"Ray: (\S+)", text)]
+        pythons = [clean_version(v) for v in re.findall(r"Python: (\S+)", text)]
+        if len(set(rays)) == 1 and len(pythons) == 2 and pythons[0] != pythons[1]:
+            return VersionMismatch(
+                f"the Ray cluster at {where} runs Python {pythons[0]}, CastRay's agents run "
+                f"Python {pythons[1]}: Ray lets a driver join only a cluster of its own Python "
+                "version; run CastRay with the cluster's Python"
+            )
+        return version_mismatch(where, rays[0] if rays and rays[0] else "another version")
     return ClusterUnavailable(f"could not start or join Ray at {where}: {exc}")

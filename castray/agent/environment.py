@@ -20,8 +20,15 @@ replacing it with the machine's primary IP: the embedded cluster binds loopback 
 driver can join a cluster that was started that way."""
 
 
+AUTO_CONNECT = "RAY_ENABLE_AUTO_CONNECT"
+"""Set to 0, a Ray call made while not connected (such as a kill while a lost Ray Client
+connection closes) raises instead of silently starting a local Ray, which would also write
+a token to the user's ``~/.ray``."""
+
+
 def prepare_environment(config: AgentConfig) -> None:
     """Set the Ray environment variables this agent's cluster mode needs."""
+    os.environ[AUTO_CONNECT] = "0"
     if config.address is not None:
         if config.stay_on_loopback:
             os.environ[SINGLE_MACHINE_MODE] = "0"

@@ -164,8 +164,9 @@ class Fleet:
     def close(self) -> None:
         """Stop every endpoint actor (they would die with this driver anyway)."""
         with self._lock:
-            for deployed in self._endpoints.values():
-                _kill(deployed.handle)
+            if ray.is_initialized():
+                for deployed in self._endpoints.values():
+                    _kill(deployed.handle)
             self._endpoints.clear()
 
     # ---- helpers, called with the lock held -----------------------------------------
@@ -232,5 +233,5 @@ class Fleet:
 def _kill(handle: Any) -> None:
     try:
         ray.kill(handle, no_restart=True)
-    except (RayError, ValueError) as exc:
+    except (RayError, ValueError, RuntimeError) as exc:  # gone with its cluster already
         log.debug("kill of an endpoint actor failed: %s", exc)

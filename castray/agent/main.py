@@ -8,8 +8,10 @@ end of the pipe breaks.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +58,10 @@ IMPORT_HOST = "127.0.0.1"
 """Agents run beside the server, so streams between clusters stay on loopback."""
 TRANSFER_THREADS = 32
 """Transfers driven at once by this agent; more wait their turn."""
+EXIT_GRACE = 1.5
+"""Seconds the agent gets to stop cleanly once its server is gone or asked it to stop; then
+it exits whatever Ray is doing (a call to a dead cluster can block for a minute)."""
+PARENT_CHECK_EVERY = 0.5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     except (IndexError, ValidationError) as exc:
         wire.send(Fatal(error_code="invalid_request", message=f"bad agent config: {exc}"))
         return 2
+    watch_parent(os.getppid())
     prepare_environment(config)
     # Imported only now: Ray reads part of its environment when it is imported.
     from castray.agent.connect import connect
@@ -82,6 +89,26 @@ def main(argv: list[str] | None = None) -> int:
     fleet = Fleet(config.cluster, identity, config.storage_root, wire.send)
     Agent(config, fleet, wire).run()
     return 0
+
+
+def watch_parent(parent: int) -> None:
+    """Exit soon after the server that started this agent is gone, even if stdin never closes
+    (its pipe may be held open by a process it started)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_EVERY)
+        log.warning("the CastRay server is gone; the agent exits")
+        exit_soon()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def exit_soon() -> None:
+    """Exit within ``EXIT_GRACE`` seconds, cleanly if the main loop manages it."""
+    timer = threading.Timer(EXIT_GRACE, os._exit, (0,))
+    timer.daemon = True
+    timer.start()
 
 
 def _run_spec(cls: Any, spec: StartTransfer | ImportTransfer) -> Any:
@@ -162,7 +189,9 @@ class Agent:
                 self._wire.send(Reply(id=request.id, result={}))
                 break
             self._pool.submit(self._answer, request)
+        # Asked to stop, or the server closed our stdin: stop, and never outlive it for long.
         self._stop.set()
+        exit_soon()
 
     def _answer(self, request: Request) -> None:
         try:

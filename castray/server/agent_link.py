@@ -104,21 +104,28 @@ class AgentLink:
         return reply.result or {}
 
     async def stop(self, grace: float) -> None:
-        """Ask the agent to shut down; kill its process group if it does not within ``grace``."""
+        """Ask the agent to shut down; within ``grace`` seconds in all, its whole process group
+        (Ray's processes of an embedded cluster included) is gone."""
         process = self._process
-        if process is None or process.returncode is not None:
+        if process is None:
             return
-        with contextlib.suppress(Exception):
-            await self.request(Shutdown(), timeout=grace)
-        if process.stdin is not None:
-            with contextlib.suppress(OSError, RuntimeError):
-                process.stdin.close()
-        try:
-            await asyncio.wait_for(process.wait(), grace)
-        except TimeoutError:
-            log.warning("agent of %s did not stop in %g s; killing it", self.config.cluster, grace)
-            self._signal_group(signal.SIGKILL)
-            await process.wait()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if process.returncode is None:
+            with contextlib.suppress(Exception):
+                await self.request(Shutdown(), timeout=grace / 2)
+            if process.stdin is not None:
+                with contextlib.suppress(OSError, RuntimeError):
+                    process.stdin.close()
+            try:
+                await asyncio.wait_for(process.wait(), max(deadline - loop.time(), 0.05))
+            except TimeoutError:
+                log.warning(
+                    "agent of %s did not stop in %g s; killing it", self.config.cluster, grace
+                )
+        # Whatever the agent left running in its group goes with it.
+        self._signal_group(signal.SIGKILL)
+        await process.wait()
         if self._reader is not None:
             await self._reader
 

@@ -47,6 +47,8 @@ from castray.server.registry import Registry
 log = logging.getLogger(__name__)
 
 HOME = "home"
+RAY_CLIENT_ATTEMPTS = 3
+"""Fresh agents a Ray Client join gets within the connect timeout (see ``connect``)."""
 NODE_READY_TIMEOUT = 30.0
 """Seconds ``POST /api/nodes`` waits for a new endpoint's actor to answer."""
 
@@ -74,11 +76,12 @@ class Supervisor:
         self._spawn(self._watch_heartbeats(), "heartbeats")
 
     async def stop(self) -> None:
+        """Stop every agent at once: one that hangs on a dead cluster delays no other."""
         self._stopping = True
         for task in self._tasks:
             task.cancel()
-        for link in self._links.values():
-            await link.stop(self._settings.agent_stop_timeout)
+        grace = self._settings.agent_stop_timeout
+        await asyncio.gather(*(link.stop(grace) for link in self._links.values()))
         for path in self._scratch:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -142,13 +145,53 @@ class Supervisor:
 
     # ---- external clusters ---------------------------------------------------------------
 
-    def is_connected(self, name: str) -> bool:
-        return name in self._links and self._registry.has_cluster(name)
-
     async def connect(
         self, name: str, address: str, ray_token: str | None, stay_on_loopback: bool = False
     ) -> None:
-        """Start an agent for an external cluster; return once it is connected, else raise."""
+        """Start an agent for an external cluster; return once it is connected, else raise.
+
+        Ray Client (``ray://``) sessions fail to start now and then on Ray's side (its proxy
+        forks a server that can die at birth, ray-project/ray#63202, and then makes the client
+        wait half a minute); so a Ray Client join gets a few attempts with fresh agents within
+        the connect timeout, a GCS join one.
+        """
+        settings = self._settings
+        attempts = RAY_CLIENT_ATTEMPTS if address.startswith("ray://") else 1
+        for attempt in range(1, attempts + 1):
+            if await self._join(name, address, ray_token, stay_on_loopback, attempts):
+                return
+            if name in self._fatal or attempt == attempts:
+                break
+            log.warning(
+                "cluster %s: Ray Client attempt %d of %d did not connect; trying again",
+                name,
+                attempt,
+                attempts,
+            )
+            await self.disconnect(name)
+        fatal = self._fatal.pop(name, None)
+        detail = self._registry.cluster(name).detail
+        status = self._registry.cluster_status(name)
+        await self.disconnect(name)
+        if fatal is not None:
+            raise error_from_code(*fatal)
+        if status is ClusterStatus.STARTING:
+            hint = (
+                " (Ray Client cannot join a cluster that uses Ray token authentication: connect "
+                "with its GCS address then)"
+                if address.startswith("ray://")
+                else ""
+            )
+            raise AgentTimeout(
+                f"Ray at {address} did not accept a driver within {settings.connect_timeout:g} s: "
+                f"is it reachable from this machine, and is it a Ray cluster?{hint}"
+            )
+        raise ClusterUnreachable(f"could not connect to Ray at {address}: {detail}")
+
+    async def _join(
+        self, name: str, address: str, ray_token: str | None, stay_on_loopback: bool, share: int
+    ) -> bool:
+        """One agent's attempt to join, within ``1/share`` of the connect timeout."""
         settings = self._settings
         self._registry.add_cluster(name, is_home=False, is_external=True)
         config = AgentConfig(
@@ -163,33 +206,22 @@ class Supervisor:
         env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ray_token} if ray_token else {}
         log.info("connecting external cluster %s at %s", name, address)
         await self._launch(config, env)
-        settled = await self._registry.wait_until(
+        await self._registry.wait_until(
             lambda: self._registry.cluster_status(name) is not ClusterStatus.STARTING,
-            settings.connect_timeout,
+            settings.connect_timeout / share,
         )
-        status = self._registry.cluster_status(name)
-        if status is ClusterStatus.CONNECTED:
-            # Answer with its endpoints up, so the user sees them alive straight away.
-            await self._registry.wait_until(
-                lambda: all(
-                    n.status is not NodeStatus.STARTING
-                    for n in self._registry.nodes()
-                    if n.cluster == name
-                ),
-                NODE_READY_TIMEOUT,
-            )
-            return
-        fatal = self._fatal.pop(name, None)
-        detail = self._registry.cluster(name).detail
-        await self.disconnect(name)
-        if fatal is not None:
-            raise error_from_code(*fatal)
-        if not settled:
-            raise AgentTimeout(
-                f"Ray at {address} did not accept a driver within {settings.connect_timeout:g} s: "
-                "is its GCS port reachable from this machine, and is it a Ray cluster?"
-            )
-        raise ClusterUnreachable(f"could not connect to Ray at {address}: {detail}")
+        if self._registry.cluster_status(name) is not ClusterStatus.CONNECTED:
+            return False
+        # Answer with its endpoints up, so the user sees them alive straight away.
+        await self._registry.wait_until(
+            lambda: all(
+                n.status is not NodeStatus.STARTING
+                for n in self._registry.nodes()
+                if n.cluster == name
+            ),
+            NODE_READY_TIMEOUT,
+        )
+        return True
 
     async def disconnect(self, name: str) -> None:
         """Stop a cluster's agent and forget the cluster and its endpoints."""
