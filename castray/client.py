@@ -14,7 +14,7 @@ import httpx
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from castray.errors import ServerUnreachable, error_from_code
+from castray.errors import CastRayError, ServerUnreachable, error_from_code
 from castray.models import (
     ConnectResult,
     DisconnectResult,
@@ -32,19 +32,6 @@ from castray.models import (
     TransferPage,
     UploadResult,
 )
-
-_BY_STATUS = {
-    400: "bad_file_name",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    409: "conflict",
-    413: "file_too_large",
-    422: "invalid_request",
-    502: "cluster_unreachable",
-    503: "cluster_unavailable",
-    504: "agent_timeout",
-}
 
 
 class Client:
@@ -163,7 +150,9 @@ class Client:
         url = str(self._http.base_url).replace("http", "ws", 1).rstrip("/") + "/ws"
         try:
             connection = connect(url, additional_headers=self._headers, open_timeout=10)
-        except (OSError, WebSocketException) as exc:
+        except OSError as exc:
+            raise self._no_server(exc) from exc
+        except WebSocketException as exc:
             raise ServerUnreachable(f"cannot open the event stream {url}: {exc}") from exc
         with connection:
             yield EventStream(connection)
@@ -177,17 +166,19 @@ class Client:
                 return transfer
             time.sleep(poll)
 
+    def _no_server(self, exc: Exception) -> ServerUnreachable:
+        return ServerUnreachable(
+            f"no CastRay server at {self._http.base_url} ({exc}): start one with "
+            "'castray serve', or point --server (CASTRAY_SERVER) at one"
+        )
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ServerUnreachable(
-                f"no CastRay server at {self._http.base_url} ({exc}); start one with "
-                "'castray serve' or pass --server"
-            ) from exc
+            raise self._no_server(exc) from exc
         if response.is_error:
-            code = _BY_STATUS.get(response.status_code, "agent_failure")
-            raise error_from_code(code, _detail(response))
+            raise _error(response)
         return response.json() if response.content else None
 
 
@@ -213,8 +204,10 @@ class EventStream:
         return message
 
 
-def _detail(response: httpx.Response) -> str:
+def _error(response: httpx.Response) -> CastRayError:
+    """The server's error as the class it was raised as (by its ``code``)."""
     try:
-        return str(response.json()["detail"])
+        body = response.json()
+        return error_from_code(str(body["code"]), str(body["detail"]), unknown=CastRayError)
     except (ValueError, KeyError, TypeError):
-        return f"HTTP {response.status_code} from {response.request.url}"
+        return CastRayError(f"HTTP {response.status_code} from {response.request.url}")

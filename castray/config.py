@@ -53,9 +53,22 @@ class Settings(BaseSettings):
     agent_start_timeout: float = Field(120.0, gt=0, description="Seconds for an agent to connect.")
     agent_request_timeout: float = Field(60.0, gt=0, description="Seconds for an agent to answer.")
     connect_timeout: float = Field(
-        10.0, gt=0, description="Seconds an external cluster gets to accept CastRay's driver."
+        45.0,
+        gt=0,
+        description="Seconds an external cluster that answers gets to accept CastRay's driver "
+        "(a Ray Client join gets three tries in that time).",
     )
-    agent_stop_timeout: float = Field(10.0, gt=0, description="Grace before an agent is killed.")
+    agent_stop_timeout: float = Field(
+        2.0, gt=0, description="Seconds an agent gets to stop before its processes are killed."
+    )
+    probe_timeout: float = Field(
+        1.0, gt=0, le=30, description="Seconds each check of a Ray address (dashboard, GCS) gets."
+    )
+    ray_token_trusted_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts that may be sent this machine's Ray token besides the clusters run "
+        "here by CastRay's own user.",
+    )
 
     chunk_size: int = Field(
         8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024, description="Bytes per chunk."

@@ -184,9 +184,12 @@ def _all_subclasses(cls: type[CastRayError]) -> list[type[CastRayError]]:
     return found
 
 
-def error_from_code(code: str, message: str) -> CastRayError:
-    """Rebuild the error an agent reported; unknown codes become ``AgentFailure``."""
+def error_from_code(
+    code: str, message: str, unknown: type[CastRayError] = AgentFailure
+) -> CastRayError:
+    """Rebuild an error from its ``code`` (an agent's report, an API answer); codes of no
+    class here become ``unknown``."""
     for cls in _all_subclasses(CastRayError):
         if cls.code == code:
             return cls(message)
-    return AgentFailure(message)
+    return unknown(message)

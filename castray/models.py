@@ -132,6 +132,7 @@ class ClusterInfo(Snapshot):
     status: ClusterStatus
     detail: str | None = None
     ray: RayClusterState | None = None
+    connected_at: datetime | None = Field(None, description="When it last became connected.")
 
 
 class StatusResponse(Snapshot):
@@ -161,9 +162,11 @@ class Health(Snapshot):
 
 
 class ErrorResponse(BaseModel):
-    """Every error answer: one sentence that says what was wrong and how to fix it."""
+    """Every error answer: one sentence that says what was wrong and how to fix it, and a
+    stable ``code`` (``node_not_found``, ``invalid_request``, ...) for programs."""
 
     detail: str
+    code: str
 
 
 # ---- files ---------------------------------------------------------------------------
@@ -358,10 +361,14 @@ class DiscoveredCluster(Snapshot):
 
     gcs_address: str
     dashboard_url: str | None
+    ray_client_address: str | None = None
     ray_version: str | None = None
     session_name: str | None = None
     temp_dir: str | None = None
     local_node_ips: list[str] = Field(default_factory=list)
+    owner: str | None = Field(None, description="The user its raylets run as.")
+    own: bool = Field(False, description="Run by the user CastRay runs as.")
+    started_at: datetime | None = Field(None, description="When its oldest raylet here started.")
     alive_nodes: int | None = None
     resources: dict[str, float] = Field(default_factory=dict)
     auth_required: bool | None = None
@@ -388,11 +395,14 @@ class ConnectResult(Snapshot):
 
 
 class DiscoverExternalResult(Snapshot):
-    """The manual's ``POST /api/cluster/discover-external`` answer."""
+    """The manual's ``POST /api/cluster/discover-external`` answer; ``chosen`` is the GCS
+    address of the cluster this call connected, ``reason`` why it was that one."""
 
     success: bool
     message: str
     discovered_clusters: list[DiscoveredCluster]
+    chosen: str | None = None
+    reason: str | None = None
     connected_cluster: str | None
     external_nodes: dict[str, Node]
 

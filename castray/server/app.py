@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from castray import __version__
 from castray.config import Settings
-from castray.errors import CastRayError
+from castray.errors import CastRayError, InvalidRequest, NotFound
 from castray.server import ws
 from castray.server.autopilot import Autopilot
 from castray.server.clusters import ClusterService
@@ -24,6 +24,7 @@ from castray.server.groups import GroupService
 from castray.server.history import History
 from castray.server.library import Library
 from castray.server.messages import MessageService
+from castray.server.ray_token import RayTokens
 from castray.server.registry import Registry
 from castray.server.routes import (
     clusters,
@@ -76,7 +77,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.transfers = transfer_service
         app.state.messages = MessageService(registry, supervisor, events, group_service.members)
         app.state.autopilot = autopilot
-        app.state.clusters = ClusterService(settings, registry, supervisor, events)
+        tokens = RayTokens(settings.ray_token_trusted_hosts)
+        app.state.clusters = ClusterService(settings, registry, supervisor, events, tokens)
         app.state.started_at = time.monotonic()
         await supervisor.start()
         autopilot.start()
@@ -110,20 +112,27 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CastRayError)
     async def castray_error(request: Request, exc: CastRayError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return JSONResponse({"detail": exc.message}, exc.status_code, headers=headers)
+        return _error(exc.message, exc.code, exc.status_code, headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": describe_validation_error(exc)}, 422)
+        return _error(describe_validation_error(exc), InvalidRequest.code, 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(exc.detail)}, exc.status_code, headers=exc.headers)
+        code = NotFound.code if exc.status_code == 404 else f"http_{exc.status_code}"
+        return _error(str(exc.detail), code, exc.status_code, exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error; the server log has the details"}, 500)
+        return _error("internal error; the server log has the details", "internal", 500)
+
+
+def _error(
+    detail: str, code: str, status: int, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"detail": detail, "code": code}, status, headers=headers)
 
 
 def describe_validation_error(exc: RequestValidationError) -> str:

@@ -1,67 +1,85 @@
 """External clusters: discover them, resolve what a user typed, connect and disconnect.
 
-Connecting checks the address before any agent starts, so a bogus or unreachable address
-is answered within seconds with what was tried: is a Ray dashboard there (its version and
-authentication mode), is a GCS there. A dashboard is mapped to its GCS through the raylets
-on this machine; for a cluster elsewhere, give its GCS ``host:port`` or ``ray://`` address.
+One Ray cluster is one CastRay cluster, whatever address the user typed: its identity is the
+GCS address Ray reports (127.0.0.1 and this machine's own IPs being one host) and its session
+name. Connecting checks the address before any agent starts, so a bogus or unreachable
+address is answered within seconds, and a cluster already connected is answered at once. A
+cluster shown ``lost`` or ``unreachable`` is reconnected with a fresh agent; one that came back
+under a new session keeps its CastRay name and gets fresh endpoints. Probing an address holds
+no lock; connecting holds only the lock of that one cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
+import os
+from collections import defaultdict
 from dataclasses import dataclass
-from importlib.metadata import version
 
 import httpx
 
-from castray.addresses import AddressKind, RayAddress, parse_address
 from castray.config import Settings
-from castray.errors import (
-    ClusterUnreachable,
-    Forbidden,
-    NotFound,
-    Unauthorized,
-    VersionMismatch,
-)
+from castray.errors import Conflict, InvalidRequest, NotFound
 from castray.models import ClusterInfo, ClusterStatus, DiscoveredCluster, Node
-from castray.server.discovery import LocalCluster, discover, scan_local_clusters
+from castray.ray_address import (
+    AGENT_RAY_VERSION,
+    AddressKind,
+    Answer,
+    DashboardFacts,
+    RayAddress,
+    grpc_answers,
+    parse_address,
+    probe_dashboard,
+    same_endpoint,
+    split_host_port,
+    token_missing,
+    token_refused,
+    unreachable,
+    version_mismatch,
+)
+from castray.server import local_clusters
+from castray.server.discovery import Choice, choose, discover
 from castray.server.events import EventHub
-from castray.server.ray_token import local_ray_token
+from castray.server.local_clusters import LocalCluster
+from castray.server.ray_token import RayTokens
 from castray.server.registry import Registry
 from castray.server.supervisor import HOME, Supervisor
 
-RAY_VERSION = version("ray")
-"""The Ray version CastRay's agents run (the server itself never imports Ray)."""
-
 log = logging.getLogger(__name__)
-
-PROBE_TIMEOUT = 3.0
-"""Seconds for each check of an address given to connect."""
 
 
 @dataclass(frozen=True)
 class _Target:
-    """Where a driver joins (``driver_address``) and what the dashboard said, if any."""
+    """Where a driver joins, and what is known of the cluster before it does."""
 
-    driver_address: str
     name: str
-    dashboard: str | None
-    auth_required: bool
+    driver_address: str
+    """A GCS ``host:port``, or ``ray://host:port`` to join through Ray Client."""
+    gcs: str | None
+    session: str | None
+    token: str | None
+    """The Ray token the agent may use (only ever one this cluster may see)."""
     on_loopback: bool = False
     """The cluster's raylets here record a 127.0.0.1 GCS: the driver must join it there."""
 
 
 class ClusterService:
     def __init__(
-        self, settings: Settings, registry: Registry, supervisor: Supervisor, events: EventHub
+        self,
+        settings: Settings,
+        registry: Registry,
+        supervisor: Supervisor,
+        events: EventHub,
+        tokens: RayTokens,
     ) -> None:
         self._settings = settings
         self._registry = registry
         self._supervisor = supervisor
         self._events = events
-        self._lock = asyncio.Lock()
+        self._tokens = tokens
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._aliases: defaultdict[str, set[str]] = defaultdict(set)
 
     # ---- reads ---------------------------------------------------------------------------
 
@@ -71,20 +89,33 @@ class ClusterService:
     def external_nodes(self) -> list[Node]:
         return [n for n in self._registry.nodes() if n.is_external]
 
-    def first_dashboard(self) -> str | None:
-        """The manual's ``connected_cluster``: the first connected cluster's dashboard."""
-        for cluster in self.external_clusters():
-            if cluster.status is ClusterStatus.CONNECTED and cluster.ray is not None:
-                url = cluster.ray.dashboard_url or cluster.ray.address
-                return url.split("://", 1)[-1]
-        return None
+    def latest_dashboard(self) -> str | None:
+        """The manual's ``connected_cluster``: the dashboard (``host:port``) of the external
+        cluster connected most recently, of those connected now."""
+        connected = [
+            c
+            for c in self.external_clusters()
+            if c.status is ClusterStatus.CONNECTED and c.ray is not None
+        ]
+        if not connected:
+            return None
+        latest = max(connected, key=lambda c: c.connected_at.timestamp() if c.connected_at else 0)
+        assert latest.ray is not None
+        return (latest.ray.dashboard_url or latest.ray.address).split("://", 1)[-1]
 
     async def discover(self) -> list[DiscoveredCluster]:
-        """Clusters on this machine other than CastRay's home, connected ones marked."""
-        home = self._registry.cluster(HOME).ray
-        exclude = {home.address} if home else set()
-        connected = {c.ray.address for c in self.external_clusters() if c.ray is not None}
-        found = await discover(exclude, connected, local_ray_token())
+        """Clusters on this machine other than CastRay's home, newest first."""
+        local = await asyncio.to_thread(local_clusters.scan)
+        return await self._discover(local)
+
+    async def _discover(self, local: dict[str, LocalCluster]) -> list[DiscoveredCluster]:
+        found = await discover(
+            local,
+            exclude=self._is_home,
+            connected=lambda c: _connected(self._known(c.gcs_address, c.session_name)),
+            tokens=self._tokens,
+            timeout=self._settings.probe_timeout,
+        )
         for cluster in found:
             if not cluster.connected:
                 self._events.publish("cluster_discovered", cluster=cluster.model_dump(mode="json"))
@@ -92,176 +123,245 @@ class ClusterService:
 
     # ---- changes -------------------------------------------------------------------------
 
-    async def discover_and_connect(self) -> tuple[list[DiscoveredCluster], ClusterInfo | None]:
-        """Connect the first discovered cluster not yet connected whose dashboard answered.
-
-        A cluster without an answering dashboard (such as another CastRay's private embedded
-        cluster) is listed but left alone: connect it by its GCS address if it is meant.
-        """
-        found = await self.discover()
-        candidates = [c for c in found if c.reachable and not c.connected]
-        if not candidates:
-            return found, None
-        return found, await self.connect(candidates[0].gcs_address, None)
+    async def discover_and_connect(
+        self,
+    ) -> tuple[list[DiscoveredCluster], Choice | None, ClusterInfo | None]:
+        """Connect the cluster the user most likely means (see ``discovery.choose``)."""
+        local = await asyncio.to_thread(local_clusters.scan)
+        found = await self._discover(local)
+        choice = choose(found, self._named_by_ray_address(local))
+        if choice is None:
+            return found, None, None
+        log.info("discovery chose %s: %s", choice.cluster.gcs_address, choice.reason)
+        return found, choice, await self.connect(choice.cluster.gcs_address, None)
 
     async def connect(self, address: str, ray_token: str | None) -> ClusterInfo:
-        """Connect an external cluster (idempotent); errors say what was tried."""
+        """Connect an external cluster, or answer the one already connected; errors say what
+        was tried."""
         parsed = parse_address(address)
-        token = ray_token or local_ray_token()
-        async with self._lock:
-            target = await self._resolve(parsed, token, explicit=ray_token is not None)
-            if self._supervisor.is_connected(target.name):
-                return self._registry.cluster(target.name)
-            home = self._registry.cluster(HOME).ray
-            if home is not None and home.address == target.driver_address:
-                raise NotFound(f"{address} is CastRay's own home cluster, not an external one")
+        target = await self._resolve(parsed, ray_token)
+        async with self._locks[target.name]:
+            existing = self._known(target.gcs, target.session) or self._by_name(target.name)
+            if existing is not None and _connected(existing) and _same_session(existing, target):
+                self._aliases[existing.name].add(str(parsed))
+                return existing
+            name = target.name
+            if existing is not None:
+                # Lost, unreachable, or restarted under a new session: a fresh agent, the
+                # same name, fresh endpoints.
+                log.info("reconnecting cluster %s (%s)", existing.name, existing.status.value)
+                name = existing.name
+                await self._supervisor.disconnect(existing.name)
             await self._supervisor.connect(
-                target.name,
+                name,
                 target.driver_address,
-                token if target.auth_required else None,
+                target.token,
                 stay_on_loopback=target.on_loopback,
             )
-            return self._registry.cluster(target.name)
+            connected = self._registry.cluster(name)
+            twin = self._twin_of(connected)
+            if twin is not None:
+                # Reached by an address that only told who it was once joined (ray:// elsewhere).
+                await self._supervisor.disconnect(name)
+                connected = twin
+            self._aliases[connected.name].add(str(parsed))
+            return connected
 
     async def disconnect(self, address: str | None) -> list[str]:
-        """Disconnect one cluster (by name, GCS or dashboard address) or all; their names."""
+        """Disconnect one cluster (by name or any address that points at it) or all."""
         clusters = self.external_clusters()
         if address is not None:
-            clusters = [c for c in clusters if _matches(c, address)]
+            clusters = await self._matching(address, clusters)
         if not clusters:
             what = f"cluster {address!r}" if address else "external cluster"
             raise NotFound(f"no connected {what}; GET /api/cluster/external-info lists them")
         for cluster in clusters:
-            await self._supervisor.disconnect(cluster.name)
+            async with self._locks[cluster.name]:
+                await self._supervisor.disconnect(cluster.name)
+            self._aliases.pop(cluster.name, None)
         return [c.name for c in clusters]
 
-    # ---- resolving an address -------------------------------------------------------------
+    # ---- identity ------------------------------------------------------------------------
 
-    async def _resolve(self, address: RayAddress, token: str | None, explicit: bool) -> _Target:
-        if address.kind is AddressKind.CLIENT:
-            return _Target(str(address), _name(address.host, address.port), None, token is not None)
-        local = await asyncio.to_thread(scan_local_clusters)
-        tried: list[str] = []
-        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT) as http:
-            dashboard = await self._dashboard(http, address.http_url, token, explicit, tried)
-            if dashboard is not None:
-                gcs = _gcs_of_dashboard(local, address)
-                if gcs is None:
-                    raise ClusterUnreachable(
-                        f"{address.http_url} is a Ray dashboard, but its cluster does not run "
-                        "on this machine, so its GCS address is unknown: connect with the GCS "
-                        "address (host:6379) or ray://host:10001"
-                    )
-                return _Target(gcs, _gcs_name(gcs), address.http_url, dashboard, _is_loopback(gcs))
-            if address.kind is AddressKind.DASHBOARD:
-                raise ClusterUnreachable(f"no Ray dashboard answers at {address}: {tried[-1]}")
-            gcs = address.host_port
-            cluster = local.get(gcs) or local.get(f"{_ip(address.host)}:{address.port}")
-            if cluster is not None and cluster.dashboard:
-                url = f"http://{cluster.dashboard}"
-                auth = await self._dashboard(http, url, token, explicit, tried)
-                gcs = cluster.gcs_address
-                return _Target(gcs, _gcs_name(gcs), url, bool(auth), _is_loopback(gcs))
-        if not await _port_open(address.host, address.port):
-            tried.append(f"GCS {gcs}: nothing listens there")
-            raise ClusterUnreachable(f"cannot connect to {address}: tried " + "; ".join(tried))
-        return _Target(gcs, _gcs_name(gcs), None, token is not None)
-
-    async def _dashboard(
-        self,
-        http: httpx.AsyncClient,
-        url: str,
-        token: str | None,
-        explicit: bool,
-        tried: list[str],
-    ) -> bool | None:
-        """Whether the Ray dashboard at ``url`` needs a token; None when none answers there."""
-        try:
-            mode = await http.get(f"{url}/api/authentication_mode")
-        except httpx.HTTPError as exc:
-            tried.append(f"dashboard {url}: {type(exc).__name__}")
+    def _known(self, gcs: str | None, session: str | None) -> ClusterInfo | None:
+        """The external cluster that is this Ray cluster (same GCS, same session if known)."""
+        if gcs is None:
             return None
-        if not mode.is_success or "authentication_mode" not in _json(mode):
-            # Whatever serves plain HTTP there is neither a Ray dashboard nor a GCS (gRPC).
-            raise ClusterUnreachable(
-                f"{url} answers HTTP, but not as a Ray dashboard (GET /api/authentication_mode: "
-                f"{mode.status_code}); give the cluster's dashboard or GCS address"
+        for cluster in self.external_clusters():
+            ray = cluster.ray
+            if ray is None or not same_endpoint(ray.address, gcs):
+                continue
+            if session is None or ray.session_name in (None, session):
+                return cluster
+        return None
+
+    def _by_name(self, name: str) -> ClusterInfo | None:
+        return self._registry.cluster(name) if self._registry.has_cluster(name) else None
+
+    def _twin_of(self, cluster: ClusterInfo) -> ClusterInfo | None:
+        """Another connected cluster with the same identity as ``cluster``."""
+        ray = cluster.ray
+        if ray is None:
+            return None
+        for other in self.external_clusters():
+            if other.name == cluster.name or other.ray is None or not _connected(other):
+                continue
+            if ray.session_name is not None:
+                if ray.session_name == other.ray.session_name:
+                    return other
+            elif same_endpoint(ray.address, other.ray.address):
+                return other
+        return None
+
+    def _is_home(self, cluster: LocalCluster) -> bool:
+        home = self._registry.cluster(HOME).ray
+        if home is None:
+            return False
+        if home.session_name and cluster.session_name:
+            return home.session_name == cluster.session_name
+        return same_endpoint(home.address, cluster.gcs_address)
+
+    def _named_by_ray_address(self, local: dict[str, LocalCluster]) -> LocalCluster | None:
+        """The cluster on this machine that ``RAY_ADDRESS`` names, if it is one."""
+        named = os.environ.get("RAY_ADDRESS", "").strip()
+        if not named or named in ("auto", "local"):
+            return None
+        try:
+            return local_clusters.find(local, parse_address(named))
+        except InvalidRequest:
+            return None
+
+    async def _matching(self, address: str, clusters: list[ClusterInfo]) -> list[ClusterInfo]:
+        by_name = [c for c in clusters if c.name == address]
+        if by_name:
+            return by_name
+        try:
+            parsed = parse_address(address)
+        except InvalidRequest:
+            return []  # neither a name nor an address: nothing is connected by it
+        local = local_clusters.find(await asyncio.to_thread(local_clusters.scan), parsed)
+        return [c for c in clusters if _points_at(c, parsed, local, self._aliases[c.name])]
+
+    # ---- resolving an address ----------------------------------------------------------------
+
+    async def _resolve(self, address: RayAddress, given: str | None) -> _Target:
+        """Where to join, checked: a Ray cluster of CastRay's Ray version, reachable, with the
+        token it needs; raises the error a user can act on otherwise."""
+        local = local_clusters.find(await asyncio.to_thread(local_clusters.scan), address)
+        token = self._tokens.for_cluster(local, address, given)
+        if local is not None and local.ray_version not in (None, AGENT_RAY_VERSION):
+            raise version_mismatch(address, local.ray_version)
+        if local is not None and self._is_home(local):
+            raise NotFound(f"{address} is CastRay's own home cluster, not an external one")
+        timeout = self._settings.probe_timeout
+        typed: DashboardFacts | None = None  # a Ray dashboard at the address typed
+        facts: DashboardFacts | None = None  # what the cluster's dashboard said, wherever
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            if address.kind is not AddressKind.CLIENT:
+                typed = _ray_or_none(await probe_dashboard(http, address.http_url, token))
+            facts = typed
+            if facts is None and local is not None and local.dashboard:
+                url = f"http://{local.dashboard}"
+                facts = _ray_or_none(await probe_dashboard(http, url, token))
+        if facts is not None:
+            _check(address, facts, given is not None)
+        if address.kind is AddressKind.CLIENT:
+            return await self._client_target(address, local, facts, token)
+        if typed is None and address.kind is AddressKind.DASHBOARD:
+            raise unreachable(address)
+        if typed is not None and local is None:
+            raise unreachable(
+                address,
+                "it is a Ray dashboard, but its cluster does not run on this machine, so its "
+                "GCS address is unknown: connect with the GCS address (host:6379) or "
+                "ray://host:10001",
             )
-        auth = _json(mode)["authentication_mode"] == "token"
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        version = await http.get(f"{url}/api/version", headers=headers)
-        if version.status_code == 401 or (version.status_code == 403 and not token):
-            raise Unauthorized(
-                f'the Ray cluster at {url} requires a Ray token: pass "ray_token", or set '
-                "RAY_AUTH_TOKEN (or ~/.ray/auth_token) for CastRay"
-            )
-        if version.status_code == 403:
-            where = "given" if explicit else "found on this machine"
-            raise Forbidden(f"the Ray cluster at {url} refused the Ray token {where}")
-        theirs = _json(version).get("ray_version")
-        if theirs and theirs != RAY_VERSION:
-            raise VersionMismatch(
-                f"the cluster at {url} runs Ray {theirs}, CastRay runs Ray {RAY_VERSION}: "
-                "a driver can only join a cluster of its own Ray version"
-            )
-        return auth
-
-
-def _gcs_of_dashboard(local: dict[str, LocalCluster], address: RayAddress) -> str | None:
-    wanted = {address.host_port, f"{_ip(address.host)}:{address.port}"}
-    for cluster in local.values():
-        dashboard = cluster.dashboard or ""
-        host, _, port = dashboard.rpartition(":")
-        if dashboard in wanted or (host == "0.0.0.0" and port == str(address.port)):
-            return cluster.gcs_address
-    return None
-
-
-def _ip(host: str) -> str:
-    try:
-        return socket.gethostbyname(host.strip("[]"))
-    except OSError:
-        return host
-
-
-async def _port_open(host: str, port: int) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host.strip("[]"), port), PROBE_TIMEOUT
+        gcs = local.gcs_address if local is not None else address.host_port
+        host, port = split_host_port(gcs)
+        if not await grpc_answers(host, port, timeout):
+            raise unreachable(address)
+        return _Target(
+            name=_name(host, port),
+            driver_address=gcs,
+            gcs=gcs,
+            session=local.session_name if local else None,
+            token=_agent_token(facts, token),
+            on_loopback=host in {"127.0.0.1", "localhost", "::1"},
         )
-    except (OSError, TimeoutError):
+
+    async def _client_target(
+        self,
+        address: RayAddress,
+        local: LocalCluster | None,
+        facts: DashboardFacts | None,
+        token: str | None,
+    ) -> _Target:
+        if facts is not None and facts.auth_required:
+            gcs = local.gcs_address if local else "its GCS address (host:6379)"
+            raise Conflict(
+                f"cannot join {address} through Ray Client: the cluster uses Ray token "
+                f"authentication, and Ray {AGENT_RAY_VERSION}'s client server cannot start a "
+                f"session with a token; connect with {gcs} instead"
+            )
+        if not await grpc_answers(address.bare_host, address.port, self._settings.probe_timeout):
+            raise unreachable(address)
+        known_gcs = local.gcs_address if local is not None else None
+        host, port = split_host_port(known_gcs) if known_gcs else (address.bare_host, address.port)
+        return _Target(
+            name=_name(host, port),
+            driver_address=str(address),
+            gcs=known_gcs,
+            session=local.session_name if local else None,
+            token=_agent_token(facts, token),
+        )
+
+
+def _check(address: RayAddress, facts: DashboardFacts, given: bool) -> None:
+    """The dashboard's answer as the error it means, if it means one."""
+    if facts.token_refused:
+        raise token_refused(address, given)
+    if facts.needs_token:
+        raise token_missing(address)
+    if facts.ray_version not in (None, "unknown", AGENT_RAY_VERSION):
+        raise version_mismatch(address, facts.ray_version)
+
+
+def _ray_or_none(facts: DashboardFacts) -> DashboardFacts | None:
+    return facts if facts.answer is Answer.RAY else None
+
+
+def _agent_token(facts: DashboardFacts | None, token: str | None) -> str | None:
+    """A token for the agent only where the cluster asks for one (or cannot be asked)."""
+    if facts is None:
+        return token
+    return token if facts.auth_required else None
+
+
+def _same_session(cluster: ClusterInfo, target: _Target) -> bool:
+    """False only when both sessions are known and differ (the cluster was restarted)."""
+    known = cluster.ray.session_name if cluster.ray is not None else None
+    return known is None or target.session is None or known == target.session
+
+
+def _connected(cluster: ClusterInfo | None) -> bool:
+    return cluster is not None and cluster.status is ClusterStatus.CONNECTED
+
+
+def _points_at(
+    cluster: ClusterInfo, address: RayAddress, local: LocalCluster | None, aliases: set[str]
+) -> bool:
+    if str(address) in aliases:
+        return True
+    ray = cluster.ray
+    if ray is None:
         return False
-    writer.close()
-    return True
-
-
-def _json(response: httpx.Response) -> dict[str, object]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-def _is_loopback(gcs: str) -> bool:
-    """The hosts Ray replaces by the primary IP when joining (127.0.0.N, N >= 2, it keeps)."""
-    return gcs.rpartition(":")[0].strip("[]") in {"127.0.0.1", "localhost", "::1"}
+    if local is not None and local.session_name and local.session_name == ray.session_name:
+        return True
+    dashboard = (ray.dashboard_url or "").split("://", 1)[-1]
+    return same_endpoint(address.host_port, ray.address) or bool(
+        dashboard and same_endpoint(address.host_port, dashboard)
+    )
 
 
 def _name(host: str, port: int) -> str:
     return f"ext-{host.strip('[]').replace(':', '.')}-{port}"
-
-
-def _gcs_name(gcs: str) -> str:
-    host, _, port = gcs.rpartition(":")
-    return _name(host, int(port))
-
-
-def _matches(cluster: ClusterInfo, address: str) -> bool:
-    if address == cluster.name:
-        return True
-    if cluster.ray is None:
-        return False
-    given = address.split("://", 1)[-1].rstrip("/")
-    dashboard = (cluster.ray.dashboard_url or "").split("://", 1)[-1]
-    return given in {cluster.ray.address, dashboard}

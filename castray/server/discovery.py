@@ -1,128 +1,149 @@
-"""Finding the Ray clusters running on this machine, and what their dashboards say of them.
+"""Finding the Ray clusters on this machine, what their dashboards say, and which one a user
+most likely means.
 
-Ray records each running cluster in the command line of its raylets: ``--gcs-address``,
-``--webui`` (the dashboard), ``--session-name``, ``--temp_dir`` and the node's IP. Reading
-those finds every live cluster whatever its ports or temp dir, and never a stale session
-directory of one that has stopped. Each dashboard is then asked, in parallel and briefly,
-for its Ray version, its authentication mode and its nodes.
+The processes on this machine name every live cluster (``local_clusters``); each dashboard is
+then asked, in parallel and briefly, for its Ray version, its authentication mode and its
+nodes. When asked to connect one, discovery chooses like Ray's own tools do: the cluster
+``RAY_ADDRESS`` names, then the most recently started of the clusters run by CastRay's own
+user ("the latest cluster", as ``ray status`` puts it). A cluster run by another user is
+listed, with its owner, but never chosen: it is connected only when a user asks by address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import httpx
-import psutil
 
 from castray.models import DiscoveredCluster
+from castray.ray_address import AGENT_RAY_VERSION, Answer, probe_dashboard
+from castray.server.local_clusters import LocalCluster
+from castray.server.ray_token import RayTokens
 
 log = logging.getLogger(__name__)
 
-PROBE_TIMEOUT = 0.35
-"""Seconds a dashboard gets to answer; discovery as a whole stays under half a second."""
 
+@dataclass(frozen=True)
+class Choice:
+    """The cluster discovery would connect, and why, in words for the user."""
 
-@dataclass
-class LocalCluster:
-    """A cluster as its raylets on this machine show it."""
-
-    gcs_address: str
-    dashboard: str | None = None
-    session_name: str | None = None
-    temp_dir: str | None = None
-    node_ips: set[str] = field(default_factory=set)
-
-
-def _flag(command: str, *names: str) -> str | None:
-    """A ``--name=value`` anywhere in a raylet's command line, nested commands included
-    (the dashboard address only appears inside the worker command the raylet is given)."""
-    for name in names:
-        match = re.search(rf"(?:^|\s){re.escape(name)}=(\S*)", command)
-        if match:
-            return match[1]
-    return None
-
-
-def scan_local_clusters() -> dict[str, LocalCluster]:
-    """Live clusters on this machine, by GCS address (reads process command lines)."""
-    found: dict[str, LocalCluster] = {}
-    for process in psutil.process_iter(["name", "cmdline"]):
-        args = process.info.get("cmdline") or []
-        if not args or not (process.info.get("name") == "raylet" or args[0].endswith("/raylet")):
-            continue
-        command = " ".join(args)
-        gcs = _flag(command, "--gcs-address", "--gcs_address")
-        if not gcs:
-            continue
-        cluster = found.setdefault(gcs, LocalCluster(gcs))
-        cluster.dashboard = cluster.dashboard or _flag(command, "--webui") or None
-        cluster.session_name = cluster.session_name or _flag(command, "--session-name")
-        cluster.temp_dir = cluster.temp_dir or _flag(command, "--temp_dir", "--temp-dir")
-        ip = _flag(command, "--node_ip_address", "--node-ip-address")
-        if ip:
-            cluster.node_ips.add(ip)
-    return found
+    cluster: DiscoveredCluster
+    reason: str
 
 
 async def probe(
     http: httpx.AsyncClient, cluster: LocalCluster, token: str | None, connected: bool
 ) -> DiscoveredCluster:
-    """What the cluster's dashboard says; unreachable or refusing dashboards are reported."""
+    """What the cluster's processes and its dashboard say; refusals are reported, not raised."""
     url = f"http://{cluster.dashboard}" if cluster.dashboard else None
+    client = min(cluster.client_ports) if cluster.client_ports else None
     result = DiscoveredCluster(
         gcs_address=cluster.gcs_address,
         dashboard_url=url,
+        ray_client_address=f"ray://{cluster.gcs_address.rpartition(':')[0]}:{client}"
+        if client
+        else None,
+        ray_version=cluster.ray_version,
         session_name=cluster.session_name,
         temp_dir=cluster.temp_dir,
         local_node_ips=sorted(cluster.node_ips),
+        owner=cluster.owner,
+        own=cluster.is_own,
+        started_at=cluster.started,
         connected=connected,
     )
     if url is None:
         return result.model_copy(update={"detail": "started without a dashboard"})
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        mode, version, nodes = await asyncio.gather(
-            http.get(f"{url}/api/authentication_mode"),
-            http.get(f"{url}/api/version", headers=headers),
-            http.get(f"{url}/api/v0/nodes", headers=headers),
-        )
-    except httpx.HTTPError as exc:
-        return result.model_copy(update={"detail": f"dashboard {url} did not answer: {exc!r}"})
-    update: dict[str, object] = {"reachable": True}
-    if mode.is_success:
-        update["auth_required"] = mode.json().get("authentication_mode") == "token"
-    if version.status_code in (401, 403):
-        update["detail"] = "needs a Ray token (RAY_AUTH_TOKEN, ~/.ray/auth_token or ray_token)"
+    facts = await probe_dashboard(http, url, token)
+    if facts.answer is not Answer.RAY:
+        return result.model_copy(update={"detail": f"its dashboard {url} did not answer"})
+    update: dict[str, object] = {
+        "reachable": True,
+        "auth_required": facts.auth_required,
+        "ray_version": facts.ray_version or cluster.ray_version,
+        "session_name": facts.session_name or cluster.session_name,
+    }
+    if facts.needs_token or facts.token_refused:
+        what = "refused the Ray token" if facts.token_refused else "needs a Ray token"
+        update["detail"] = f"{what}: connect it with ray_token"
         return result.model_copy(update=update)
-    if version.is_success:
-        body = version.json()
-        update["ray_version"] = body.get("ray_version")
-        update["session_name"] = body.get("session_name") or cluster.session_name
-    if nodes.is_success:
-        listed = nodes.json()["data"]["result"]["result"]
-        alive = [n for n in listed if n.get("state") == "ALIVE"]
+    if update["ray_version"] not in (None, AGENT_RAY_VERSION):
+        update["detail"] = f"runs Ray {update['ray_version']}; CastRay runs Ray {AGENT_RAY_VERSION}"
+    headers = {"Authorization": f"Bearer {token}"} if facts.auth_required and token else {}
+    try:
+        nodes = await http.get(f"{url}/api/v0/nodes", headers=headers)
+        listed = nodes.json()["data"]["result"]["result"] if nodes.is_success else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        listed = None
+    if isinstance(listed, list):
+        alive = [n for n in listed if isinstance(n, dict) and n.get("state") == "ALIVE"]
         resources: dict[str, float] = {}
         for node in alive:
             for name, amount in (node.get("resources_total") or {}).items():
-                if not name.startswith("node:"):
-                    resources[name] = resources.get(name, 0.0) + amount
+                if isinstance(amount, int | float) and not str(name).startswith("node:"):
+                    resources[str(name)] = resources.get(str(name), 0.0) + float(amount)
         update["alive_nodes"] = len(alive)
         update["resources"] = resources
     return result.model_copy(update=update)
 
 
 async def discover(
-    exclude: set[str], connected: set[str], token: str | None
+    local: dict[str, LocalCluster],
+    exclude: Callable[[LocalCluster], bool],
+    connected: Callable[[LocalCluster], bool],
+    tokens: RayTokens,
+    timeout: float,
 ) -> list[DiscoveredCluster]:
-    """Every cluster on this machine but those in ``exclude`` (by GCS address)."""
-    local = await asyncio.to_thread(scan_local_clusters)
-    candidates = [c for gcs, c in sorted(local.items()) if gcs not in exclude]
-    async with httpx.AsyncClient(timeout=PROBE_TIMEOUT) as http:
+    """Every cluster in ``local`` but the excluded, probed in parallel, newest first."""
+    candidates = [c for c in local.values() if not exclude(c)]
+    candidates.sort(key=lambda c: c.started_at, reverse=True)
+    async with httpx.AsyncClient(timeout=timeout) as http:
         return list(
             await asyncio.gather(
-                *(probe(http, c, token, c.gcs_address in connected) for c in candidates)
+                *(
+                    probe(http, c, tokens.for_cluster(c, None, None), connected(c))
+                    for c in candidates
+                )
             )
         )
+
+
+def choose(found: list[DiscoveredCluster], named: LocalCluster | None) -> Choice | None:
+    """The cluster to connect: ``RAY_ADDRESS``'s (``named``), else the newest of the user's
+    own clusters that is not connected and can be joined; never another user's."""
+    joinable = [c for c in found if c.own and not c.connected and _joinable(c)]
+    if named is not None:
+        for cluster in joinable:
+            if cluster.gcs_address == named.gcs_address:
+                return Choice(cluster, "it is the cluster RAY_ADDRESS names")
+    if not joinable:
+        return None
+    newest = joinable[0]
+    started = f" (started {newest.started_at:%H:%M:%S} UTC)" if newest.started_at else ""
+    if newest is next(c for c in found if c.own):
+        return Choice(newest, f"it is the most recently started of your Ray clusters{started}")
+    return Choice(
+        newest,
+        "it is the most recently started of your Ray clusters that CastRay can join and has "
+        f"not connected yet{started}",
+    )
+
+
+def _joinable(cluster: DiscoveredCluster) -> bool:
+    """A dashboard answered, with CastRay's Ray version, and no token is missing."""
+    return cluster.reachable and cluster.ray_version == AGENT_RAY_VERSION and cluster.detail is None
+
+
+def others_note(found: list[DiscoveredCluster]) -> str:
+    """A sentence about the clusters of other users, which discovery never connects."""
+    others = [c for c in found if not c.own]
+    if not others:
+        return ""
+    owners = ", ".join(sorted({c.owner or "?" for c in others}))
+    return (
+        f". {len(others)} cluster(s) of other users ({owners}) are listed but not connected: "
+        "connect one by its address if it is meant"
+    )

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from castray.errors import NodeNotFound
 from castray.models import (
@@ -34,6 +35,7 @@ class _Cluster:
     detail: str | None = None
     ray: RayClusterState | None = None
     last_seen: float = field(default_factory=time.monotonic)
+    connected_at: datetime | None = None
     endpoints: dict[str, EndpointState] = field(default_factory=dict)
 
 
@@ -91,6 +93,7 @@ class Registry:
         cluster.ray = ray
         cluster.status, cluster.detail = ClusterStatus.CONNECTED, None
         if newly:
+            cluster.connected_at = datetime.now(timezone.utc)
             self._events.publish("cluster_connected", cluster=name, address=ray.address)
         if changed:
             self._bump()
@@ -186,6 +189,7 @@ class Registry:
                 status=c.status,
                 detail=c.detail,
                 ray=c.ray,
+                connected_at=c.connected_at,
             )
             for c in self._clusters.values()
         ]

@@ -152,7 +152,10 @@ def test_unknown_node_is_not_found(embedded_server: CastRayServer) -> None:
         response = client.delete("/api/nodes/nope")
 
     assert response.status_code == 404
-    assert response.json() == {"detail": "no node 'nope'; GET /api/nodes lists the nodes there are"}
+    assert response.json() == {
+        "detail": "no node 'nope'; GET /api/nodes lists the nodes there are",
+        "code": "node_not_found",
+    }
 
 
 def test_automatic_endpoint_of_a_live_ray_node_cannot_be_deleted(
@@ -196,7 +199,7 @@ def test_unknown_route_is_a_json_404(embedded_server: CastRayServer) -> None:
         response = client.get("/api/nothing-here")
 
     assert response.status_code == 404
-    assert response.json() == {"detail": "Not Found"}
+    assert response.json() == {"detail": "Not Found", "code": "not_found"}
 
 
 def test_server_stops_cleanly_on_ctrl_c_and_leaves_no_ray_behind(

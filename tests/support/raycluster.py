@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,18 @@ class Raylet:
         _signal_group(self.process.pid, signal.SIGKILL)
 
 
+@dataclass(frozen=True)
+class RunAs:
+    """Run a cluster's processes as another user (root only): ``ray`` is then the command
+    line that starts Ray's CLI for that user, and ``env`` what it needs to find Ray."""
+
+    user: str
+    uid: int
+    gid: int
+    ray: list[str]
+    env: dict[str, str]
+
+
 @dataclass
 class RayCluster:
     """A head and any number of workers on this machine."""
@@ -57,15 +70,23 @@ class RayCluster:
     root: Path
     port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
+    client_port: int = field(default_factory=free_port)
     auth_token: str | None = None
     object_store_bytes: int = 200 * 1024 * 1024
     ray_env: dict[str, str] = field(default_factory=dict)
+    ray: list[str] = field(default_factory=lambda: [RAY])
+    """The command that runs Ray's CLI (another release's, for instance)."""
+    run_as: RunAs | None = None
     raylets: list[Raylet] = field(default_factory=list)
     _temp_dirs: list[Path] = field(default_factory=list)
 
     @property
     def address(self) -> str:
         return f"{self.head_ip}:{self.port}"
+
+    @property
+    def client_address(self) -> str:
+        return f"ray://{self.head_ip}:{self.client_port}"
 
     @property
     def dashboard_url(self) -> str:
@@ -82,6 +103,7 @@ class RayCluster:
         return env | self.ray_env
 
     def start_head(self, num_cpus: int = 1) -> RayCluster:
+        """Start the head (again, after ``kill``: the same command, the same ports)."""
         self._start(
             self.head_ip,
             [
@@ -89,22 +111,33 @@ class RayCluster:
                 f"--port={self.port}",
                 f"--dashboard-port={self.dashboard_port}",
                 f"--dashboard-host={self.head_ip}",
-                f"--ray-client-server-port={free_port()}",
+                f"--ray-client-server-port={self.client_port}",
             ],
             num_cpus,
         )
-        wait_for(self._dashboard_up, START_TIMEOUT, f"the Ray head at {self.address}")
+        wait_for(self._head_up, START_TIMEOUT, f"the Ray head at {self.address}")
         return self
 
     def add_worker(self, ip: str, num_cpus: int = 1) -> Raylet:
+        """Join a worker and wait for it; on a busy machine a raylet can time out joining,
+        so a second try follows a first that did not make it."""
         before = self.alive_nodes()
-        raylet = self._start(ip, [f"--address={self.address}"], num_cpus)
-        wait_for(
-            lambda: self.alive_nodes() > before,
-            START_TIMEOUT,
-            f"worker {ip} to join {self.address}",
-        )
-        return raylet
+        for attempt in (1, 2):
+            raylet = self._start(ip, [f"--address={self.address}"], num_cpus)
+            try:
+                wait_for(
+                    lambda: self.alive_nodes() > before,
+                    START_TIMEOUT,
+                    f"worker {ip} to join {self.address}",
+                )
+            except AssertionError:
+                raylet.stop()
+                self.raylets.remove(raylet)
+                if attempt == 2:
+                    raise
+            else:
+                return raylet
+        raise AssertionError("unreachable")
 
     def alive_nodes(self) -> int:
         """Alive nodes as Ray's State API (what ``ray list nodes`` uses) reports them."""
@@ -114,6 +147,12 @@ class RayCluster:
         response = httpx.get(f"{self.dashboard_url}/api/v0/nodes", headers=self._auth(), timeout=5)
         response.raise_for_status()
         return list(response.json()["data"]["result"]["result"])
+
+    def kill(self) -> None:
+        """Every raylet gone at once, as when the machine's cluster dies."""
+        for raylet in reversed(self.raylets):
+            raylet.stop(grace=0)
+        self.raylets.clear()
 
     def stop(self) -> None:
         for raylet in reversed(self.raylets):
@@ -125,9 +164,11 @@ class RayCluster:
         # Ray's socket paths live under the temp dir and must stay below 108 bytes.
         temp_dir = Path(tempfile.mkdtemp(prefix=f"castray-test-{ip}-"))
         self._temp_dirs.append(temp_dir)
+        if self.run_as is not None:
+            os.chown(temp_dir, self.run_as.uid, self.run_as.gid)
         log = self.root / f"raylet-{ip}.log"
         command = [
-            RAY,
+            *(self.run_as.ray if self.run_as is not None else self.ray),
             "start",
             "--block",
             "--disable-usage-stats",
@@ -138,6 +179,9 @@ class RayCluster:
             f"--object-store-memory={self.object_store_bytes}",
             *extra,
         ]
+        if self.run_as is not None:
+            exported = [f"{k}={v}" for k, v in self.run_as.env.items()]
+            command = ["runuser", "-u", self.run_as.user, "--", "env", *exported, *command]
         with log.open("ab") as out:
             process = subprocess.Popen(
                 command,
@@ -150,13 +194,18 @@ class RayCluster:
         self.raylets.append(raylet)
         return raylet
 
-    def _dashboard_up(self) -> bool:
+    def _head_up(self) -> bool:
+        """The dashboard lists the head alive, and the Ray Client server (started last)
+        takes connections."""
         head = self.raylets[0]
         if head.process.poll() is not None:
             raise AssertionError(
                 f"ray start exited; see {head.log}:\n{head.log.read_text()[-3000:]}"
             )
-        return self.alive_nodes() >= 1
+        if self.alive_nodes() < 1:
+            return False
+        with socket.create_connection((self.head_ip, self.client_port), timeout=1):
+            return True
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.auth_token}"} if self.auth_token else {}

@@ -33,7 +33,9 @@ class CastRayServer:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``castray ARGS --server URL`` as a user would, capturing what it prints."""
         token = ("--token", self.token) if self.token else ()
         return subprocess.run(
@@ -41,6 +43,7 @@ class CastRayServer:
             capture_output=True,
             text=True,
             timeout=timeout,
+            env={**os.environ, **(env or {})},
         )
 
     def status(self) -> dict[str, Any]:

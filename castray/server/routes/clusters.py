@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from castray.models import (
+    ClusterStatus,
     ConnectRequest,
     ConnectResult,
     DisconnectResult,
@@ -19,6 +20,7 @@ from castray.models import (
 )
 from castray.server.clusters import ClusterService
 from castray.server.deps import ClustersDep
+from castray.server.discovery import others_note
 
 router = APIRouter(tags=["external clusters"])
 
@@ -42,36 +44,45 @@ async def discover(clusters: ClustersDep) -> DiscoveryResult:
 
 @router.post("/cluster/discover-external")
 async def discover_external(clusters: ClustersDep) -> DiscoverExternalResult:
-    """Find clusters started by other processes and connect the first one not connected."""
-    found, connected = await clusters.discover_and_connect()
-    any_connected = bool(clusters.external_clusters())
+    """Find the Ray clusters on this machine and connect the one the user most likely means:
+    the one ``RAY_ADDRESS`` names, else the most recently started of the user's own clusters
+    not yet connected. Other users' clusters are listed, never connected here."""
+    found, choice, connected = await clusters.discover_and_connect()
+    any_connected = any(c.status is ClusterStatus.CONNECTED for c in clusters.external_clusters())
     if not found:
         message = NONE_RUNNING
-    elif connected is not None:
-        message = f"connected external cluster {connected.name}"
-    elif any_connected:
-        message = "every discovered cluster with an answering dashboard is connected already"
+    elif choice is not None and connected is not None:
+        gcs = choice.cluster.gcs_address
+        message = f"connected external cluster {connected.name} (GCS {gcs}): {choice.reason}"
+    elif any_connected and any(c.own and c.connected for c in found):
+        message = "every Ray cluster of yours with an answering dashboard is connected already"
+    elif not any(c.own for c in found):
+        message = f"found {len(found)} Ray cluster(s), none run by you"
     else:
         message = (
-            f"found {len(found)} cluster(s), none with an answering Ray dashboard; connect one "
-            "by its GCS address with POST /api/cluster/connect-external"
+            f"found {len(found)} cluster(s), none that CastRay can join without being told: "
+            "see each cluster's detail, and connect one with POST /api/cluster/connect-external"
         )
-    success = connected is not None or any_connected
+    message += others_note(found)
     return DiscoverExternalResult(
-        success=success,
+        success=connected is not None or any_connected,
         message=message,
         discovered_clusters=found,
-        connected_cluster=clusters.first_dashboard(),
+        chosen=choice.cluster.gcs_address if choice else None,
+        reason=choice.reason if choice else None,
+        connected_cluster=clusters.latest_dashboard(),
         external_nodes=_nodes_of(clusters),
     )
 
 
 @router.get("/cluster/external-info")
 async def external_info(clusters: ClustersDep) -> ExternalInfo:
+    """The external clusters and their nodes; ``connected_cluster`` is the dashboard of the
+    cluster connected most recently."""
     connected = clusters.external_clusters()
     return ExternalInfo(
-        is_connected=any(c.status.value == "connected" for c in connected),
-        connected_cluster=clusters.first_dashboard(),
+        is_connected=any(c.status is ClusterStatus.CONNECTED for c in connected),
+        connected_cluster=clusters.latest_dashboard(),
         external_nodes=_nodes_of(clusters),
         clusters=connected,
     )
@@ -79,9 +90,9 @@ async def external_info(clusters: ClustersDep) -> ExternalInfo:
 
 @router.get("/nodes/external")
 async def external_nodes(clusters: ClustersDep) -> ExternalNodes:
-    """The alive endpoints of every connected external cluster."""
-    alive = [n for n in clusters.external_nodes() if n.status.value == "alive"]
-    return ExternalNodes(external_nodes=alive, count=len(alive))
+    """Every endpoint of the external clusters, with its status (``dead`` ones included)."""
+    nodes = clusters.external_nodes()
+    return ExternalNodes(external_nodes=nodes, count=len(nodes))
 
 
 @router.post("/cluster/connect-external")
