@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from castray.cli.options import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption
+from castray.cli.output import out, print_table
 from castray.client import Client
 from castray.models import ClusterInfo, DiscoveredCluster
 
 app = typer.Typer(help="Discover, connect and disconnect external Ray clusters.")
-out = Console()
 
 
 @app.command()
@@ -49,7 +47,7 @@ def connect(
     if json_out:
         out.print_json(result.model_dump_json())
         return
-    out.print(result.message)
+    out.print(result.message, markup=False)
     for node in result.external_nodes.values():
         out.print(f"  {node.id}  {node.address}  {node.status.value}")
 
@@ -64,7 +62,7 @@ def disconnect(
 ) -> None:
     """Disconnect one external cluster, or all of them."""
     with Client(server, token) as client:
-        out.print(client.disconnect(cluster).message)
+        out.print(client.disconnect(cluster).message, markup=False)
 
 
 @app.command()
@@ -85,29 +83,34 @@ def info(
 
 
 def _print_discovered(clusters: list[DiscoveredCluster]) -> None:
-    table = Table("GCS", "dashboard", "Ray", "nodes", "auth", "connected", "note")
-    for c in clusters:
-        table.add_row(
+    rows = [
+        [
             c.gcs_address,
             c.dashboard_url or "-",
+            c.ray_client_address or "-",
             c.ray_version or "?",
+            c.owner or "?",
+            c.started_at.astimezone().strftime("%H:%M:%S") if c.started_at else "?",
             "?" if c.alive_nodes is None else str(c.alive_nodes),
             {True: "token", False: "none", None: "?"}[c.auth_required],
             "yes" if c.connected else "no",
             c.detail or "",
-        )
-    out.print(table)
+        ]
+        for c in clusters
+    ]
+    headers = ["GCS", "dashboard", "Ray Client", "Ray", "user", "started", "nodes", "auth"]
+    print_table([*headers, "connected", "note"], rows, whole=(0, 1, 2))
 
 
 def print_connected(clusters: list[ClusterInfo]) -> None:
-    table = Table("cluster", "status", "GCS", "dashboard", "nodes")
-    for c in clusters:
-        ray = c.ray
-        table.add_row(
+    rows = [
+        [
             c.name,
             c.status.value,
-            ray.address if ray else "-",
-            (ray.dashboard_url or "-") if ray else "-",
-            str(ray.alive_nodes) if ray else "-",
-        )
-    out.print(table)
+            c.ray.address if c.ray else "-",
+            (c.ray.dashboard_url or "-") if c.ray else "-",
+            str(c.ray.alive_nodes) if c.ray else "-",
+        ]
+        for c in clusters
+    ]
+    print_table(["cluster", "status", "GCS", "dashboard", "nodes"], rows, whole=(0, 2, 3))

@@ -6,13 +6,12 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from castray.cli.options import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption, print_json_or
+from castray.cli.options import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption
+from castray.cli.output import out, print_json_or
 from castray.client import Client
 
 app = typer.Typer(help="Named groups of nodes to multicast to.", no_args_is_help=True)
-out = Console(soft_wrap=True)
 
 
 @app.command("list")

@@ -11,13 +11,13 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from castray.cli import clusters as cli_clusters
 from castray.cli import groups as cli_groups
 from castray.cli import transfers as cli_transfers
 from castray.cli.options import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption
+from castray.cli.output import err, in_cli_words, out, print_table
 from castray.client import Client
 from castray.config import Settings, load_settings
 from castray.errors import CastRayError
@@ -37,8 +37,6 @@ for command in (
     cli_transfers.files,
 ):
     app.command()(command)
-err = Console(stderr=True)
-out = Console()
 log = logging.getLogger("castray")
 
 
@@ -139,9 +137,8 @@ def nodes(
     if json_out:
         out.print_json(json.dumps([n.model_dump(mode="json") for n in listed]))
         return
-    table = Table("id", "cluster", "address", "status", "kind", "received", "sent")
-    for node in listed:
-        table.add_row(
+    rows = [
+        [
             node.id,
             node.cluster,
             node.address,
@@ -149,8 +146,12 @@ def nodes(
             node.kind.value,
             str(node.counters.bytes_received),
             str(node.counters.bytes_sent),
-        )
-    out.print(table)
+        ]
+        for node in listed
+    ]
+    print_table(
+        ["id", "cluster", "address", "status", "kind", "received", "sent"], rows, whole=(0, 1, 2)
+    )
 
 
 @app.command()
@@ -162,7 +163,7 @@ def demo(
     """Discover and connect external clusters, then send a file to every external node."""
     with Client(server, token) as client:
         found = client.discover_and_connect()
-        out.print(f"[bold]1. discover[/]: {found.message}")
+        out.print(f"[bold]1. discover[/]: {escape(found.message)}")
         if not found.success:
             raise typer.Exit(code=1)
         info = client.external_info()
@@ -174,15 +175,19 @@ def demo(
         source = _home_source(client)
         made = client.generate(size, "random", f"castray-demo-{size}.bin")
         digest = made.blake3[:16]
-        out.print(f"[bold]3. send[/] {made.file} ({made.size} B, BLAKE3 {digest}…) from {source}")
+        out.print(
+            f"[bold]3. send[/] {escape(made.file)} ({made.size} B, BLAKE3 {digest}…) from {source}"
+        )
         accepted = client.send(source, made.file, targets)
         done = client.wait(accepted.transfer_id)
-        table = Table("recipient", "status", "bytes", "path / error")
-        for rid, state in sorted(done.recipients.items()):
-            table.add_row(
-                rid, state.status.value, str(state.bytes_done), state.path or state.error or ""
-            )
-        out.print(table)
+        print_table(
+            ["recipient", "status", "bytes", "path / error"],
+            [
+                [rid, state.status.value, str(state.bytes_done), state.path or state.error or ""]
+                for rid, state in sorted(done.recipients.items())
+            ],
+            whole=(0, 3),
+        )
         verified = done.file.blake3 == made.blake3 and done.status.value == "completed"
         out.print(
             f"[bold]4. result[/]: {done.status.value}; every copy BLAKE3-verified: {verified}"
@@ -218,7 +223,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/] {message}", highlight=False)
+    err.print(f"[red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code=1)
 
 
@@ -227,5 +232,5 @@ def main() -> None:
     try:
         app()
     except CastRayError as exc:
-        err.print(f"[red]error:[/] {exc.message}", highlight=False)
+        err.print(f"[red]error:[/] {escape(in_cli_words(exc.message))}", highlight=False)
         sys.exit(1)

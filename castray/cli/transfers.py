@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.filesize import pick_unit_and_suffix
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -20,7 +20,6 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
 
 from castray.chunks import file_blake3
 from castray.cli.options import (
@@ -28,14 +27,11 @@ from castray.cli.options import (
     JsonOption,
     ServerOption,
     TokenOption,
-    print_json_or,
 )
+from castray.cli.output import err, out, print_json_or, print_table
 from castray.client import Client, EventStream
-from castray.errors import InvalidRequest
-from castray.models import RecipientState, Transfer, TransferStatus
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True)
+from castray.errors import FileMissing, InvalidRequest
+from castray.models import RecipientState, Transfer, TransferAccepted, TransferStatus
 
 POLL_EVERY = 1.0
 """Seconds without a word about our transfer after which its state is fetched over REST."""
@@ -66,11 +62,11 @@ def send(
     with Client(server, token) as client:
         name = _library_name(client, file, quiet=json_out)
         if detach:
-            accepted = client.send(source, name, recipients, group)
+            accepted = _start(client, file, source, name, recipients, group)
             print_json_or(json_out, accepted.model_dump_json(), accepted.transfer_id)
             return
         with client.events() as stream:
-            accepted = client.send(source, name, recipients, group)
+            accepted = _start(client, file, source, name, recipients, group)
             if not json_out:
                 err.print(f"transfer [bold]{accepted.transfer_id}[/]", highlight=False)
             try:
@@ -89,6 +85,26 @@ def send(
         raise typer.Exit(code=1)
 
 
+def _start(
+    client: Client,
+    typed: str,
+    source: str,
+    name: str,
+    recipients: list[str] | None,
+    group: str | None,
+) -> TransferAccepted:
+    """Start the transfer; a file found nowhere is named as missing here too."""
+    try:
+        return client.send(source, name, recipients, group)
+    except FileMissing as exc:
+        if Path(typed).expanduser().exists():
+            raise
+        raise FileMissing(
+            f"no file {typed!r} on this machine, nor of that name in the server's library "
+            f"('castray files' lists it) or in the storage of {source}"
+        ) from exc
+
+
 def _library_name(client: Client, file: str, quiet: bool) -> str:
     """Upload a local file unless the library has it already (same name, same BLAKE3)."""
     path = Path(file).expanduser()
@@ -98,7 +114,7 @@ def _library_name(client: Client, file: str, quiet: bool) -> str:
     if path.name in known and known[path.name] == file_blake3(path):
         return path.name
     if not quiet:
-        err.print(f"uploading {path} …", highlight=False)
+        err.print(f"uploading {path} …", highlight=False, markup=False)
     return client.upload(path).file
 
 
@@ -151,13 +167,15 @@ def _show_recipient(progress: Progress, task: TaskID, state: RecipientState) -> 
 
 
 def _print_outcome(transfer: Transfer) -> None:
-    table = Table("recipient", "status", "copy")
-    for rid, state in transfer.recipients.items():
-        table.add_row(rid, state.status.value, state.path or "")
-    out.print(table)
+    print_table(
+        ["recipient", "status", "copy"],
+        [[rid, s.status.value, s.path or ""] for rid, s in transfer.recipients.items()],
+        whole=(0, 2),
+    )
     for rid, state in transfer.recipients.items():
         if state.error:
-            out.print(f"{rid} {state.status.value}: {state.error}", style="red", highlight=False)
+            line = f"{rid} {state.status.value}: {state.error}"
+            out.print(line, style="red", highlight=False, markup=False)
     speed = f", {transfer.throughput_bps / 1e6:.1f} MB/s" if transfer.throughput_bps else ""
     out.print(
         f"{transfer.status.value}: {transfer.file.name} ({transfer.bytes_total} bytes) "
@@ -165,6 +183,7 @@ def _print_outcome(transfer: Transfer) -> None:
         if transfer.status is TransferStatus.COMPLETED
         else f"{transfer.status.value}: {transfer.error or 'some recipients have no copy'}",
         highlight=False,
+        markup=False,
     )
 
 
@@ -183,7 +202,7 @@ def transfers(
                 out.print_json(one.model_dump_json())
             else:
                 out.print(
-                    f"[bold]{one.id}[/] {one.mode.value} of {one.file.name} from "
+                    f"[bold]{one.id}[/] {one.mode.value} of {escape(one.file.name)} from "
                     f"{one.source_node}, created {one.created_at:%Y-%m-%d %H:%M:%S}",
                     highlight=False,
                 )
@@ -193,20 +212,19 @@ def transfers(
     if json_out:
         out.print_json(page.model_dump_json())
         return
-    table = Table("id", "status", "file", "size", "from → to", "MB/s", "created")
-    table.columns[0].no_wrap = True
-    for t in page.transfers:
-        to = list(t.recipients)
-        table.add_row(
+    rows = [
+        [
             t.id,
             t.status.value,
             t.file.name,
             _size(t.bytes_total),
-            f"{t.source_node} → {to[0] if len(to) == 1 else f'{len(to)} nodes'}",
+            f"{t.source_node} → {_recipients(t)}",
             f"{t.throughput_bps / 1e6:.1f}" if t.throughput_bps else "",
             f"{t.created_at.astimezone():%H:%M:%S}",
-        )
-    out.print(table)
+        ]
+        for t in page.transfers
+    ]
+    print_table(["id", "status", "file", "size", "from → to", "MB/s", "created"], rows)
     out.print(f"{len(page.transfers)} of {page.total}", style="dim")
 
 
@@ -251,10 +269,15 @@ def files(
     if json_out:
         out.print_json(json.dumps([f.model_dump(mode="json") for f in listed]))
         return
-    table = Table("name", "bytes", "BLAKE3", "modified")
-    for f in listed:
-        table.add_row(f.name, str(f.size), f.blake3[:16] + "…", f"{f.modified:%Y-%m-%d %H:%M}")
-    out.print(table)
+    print_table(
+        ["name", "bytes", "BLAKE3", "modified"],
+        [[f.name, str(f.size), f.blake3, f"{f.modified:%Y-%m-%d %H:%M}"] for f in listed],
+    )
+
+
+def _recipients(transfer: Transfer) -> str:
+    names = list(transfer.recipients)
+    return names[0] if len(names) == 1 else f"{len(names)} nodes"
 
 
 def _size(count: int) -> str:

@@ -94,7 +94,9 @@ def test_mistakes_exit_non_zero_with_one_readable_line(
         assert "Traceback" not in result.stderr
     assert "--to, --group or --all" in no_recipients.stderr
     assert "nobody" in unknown_node.stderr
-    assert "no-such.bin" in missing_file.stderr
+    assert "'castray nodes' lists" in unknown_node.stderr  # the CLI's words, not REST's
+    assert "GET /api" not in unknown_node.stderr
+    assert "no file 'no-such.bin' on this machine" in missing_file.stderr
 
 
 def test_send_exits_1_when_a_recipient_fails(embedded_server: CastRayServer) -> None:
@@ -116,7 +118,11 @@ def test_an_unreachable_server_is_one_line_and_exit_1(tmp_path: Path) -> None:
         data_dir=tmp_path,
         log=tmp_path / "log",
     )
-    result = unreachable.cli("transfers")
+    listing = unreachable.cli("transfers")
+    # send opens the event stream first when the file is a library name
+    sending = unreachable.cli("send", "library-name.bin", "--from", "a", "--to", "b")
 
-    assert result.returncode == 1
-    assert "no CastRay server at http://127.0.0.1:9" in result.stderr
+    for result in (listing, sending):
+        assert result.returncode == 1
+        assert "no CastRay server at http://127.0.0.1:9" in result.stderr
+        assert "start one with 'castray serve'" in result.stderr
