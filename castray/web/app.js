@@ -138,6 +138,7 @@ function renderClusters() {
       el("td", {}, el("span", { class: "muted" }, "discovered")),
       el("td", {}, address, found.dashboard_url ? el("div", { class: "muted" }, `GCS ${found.gcs_address}`) : ""),
       el("td", {}, badge(found.reachable ? "not connected" : "no dashboard", found.reachable ? "pending" : "unreachable"),
+        found.own ? "" : el("div", { class: "muted" }, `run by ${found.owner || "another user"}: connect it only if it is meant`),
         found.detail ? el("div", { class: "muted" }, found.detail) : ""),
       el("td", {}, found.alive_nodes === null ? "?" : String(found.alive_nodes)),
       el("td", {}, found.ray_version || "?"),
@@ -219,11 +220,12 @@ function renderFiles() {
 
 function renderTransfers() {
   const tracked = [...state.transfers.values()];
-  const live = tracked.filter((t) => !t.finished);
-  const done = tracked.filter((t) => t.finished).sort((a, b) => b.shownAt - a.shownAt);
-  const cards = [...live, ...done].map(transferCard);
-  if (!cards.length) cards.push(el("p", { class: "muted empty" }, "No transfers in flight."));
-  $("transfers").replaceChildren(...cards);
+  const live = tracked.filter((t) => !t.finished).map(transferCard);
+  const done = tracked.filter((t) => t.finished).sort((a, b) => b.shownAt - a.shownAt).map(transferCard);
+  if (!live.length) live.push(el("p", { class: "muted empty" }, "No transfers in flight."));
+  if (!done.length) done.push(el("p", { class: "muted empty" }, "Nothing finished since this page opened."));
+  $("transfers").replaceChildren(...live);
+  $("finished").replaceChildren(...done);
 }
 
 function transferCard(tracked) {
@@ -417,10 +419,41 @@ function onEvent(type, data, at) {
   else if (type.startsWith("cluster_")) refreshClusters();
 }
 
-function onLiveState(connected) {
+const REST_REFRESH_MS = 5000;
+let restRefresh = null;
+
+/** Live over /ws; when it cannot connect, what REST can tell, refreshed until /ws is back. */
+function onLiveState(connected, failures = 0) {
   const pill = $("live");
-  pill.textContent = connected ? "live" : "reconnecting…";
+  const unavailable = !connected && failures >= 2;
+  pill.textContent = connected ? "live" : unavailable ? "live updates unavailable" : "reconnecting…";
+  pill.title = unavailable ? "The /ws event stream does not connect; showing what the REST API says, "
+    + "refreshed every few seconds." : "Live updates over /ws";
   pill.className = `pill ${connected ? "on" : "off"}`;
+  if (connected) {
+    clearInterval(restRefresh);
+    restRefresh = null;
+  } else if (unavailable && !restRefresh) {
+    loadFromRest();
+    restRefresh = setInterval(loadFromRest, REST_REFRESH_MS);
+  }
+}
+
+/** The picture /ws would give, from REST calls: clusters, nodes, groups, transfers in flight. */
+async function loadFromRest() {
+  try {
+    const [status, groups, page] = await Promise.all([
+      api("GET", "/api/status"), api("GET", "/api/groups"), api("GET", `/api/transfers?limit=${HISTORY_SIZE}`),
+    ]);
+    applySnapshot({
+      clusters: status.clusters,
+      nodes: status.node_statuses,
+      groups,
+      transfers: page.transfers.filter((t) => ["queued", "running"].includes(t.status)),
+    });
+  } catch (error) {
+    notify(`Could not load the current state: ${error.message}`);
+  }
 }
 
 // ---- notices -----------------------------------------------------------------------------

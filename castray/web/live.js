@@ -10,6 +10,7 @@ export class LiveFeed {
     this.onState = onState;
     this.seq = 0;
     this.retry = 500;
+    this.failures = 0; // connections in a row that never opened
     this.socket = null;
   }
 
@@ -20,10 +21,11 @@ export class LiveFeed {
     const socket = new WebSocket(`${scheme}://${location.host}/ws${query}`);
     this.socket = socket;
     let opened = false;
-    socket.onopen = () => { opened = true; };
+    socket.onopen = () => { opened = true; this.failures = 0; };
     socket.onmessage = (message) => this.receive(JSON.parse(message.data));
     socket.onclose = () => {
-      this.onState(false);
+      if (!opened) this.failures += 1;
+      this.onState(false, this.failures);
       const delay = this.retry;
       this.retry = Math.min(Math.max(this.retry * 2, 500), 10000);
       setTimeout(() => (opened ? this.start() : this.checkAccessThenStart()), delay);

@@ -217,3 +217,39 @@ def test_mistakes_become_readable_notices(page: Page, server: CastRayServer) -> 
     page.fill("#generate-size", "5 parsecs")
     page.click("#generate-start")
     expect(page.locator(".notice.error").last).to_contain_text("cannot read size")
+
+
+def test_a_finished_transfer_moves_from_in_flight_to_recently_finished(
+    page: Page, server: CastRayServer
+) -> None:
+    tx.generate(server, "quick.bin", "2MB", "random")
+    _open(page, server)
+    page.click("#files-refresh")
+    page.select_option("#send-file", "quick.bin")
+
+    transfer_id = _send(page, "node_1", ["node_2"])
+
+    finished = page.locator(f"#finished .transfer[data-transfer='{transfer_id}']")
+    expect(finished).to_have_attribute("data-status", "completed", timeout=60_000)
+    expect(page.locator(f"#transfers .transfer[data-transfer='{transfer_id}']")).to_have_count(0)
+    expect(page.locator("#transfers")).to_contain_text("No transfers in flight.")
+
+
+def test_without_live_updates_the_page_shows_what_the_rest_api_says(
+    page: Page, server: CastRayServer
+) -> None:
+    # Every /ws connection is refused, as by a proxy that does not pass WebSockets.
+    page.route_web_socket(re.compile(r"/ws"), lambda socket: socket.close())
+    page.goto(server.url + "/ui")
+
+    expect(page.locator("#live")).to_have_text("live updates unavailable")
+    expect(page.locator("#home-cluster")).to_contain_text("connected")
+    for node in ("home-127.0.0.1", "node_1", "node_2"):
+        expect(page.locator(f"#nodes tr[data-node='{node}']")).to_contain_text("alive")
+    with server.client() as client:
+        assert client.post("/api/nodes", json={"node_id": "seen-by-polling"}).status_code == 201
+    try:
+        expect(page.locator("#nodes tr[data-node='seen-by-polling']")).to_contain_text("alive")
+    finally:
+        with server.client() as client:
+            client.delete("/api/nodes/seen-by-polling")
