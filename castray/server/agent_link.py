@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,15 @@ log = logging.getLogger(__name__)
 LINE_LIMIT = 16 * 1024 * 1024
 """Longest protocol line accepted from an agent."""
 
+RAY_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+"""Ray's token settings: an agent gets only those its cluster may see, never the server's own."""
+
 OnMessage = Callable[[AgentMessage], None]
 OnExit = Callable[[int | None], None]
+
+
+def _without_ray_auth(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k not in RAY_AUTH_VARIABLES}
 
 
 class AgentLink:
@@ -72,7 +79,7 @@ class AgentLink:
                 stderr=log_out,
                 limit=LINE_LIMIT,
                 start_new_session=True,
-                env={**os.environ, **env},
+                env={**_without_ray_auth(os.environ), **env},
             )
         self._reader = asyncio.create_task(self._read(), name=f"agent-{self.config.cluster}")
 

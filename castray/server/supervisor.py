@@ -42,6 +42,7 @@ from castray.protocol import (
     TransferProgress,
 )
 from castray.server.agent_link import AgentLink
+from castray.server.ray_token import local_ray_token
 from castray.server.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,15 @@ RAY_CLIENT_ATTEMPTS = 3
 """Fresh agents a Ray Client join gets within the connect timeout (see ``connect``)."""
 NODE_READY_TIMEOUT = 30.0
 """Seconds ``POST /api/nodes`` waits for a new endpoint's actor to answer."""
+
+
+def ray_auth_env(token: str | None) -> dict[str, str]:
+    """Ray's token settings for an agent: the token it may use, or token auth off, so that Ray
+    never falls back to a token of its own finding (``~/.ray/auth_token``). The token goes in
+    the environment, never on a command line others can read."""
+    if token is None:
+        return {"RAY_AUTH_MODE": "disabled"}
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
 
 
 class Supervisor:
@@ -115,7 +125,8 @@ class Supervisor:
         )
         where = address or "an embedded private Ray cluster"
         log.info("starting the home cluster agent (%s)", where)
-        await self._launch(config)
+        # A home the user named is theirs: it gets the token Ray would use on this machine.
+        await self._launch(config, ray_auth_env(local_ray_token() if address else None))
         if not await self.wait_home_ready(settings.agent_start_timeout):
             self._registry.set_cluster_status(
                 HOME,
@@ -202,10 +213,8 @@ class Supervisor:
             poll_interval=settings.node_poll_interval,
             stay_on_loopback=stay_on_loopback,
         )
-        # The token goes in the environment, never on a command line others can read.
-        env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ray_token} if ray_token else {}
         log.info("connecting external cluster %s at %s", name, address)
-        await self._launch(config, env)
+        await self._launch(config, ray_auth_env(ray_token))
         await self._registry.wait_until(
             lambda: self._registry.cluster_status(name) is not ClusterStatus.STARTING,
             settings.connect_timeout / share,
@@ -282,6 +291,12 @@ class Supervisor:
         """Deploy a named endpoint in the home cluster and wait briefly for it to answer."""
         if self._registry.has_node(node_id):
             raise NodeExists(f"node {node_id!r} exists already; choose another id")
+        limit = self._settings.max_endpoints
+        if len(self._registry.nodes()) >= limit:
+            raise Conflict(
+                f"this server runs {limit} endpoints, the most it deploys "
+                "(CASTRAY_MAX_ENDPOINTS; each is a Ray worker process); delete one first"
+            )
         result = await self._link(HOME).request(
             CreateEndpoint(endpoint_id=node_id, ray_node_id=ray_node_id),
             self._settings.agent_request_timeout,
