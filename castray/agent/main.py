@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -121,21 +122,18 @@ def _run_spec(cls: Any, spec: StartTransfer | ImportTransfer) -> Any:
     )
 
 
-def _cause(exc: BaseException) -> BaseException:
-    """The user's exception inside a Ray task error."""
-    as_cause = getattr(exc, "as_instanceof_cause", None)
-    return as_cause() if callable(as_cause) else exc
-
-
 def _file_error(exc: BaseException, path: str, endpoint: str) -> CastRayError:
     """A source-side file error as the user should see it."""
+    from castray.agent.reasons import cause_of, reason
+
+    exc = cause_of(exc)
     if isinstance(exc, FileNotFoundError):
         return FileMissing(f"{path!r} does not exist on {endpoint}")
     if isinstance(exc, PermissionError | IsADirectoryError | NotADirectoryError):
-        return InvalidRequest(f"cannot send {path!r} from {endpoint}: {exc}")
+        return InvalidRequest(f"cannot send {path!r} from {endpoint}: {reason(exc)}")
     if isinstance(exc, CastRayError):
         return exc
-    return AgentFailure(f"cannot open {path!r} on {endpoint}: {exc}")
+    return AgentFailure(f"cannot open {path!r} on {endpoint}: {reason(exc)}")
 
 
 def ray_get(ref: Any, timeout: float = 60.0) -> Any:
@@ -198,9 +196,14 @@ class Agent:
             result = self._dispatch(request.id, request.body)
         except CastRayError as exc:
             reply = Reply(id=request.id, error_code=exc.code, error_message=exc.message)
-        except Exception as exc:
-            log.exception("request %s failed", request.body.op)
-            reply = Reply(id=request.id, error_code="agent_failure", error_message=str(exc))
+        except Exception:
+            error_id = uuid.uuid4().hex[:8]
+            log.exception("request %s failed (error %s)", request.body.op, error_id)
+            message = (
+                f"the agent of cluster {self._config.cluster} could not do {request.body.op} "
+                f"(error {error_id}; its log has the details)"
+            )
+            reply = Reply(id=request.id, error_code="agent_failure", error_message=message)
         else:
             reply = Reply(id=request.id, result=result)
         self._wire.send(reply)
@@ -228,7 +231,7 @@ class Agent:
             try:
                 return {"size": ray_get(handle.file_size.remote(body.path))}
             except Exception as exc:  # the actor's error decides the answer
-                raise _file_error(_cause(exc), body.path, body.endpoint_id) from exc
+                raise _file_error(exc, body.path, body.endpoint_id) from exc
         if isinstance(body, CancelTransfer):
             run = self._transfers.get(body.transfer_id)
             if run is None:
@@ -294,6 +297,8 @@ class Agent:
         self._wire.send(message)
 
     def _deliver(self, body: DeliverMessage) -> dict[str, Any]:
+        from castray.agent.reasons import reason
+
         refs = {}
         failed: dict[str, str] = {}
         for rid in body.recipients:
@@ -306,7 +311,7 @@ class Agent:
             try:
                 ray_get(ref)
             except Exception as exc:  # noqa: BLE001 - one recipient's failure is reported, not raised
-                failed[rid] = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
+                failed[rid] = reason(exc)
             else:
                 delivered.append(rid)
                 self._fleet.count(rid, messages_received=1)

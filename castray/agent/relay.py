@@ -30,6 +30,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayError
 
 from castray.agent.feeds import EndpointFeed, Exporter, StreamBroken, StreamFeed
+from castray.agent.reasons import reason
 from castray.chunks import Chunk, plan_chunks
 from castray.protocol import (
     AgentMessage,
@@ -167,7 +168,7 @@ class TransferRun:
             try:
                 ray.get(refs[recipient.id], timeout=CONTROL_TIMEOUT)
             except (RayError, GetTimeoutError) as exc:
-                self._fail(recipient, f"could not create the file: {_reason(exc)}")
+                self._fail(recipient, f"could not create the file: {reason(exc)}")
 
     def _stream(self) -> None:
         last_report = time.monotonic()
@@ -205,7 +206,7 @@ class TransferRun:
             try:
                 result = ray.get(refs[recipient.id], timeout=CONTROL_TIMEOUT)
             except (RayError, GetTimeoutError) as exc:
-                self._fail(recipient, f"could not commit the file: {_reason(exc)}")
+                self._fail(recipient, f"could not commit the file: {reason(exc)}")
                 continue
             if not result["ok"]:
                 self._fail(recipient, result["error"])
@@ -279,7 +280,7 @@ class TransferRun:
             status = ray.get(ref)
         except RayError as exc:
             if not _answers(recipient.handle):
-                self._fail(recipient, f"its actor or node died: {_reason(exc)}")
+                self._fail(recipient, f"its actor or node died: {reason(exc)}")
                 return
             status = {"status": "upstream_missing"}
         outcome = status["status"]
@@ -358,8 +359,3 @@ def _answers(handle: Any) -> bool:
     except (RayError, GetTimeoutError):
         return False
     return True
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
