@@ -11,10 +11,10 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from castray.errors import CastRayError, ServerUnreachable, error_from_code
+from castray.errors import CastRayError, ServerUnreachable, Unauthorized, error_from_code
 from castray.models import (
     ConnectResult,
     DisconnectResult,
@@ -152,6 +152,13 @@ class Client:
             connection = connect(url, additional_headers=self._headers, open_timeout=10)
         except OSError as exc:
             raise self._no_server(exc) from exc
+        except InvalidStatus as exc:
+            if exc.response.status_code not in (401, 403):
+                raise ServerUnreachable(f"cannot open the event stream {url}: {exc}") from exc
+            raise Unauthorized(
+                f"the server refused its event stream ({exc}): check the token (--token, "
+                "--token-file, CASTRAY_TOKEN or CASTRAY_TOKEN_FILE)"
+            ) from exc
         except WebSocketException as exc:
             raise ServerUnreachable(f"cannot open the event stream {url}: {exc}") from exc
         with connection:

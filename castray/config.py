@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir, description="Storage, history, logs.")
     demo_nodes: int = Field(0, ge=0, le=256, description="Named endpoints node_1..node_N on head.")
     token: SecretStr | None = Field(None, description="Bearer token required by the API.")
+    token_file: Path | None = Field(
+        None, description="A file holding the token (not visible to other users, unlike --token)."
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Web origins besides the server's own whose pages may use the API and /ws.",
+    )
     log_level: str = Field("info", description="debug, info, warning or error.")
 
     node_poll_interval: float = Field(1.0, gt=0, description="Seconds between node-list looks.")
@@ -77,6 +84,28 @@ class Settings(BaseSettings):
     upload_limit_bytes: int = Field(
         1024**4, ge=0, description="Largest upload accepted (413 beyond)."
     )
+    upload_idle_timeout: float = Field(
+        60.0, gt=0, description="Seconds an upload may send nothing before it is dropped (408)."
+    )
+    generator_max_bytes: int = Field(
+        16 * 1024**3, ge=0, description="Largest file the generator makes (422 beyond)."
+    )
+    disk_reserve_bytes: int = Field(
+        512 * 1024**2, ge=0, description="Free space a generated file must leave on its disk."
+    )
+    max_concurrent_writes: int = Field(
+        2, ge=1, le=64, description="Uploads and generations at once (429 beyond)."
+    )
+    max_endpoints: int = Field(64, ge=1, description="Endpoints this server deploys at most.")
+    max_json_bytes: int = Field(
+        1024**2, ge=1024, description="Largest JSON request body (413 beyond)."
+    )
+    ws_send_timeout: float = Field(
+        10.0, gt=0, description="Seconds a /ws client may take to accept an event; then it goes."
+    )
+    shutdown_timeout: float = Field(
+        5.0, gt=0, description="Seconds open connections get once the server is asked to stop."
+    )
     demo_traffic: bool = Field(False, description="Endpoints send each other generated files.")
     auto_transfer_interval: float = Field(
         10.0, gt=0, description="Seconds between autonomous transfers of one endpoint."
@@ -100,6 +129,21 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_token_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value else value
+
+    @model_validator(mode="after")
+    def _token_from_its_file(self) -> Settings:
+        if self.token_file is None:
+            return self
+        if self.token is not None:
+            raise ValueError("give the API token once: --token or --token-file, not both")
+        try:
+            text = self.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the token file {self.token_file}: {exc}") from None
+        if not text:
+            raise ValueError(f"the token file {self.token_file} is empty")
+        self.token = SecretStr(text)
+        return self
 
     @property
     def storage_root(self) -> Path:

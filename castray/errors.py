@@ -10,8 +10,14 @@ into the same class.
     ├── InvalidRequest          422  the request is well-formed but cannot be carried out
     ├── Unauthorized            401  a bearer token is required and was missing or wrong
     ├── Forbidden               403  a token was given and refused (e.g. by a Ray cluster)
-    ├── BadFileName             400  a file name with '/', '..', NUL or a control character
-    ├── FileTooLarge            413  an upload over the size limit
+    ├── BadFileName             400  a file name with '/', '..', NUL, a control or look-alike
+    │                                character, or too long
+    ├── BadUpload               400  a multipart upload that cannot be read
+    ├── RequestTimeout          408  a request body that stopped arriving
+    ├── FileTooLarge            413  an upload or a request body over its limit
+    ├── TooManyRequests         429  too many uploads or generations at once
+    ├── InsufficientStorage     507  not enough free disk for what was asked
+    ├── Stopped                 503  work stopped before its end (server stopping, caller gone)
     ├── NotFound                404
     │   ├── NodeNotFound             no endpoint with that id
     │   ├── RayNodeNotFound          no alive Ray node with that id in the cluster
@@ -143,10 +149,45 @@ class BadFileName(CastRayError):
 
 
 class FileTooLarge(CastRayError):
-    """An upload over the configured size limit."""
+    """An upload or a request body over its configured size limit."""
 
     status_code = 413
     code = "file_too_large"
+
+
+class BadUpload(CastRayError):
+    """A multipart upload that cannot be read as one."""
+
+    status_code = 400
+    code = "bad_upload"
+
+
+class RequestTimeout(CastRayError):
+    """A request body that stopped arriving before it was complete."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
+class TooManyRequests(CastRayError):
+    """More work of one kind at once than the server takes; try again shortly."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+
+class Stopped(CastRayError):
+    """Work stopped before its end: the server is stopping, or its caller went away."""
+
+    status_code = 503
+    code = "stopped"
+
+
+class InsufficientStorage(CastRayError):
+    """Not enough free space on the disk for what was asked."""
+
+    status_code = 507
+    code = "insufficient_storage"
 
 
 class ClusterUnavailable(CastRayError):

@@ -324,6 +324,23 @@ class MessageType(str, Enum):
     JSON = "json"
 
 
+MAX_MESSAGE_DEPTH = 32
+"""Deepest nesting of a JSON message's content."""
+
+
+def _check_depth(value: Any) -> Any:
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_MESSAGE_DEPTH:
+            raise ValueError(f"the content is nested more than {MAX_MESSAGE_DEPTH} levels deep")
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        pending.extend((child, depth + 1) for child in children)
+    return value
+
+
 class MessageSend(BaseModel):
     """``POST /api/send``: a short text or JSON message to nodes, a group, or everyone."""
 
@@ -331,7 +348,7 @@ class MessageSend(BaseModel):
 
     cast_type: TransferMode = TransferMode.UNICAST
     message_type: MessageType = MessageType.TEXT
-    content: Any
+    content: Annotated[Any, AfterValidator(_check_depth)]
     sender: str
     recipients: list[str] | None = None
     group_id: str | None = None

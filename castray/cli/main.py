@@ -19,7 +19,7 @@ from castray.cli import transfers as cli_transfers
 from castray.cli.options import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption
 from castray.cli.output import err, in_cli_words, out, print_table
 from castray.client import Client
-from castray.config import Settings, load_settings
+from castray.config import load_settings
 from castray.errors import CastRayError
 
 app = typer.Typer(
@@ -56,7 +56,15 @@ def serve(
     ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
     token: Annotated[
-        str | None, typer.Option(help="Require this bearer token on every API call.")
+        str | None,
+        typer.Option(
+            help="Require this bearer token on every API call (visible to local users in ps: "
+            "prefer --token-file)."
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="Read the API token from this file.", envvar="CASTRAY_TOKEN_FILE"),
     ] = None,
     demo_traffic: Annotated[
         bool | None,
@@ -64,9 +72,9 @@ def serve(
     ] = None,
 ) -> None:
     """Run the CastRay service (API, web UI) over its home Ray cluster."""
-    import uvicorn
-
     from castray.server import create_app
+    from castray.server.logs import configure_logging
+    from castray.server.runner import serve as serve_app
 
     try:
         settings = load_settings(
@@ -77,26 +85,19 @@ def serve(
             data_dir=data_dir,
             demo_nodes=demo_nodes,
             token=token,
+            token_file=token_file,
             demo_traffic=demo_traffic,
         )
     except ValidationError as exc:
         _fail(f"invalid settings: {exc}")
-    _configure_logging(settings)
+    configure_logging(settings.log_level)
     if settings.token is None and not _is_loopback(settings.host):
         log.warning(
             "binding %s without a token: anyone who can reach this address can use the API; "
-            "set --token or CASTRAY_TOKEN",
+            "set --token-file or CASTRAY_TOKEN_FILE",
             settings.host,
         )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,
-        # One log line per request costs more than answering /api/status; debug shows them.
-        access_log=settings.log_level == "debug",
-    )
+    serve_app(create_app(settings), settings)
 
 
 @app.command()
@@ -201,16 +202,6 @@ def _home_source(client: Client) -> str:
         if not node.is_external and node.status.value == "alive":
             return node.id
     raise CastRayError("no alive home node to send from")
-
-
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # One line per dashboard probe is noise at info level.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _is_loopback(host: str) -> bool:

@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from castray import __version__
 from castray.config import Settings
 from castray.errors import CastRayError, InvalidRequest, NotFound
-from castray.server import ws
+from castray.models import ErrorResponse
 from castray.server.autopilot import Autopilot
 from castray.server.clusters import ClusterService
 from castray.server.deps import require_token
 from castray.server.events import EventHub
+from castray.server.generator import Generator
 from castray.server.groups import GroupService
 from castray.server.history import History
 from castray.server.library import Library
+from castray.server.limits import JsonBodyLimit, WriteSlots
 from castray.server.messages import MessageService
+from castray.server.origins import OriginGuard, OriginPolicy
 from castray.server.ray_token import RayTokens
 from castray.server.registry import Registry
 from castray.server.routes import (
@@ -36,6 +43,7 @@ from castray.server.routes import (
     status,
     transfers,
     ui,
+    ws,
 )
 from castray.server.supervisor import Supervisor
 from castray.server.transfers import TransferService
@@ -63,16 +71,20 @@ def create_app(settings: Settings) -> FastAPI:
         registry = Registry(events)
         supervisor = Supervisor(settings, registry)
         library = Library(settings.library_dir, events.publisher_for_threads())
+        write_slots = WriteSlots(settings.max_concurrent_writes)
+        generator = Generator(library, settings, write_slots)
         group_service = GroupService(registry, history, events)
         transfer_service = TransferService(
             settings, registry, supervisor, library, history, events, group_service.members
         )
-        autopilot = Autopilot(settings, registry, library, transfer_service)
+        autopilot = Autopilot(settings, registry, library, generator, transfer_service)
         app.state.settings = settings
         app.state.registry = registry
         app.state.supervisor = supervisor
         app.state.events = events
         app.state.library = library
+        app.state.write_slots = write_slots
+        app.state.generator = generator
         app.state.groups = group_service
         app.state.transfers = transfer_service
         app.state.messages = MessageService(registry, supervisor, events, group_service.members)
@@ -86,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await autopilot.stop()
+            await asyncio.to_thread(generator.close)
             await transfer_service.close()
             await supervisor.stop()
             history.close()
@@ -96,6 +109,8 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Move files and messages between the nodes of Ray clusters.",
         lifespan=lifespan,
     )
+    # Set the moment a stop is asked for (see runner.py), before requests in flight end.
+    app.state.stopping = asyncio.Event()
     api = [Depends(require_token)]
     # clusters before nodes: /api/nodes/external must not be taken for a node id.
     for module in (status, clusters, nodes, messages, files, generator, transfers, groups):
@@ -103,6 +118,9 @@ def create_app(settings: Settings) -> FastAPI:
     ui.mount(app)
     app.include_router(ws.router)
     _add_error_handlers(app)
+    _describe_errors_in_openapi(app)
+    app.add_middleware(JsonBodyLimit, limit=settings.max_json_bytes)
+    app.add_middleware(OriginGuard, policy=OriginPolicy(settings))
     return app
 
 
@@ -125,14 +143,43 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _error("internal error; the server log has the details", "internal", 500)
+        error_id = uuid.uuid4().hex[:8]
+        log.exception("unexpected error %s on %s %s", error_id, request.method, request.url.path)
+        return _error(f"internal error {error_id}; the server log has the details", "internal", 500)
 
 
 def _error(
     detail: str, code: str, status: int, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse({"detail": detail, "code": code}, status, headers=headers)
+
+
+def _describe_errors_in_openapi(app: FastAPI) -> None:
+    """The schema says what errors really look like: every error of every operation is an
+    ``ErrorResponse`` (FastAPI would describe 422 as a list of validation details)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            error = {"$ref": "#/components/schemas/ErrorResponse"}
+            as_json = {"application/json": {"schema": error}}
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.setdefault("responses", {})
+                    for code, response in responses.items():
+                        if code[0] in "45":
+                            response["content"] = as_json
+                    responses["default"] = {"description": "An error", "content": as_json}
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas["ErrorResponse"] = ErrorResponse.model_json_schema()
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def describe_validation_error(exc: RequestValidationError) -> str:

@@ -15,7 +15,7 @@ import random
 from castray.config import Settings
 from castray.errors import CastRayError
 from castray.models import ContentType, NodeStatus, TransferCreate, TransferMode
-from castray.server.generator import PRESETS, generate
+from castray.server.generator import PRESETS, Generator
 from castray.server.library import Library
 from castray.server.registry import Registry
 from castray.server.transfers import TransferService
@@ -32,11 +32,13 @@ class Autopilot:
         settings: Settings,
         registry: Registry,
         library: Library,
+        generator: Generator,
         transfers: TransferService,
     ) -> None:
         self._settings = settings
         self._registry = registry
         self._library = library
+        self._generator = generator
         self._transfers = transfers
         self._enabled: dict[str, bool] = {}
         self._everyone = settings.demo_traffic
@@ -86,7 +88,7 @@ class Autopilot:
         size = self._rng.choice(SIZES)
         name = f"auto_{node_id}_{self._rng.randrange(16**8):08x}.bin"
         try:
-            await asyncio.to_thread(generate, self._library, size, ContentType.RANDOM, name)
+            await self._generator.create(size, ContentType.RANDOM, name)
             started = await self._transfers.start(
                 TransferCreate(
                     source_node=node_id, file=name, mode=TransferMode.UNICAST, recipients=[peer.id]

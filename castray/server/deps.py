@@ -13,8 +13,10 @@ from castray.config import Settings
 from castray.errors import Unauthorized
 from castray.server.autopilot import Autopilot
 from castray.server.clusters import ClusterService
+from castray.server.generator import Generator
 from castray.server.groups import GroupService
 from castray.server.library import Library
+from castray.server.limits import WriteSlots
 from castray.server.messages import MessageService
 from castray.server.registry import Registry
 from castray.server.supervisor import Supervisor
@@ -41,6 +43,16 @@ GroupsDep = Annotated[GroupService, Depends(_from_state("groups"))]
 MessagesDep = Annotated[MessageService, Depends(_from_state("messages"))]
 AutopilotDep = Annotated[Autopilot, Depends(_from_state("autopilot"))]
 ClustersDep = Annotated[ClusterService, Depends(_from_state("clusters"))]
+GeneratorDep = Annotated[Generator, Depends(_from_state("generator"))]
+WriteSlotsDep = Annotated[WriteSlots, Depends(_from_state("write_slots"))]
+
+
+def token_matches(settings: Settings, given: str | None) -> bool:
+    """Whether ``given`` is the server's token (any value when none is configured)."""
+    if settings.token is None:
+        return True
+    expected = settings.token.get_secret_value().encode()
+    return given is not None and secrets.compare_digest(given.encode(), expected)
 
 
 async def require_token(
@@ -48,13 +60,8 @@ async def require_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """When a token is configured, every API call must carry it as a bearer token."""
-    if settings.token is None:
-        return
-    expected = settings.token.get_secret_value()
-    if credentials is None or not secrets.compare_digest(
-        credentials.credentials.encode(), expected.encode()
-    ):
+    if not token_matches(settings, credentials.credentials if credentials else None):
         raise Unauthorized(
             "this CastRay server requires a token: send 'Authorization: Bearer <token>' "
-            "(the CLI takes --token or CASTRAY_TOKEN)"
+            "(the CLI takes --token, CASTRAY_TOKEN or a file named by CASTRAY_TOKEN_FILE)"
         )

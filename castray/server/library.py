@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
+import unicodedata
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -29,24 +31,41 @@ OnChange = Callable[..., None]
 is called from the worker thread that made the change."""
 
 
+MAX_NAME_BYTES = 216
+"""Longest file name in UTF-8 bytes: its temporary form ``.NAME.<32 hex>.part`` must still fit
+the 255 bytes a file system allows for a name."""
+_INVISIBLE = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}
+"""Unicode categories of controls, format characters (bidirectional overrides among them),
+private, unassigned and line/paragraph separators: names that hide what they are."""
+
+
 def check_file_name(name: str) -> str:
-    """A plain file name: no separator, no ``..``, no NUL or control characters, not hidden."""
+    """A plain, printable file name: no separator, no ``..``, not hidden, nothing invisible or
+    look-alike (controls, bidirectional overrides, odd spaces, un-normalized letters), short
+    enough for its temporary form."""
     bad = (
         not name
-        or len(name) > 255
+        or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
         or "/" in name
         or "\\" in name
-        or name in {".", ".."}
         or ".." in name
         or name.startswith(".")
-        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        or name != name.strip()
+        or unicodedata.normalize("NFC", name) != name
+        or any(_hidden(c) for c in name)
     )
     if bad:
         raise BadFileName(
             f"invalid file name {name!r}: use a plain name without '/', '\\\\', '..', a leading "
-            "'.', NUL or control characters, at most 255 characters"
+            "'.', leading or trailing spaces, control, invisible or look-alike characters, "
+            f"at most {MAX_NAME_BYTES} bytes in UTF-8"
         )
     return name
+
+
+def _hidden(char: str) -> bool:
+    category = unicodedata.category(char)
+    return category in _INVISIBLE or (category == "Zs" and char != " ")
 
 
 class Library:
@@ -59,9 +78,14 @@ class Library:
         self._on_change = on_change or (lambda *args, **kwargs: None)
 
     def path(self, name: str) -> Path:
-        """Where a library file is; raises ``FileMissing`` when it is not there."""
+        """Where a library file is; raises ``FileMissing`` when it is not there. Only regular
+        files count: a symbolic link put in the library could point anywhere."""
         path = self.root / check_file_name(name)
-        if not path.is_file():
+        try:
+            regular = stat.S_ISREG(path.lstat().st_mode)
+        except OSError:
+            regular = False
+        if not regular:
             raise FileMissing(f"no file {name!r} in the library; GET /api/files lists them")
         return path
 
@@ -74,18 +98,16 @@ class Library:
 
     def describe(self, name: str) -> LibraryFile:
         path = self.path(name)
-        stat = path.stat()
+        status = path.stat()
         return LibraryFile(
             name=name,
-            size=stat.st_size,
-            blake3=self._digest(name, path, stat),
-            modified=datetime.fromtimestamp(stat.st_mtime, timezone.utc),
+            size=status.st_size,
+            blake3=self._digest(name, path, status),
+            modified=datetime.fromtimestamp(status.st_mtime, timezone.utc),
         )
 
     def list(self) -> list[LibraryFile]:
-        names = sorted(
-            p.name for p in self.root.iterdir() if p.is_file() and not p.name.startswith(".")
-        )
+        names = sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))
         files = []
         for name in names:
             with contextlib.suppress(FileMissing, BadFileName):
@@ -106,21 +128,29 @@ class Library:
         return LibraryWriter(self, name, temp, limit)
 
     def _committed(self, name: str, temp: Path, digest: str) -> None:
+        """Rename and remember the digest as one step, so that of two uploads of one name the
+        one renamed last is the file and its digest the one cached (the last to finish wins)."""
         final = self.root / name
-        temp.replace(final)
-        stat = final.stat()
         with self._lock:
-            self._digests[name] = (stat.st_size, stat.st_mtime_ns, digest)
+            temp.replace(final)
+            status = final.stat()
+            self._digests[name] = (status.st_size, status.st_mtime_ns, digest)
         self._on_change("file_added", file=self.describe(name).model_dump(mode="json"))
 
-    def _digest(self, name: str, path: Path, stat: os.stat_result) -> str:
+    def _digest(self, name: str, path: Path, status: os.stat_result) -> str:
         with self._lock:
             known = self._digests.get(name)
-        if known and known[:2] == (stat.st_size, stat.st_mtime_ns):
+        if known and known[:2] == (status.st_size, status.st_mtime_ns):
             return known[2]
         digest = file_blake3(path)
         with self._lock:
-            self._digests[name] = (stat.st_size, stat.st_mtime_ns, digest)
+            now = path.stat()  # not replaced while it was hashed:
+            if (now.st_ino, now.st_size, now.st_mtime_ns) == (
+                status.st_ino,
+                status.st_size,
+                status.st_mtime_ns,
+            ):
+                self._digests[name] = (status.st_size, status.st_mtime_ns, digest)
         return digest
 
 

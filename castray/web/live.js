@@ -3,6 +3,8 @@
 
 import { api, token } from "./api.js";
 
+const UNAUTHORIZED = 4401; // the server's close code for a missing or wrong token
+
 export class LiveFeed {
   constructor({ onSnapshot, onEvent, onState }) {
     this.onSnapshot = onSnapshot;
@@ -16,19 +18,24 @@ export class LiveFeed {
 
   start() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const saved = token();
-    const query = saved ? `?token=${encodeURIComponent(saved)}` : "";
-    const socket = new WebSocket(`${scheme}://${location.host}/ws${query}`);
+    // The token goes in the first message, never in the URL (URLs end up in logs).
+    const socket = new WebSocket(`${scheme}://${location.host}/ws`);
     this.socket = socket;
     let opened = false;
-    socket.onopen = () => { opened = true; this.failures = 0; };
+    socket.onopen = () => {
+      opened = true;
+      this.failures = 0;
+      const saved = token();
+      if (saved) socket.send(JSON.stringify({ type: "auth", token: saved }));
+    };
     socket.onmessage = (message) => this.receive(JSON.parse(message.data));
-    socket.onclose = () => {
+    socket.onclose = (event) => {
       if (!opened) this.failures += 1;
       this.onState(false, this.failures);
       const delay = this.retry;
       this.retry = Math.min(Math.max(this.retry * 2, 500), 10000);
-      setTimeout(() => (opened ? this.start() : this.checkAccessThenStart()), delay);
+      const refused = !opened || event.code === UNAUTHORIZED;
+      setTimeout(() => (refused ? this.checkAccessThenStart() : this.start()), delay);
     };
   }
 

@@ -13,7 +13,7 @@ from tests.support import transfers as tx
 from tests.support.raycluster import RayCluster, running_cluster
 from tests.support.server import CastRayServer, serving
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.browser]
 
 EXTERNAL_HEAD = "127.0.0.60"
 

@@ -9,7 +9,7 @@ from playwright.sync_api import Dialog, Page, expect
 
 from tests.support.server import CastRayServer, serving
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.browser]
 
 TOKEN = "ui-s3cret"
 
@@ -29,10 +29,14 @@ def test_the_page_asks_for_the_token_then_goes_live(page: Page, guarded: CastRay
         asked.append(dialog.message)
         dialog.accept("wrong" if len(asked) == 1 else TOKEN)
 
+    sockets: list[str] = []
     page.on("dialog", answer)
+    page.on("websocket", lambda socket: sockets.append(socket.url))
     page.goto(guarded.url + "/ui")
 
     expect(page.locator("#live")).to_have_text("live")
+    # The token travels in the socket's first message, never in its URL (URLs get logged).
+    assert sockets and not [url for url in sockets if "token" in url]
     expect(page.locator("#nodes tr[data-node='home-127.0.0.1']")).to_contain_text("alive")
     assert asked == [
         "This CastRay server needs its API token:",

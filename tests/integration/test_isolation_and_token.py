@@ -93,14 +93,17 @@ def test_open_api_on_a_public_interface_is_warned_about(tmp_path: Path) -> None:
 
 
 def test_websocket_needs_the_token_too(guarded_server: CastRayServer) -> None:
-    from websockets.exceptions import InvalidStatus
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
     from websockets.sync.client import connect
 
     url = guarded_server.url.replace("http://", "ws://") + "/ws"
     with pytest.raises(InvalidStatus) as refused:
-        connect(url, open_timeout=30)
+        connect(f"{url}?token=wrong", open_timeout=30)
+    with connect(url, open_timeout=30) as anonymous, pytest.raises(ConnectionClosed) as closed:
+        anonymous.recv(timeout=30)  # nothing but the close: no snapshot without the token
     with connect(f"{url}?token=s3cret-token", open_timeout=30) as ws:
         first = ws.recv(timeout=30)
 
-    assert refused.value.response.status_code == 401
+    assert refused.value.response.status_code == 403
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
     assert '"snapshot"' in first

@@ -97,9 +97,10 @@ def serving(
     alive: int,
     env: dict[str, str] | None = None,
     token: str | None = None,
+    token_file: Path | None = None,
 ) -> Iterator[CastRayServer]:
     """A started server with ``alive`` endpoints up, stopped whatever happens."""
-    server = start_server(data_dir, *args, env=env, token=token)
+    server = start_server(data_dir, *args, env=env, token=token, token_file=token_file)
     try:
         server.wait_alive(alive)
         yield server
@@ -109,9 +110,14 @@ def serving(
 
 
 def start_server(
-    data_dir: Path, *args: str, env: dict[str, str] | None = None, token: str | None = None
+    data_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    token: str | None = None,
+    token_file: Path | None = None,
 ) -> CastRayServer:
-    """Start ``castray serve`` and wait until its API answers."""
+    """Start ``castray serve`` and wait until its API answers; the token on the command line,
+    or in ``token_file`` (the way that keeps it out of ``ps``)."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir.parent / f"{data_dir.name}-server.log"
@@ -126,7 +132,10 @@ def start_server(
         str(data_dir),
         *args,
     ]
-    if token:
+    if token_file is not None:
+        command += ["--token-file", str(token_file)]
+        token = token_file.read_text().strip()
+    elif token:
         command += ["--token", token]
     with log.open("ab") as out:
         process = subprocess.Popen(

@@ -3,41 +3,75 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, Request, status
 from fastapi.responses import FileResponse
-from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
-from castray.errors import FileTooLarge, InvalidRequest
-from castray.models import LibraryFile, UploadResult
-from castray.server.deps import LibraryDep, SettingsDep
-from castray.server.library import Library, LibraryWriter, check_file_name
+from castray.errors import BadUpload, FileTooLarge, RequestTimeout, Stopped
+from castray.models import ErrorResponse, LibraryFile, UploadResult
+from castray.server.deps import LibraryDep, SettingsDep, WriteSlotsDep
+from castray.server.uploads import MultipartUpload, boundary_of
 
 router = APIRouter(tags=["files"])
+log = logging.getLogger(__name__)
 
 
-@router.post("/upload", status_code=status.HTTP_201_CREATED)
-async def upload(request: Request, library: LibraryDep, settings: SettingsDep) -> UploadResult:
-    """Store a multipart upload (field ``file``) in the library, streamed to disk."""
+@router.post(
+    "/upload",
+    status_code=status.HTTP_201_CREATED,
+    responses={code: {"model": ErrorResponse} for code in (400, 408, 413, 429)},
+)
+async def upload(
+    request: Request, library: LibraryDep, settings: SettingsDep, slots: WriteSlotsDep
+) -> UploadResult:
+    """Store a multipart upload (field ``file``) in the library, streamed to disk. Of two
+    uploads of one name, the one that finishes last is the file."""
     limit = settings.upload_limit_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
         raise FileTooLarge(f"the upload is larger than the limit of {limit} bytes")
-    content_type, params = parse_options_header(request.headers.get("content-type", ""))
-    boundary = params.get(b"boundary")
-    if content_type != b"multipart/form-data" or not boundary:
-        raise InvalidRequest("send the file as multipart/form-data in a field named 'file'")
-    stream = _UploadStream(library, limit)
-    parser = MultipartParser(boundary, stream.callbacks())
+    boundary = boundary_of(request.headers.get("content-type", ""))
+    async with slots.slot("upload"):
+        stored = MultipartUpload(library, boundary, limit)
+        try:
+            stopping: asyncio.Event = request.app.state.stopping
+            async for piece in _arriving(request, settings.upload_idle_timeout, stopping):
+                await asyncio.to_thread(stored.write, piece)
+            return await asyncio.to_thread(stored.finish)
+        except ClientDisconnect:
+            log.info("an upload was cut off by its client; nothing of it was kept")
+            raise BadUpload("the upload was cut off before its end") from None
+        finally:
+            await asyncio.to_thread(stored.abort)
+
+
+async def _arriving(request: Request, idle: float, stopping: asyncio.Event) -> AsyncIterator[bytes]:
+    """The request body as it arrives; a body that stops arriving for ``idle`` s is a 408,
+    and a stop of the server ends it too."""
+    pieces = request.stream().__aiter__()
+    stop = asyncio.ensure_future(stopping.wait())
     try:
-        async for body_chunk in request.stream():
-            await asyncio.to_thread(parser.write, body_chunk)
-        await asyncio.to_thread(parser.finalize)
-        return await asyncio.to_thread(stream.finish)
+        while True:
+            piece = asyncio.ensure_future(pieces.__anext__())
+            done, _ = await asyncio.wait({piece, stop}, timeout=idle, return_when="FIRST_COMPLETED")
+            if piece not in done:
+                piece.cancel()
+                if stop in done:
+                    raise Stopped("the server is stopping; the upload was dropped")
+                raise RequestTimeout(
+                    f"the upload sent nothing for {idle:g} s and was dropped "
+                    "(CASTRAY_UPLOAD_IDLE_TIMEOUT)"
+                )
+            try:
+                yield piece.result()
+            except StopAsyncIteration:
+                return
     finally:
-        await asyncio.to_thread(stream.abort)
+        stop.cancel()
 
 
 @router.get("/files")
@@ -54,66 +88,3 @@ async def download(name: str, library: LibraryDep) -> FileResponse:
 @router.delete("/files/{name}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_file(name: str, library: LibraryDep) -> None:
     await asyncio.to_thread(library.delete, name)
-
-
-class _UploadStream:
-    """Multipart callbacks that write the ``file`` part straight into the library."""
-
-    def __init__(self, library: Library, limit: int) -> None:
-        self._library = library
-        self._limit = limit
-        self._headers: dict[bytes, bytes] = {}
-        self._field = b""
-        self._value = b""
-        self._writer: LibraryWriter | None = None
-        self._result: UploadResult | None = None
-
-    def callbacks(self) -> Any:
-        return {
-            "on_header_field": self._on_header_field,
-            "on_header_value": self._on_header_value,
-            "on_header_end": self._on_header_end,
-            "on_headers_finished": self._on_headers_finished,
-            "on_part_data": self._on_part_data,
-            "on_part_end": self._on_part_end,
-        }
-
-    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._field += data[start:end]
-
-    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-
-    def _on_header_end(self) -> None:
-        self._headers[self._field.lower()] = self._value
-        self._field, self._value = b"", b""
-
-    def _on_headers_finished(self) -> None:
-        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
-        self._headers = {}
-        if params.get(b"name") != b"file" or self._writer is not None:
-            return
-        raw = params.get(b"filename")
-        if not raw:
-            raise InvalidRequest("the 'file' part has no filename")
-        name = check_file_name(raw.decode("utf-8", "replace"))
-        self._writer = self._library.create(name, self._limit)
-
-    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._writer is not None and self._result is None:
-            self._writer.write(memoryview(data)[start:end])
-
-    def _on_part_end(self) -> None:
-        if self._writer is not None and self._result is None:
-            writer = self._writer
-            digest = writer.commit()
-            self._result = UploadResult(file=writer.name, size=writer.size, blake3=digest)
-
-    def finish(self) -> UploadResult:
-        if self._result is None:
-            raise InvalidRequest("no complete 'file' part in the upload")
-        return self._result
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.discard()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from pathlib import Path
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict
 
+from castray.errors import CastRayError, Stopped
 from castray.models import (
     ContentType,
+    ErrorResponse,
     GeneratedFile,
     GenerateRequest,
     LibraryFile,
@@ -17,12 +21,13 @@ from castray.models import (
     TransferCreate,
     TransferMode,
 )
-from castray.server.deps import LibraryDep, TransfersDep
-from castray.server.generator import PRESETS, generate, parse_size
-from castray.server.library import Library
-from castray.server.routes.files import delete_file, download
+from castray.server.deps import GeneratorDep, LibraryDep, TransfersDep
+from castray.server.generator import PRESETS, Generator
 
 router = APIRouter(prefix="/file-generator", tags=["file generator"])
+
+DISCONNECT_CHECK_EVERY = 0.5
+"""Seconds between looks at whether the client of a generation is still there."""
 
 
 class GeneratorInfo(BaseModel):
@@ -71,17 +76,26 @@ async def info(library: LibraryDep) -> GeneratorInfo:
     )
 
 
-@router.post("/create", status_code=status.HTTP_201_CREATED)
-async def create(body: GenerateRequest, library: LibraryDep) -> GeneratedFile:
-    """Generate a file (streamed to disk: any size fits in little memory)."""
-    return await _generate(library, body)
+@router.post(
+    "/create",
+    status_code=status.HTTP_201_CREATED,
+    responses={code: {"model": ErrorResponse} for code in (400, 422, 429, 503, 507)},
+)
+async def create(body: GenerateRequest, generator: GeneratorDep, request: Request) -> GeneratedFile:
+    """Generate a file (streamed to disk: any size fits in little memory; bounded by
+    CASTRAY_GENERATOR_MAX_BYTES and the disk's free space); stops if the client goes away."""
+    return await _generate(generator, body, request)
 
 
-@router.post("/create-and-transfer", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/create-and-transfer",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={code: {"model": ErrorResponse} for code in (400, 404, 409, 422, 429, 503, 507)},
+)
 async def create_and_transfer(
-    body: CreateAndTransfer, library: LibraryDep, transfers: TransfersDep
+    body: CreateAndTransfer, generator: GeneratorDep, transfers: TransfersDep, request: Request
 ) -> CreatedAndSent:
-    made = await _generate(library, body)
+    made = await _generate(generator, body, request)
     started = await transfers.start(
         TransferCreate(
             source_node=body.source_node,
@@ -103,14 +117,26 @@ async def files(library: LibraryDep) -> list[LibraryFile]:
 
 @router.get("/download/{name}", response_class=FileResponse)
 async def download_generated(name: str, library: LibraryDep) -> FileResponse:
-    return await download(name, library)
+    path: Path = await asyncio.to_thread(library.path, name)
+    return FileResponse(path, filename=name, media_type="application/octet-stream")
 
 
 @router.delete("/files/{name}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_generated(name: str, library: LibraryDep) -> None:
-    await delete_file(name, library)
+    await asyncio.to_thread(library.delete, name)
 
 
-async def _generate(library: Library, body: GenerateRequest) -> GeneratedFile:
-    size = parse_size(body.size)
-    return await asyncio.to_thread(generate, library, size, body.content_type, body.name)
+async def _generate(generator: Generator, body: GenerateRequest, request: Request) -> GeneratedFile:
+    """Generate, watching the client: one that goes away stops its generation."""
+    work = asyncio.ensure_future(generator.create(body.size, body.content_type, body.name))
+    while True:
+        done, _ = await asyncio.wait({work}, timeout=DISCONNECT_CHECK_EVERY)
+        if done:
+            return work.result()
+        stopping = request.app.state.stopping.is_set()
+        if stopping or await request.is_disconnected():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, CastRayError):
+                await work
+            why = "the server is stopping" if stopping else "the client went away"
+            raise Stopped(f"{why}; the generation was stopped and nothing of it was kept")

@@ -30,7 +30,7 @@ async def start_transfer(body: TransferCreate, transfers: TransfersDep) -> Trans
 async def list_transfers(
     transfers: TransfersDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> TransferPage:
     """Transfers, newest first, from the history (in-flight ones live)."""
     return await transfers.page(limit, offset)

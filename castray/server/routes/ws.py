@@ -3,23 +3,27 @@
 Each message is JSON ``{"type", "seq", "at", "data"}``; ``seq`` numbers events so a client
 sees the order and any gap. A heartbeat is sent when nothing happened for a while. Each
 client reads from its own bounded queue: a client that falls behind loses its oldest events
-and is told so (``events_dropped``); one that stops reading for ``SEND_TIMEOUT`` is
-disconnected. Neither slows the server or other clients.
+and is told so (``events_dropped``); one that takes longer than ``ws_send_timeout`` to take
+an event, or stops answering pings, is disconnected. Neither slows the server or others.
+
+With a token set, a client proves it holds it by a bearer header or ``?token=`` (refused with
+HTTP 403 before the handshake when wrong), or, as the page does so that the token never appears in
+a URL or a log, by its first message ``{"type": "auth", "token": "..."}`` (closed with code
+4401 when missing or wrong).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketState
 
 from castray.config import Settings
+from castray.server.deps import token_matches
 from castray.server.events import Event, EventHub, Subscription
 from castray.server.groups import GroupService
 from castray.server.registry import Registry
@@ -28,27 +32,33 @@ from castray.server.transfers import TransferService
 router = APIRouter()
 
 HEARTBEAT_EVERY = 15.0
-SEND_TIMEOUT = 10.0
+AUTH_TIMEOUT = 10.0
+"""Seconds a client that gave no token in its handshake has to send its auth message."""
+UNAUTHORIZED = 4401
+POLICY_VIOLATION = 1008
+GOING_AWAY = 1001
 
 
 @router.websocket("/ws")
 async def events(websocket: WebSocket) -> None:
     state = websocket.app.state
     settings: Settings = state.settings
-    if not _authorized(websocket, settings):
-        await websocket.send_denial_response(
-            JSONResponse(
-                {"detail": "this CastRay server requires a token: ?token=... or a Bearer header"},
-                401,
-            )
-        )
+    given = _handshake_token(websocket)
+    if given is not None and not token_matches(settings, given):
+        # Closing before the handshake answers HTTP 403, quietly (a denial response body
+        # makes uvicorn log an error for every wrong guess).
+        await websocket.close(POLICY_VIOLATION, "not this server's token")
         return
     hub: EventHub = state.events
     subscription = hub.subscribe()
+    timeout = settings.ws_send_timeout
     try:
         await websocket.accept()
-        await _send(websocket, "snapshot", hub.last_seq, _snapshot(state))
-        await _stream(websocket, hub, subscription)
+        if settings.token is not None and given is None and not await _authenticated(websocket):
+            await websocket.close(UNAUTHORIZED, "this server needs its token: send auth first")
+            return
+        await _send(websocket, "snapshot", hub.last_seq, _snapshot(state), timeout)
+        await _stream(websocket, hub, subscription, timeout)
     except (WebSocketDisconnect, TimeoutError, RuntimeError):
         pass
     finally:
@@ -59,28 +69,57 @@ async def events(websocket: WebSocket) -> None:
                 await websocket.close()
 
 
-async def _stream(websocket: WebSocket, hub: EventHub, subscription: Subscription) -> None:
+async def _authenticated(websocket: WebSocket) -> bool:
+    """Whether the client's first message is ``{"type": "auth", "token": <the token>}``."""
+    try:
+        first = await asyncio.wait_for(websocket.receive_json(), AUTH_TIMEOUT)
+    except (TimeoutError, ValueError, KeyError):
+        return False
+    settings: Settings = websocket.app.state.settings
+    return (
+        isinstance(first, dict)
+        and first.get("type") == "auth"
+        and isinstance(first.get("token"), str)
+        and token_matches(settings, first["token"])
+    )
+
+
+async def _stream(
+    websocket: WebSocket, hub: EventHub, subscription: Subscription, timeout: float
+) -> None:
     closed = asyncio.create_task(_until_closed(websocket))
+    stopping = asyncio.create_task(websocket.app.state.stopping.wait())
     try:
         while not closed.done():
             getter = asyncio.create_task(subscription.queue.get())
             done, _ = await asyncio.wait(
-                {getter, closed}, timeout=HEARTBEAT_EVERY, return_when=asyncio.FIRST_COMPLETED
+                {getter, closed, stopping},
+                timeout=HEARTBEAT_EVERY,
+                return_when=asyncio.FIRST_COMPLETED,
             )
+            if stopping in done:
+                getter.cancel()
+                await websocket.close(GOING_AWAY, "the server is stopping")
+                return
             if getter not in done:
                 getter.cancel()
                 if not closed.done():
-                    await _send(websocket, "heartbeat", hub.last_seq, {})
+                    await _send(websocket, "heartbeat", hub.last_seq, {}, timeout)
                 continue
             if subscription.lagged:
                 subscription.lagged = False
                 await _send(
-                    websocket, "events_dropped", hub.last_seq, {"reason": "client too slow"}
+                    websocket,
+                    "events_dropped",
+                    hub.last_seq,
+                    {"reason": "client too slow"},
+                    timeout,
                 )
             event: Event = getter.result()
-            await _send(websocket, event.type, event.seq, event.data, event.at)
+            await _send(websocket, event.type, event.seq, event.data, timeout, event.at)
     finally:
         closed.cancel()
+        stopping.cancel()
 
 
 async def _until_closed(websocket: WebSocket) -> None:
@@ -91,10 +130,15 @@ async def _until_closed(websocket: WebSocket) -> None:
 
 
 async def _send(
-    websocket: WebSocket, kind: str, seq: int, data: dict[str, Any], at: float | None = None
+    websocket: WebSocket,
+    kind: str,
+    seq: int,
+    data: dict[str, Any],
+    timeout: float,
+    at: float | None = None,
 ) -> None:
     message = {"type": kind, "seq": seq, "at": at or time.time(), "data": data}
-    await asyncio.wait_for(websocket.send_json(message), SEND_TIMEOUT)
+    await asyncio.wait_for(websocket.send_json(message), timeout)
 
 
 def _snapshot(state: Any) -> dict[str, Any]:
@@ -109,10 +153,9 @@ def _snapshot(state: Any) -> dict[str, Any]:
     }
 
 
-def _authorized(websocket: WebSocket, settings: Settings) -> bool:
-    if settings.token is None:
-        return True
-    expected = settings.token.get_secret_value().encode()
+def _handshake_token(websocket: WebSocket) -> str | None:
+    """A token given with the handshake (bearer header or ``?token=``), if any."""
     header = websocket.headers.get("authorization", "")
-    given = header.removeprefix("Bearer ").strip() or websocket.query_params.get("token", "")
-    return secrets.compare_digest(given.encode(), expected)
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return websocket.query_params.get("token")
