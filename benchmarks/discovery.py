@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.raycluster import running_cluster
-from tests.support.server import start_server
+from tests.harness.raycluster import running_cluster
+from tests.harness.server import start_server
 
 
 def timed_get(client: httpx.Client, path: str, count: int) -> list[float]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.server import start_server
+from tests.harness.server import start_server
 
 ENDPOINTS = 32
 CLIENTS = 50

@@ -35,9 +35,9 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.support import transfers as tx
-from tests.support.raycluster import RayCluster, running_cluster
-from tests.support.server import CastRayServer, start_server
+from tests.harness import transfers as tx
+from tests.harness.raycluster import RayCluster, running_cluster
+from tests.harness.server import CastRayServer, start_server
 
 HEAD, WORKER_A, WORKER_B = "127.0.0.20", "127.0.0.21", "127.0.0.22"
 SRC, DST_A, DST_B = f"home-{HEAD}", f"home-{WORKER_A}", f"home-{WORKER_B}"

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.support.server import start_server
+from tests.harness.server import start_server
 
 
 @dataclass

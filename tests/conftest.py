@@ -6,9 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.server import CastRayServer, serving
+from tests.harness.raycluster import RayCluster, running_cluster
+from tests.harness.server import CastRayServer, serving
 
 DEMO_NODES = 2
+THREE_NODES = ("127.0.0.7", "127.0.0.8", "127.0.0.9")
+"""The head and two workers of the shared multi-node cluster, each on its own loopback IP."""
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +26,11 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CastRa
     args = ("--demo-nodes", str(DEMO_NODES))
     with serving(root / "data", *args, alive=1 + DEMO_NODES, env={"HOME": str(home)}) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def three_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    """A ``ray start`` cluster of three raylets that look like three hosts (the tests that
+    need one share it; each starts its own CastRay over it)."""
+    with running_cluster(tmp_path_factory.mktemp("three-nodes"), *THREE_NODES) as cluster:
+        yield cluster

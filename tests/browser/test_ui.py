@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.support import transfers as tx
-from tests.support.raycluster import RayCluster, running_cluster
-from tests.support.server import CastRayServer, serving
+from tests.harness import transfers as tx
+from tests.harness.raycluster import RayCluster, running_cluster
+from tests.harness.server import CastRayServer, serving
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.browser]
 

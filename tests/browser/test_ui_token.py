@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Dialog, Page, expect
 
-from tests.support.server import CastRayServer, serving
+from tests.harness.server import CastRayServer, serving
 
 pytestmark = [pytest.mark.ray, pytest.mark.browser]
 

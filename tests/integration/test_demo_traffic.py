@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import start_server
-from tests.support.waiting import wait_for
+from tests.harness.server import start_server
+from tests.harness.waiting import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

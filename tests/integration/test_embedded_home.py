@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DEMO_NODES
-from tests.support.server import CastRayServer
-from tests.support.waiting import wait_for
+from tests.harness.server import CastRayServer
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -205,7 +205,7 @@ def test_unknown_route_is_a_json_404(embedded_server: CastRayServer) -> None:
 def test_server_stops_cleanly_on_ctrl_c_and_leaves_no_ray_behind(
     tmp_path: Path,
 ) -> None:
-    from tests.support.server import start_server
+    from tests.harness.server import start_server
 
     server = start_server(tmp_path / "data")
     server.wait_alive(1)

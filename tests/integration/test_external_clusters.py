@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import transfers as tx
-from tests.support.raycluster import RayCluster, running_cluster
-from tests.support.server import CastRayServer, serving, start_server
-from tests.support.waiting import wait_for
+from tests.harness import transfers as tx
+from tests.harness.raycluster import RayCluster, running_cluster
+from tests.harness.server import CastRayServer, serving, start_server
+from tests.harness.waiting import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

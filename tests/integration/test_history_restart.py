@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import transfers as tx
-from tests.support.server import start_server
+from tests.harness import transfers as tx
+from tests.harness.server import start_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

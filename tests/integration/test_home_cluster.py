@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.raycluster import RayCluster, running_cluster
-from tests.support.server import CastRayServer, serving
-from tests.support.waiting import wait_for
+from tests.harness.raycluster import RayCluster, running_cluster
+from tests.harness.server import CastRayServer, serving
+from tests.harness.waiting import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.raycluster import RayCluster
-from tests.support.server import CastRayServer, start_server
+from tests.harness.raycluster import RayCluster
+from tests.harness.server import CastRayServer, start_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

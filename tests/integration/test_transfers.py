@@ -8,29 +8,22 @@ from pathlib import Path
 import blake3
 import pytest
 
-from tests.support import transfers as tx
-from tests.support.raycluster import RayCluster, running_cluster
-from tests.support.server import CastRayServer, serving
-from tests.support.waiting import wait_for
+from tests.conftest import THREE_NODES
+from tests.harness import transfers as tx
+from tests.harness.raycluster import RayCluster
+from tests.harness.server import CastRayServer, serving
+from tests.harness.waiting import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-HEAD, WORKER_A, WORKER_B = "127.0.0.7", "127.0.0.8", "127.0.0.9"
-SRC, DST_A, DST_B = f"home-{HEAD}", f"home-{WORKER_A}", f"home-{WORKER_B}"
+SRC, DST_A, DST_B = (f"home-{ip}" for ip in THREE_NODES)
 CHUNK = 128 * 1024
 UPLOAD_LIMIT = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    root = tmp_path_factory.mktemp("transfer-cluster")
-    with running_cluster(root, HEAD, WORKER_A, WORKER_B) as ray:
-        yield ray
-
-
-@pytest.fixture(scope="module")
 def server(
-    cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory
+    three_nodes: RayCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[CastRayServer]:
     data = tmp_path_factory.mktemp("transfer-server") / "data"
     env = {
@@ -38,7 +31,7 @@ def server(
         "CASTRAY_UPLOAD_LIMIT_BYTES": str(UPLOAD_LIMIT),
         "CASTRAY_ENABLE_FAULT_INJECTION": "1",
     }
-    with serving(data, "--ray-address", cluster.address, alive=3, env=env) as server:
+    with serving(data, "--ray-address", three_nodes.address, alive=3, env=env) as server:
         worker = server.nodes()[DST_A]["ray_node_id"]
         created = tx.post(server, "/api/nodes", {"node_id": "side", "ray_node_id": worker})
         assert created.status_code == 201, created.text
@@ -351,7 +344,7 @@ def test_messages_reach_every_recipient_through_their_actors(server: CastRayServ
 
 
 def test_a_recipient_whose_node_dies_fails_while_the_others_complete(
-    server: CastRayServer, cluster: RayCluster
+    server: CastRayServer, three_nodes: RayCluster
 ) -> None:
     made = tx.generate(server, "doomed.bin", "400MB", "pattern")
     transfer_id = tx.start(
@@ -364,16 +357,21 @@ def test_a_recipient_whose_node_dies_fails_while_the_others_complete(
         interval=0.05,
     )
 
-    next(r for r in cluster.raylets if r.ip == WORKER_B).stop()
-
-    done = tx.wait_finished(server, transfer_id, timeout=300)
+    worker_b = THREE_NODES[2]
+    doomed = next(r for r in three_nodes.raylets if r.ip == worker_b)
+    doomed.stop()
+    three_nodes.raylets.remove(doomed)
+    try:
+        done = tx.wait_finished(server, transfer_id, timeout=300)
+        wait_for(lambda: server.nodes()[DST_B]["status"] == "dead", 30, f"{DST_B} to be dead")
+    finally:
+        three_nodes.add_worker(worker_b)  # the cluster is shared: whole again for the next
     assert done["status"] == "partially_failed", done
     assert done["recipients"][DST_B]["status"] == "failed"
     assert done["recipients"][DST_B]["error"]
     assert done["recipients"][DST_A]["status"] == "completed"
     arrived = Path(done["recipients"][DST_A]["path"])
     assert blake3.blake3(arrived.read_bytes()).hexdigest() == made["blake3"]
-    wait_for(lambda: server.nodes()[DST_B]["status"] == "dead", 30, f"{DST_B} to be dead")
 
 
 @pytest.fixture

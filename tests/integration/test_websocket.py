@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from tests.support import transfers as tx
-from tests.support.server import CastRayServer
+from tests.harness import transfers as tx
+from tests.harness.server import CastRayServer
 
 pytestmark = pytest.mark.ray
 

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.support.server import CastRayServer, serving
+from tests.harness.server import CastRayServer, serving
 
 TOKEN = "api-token-0123456789"
 MACHINE_RAY_TOKEN = "machine-ray-token-abcdef0123456789"

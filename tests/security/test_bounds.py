@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.harness.server import CastRayServer, start_server
+from tests.harness.waiting import wait_for
 from tests.security.conftest import library_leftovers
-from tests.support.server import CastRayServer, start_server
-from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.ray
 

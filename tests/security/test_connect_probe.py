@@ -8,9 +8,9 @@ import time
 import httpx
 import pytest
 
+from tests.harness.server import CastRayServer
+from tests.harness.waiting import free_port, wait_for
 from tests.security.conftest import FakeDashboard, SilentPort
-from tests.support.server import CastRayServer
-from tests.support.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.ray
 

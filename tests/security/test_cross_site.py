@@ -6,7 +6,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.support.server import CastRayServer, serving
+from tests.harness.server import CastRayServer, serving
 
 pytestmark = pytest.mark.ray
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from tests.harness.server import CastRayServer
 from tests.security.conftest import library_leftovers, storage_of
-from tests.support.server import CastRayServer
 
 pytestmark = pytest.mark.ray
 

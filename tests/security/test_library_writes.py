@@ -9,9 +9,9 @@ from pathlib import Path
 import blake3
 import pytest
 
+from tests.harness import transfers as tx
+from tests.harness.server import CastRayServer
 from tests.security.conftest import library_leftovers
-from tests.support import transfers as tx
-from tests.support.server import CastRayServer
 
 pytestmark = pytest.mark.ray
 

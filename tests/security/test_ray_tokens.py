@@ -11,8 +11,8 @@ import pytest
 from castray.ray_address import parse_address
 from castray.server.local_clusters import LocalCluster
 from castray.server.ray_token import RayTokens
+from tests.harness.server import CastRayServer
 from tests.security.conftest import MACHINE_RAY_TOKEN, FakeDashboard, FakeGrpc
-from tests.support.server import CastRayServer
 
 pytestmark = pytest.mark.ray
 

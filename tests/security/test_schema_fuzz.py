@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import serving
+from tests.harness.server import serving
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

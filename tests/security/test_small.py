@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.support.server import CastRayServer
+from tests.harness.server import CastRayServer
 
 pytestmark = pytest.mark.ray
 

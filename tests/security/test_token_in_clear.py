@@ -9,8 +9,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from tests.harness.server import CastRayServer
 from tests.security.conftest import TOKEN
-from tests.support.server import CastRayServer
 
 pytestmark = pytest.mark.ray
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from castray.config import load_settings
+from castray.config import Settings, load_settings
 from castray.errors import InvalidRequest
 
 
@@ -115,3 +116,11 @@ def test_ray_address_from_config_file(tmp_path: Path) -> None:
     settings = load_settings(_toml(tmp_path, 'ray_address = "127.0.0.7:6379"\n'))
 
     assert settings.ray_address == "127.0.0.7:6379"
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `([a-z_0-9]+)` \|", table, re.MULTILINE))
+
+    assert set(Settings.model_fields) <= listed, sorted(set(Settings.model_fields) - listed)

@@ -8,6 +8,7 @@ import blake3
 import pytest
 
 from castray.errors import BadFileName, FileMissing, FileTooLarge
+from castray.models import EventData, FileAddedEvent, FileRemovedEvent
 from castray.server.library import Library, check_file_name
 
 
@@ -84,15 +85,15 @@ def test_a_file_put_there_by_hand_is_hashed_on_first_use(tmp_path: Path) -> None
 
 
 def test_changes_are_told_as_they_happen(tmp_path: Path) -> None:
-    told: list[tuple[str, dict[str, object]]] = []
-    library = Library(tmp_path, lambda kind, **data: told.append((kind, data)))
+    told: list[EventData] = []
+    library = Library(tmp_path, told.append)
     writer = library.create("told.bin")
     writer.write(b"abc")
     writer.commit()
     library.delete("told.bin")
 
-    (added, added_data), removed = told
-    assert added == "file_added"
-    assert added_data["file"]["name"] == "told.bin"  # type: ignore[index]
-    assert added_data["file"]["blake3"] == blake3.blake3(b"abc").hexdigest()  # type: ignore[index]
-    assert removed == ("file_removed", {"name": "told.bin"})
+    added, removed = told
+    assert isinstance(added, FileAddedEvent)
+    assert added.file.name == "told.bin"
+    assert added.file.blake3 == blake3.blake3(b"abc").hexdigest()
+    assert removed == FileRemovedEvent(name="told.bin")

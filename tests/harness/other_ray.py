@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.raycluster import RunAs
+from tests.harness.raycluster import RunAs
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "castray-tests"
 RAY_CLI = "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()"

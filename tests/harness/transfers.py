@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.server import CastRayServer
-from tests.support.waiting import wait_for
+from tests.harness.server import CastRayServer
+from tests.harness.waiting import wait_for
 
 FINISHED = {"completed", "partially_failed", "failed", "cancelled", "interrupted"}
 

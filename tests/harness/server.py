@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.waiting import free_port, wait_for
+from tests.harness.waiting import free_port, wait_for
 
 STARTUP_TIMEOUT = 120.0
 

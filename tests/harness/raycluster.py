@@ -9,6 +9,7 @@ the machine, other users' clusters included.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.waiting import free_port, wait_for
+from tests.harness.waiting import free_port, wait_for
 
 RAY = str(Path(sys.executable).with_name("ray"))
 START_TIMEOUT = 90.0
@@ -103,20 +104,35 @@ class RayCluster:
         return env | self.ray_env
 
     def start_head(self, num_cpus: int = 1) -> RayCluster:
-        """Start the head (again, after ``kill``: the same command, the same ports)."""
-        self._start(
-            self.head_ip,
-            [
-                "--head",
-                f"--port={self.port}",
-                f"--dashboard-port={self.dashboard_port}",
-                f"--dashboard-host={self.head_ip}",
-                f"--ray-client-server-port={self.client_port}",
-            ],
-            num_cpus,
-        )
-        wait_for(self._head_up, START_TIMEOUT, f"the Ray head at {self.address}")
-        return self
+        """Start the head (again, after ``kill``: the same command, the same ports). On a busy
+        machine a head's own processes can time out registering (Ray then gives up on the
+        whole node), so a second try follows a first that did not come up."""
+        for attempt in (1, 2):
+            head = self._start(
+                self.head_ip,
+                [
+                    "--head",
+                    f"--port={self.port}",
+                    f"--dashboard-port={self.dashboard_port}",
+                    f"--dashboard-host={self.head_ip}",
+                    f"--ray-client-server-port={self.client_port}",
+                ],
+                num_cpus,
+            )
+            try:
+                wait_for(
+                    functools.partial(self._head_up, head),
+                    START_TIMEOUT,
+                    f"the Ray head at {self.address}",
+                )
+            except AssertionError:
+                head.stop()
+                self.raylets.remove(head)
+                if attempt == 2:
+                    raise
+            else:
+                return self
+        raise AssertionError("unreachable")
 
     def add_worker(self, ip: str, num_cpus: int = 1) -> Raylet:
         """Join a worker and wait for it; on a busy machine a raylet can time out joining,
@@ -194,10 +210,9 @@ class RayCluster:
         self.raylets.append(raylet)
         return raylet
 
-    def _head_up(self) -> bool:
+    def _head_up(self, head: Raylet) -> bool:
         """The dashboard lists the head alive, and the Ray Client server (started last)
         takes connections."""
-        head = self.raylets[0]
         if head.process.poll() is not None:
             raise AssertionError(
                 f"ray start exited; see {head.log}:\n{head.log.read_text()[-3000:]}"
