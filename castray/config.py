@@ -65,6 +65,12 @@ class Settings(BaseSettings):
         description="Seconds an external cluster that answers gets to accept CastRay's driver "
         "(a Ray Client join gets three tries in that time).",
     )
+    cancel_timeout: float = Field(
+        30.0, gt=0, description="Seconds a cancel waits for the partial files to be gone."
+    )
+    node_ready_timeout: float = Field(
+        30.0, gt=0, description="Seconds a new endpoint's actor gets to answer."
+    )
     agent_stop_timeout: float = Field(
         2.0, gt=0, description="Seconds an agent gets to stop before its processes are killed."
     )
@@ -109,6 +115,35 @@ class Settings(BaseSettings):
     demo_traffic: bool = Field(False, description="Endpoints send each other generated files.")
     auto_transfer_interval: float = Field(
         10.0, gt=0, description="Seconds between autonomous transfers of one endpoint."
+    )
+
+    agent_transfer_threads: int = Field(
+        32, ge=1, le=256, description="Transfers one agent drives at once; more wait their turn."
+    )
+    chunk_retries: int = Field(
+        3, ge=0, le=100, description="Times one chunk is sent again to one recipient."
+    )
+    progress_interval: float = Field(
+        0.25, gt=0, description="Seconds between progress reports of a transfer."
+    )
+    stall_timeout: float = Field(
+        120.0, gt=0, description="Seconds without any chunk arriving before recipients fail."
+    )
+    control_timeout: float = Field(
+        60.0, gt=0, description="Seconds for an endpoint to answer a control call (open, commit)."
+    )
+    endpoint_probe_interval: float = Field(
+        5.0, gt=0, description="Seconds between liveness probes of an endpoint actor."
+    )
+    messages_kept: int = Field(1000, ge=1, description="Received messages each endpoint keeps.")
+    message_max_bytes: int = Field(
+        64 * 1024, ge=1, le=16 * 1024 * 1024, description="Largest text or JSON message."
+    )
+    ws_queue_events: int = Field(
+        1000, ge=10, description="Events kept for a /ws client that falls behind."
+    )
+    ws_heartbeat_interval: float = Field(
+        15.0, gt=0, description="Seconds of silence after which /ws sends a heartbeat."
     )
 
     enable_fault_injection: bool = Field(

@@ -13,11 +13,24 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from castray.models import EndpointState, RayClusterState
+from castray.models import EndpointState, RayClusterState, ReceivedMessage, SentMessage
 
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentTunables(_Message):
+    """The agent's knobs, set from the server's ``Settings`` (see README's configuration)."""
+
+    transfer_threads: int = 32
+    chunk_retries: int = 3
+    progress_interval: float = 0.25
+    stall_timeout: float = 120.0
+    control_timeout: float = 60.0
+    endpoint_probe_interval: float = 5.0
+    messages_kept: int = 1000
+    stream_timeout: float = 120.0
 
 
 class AgentConfig(_Message):
@@ -35,6 +48,7 @@ class AgentConfig(_Message):
     ray_token_file: Path | None = Field(
         default=None, description="Token file for the embedded cluster's Ray token auth."
     )
+    tunables: AgentTunables = Field(default_factory=AgentTunables)
     stay_on_loopback: bool = Field(
         default=False,
         description="The external cluster runs on 127.0.0.1: join it there, where Ray would "
@@ -117,7 +131,7 @@ class DeliverMessage(_Message):
     op: Literal["deliver_message"] = "deliver_message"
     sender: str
     recipients: list[str]
-    message: dict[str, Any]
+    message: SentMessage
 
 
 class ReadMessages(_Message):
@@ -154,11 +168,58 @@ class Request(_Message):
     body: Operation
 
 
+# ---- replies: one model per operation ------------------------------------------------
+
+
+class Done(_Message):
+    """The reply of an operation that answers nothing but that it was done (remove, cancel,
+    shutdown, inject)."""
+
+
+class EndpointCreated(_Message):
+    """``CreateEndpoint``: the new endpoint, starting."""
+
+    endpoint: EndpointState
+
+
+class TransferOpened(_Message):
+    """``StartTransfer``: the source opened the file; its size."""
+
+    size: int
+
+
+class ImportListening(_Message):
+    """``ImportTransfer``: where the source cluster's agent streams to."""
+
+    host: str
+    port: int
+
+
+class FileSize(_Message):
+    """``ProbeFile``: the size of the file on the endpoint."""
+
+    size: int
+
+
+class Delivered(_Message):
+    """``DeliverMessage``: who got the message, and why the others did not."""
+
+    delivered: list[str]
+    failed: dict[str, str]
+
+
+class MessagesRead(_Message):
+    """``ReadMessages``: the newest messages of the endpoint, newest first."""
+
+    messages: list[ReceivedMessage]
+
+
 # ---- agent -> server ------------------------------------------------------------------
 
 
 class Reply(_Message):
-    """Answer to the request with the same id: a result, or an error code and message."""
+    """Answer to the request with the same id: a result (the operation's reply model, as
+    JSON), or an error code and message."""
 
     kind: Literal["reply"] = "reply"
     id: int
@@ -220,6 +281,10 @@ class TransferFinished(_Message):
     error: str | None = None
     bytes_served: dict[str, int] = Field(default_factory=dict)
     chunks_resent: int = 0
+
+
+TransferMessage = TransferProgress | RecipientFinished | TransferFinished
+"""What an agent reports about a transfer."""
 
 
 class Fatal(_Message):

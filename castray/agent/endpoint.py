@@ -28,10 +28,8 @@ import blake3
 import numpy as np
 import ray
 
+from castray.agent.outcomes import ChunkOutcome, ChunkStatus, CommitOutcome, EndpointFacts
 from castray.chunks import HASH_THREADS, file_blake3
-
-MESSAGES_KEPT = 1000
-"""Received messages each endpoint remembers (oldest dropped first)."""
 
 
 @dataclass
@@ -70,26 +68,25 @@ class _Sink:
 class Endpoint:
     """State that lives on the endpoint's node; methods run there, one at a time."""
 
-    def __init__(self, endpoint_id: str, storage_dir: str) -> None:
+    def __init__(self, endpoint_id: str, storage_dir: str, messages_kept: int) -> None:
         self.endpoint_id = endpoint_id
         self.storage_dir = Path(storage_dir)
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self._sources: dict[str, _Source] = {}
         self._sinks: dict[str, _Sink] = {}
-        self._messages: deque[dict[str, Any]] = deque(maxlen=MESSAGES_KEPT)
+        self._messages: deque[dict[str, Any]] = deque(maxlen=messages_kept)
         self._corrupt_next = 0
 
     @ray.method(concurrency_group="control")
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> EndpointFacts:
         """Where this endpoint really runs; proves the actor is up."""
-        context = ray.get_runtime_context()
-        return {
-            "endpoint_id": self.endpoint_id,
-            "ray_node_id": context.get_node_id(),
-            "address": ray.util.get_node_ip_address(),
-            "pid": os.getpid(),
-            "storage_dir": str(self.storage_dir),
-        }
+        return EndpointFacts(
+            endpoint_id=self.endpoint_id,
+            ray_node_id=ray.get_runtime_context().get_node_id(),
+            address=ray.util.get_node_ip_address(),
+            pid=os.getpid(),
+            storage_dir=str(self.storage_dir),
+        )
 
     # ---- sending -------------------------------------------------------------------
 
@@ -156,53 +153,54 @@ class Endpoint:
         data: np.ndarray | None,
         expected: str,
         forward: bool,
-    ) -> tuple[dict[str, Any], np.ndarray | None]:
+    ) -> tuple[ChunkOutcome, np.ndarray | None]:
         """Verify and write one chunk; hand it on for the next receiver when ``forward``.
 
         Expected failures are answered, not raised, so that the next receiver in a chain
         learns "nothing to relay" instead of inheriting this receiver's exception.
         """
         if data is None:
-            return {"status": "upstream_missing"}, None
+            return ChunkOutcome(ChunkStatus.UPSTREAM_MISSING), None
         sink = self._sinks.get(transfer_id)
         if sink is None:
-            return {"status": "error", "error": "the transfer is not open here"}, None
+            return ChunkOutcome(ChunkStatus.ERROR, error="the transfer is not open here"), None
         if self._corrupt_next > 0:
             self._corrupt_next -= 1
             data = data.copy()
             data[len(data) // 2] ^= 0xFF
         if blake3.blake3(data.data).hexdigest() != expected:
-            return {"status": "corrupt"}, None
+            return ChunkOutcome(ChunkStatus.CORRUPT), None
         try:
             written = os.pwrite(sink.fd, data.data, offset)
         except OSError as exc:
-            return {"status": "error", "error": f"write failed: {exc.strerror or exc}"}, None
+            failed = f"write failed: {exc.strerror or exc}"
+            return ChunkOutcome(ChunkStatus.ERROR, error=failed), None
         if written != len(data):
-            return {"status": "error", "error": "short write: is the disk full?"}, None
+            return ChunkOutcome(ChunkStatus.ERROR, error="short write: is the disk full?"), None
         sink.running.feed(offset, data)
-        return {"status": "ok", "bytes": len(data)}, (data if forward else None)
+        return ChunkOutcome(ChunkStatus.OK, len(data)), (data if forward else None)
 
     @ray.method(concurrency_group="commit")
-    def commit_sink(self, transfer_id: str, expected: str) -> dict[str, Any]:
+    def commit_sink(self, transfer_id: str, expected: str) -> CommitOutcome:
         """fsync, check the whole file's BLAKE3 on disk, then rename it into place."""
         sink = self._sinks.pop(transfer_id, None)
         if sink is None:
-            return {"ok": False, "error": "the transfer is not open here"}
+            return CommitOutcome(False, error="the transfer is not open here")
         try:
             os.fsync(sink.fd)
         except OSError as exc:
             self._discard(sink)
-            return {"ok": False, "error": f"fsync failed: {exc.strerror or exc}"}
+            return CommitOutcome(False, error=f"fsync failed: {exc.strerror or exc}")
         os.close(sink.fd)
         # Chunks that came in order were hashed as they were written; a retried chunk breaks
         # the order, and then the file is read back and hashed whole.
         actual = sink.running.digest(sink.size) or file_blake3(sink.temp)
         if actual != expected:
             sink.temp.unlink(missing_ok=True)
-            return {"ok": False, "error": f"whole-file BLAKE3 {actual} is not {expected}"}
+            return CommitOutcome(False, error=f"whole-file BLAKE3 {actual} is not {expected}")
         sink.temp.replace(sink.final)
         _fsync_dir(sink.final.parent)
-        return {"ok": True, "path": str(sink.final)}
+        return CommitOutcome(True, path=str(sink.final))
 
     def abort_sink(self, transfer_id: str) -> None:
         """Drop a transfer's partial file; nothing of it stays."""

@@ -21,10 +21,6 @@ from castray.chunks import Chunk
 
 FRAME = struct.Struct("!QQ32s")
 END = 2**64 - 1
-ACCEPT_TIMEOUT = 30.0
-"""Seconds an importing agent waits for the source cluster's agent to connect."""
-STREAM_TIMEOUT = 120.0
-"""Seconds a stream between agents may stay silent before it is given up."""
 
 
 class StreamBroken(Exception):
@@ -70,18 +66,21 @@ class EndpointFeed:
 class StreamFeed:
     """Chunks arriving from another cluster's agent, kept until every recipient has them."""
 
-    def __init__(self, listener: socket.socket, supplier: str) -> None:
+    def __init__(self, listener: socket.socket, supplier: str, timeout: float) -> None:
         self.supplier = supplier
+        self._timeout = timeout
         self._listener = listener
         self._conn: socket.socket | None = None
         self._kept: dict[int, tuple[Any, str]] = {}
         self._whole: str | None = None
 
     @classmethod
-    def listen(cls, host: str, supplier: str) -> StreamFeed:
+    def listen(cls, host: str, supplier: str, timeout: float) -> StreamFeed:
+        """Listen for the source cluster's agent; it gets ``timeout`` seconds to connect, and
+        the stream as long to stay silent."""
         listener = socket.create_server((host, 0))
-        listener.settimeout(ACCEPT_TIMEOUT)
-        return cls(listener, supplier)
+        listener.settimeout(timeout)
+        return cls(listener, supplier, timeout)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -125,7 +124,7 @@ class StreamFeed:
                 self._conn, _ = self._listener.accept()
             except TimeoutError as exc:
                 raise StreamBroken("the source cluster's agent never connected") from exc
-            self._conn.settimeout(STREAM_TIMEOUT)
+            self._conn.settimeout(self._timeout)
         return self._conn
 
     def _frame(self) -> tuple[int, int, str]:
@@ -152,9 +151,9 @@ class StreamFeed:
 class Exporter:
     """The sending end: pushes each chunk once to another cluster's agent."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, timeout: float) -> None:
         self.address = f"{host}:{port}"
-        self._sock = socket.create_connection((host, port), timeout=STREAM_TIMEOUT)
+        self._sock = socket.create_connection((host, port), timeout=timeout)
 
     def send(self, offset: int, data: np.ndarray, digest: str) -> None:
         self._sock.sendall(FRAME.pack(offset, len(data), bytes.fromhex(digest)))

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import ray
 from ray.exceptions import RayError
@@ -23,15 +23,22 @@ from castray.agent.connect import ClusterIdentity
 from castray.agent.endpoint import EndpointActor
 from castray.errors import NodeExists, NodeNotFound, NodeUnavailable, RayNodeNotFound
 from castray.models import EndpointState, NodeKind, NodeStatus, RayClusterState
-from castray.protocol import EndpointRemoved, EndpointUpdate
+from castray.protocol import AgentTunables, EndpointRemoved, EndpointUpdate
 
 log = logging.getLogger(__name__)
 
 HEAD_RESOURCE = "node:__internal_head__"
-PROBE_EVERY = 5.0
-"""Seconds between liveness probes of an alive endpoint actor."""
 
 Emit = Callable[[EndpointUpdate | EndpointRemoved], None]
+
+
+class RayNode(TypedDict):
+    """A node as ``ray.nodes()`` describes it (the keys read here)."""
+
+    NodeID: str
+    Alive: bool
+    NodeManagerAddress: str
+    Resources: dict[str, float]
 
 
 @dataclass
@@ -45,14 +52,22 @@ class _Deployed:
 class Fleet:
     """Endpoint actors of one cluster, keyed by endpoint id."""
 
-    def __init__(self, cluster: str, identity: ClusterIdentity, storage_root: Path, emit: Emit):
+    def __init__(
+        self,
+        cluster: str,
+        identity: ClusterIdentity,
+        storage_root: Path,
+        tunables: AgentTunables,
+        emit: Emit,
+    ) -> None:
         self._cluster = cluster
         self._identity = identity
         self._storage_root = storage_root
+        self._tunables = tunables
         self._emit = emit
         self._lock = threading.Lock()
         self._endpoints: dict[str, _Deployed] = {}
-        self._alive_nodes: dict[str, dict[str, Any]] = {}
+        self._alive_nodes: dict[str, RayNode] = {}
         self._seen_nodes: set[str] = set()
 
     # ---- the main loop's look at the cluster ----------------------------------------
@@ -78,8 +93,8 @@ class Fleet:
 
     def _cluster_state(
         self,
-        nodes: list[dict[str, Any]],
-        alive: dict[str, dict[str, Any]],
+        nodes: list[RayNode],
+        alive: dict[str, RayNode],
         available: dict[str, float],
     ) -> RayClusterState:
         total: dict[str, float] = {}
@@ -112,10 +127,10 @@ class Fleet:
                     self._mark_dead(deployed, f"its actor stopped answering: {exc}")
                     continue
                 if deployed.state.status is NodeStatus.STARTING:
-                    self._set(deployed, status=NodeStatus.ALIVE, address=facts["address"])
+                    self._set(deployed, status=NodeStatus.ALIVE, address=facts.address)
         now = time.monotonic()
         for deployed in self._endpoints.values():
-            due = now - deployed.probed_at >= PROBE_EVERY
+            due = now - deployed.probed_at >= self._tunables.endpoint_probe_interval
             if deployed.state.status is NodeStatus.ALIVE and deployed.probe is None and due:
                 deployed.probe = deployed.handle.describe.remote()
                 deployed.probed_at = now
@@ -171,7 +186,7 @@ class Fleet:
 
     # ---- helpers, called with the lock held -----------------------------------------
 
-    def _find_node(self, ray_node_id: str | None) -> dict[str, Any]:
+    def _find_node(self, ray_node_id: str | None) -> RayNode:
         if ray_node_id is None:
             for node in self._alive_nodes.values():
                 if HEAD_RESOURCE in node.get("Resources", {}):
@@ -185,7 +200,7 @@ class Fleet:
             )
         return found
 
-    def _deploy_auto(self, node: dict[str, Any]) -> None:
+    def _deploy_auto(self, node: RayNode) -> None:
         address = node["NodeManagerAddress"]
         endpoint_id = f"{self._cluster}-{address}"
         taken = self._endpoints.get(endpoint_id)
@@ -197,11 +212,11 @@ class Fleet:
             _kill(taken.handle)
         self._deploy(endpoint_id, node, NodeKind.RAY_NODE)
 
-    def _deploy(self, endpoint_id: str, node: dict[str, Any], kind: NodeKind) -> _Deployed:
+    def _deploy(self, endpoint_id: str, node: RayNode, kind: NodeKind) -> _Deployed:
         storage_dir = self._storage_root / endpoint_id
         handle = EndpointActor.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-        ).remote(endpoint_id, str(storage_dir))
+        ).remote(endpoint_id, str(storage_dir), self._tunables.messages_kept)
         state = EndpointState(
             id=endpoint_id,
             ray_node_id=node["NodeID"],
@@ -225,7 +240,7 @@ class Fleet:
         _kill(deployed.handle)
         self._set(deployed, status=NodeStatus.DEAD)
 
-    def _set(self, deployed: _Deployed, **changes: Any) -> None:
+    def _set(self, deployed: _Deployed, **changes: object) -> None:
         deployed.state = deployed.state.model_copy(update=changes)
         self._emit(EndpointUpdate(endpoint=deployed.state))
 

@@ -16,7 +16,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from castray.agent.environment import prepare_environment
 from castray.agent.wire import Wire
@@ -29,13 +29,21 @@ from castray.errors import (
 )
 from castray.protocol import (
     AgentConfig,
+    AgentTunables,
     CancelTransfer,
     ClusterUpdate,
     CreateEndpoint,
+    Delivered,
     DeliverMessage,
+    Done,
+    EndpointCreated,
     Fatal,
+    FileSize,
+    ImportListening,
     ImportTransfer,
     InjectCorruption,
+    MessagesRead,
+    Operation,
     ProbeFile,
     ReadMessages,
     Ready,
@@ -46,6 +54,8 @@ from castray.protocol import (
     Shutdown,
     StartTransfer,
     TransferFinished,
+    TransferMessage,
+    TransferOpened,
 )
 
 if TYPE_CHECKING:
@@ -57,8 +67,6 @@ log = logging.getLogger("castray.agent")
 REQUEST_THREADS = 8
 IMPORT_HOST = "127.0.0.1"
 """Agents run beside the server, so streams between clusters stay on loopback."""
-TRANSFER_THREADS = 32
-"""Transfers driven at once by this agent; more wait their turn."""
 EXIT_GRACE = 1.5
 """Seconds the agent gets to stop cleanly once its server is gone or asked it to stop; then
 it exits whatever Ray is doing (a call to a dead cluster can block for a minute)."""
@@ -87,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except CastRayError as exc:
         wire.send(Fatal(error_code=exc.code, message=exc.message))
         return 1
-    fleet = Fleet(config.cluster, identity, config.storage_root, wire.send)
+    fleet = Fleet(config.cluster, identity, config.storage_root, config.tunables, wire.send)
     Agent(config, fleet, wire).run()
     return 0
 
@@ -112,13 +120,14 @@ def exit_soon() -> None:
     timer.start()
 
 
-def _run_spec(cls: Any, spec: StartTransfer | ImportTransfer) -> Any:
+def _run_spec(cls: Any, spec: StartTransfer | ImportTransfer, tunables: AgentTunables) -> Any:
     return cls(
         transfer_id=spec.transfer_id,
         file_name=spec.file_name,
         expected_blake3=spec.expected_blake3,
         chunk_size=spec.chunk_size,
         window=spec.window,
+        tunables=tunables,
     )
 
 
@@ -151,7 +160,9 @@ class Agent:
         self._wire = wire
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="request")
-        self._transfer_pool = ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="transfer")
+        self._transfer_pool = ThreadPoolExecutor(
+            config.tunables.transfer_threads, thread_name_prefix="transfer"
+        )
         self._transfers: dict[str, TransferRun] = {}
         self._starting: dict[int, TransferRun] = {}
 
@@ -205,7 +216,7 @@ class Agent:
             )
             reply = Reply(id=request.id, error_code="agent_failure", error_message=message)
         else:
-            reply = Reply(id=request.id, result=result)
+            reply = Reply(id=request.id, result=result.model_dump(mode="json"))
         self._wire.send(reply)
         # A transfer starts only after its reply is on the wire, so the server always learns
         # of it before any of its progress.
@@ -214,22 +225,24 @@ class Agent:
             self._transfers[started.spec.transfer_id] = started
             self._transfer_pool.submit(started.run)
 
-    def _dispatch(self, request_id: int, body: Any) -> dict[str, Any]:
+    def _dispatch(self, request_id: int, body: Operation) -> BaseModel:
+        """Carry out one operation; its reply model (see ``protocol``)."""
         if isinstance(body, CreateEndpoint):
-            state = self._fleet.create_named(body.endpoint_id, body.ray_node_id)
-            return {"endpoint": state.model_dump(mode="json")}
+            return EndpointCreated(
+                endpoint=self._fleet.create_named(body.endpoint_id, body.ray_node_id)
+            )
         if isinstance(body, RemoveEndpoint):
             self._fleet.remove(body.endpoint_id)
-            return {}
+            return Done()
         if isinstance(body, StartTransfer):
-            return {"size": self._open_transfer(request_id, body)}
+            return TransferOpened(size=self._open_transfer(request_id, body))
         if isinstance(body, ImportTransfer):
             host, port = self._open_import(request_id, body)
-            return {"host": host, "port": port}
+            return ImportListening(host=host, port=port)
         if isinstance(body, ProbeFile):
             handle = self._fleet.handle(body.endpoint_id)
             try:
-                return {"size": ray_get(handle.file_size.remote(body.path))}
+                return FileSize(size=ray_get(handle.file_size.remote(body.path)))
             except Exception as exc:  # the actor's error decides the answer
                 raise _file_error(exc, body.path, body.endpoint_id) from exc
         if isinstance(body, CancelTransfer):
@@ -237,15 +250,15 @@ class Agent:
             if run is None:
                 raise TransferNotFound(f"transfer {body.transfer_id} is not running here")
             run.cancel()
-            return {}
+            return Done()
         if isinstance(body, DeliverMessage):
             return self._deliver(body)
         if isinstance(body, ReadMessages):
             handle = self._fleet.handle(body.endpoint_id)
-            return {"messages": ray_get(handle.messages.remote(body.count))}
+            return MessagesRead(messages=ray_get(handle.messages.remote(body.count)))
         if isinstance(body, InjectCorruption):
             ray_get(self._fleet.handle(body.endpoint_id).corrupt_next_chunks.remote(body.count))
-            return {}
+            return Done()
         raise CastRayError(f"unknown operation {body.op!r}")
 
     def _open_transfer(self, request_id: int, spec: StartTransfer) -> int:
@@ -256,13 +269,19 @@ class Agent:
         source = self._fleet.handle(spec.source)
         feed = EndpointFeed(spec.transfer_id, spec.source, source, spec.path)
         recipients = [(rid, self._fleet.handle(rid)) for rid in spec.recipients]
-        run = TransferRun(_run_spec(RunSpec, spec), feed, recipients, self._on_transfer_message)
+        run = TransferRun(
+            _run_spec(RunSpec, spec, self._config.tunables),
+            feed,
+            recipients,
+            self._on_transfer_message,
+        )
         try:
             size = run.open()
         except Exception as exc:  # the source's error decides the answer
             raise _file_error(exc, spec.path, spec.source) from exc
         try:
-            run.export_to([Exporter(host, port) for host, port in spec.exports])
+            timeout = self._config.tunables.stream_timeout
+            run.export_to([Exporter(host, port, timeout) for host, port in spec.exports])
         except OSError as exc:
             feed.abort()
             raise AgentFailure(f"cannot reach the agent of a recipient cluster: {exc}") from exc
@@ -275,14 +294,18 @@ class Agent:
         from castray.agent.relay import RunSpec, TransferRun
 
         recipients = [(rid, self._fleet.handle(rid)) for rid in spec.recipients]
-        feed = StreamFeed.listen(IMPORT_HOST, supplier=spec.source)
+        feed = StreamFeed.listen(IMPORT_HOST, spec.source, self._config.tunables.stream_timeout)
         run = TransferRun(
-            _run_spec(RunSpec, spec), feed, recipients, self._on_transfer_message, size=spec.size
+            _run_spec(RunSpec, spec, self._config.tunables),
+            feed,
+            recipients,
+            self._on_transfer_message,
+            size=spec.size,
         )
         self._starting[request_id] = run
         return feed.address
 
-    def _on_transfer_message(self, message: Any) -> None:
+    def _on_transfer_message(self, message: TransferMessage) -> None:
         """Counts verified work on the endpoints, then passes the message on."""
         if isinstance(message, RecipientFinished):
             run = self._transfers.get(message.transfer_id)
@@ -296,14 +319,15 @@ class Agent:
                 self._fleet.count(endpoint_id, bytes_sent=served)
         self._wire.send(message)
 
-    def _deliver(self, body: DeliverMessage) -> dict[str, Any]:
+    def _deliver(self, body: DeliverMessage) -> Delivered:
         from castray.agent.reasons import reason
 
         refs = {}
         failed: dict[str, str] = {}
         for rid in body.recipients:
             try:
-                refs[rid] = self._fleet.handle(rid).receive_message.remote(body.message)
+                message = body.message.model_dump(mode="json")
+                refs[rid] = self._fleet.handle(rid).receive_message.remote(message)
             except CastRayError as exc:
                 failed[rid] = exc.message
         delivered = []
@@ -317,4 +341,4 @@ class Agent:
                 self._fleet.count(rid, messages_received=1)
         if delivered:
             self._fleet.count(body.sender, messages_sent=len(delivered))
-        return {"delivered": delivered, "failed": failed}
+        return Delivered(delivered=delivered, failed=failed)

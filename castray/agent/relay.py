@@ -30,25 +30,18 @@ import ray
 from ray.exceptions import GetTimeoutError, RayError
 
 from castray.agent.feeds import EndpointFeed, Exporter, StreamBroken, StreamFeed
+from castray.agent.outcomes import ChunkOutcome, ChunkStatus
 from castray.agent.reasons import reason
 from castray.chunks import Chunk, plan_chunks
 from castray.protocol import (
-    AgentMessage,
+    AgentTunables,
     RecipientFinished,
     TransferFinished,
+    TransferMessage,
     TransferProgress,
 )
 
 log = logging.getLogger(__name__)
-
-CHUNK_RETRIES = 3
-"""Times one chunk is re-sent to one recipient before that recipient is failed."""
-PROGRESS_EVERY = 0.25
-"""Seconds between progress reports (at most ~4 a second per transfer)."""
-STALL_TIMEOUT = 120.0
-"""Seconds without any chunk finishing before the recipients still waiting are failed."""
-CONTROL_TIMEOUT = 60.0
-"""Seconds for small control calls (open, commit) to answer."""
 
 
 @dataclass
@@ -77,6 +70,7 @@ class RunSpec:
     expected_blake3: str | None
     chunk_size: int
     window: int
+    tunables: AgentTunables
 
 
 class TransferRun:
@@ -87,7 +81,7 @@ class TransferRun:
         spec: RunSpec,
         feed: EndpointFeed | StreamFeed,
         recipients: list[tuple[str, Any]],
-        emit: Callable[[AgentMessage], None],
+        emit: Callable[[TransferMessage], None],
         exporters: list[Exporter] | None = None,
         size: int = 0,
     ) -> None:
@@ -111,7 +105,9 @@ class TransferRun:
         """Open the file at the source; raises the source's error (e.g. FileNotFoundError)."""
         assert isinstance(self._feed, EndpointFeed)
         # A library file's BLAKE3 is known; only other files are hashed whole at the source.
-        self._size = self._feed.open(self.spec.expected_blake3 is None, CONTROL_TIMEOUT)
+        self._size = self._feed.open(
+            self.spec.expected_blake3 is None, self.spec.tunables.control_timeout
+        )
         return self._size
 
     def export_to(self, exporters: list[Exporter]) -> None:
@@ -127,7 +123,7 @@ class TransferRun:
         try:
             self._open_sinks()
             self._stream()
-            whole = self._feed.close(CONTROL_TIMEOUT)
+            whole = self._feed.close(self.spec.tunables.control_timeout)
             for exporter in self._exporters:
                 exporter.finish(whole or self.spec.expected_blake3)
             self._exporters.clear()
@@ -166,7 +162,7 @@ class TransferRun:
         }
         for recipient in self._recipients:
             try:
-                ray.get(refs[recipient.id], timeout=CONTROL_TIMEOUT)
+                ray.get(refs[recipient.id], timeout=self.spec.tunables.control_timeout)
             except (RayError, GetTimeoutError) as exc:
                 self._fail(recipient, f"could not create the file: {reason(exc)}")
 
@@ -181,12 +177,12 @@ class TransferRun:
             self._send(chunk, chain)
             while self._chunks_in_flight() >= self.spec.window:
                 self._collect()
-            if time.monotonic() - last_report >= PROGRESS_EVERY:
+            if time.monotonic() - last_report >= self.spec.tunables.progress_interval:
                 self._report_progress()
                 last_report = time.monotonic()
         while self._inflight and not self._cancelled.is_set():
             self._collect()
-            if time.monotonic() - last_report >= PROGRESS_EVERY:
+            if time.monotonic() - last_report >= self.spec.tunables.progress_interval:
                 self._report_progress()
                 last_report = time.monotonic()
 
@@ -204,14 +200,14 @@ class TransferRun:
         refs = {r.id: r.handle.commit_sink.remote(tid, target) for r in self._alive()}
         for recipient in self._alive():
             try:
-                result = ray.get(refs[recipient.id], timeout=CONTROL_TIMEOUT)
+                result = ray.get(refs[recipient.id], timeout=self.spec.tunables.control_timeout)
             except (RayError, GetTimeoutError) as exc:
                 self._fail(recipient, f"could not commit the file: {reason(exc)}")
                 continue
-            if not result["ok"]:
-                self._fail(recipient, result["error"])
+            if not result.ok:
+                self._fail(recipient, result.error or "the commit failed")
                 continue
-            recipient.path = result["path"]
+            recipient.path = result.path
             recipient.bytes_done = self._size
             self._emit(
                 RecipientFinished(
@@ -259,7 +255,9 @@ class TransferRun:
 
     def _collect(self) -> None:
         """Wait for some chunk acknowledgements and act on them."""
-        ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=STALL_TIMEOUT)
+        ready, _ = ray.wait(
+            list(self._inflight), num_returns=1, timeout=self.spec.tunables.stall_timeout
+        )
         if not ready:
             self._give_up_stalled()
             return
@@ -277,25 +275,27 @@ class TransferRun:
         if recipient.failed:
             return
         try:
-            status = ray.get(ref)
+            outcome: ChunkOutcome = ray.get(ref)
         except RayError as exc:
             if not _answers(recipient.handle):
                 self._fail(recipient, f"its actor or node died: {reason(exc)}")
                 return
-            status = {"status": "upstream_missing"}
-        outcome = status["status"]
-        if outcome == "ok":
-            recipient.bytes_done += status["bytes"]
-            self._served[flight.supplier] += status["bytes"]
-        elif outcome in ("corrupt", "upstream_missing"):
-            self._retry(flight.chunk, recipient, outcome)
+            outcome = ChunkOutcome(ChunkStatus.UPSTREAM_MISSING)
+        if outcome.status is ChunkStatus.OK:
+            recipient.bytes_done += outcome.bytes
+            self._served[flight.supplier] += outcome.bytes
+        elif outcome.status in (ChunkStatus.CORRUPT, ChunkStatus.UPSTREAM_MISSING):
+            self._retry(flight.chunk, recipient, outcome.status.value)
         else:
-            self._fail(recipient, status.get("error", outcome))
+            self._fail(recipient, outcome.error or outcome.status.value)
 
     def _retry(self, chunk: Chunk, recipient: _Recipient, why: str) -> None:
         recipient.attempts[chunk.index] += 1
-        if recipient.attempts[chunk.index] > CHUNK_RETRIES:
-            self._fail(recipient, f"chunk {chunk.index} still {why} after {CHUNK_RETRIES} retries")
+        if recipient.attempts[chunk.index] > self.spec.tunables.chunk_retries:
+            self._fail(
+                recipient,
+                f"chunk {chunk.index} still {why} after {self.spec.tunables.chunk_retries} retries",
+            )
             return
         self._resent += 1
         log.info(
@@ -310,7 +310,7 @@ class TransferRun:
     def _give_up_stalled(self) -> None:
         waiting = {flight.recipient.id: flight.recipient for flight in self._inflight.values()}
         for recipient in waiting.values():
-            self._fail(recipient, f"no chunk arrived for {STALL_TIMEOUT:g} s")
+            self._fail(recipient, f"no chunk arrived for {self.spec.tunables.stall_timeout:g} s")
         self._inflight.clear()
 
     # ---- bookkeeping -----------------------------------------------------------------

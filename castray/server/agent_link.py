@@ -15,15 +15,16 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from castray.errors import AgentFailure, AgentTimeout, ClusterUnavailable, error_from_code
 from castray.protocol import (
     AGENT_MESSAGE,
     AgentConfig,
     AgentMessage,
+    Done,
     Operation,
     Reply,
     Request,
@@ -38,6 +39,7 @@ LINE_LIMIT = 16 * 1024 * 1024
 RAY_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 """Ray's token settings: an agent gets only those its cluster may see, never the server's own."""
 
+R = TypeVar("R", bound=BaseModel)
 OnMessage = Callable[[AgentMessage], None]
 OnExit = Callable[[int | None], None]
 
@@ -83,8 +85,9 @@ class AgentLink:
             )
         self._reader = asyncio.create_task(self._read(), name=f"agent-{self.config.cluster}")
 
-    async def request(self, body: Operation, timeout: float) -> dict[str, Any]:
-        """Send one operation and wait for its reply; agent errors are raised as ours."""
+    async def request(self, body: Operation, reply: type[R], timeout: float) -> R:
+        """Send one operation and wait for its reply, read as ``reply``; agent errors are
+        raised as ours."""
         process = self._process
         if process is None or process.returncode is not None or process.stdin is None:
             raise ClusterUnavailable(f"the agent of cluster {self.config.cluster!r} is not running")
@@ -94,7 +97,7 @@ class AgentLink:
         try:
             process.stdin.write(request.model_dump_json().encode() + b"\n")
             await process.stdin.drain()
-            reply = await asyncio.wait_for(future, timeout)
+            answer = await asyncio.wait_for(future, timeout)
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise ClusterUnavailable(
                 f"the agent of cluster {self.config.cluster!r} went away"
@@ -106,9 +109,15 @@ class AgentLink:
             ) from exc
         finally:
             self._pending.pop(request.id, None)
-        if reply.error_code is not None:
-            raise error_from_code(reply.error_code, reply.error_message or "agent error")
-        return reply.result or {}
+        if answer.error_code is not None:
+            raise error_from_code(answer.error_code, answer.error_message or "agent error")
+        try:
+            return reply.model_validate(answer.result or {})
+        except ValidationError as exc:
+            raise AgentFailure(
+                f"the agent of cluster {self.config.cluster!r} answered {body.op} with "
+                f"something that is not a {reply.__name__}"
+            ) from exc
 
     async def stop(self, grace: float) -> None:
         """Ask the agent to shut down; within ``grace`` seconds in all, its whole process group
@@ -120,7 +129,7 @@ class AgentLink:
         deadline = loop.time() + grace
         if process.returncode is None:
             with contextlib.suppress(Exception):
-                await self.request(Shutdown(), timeout=grace / 2)
+                await self.request(Shutdown(), Done, timeout=grace / 2)
             if process.stdin is not None:
                 with contextlib.suppress(OSError, RuntimeError):
                     process.stdin.close()

@@ -24,6 +24,7 @@ from castray.server.autopilot import Autopilot
 from castray.server.clusters import ClusterService
 from castray.server.deps import require_token
 from castray.server.events import EventHub
+from castray.server.faults import FaultInjector
 from castray.server.generator import Generator
 from castray.server.groups import GroupService
 from castray.server.history import History
@@ -67,7 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
         interrupted = history.interrupt_unfinished()
         if interrupted:
             log.warning("%d transfer(s) were in flight when CastRay last stopped", interrupted)
-        events = EventHub()
+        events = EventHub(settings.ws_queue_events)
         registry = Registry(events)
         supervisor = Supervisor(settings, registry)
         library = Library(settings.library_dir, events.publisher_for_threads())
@@ -77,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
         transfer_service = TransferService(
             settings, registry, supervisor, library, history, events, group_service.members
         )
+        supervisor.subscribe(transfer_service)
         autopilot = Autopilot(settings, registry, library, generator, transfer_service)
         app.state.settings = settings
         app.state.registry = registry
@@ -87,8 +89,11 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.generator = generator
         app.state.groups = group_service
         app.state.transfers = transfer_service
-        app.state.messages = MessageService(registry, supervisor, events, group_service.members)
+        app.state.messages = MessageService(
+            settings, registry, supervisor, events, group_service.members
+        )
         app.state.autopilot = autopilot
+        app.state.faults = FaultInjector(settings, registry, supervisor)
         tokens = RayTokens(settings.ray_token_trusted_hosts)
         app.state.clusters = ClusterService(settings, registry, supervisor, events, tokens)
         app.state.started_at = time.monotonic()

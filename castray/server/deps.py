@@ -13,6 +13,7 @@ from castray.config import Settings
 from castray.errors import Unauthorized
 from castray.server.autopilot import Autopilot
 from castray.server.clusters import ClusterService
+from castray.server.faults import FaultInjector
 from castray.server.generator import Generator
 from castray.server.groups import GroupService
 from castray.server.library import Library
@@ -44,6 +45,7 @@ MessagesDep = Annotated[MessageService, Depends(_from_state("messages"))]
 AutopilotDep = Annotated[Autopilot, Depends(_from_state("autopilot"))]
 ClustersDep = Annotated[ClusterService, Depends(_from_state("clusters"))]
 GeneratorDep = Annotated[Generator, Depends(_from_state("generator"))]
+FaultsDep = Annotated[FaultInjector, Depends(_from_state("faults"))]
 WriteSlotsDep = Annotated[WriteSlots, Depends(_from_state("write_slots"))]
 
 

@@ -12,9 +12,7 @@ import logging
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from castray.config import Settings
 from castray.errors import (
@@ -25,12 +23,15 @@ from castray.errors import (
     NodeExists,
     error_from_code,
 )
-from castray.models import ClusterStatus, EndpointState, Node, NodeKind, NodeStatus
+from castray.models import ClusterStatus, Node, NodeKind, NodeStatus
 from castray.protocol import (
     AgentConfig,
     AgentMessage,
+    AgentTunables,
     ClusterUpdate,
     CreateEndpoint,
+    Done,
+    EndpointCreated,
     EndpointRemoved,
     EndpointUpdate,
     Fatal,
@@ -39,9 +40,11 @@ from castray.protocol import (
     RecipientFinished,
     RemoveEndpoint,
     TransferFinished,
+    TransferMessage,
     TransferProgress,
 )
 from castray.server.agent_link import AgentLink
+from castray.server.gateway import AgentListener, R
 from castray.server.ray_token import local_ray_token
 from castray.server.registry import Registry
 
@@ -50,8 +53,20 @@ log = logging.getLogger(__name__)
 HOME = "home"
 RAY_CLIENT_ATTEMPTS = 3
 """Fresh agents a Ray Client join gets within the connect timeout (see ``connect``)."""
-NODE_READY_TIMEOUT = 30.0
-"""Seconds ``POST /api/nodes`` waits for a new endpoint's actor to answer."""
+
+
+def agent_tunables(settings: Settings) -> AgentTunables:
+    """The agent's share of the settings."""
+    return AgentTunables(
+        transfer_threads=settings.agent_transfer_threads,
+        chunk_retries=settings.chunk_retries,
+        progress_interval=settings.progress_interval,
+        stall_timeout=settings.stall_timeout,
+        control_timeout=settings.control_timeout,
+        endpoint_probe_interval=settings.endpoint_probe_interval,
+        messages_kept=settings.messages_kept,
+        stream_timeout=settings.stall_timeout,
+    )
 
 
 def ray_auth_env(token: str | None) -> dict[str, str]:
@@ -73,9 +88,20 @@ class Supervisor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._scratch: list[Path] = []
         self._stopping = False
-        self.on_transfer_message: Callable[[AgentMessage], None] = lambda message: None
-        self.on_cluster_down: Callable[[str, str], None] = lambda cluster, reason: None
+        self._listeners: list[AgentListener] = []
         self._fatal: dict[str, tuple[str, str]] = {}
+
+    def subscribe(self, listener: AgentListener) -> None:
+        """Tell ``listener`` what agents report about transfers and when a cluster goes down."""
+        self._listeners.append(listener)
+
+    def _transfer_message(self, message: TransferMessage) -> None:
+        for listener in self._listeners:
+            listener.on_transfer_message(message)
+
+    def _cluster_down(self, cluster: str, reason: str) -> None:
+        for listener in self._listeners:
+            listener.on_cluster_down(cluster, reason)
 
     # ---- life cycle ------------------------------------------------------------------
 
@@ -119,6 +145,7 @@ class Supervisor:
             storage_root=settings.storage_root,
             temp_dir=temp_dir,
             poll_interval=settings.node_poll_interval,
+            tunables=agent_tunables(settings),
             embedded_num_cpus=settings.embedded_num_cpus,
             embedded_object_store_bytes=settings.embedded_object_store_bytes,
             ray_token_file=token_file,
@@ -211,6 +238,7 @@ class Supervisor:
             storage_root=settings.storage_root,
             temp_dir=settings.run_dir,
             poll_interval=settings.node_poll_interval,
+            tunables=agent_tunables(settings),
             stay_on_loopback=stay_on_loopback,
         )
         log.info("connecting external cluster %s at %s", name, address)
@@ -228,7 +256,7 @@ class Supervisor:
                 for n in self._registry.nodes()
                 if n.cluster == name
             ),
-            NODE_READY_TIMEOUT,
+            self._settings.node_ready_timeout,
         )
         return True
 
@@ -238,7 +266,7 @@ class Supervisor:
         if link is not None:
             await link.stop(self._settings.agent_stop_timeout)
         self._registry.remove_cluster(name)
-        self.on_cluster_down(name, "its cluster was disconnected")
+        self._cluster_down(name, "its cluster was disconnected")
 
     def _spawn(self, coroutine: object, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine, name=name)  # type: ignore[arg-type]
@@ -256,7 +284,7 @@ class Supervisor:
         elif isinstance(message, EndpointRemoved):
             registry.remove_endpoint(message.endpoint_id)
         elif isinstance(message, TransferProgress | RecipientFinished | TransferFinished):
-            self.on_transfer_message(message)
+            self._transfer_message(message)
         elif isinstance(message, Fatal):
             log.error("cluster %s: %s", cluster, message.message)
             self._fatal[cluster] = (message.error_code, message.message)
@@ -273,7 +301,7 @@ class Supervisor:
             detail = f"its agent exited (code {code}); see {link.log_file}"
             log.error("cluster %s lost: %s", cluster, detail)
             self._registry.set_cluster_status(cluster, ClusterStatus.LOST, detail)
-        self.on_cluster_down(cluster, self._registry.cluster(cluster).detail or "cluster lost")
+        self._cluster_down(cluster, self._registry.cluster(cluster).detail or "cluster lost")
 
     async def _watch_heartbeats(self) -> None:
         timeout = self._settings.cluster_timeout
@@ -283,7 +311,7 @@ class Supervisor:
                 log.warning("cluster %s has not answered for %g s", name, timeout)
                 reason = f"no answer from Ray for {timeout:g} s"
                 self._registry.set_cluster_status(name, ClusterStatus.UNREACHABLE, reason)
-                self.on_cluster_down(name, reason)
+                self._cluster_down(name, reason)
 
     # ---- requests ------------------------------------------------------------------------
 
@@ -297,16 +325,16 @@ class Supervisor:
                 f"this server runs {limit} endpoints, the most it deploys "
                 "(CASTRAY_MAX_ENDPOINTS; each is a Ray worker process); delete one first"
             )
-        result = await self._link(HOME).request(
-            CreateEndpoint(endpoint_id=node_id, ray_node_id=ray_node_id),
-            self._settings.agent_request_timeout,
-        )
-        created = EndpointState.model_validate(result["endpoint"])
+        created = (
+            await self.request(
+                HOME, CreateEndpoint(endpoint_id=node_id, ray_node_id=ray_node_id), EndpointCreated
+            )
+        ).endpoint
         if not self._registry.has_node(created.id):
             self._registry.put_endpoint(HOME, created)
         await self._registry.wait_until(
             lambda: self._registry.node(node_id).status is not NodeStatus.STARTING,
-            NODE_READY_TIMEOUT,
+            self._settings.node_ready_timeout,
         )
         return self._registry.node(node_id)
 
@@ -322,13 +350,13 @@ class Supervisor:
         if link is not None and link.running:
             with contextlib.suppress(ClusterUnavailable):
                 await link.request(
-                    RemoveEndpoint(endpoint_id=node_id), self._settings.agent_request_timeout
+                    RemoveEndpoint(endpoint_id=node_id), Done, self._settings.agent_request_timeout
                 )
         self._registry.remove_endpoint(node_id)
 
-    async def request(self, cluster: str, body: Operation) -> dict[str, Any]:
-        """Send one operation to a connected cluster's agent and return its result."""
-        return await self._link(cluster).request(body, self._settings.agent_request_timeout)
+    async def request(self, cluster: str, body: Operation, reply: type[R]) -> R:
+        """Send one operation to a connected cluster's agent and return its reply."""
+        return await self._link(cluster).request(body, reply, self._settings.agent_request_timeout)
 
     def _link(self, cluster: str) -> AgentLink:
         link = self._links.get(cluster)

@@ -7,10 +7,8 @@ from typing import Any
 from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from castray.errors import NotFound
 from castray.models import ErrorResponse, Node, NodeCreate, NodeList
-from castray.protocol import InjectCorruption
-from castray.server.deps import RegistryDep, SettingsDep, SupervisorDep
+from castray.server.deps import FaultsDep, RegistryDep, SupervisorDep
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
 
@@ -42,22 +40,9 @@ class Faults(BaseModel):
 
 
 @router.post("/{node_id}/faults", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
-async def inject_faults(
-    node_id: str,
-    body: Faults,
-    settings: SettingsDep,
-    registry: RegistryDep,
-    supervisor: SupervisorDep,
-) -> None:
+async def inject_faults(node_id: str, body: Faults, faults: FaultsDep) -> None:
     """Only with ``CASTRAY_ENABLE_FAULT_INJECTION=1``; lets tests prove chunks are verified."""
-    if not settings.enable_fault_injection:
-        raise NotFound(
-            "fault injection is off; start CastRay with CASTRAY_ENABLE_FAULT_INJECTION=1"
-        )
-    node = registry.node(node_id)
-    await supervisor.request(
-        node.cluster, InjectCorruption(endpoint_id=node_id, count=body.corrupt_chunks)
-    )
+    await faults.corrupt_next_chunks(node_id, body.corrupt_chunks)
 
 
 @router.get("/{node_id}", responses=_ERRORS)
