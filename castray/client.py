@@ -24,8 +24,10 @@ from castray.models import (
     GeneratedFile,
     Group,
     LibraryFile,
+    LiveEvent,
     Node,
     NodeList,
+    SnapshotEvent,
     StatusResponse,
     Transfer,
     TransferAccepted,
@@ -190,25 +192,28 @@ class Client:
 
 
 class EventStream:
-    """Messages of ``/ws`` as dicts (``type``, ``seq``, ``at``, ``data``)."""
+    """The messages of ``/ws``, typed: each ``LiveEvent`` carries its payload model (the
+    catalogue in ``castray.models``)."""
 
     def __init__(self, connection: ClientConnection) -> None:
         self._connection = connection
-        self.snapshot: dict[str, Any] = self._receive(30.0) or {}
+        first = self._receive(30.0)
+        if first is None or not isinstance(first.data, SnapshotEvent):
+            raise ServerUnreachable("the event stream did not start with a snapshot")
+        self.snapshot: SnapshotEvent = first.data
 
-    def next(self, timeout: float) -> dict[str, Any] | None:
+    def next(self, timeout: float) -> LiveEvent | None:
         """The next message, or None if none came within ``timeout`` seconds."""
         return self._receive(timeout)
 
-    def _receive(self, timeout: float) -> dict[str, Any] | None:
+    def _receive(self, timeout: float) -> LiveEvent | None:
         try:
             raw = self._connection.recv(timeout=timeout)
         except TimeoutError:
             return None
         except WebSocketException as exc:
             raise ServerUnreachable(f"the event stream closed: {exc}") from exc
-        message: dict[str, Any] = json.loads(raw)
-        return message
+        return LiveEvent.parse(json.loads(raw))
 
 
 def _error(response: httpx.Response) -> CastRayError:

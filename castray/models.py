@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
@@ -361,12 +361,19 @@ class MessageResult(Snapshot):
     failed: dict[str, str]
 
 
-class ReceivedMessage(BaseModel):
+class SentMessage(BaseModel):
+    """A message as its sender sent it."""
+
     message_id: str
     sender: str
     message_type: MessageType
     content: Any
     sent_at: float
+
+
+class ReceivedMessage(SentMessage):
+    """A message as an endpoint keeps it."""
+
     received_at: float
 
 
@@ -452,3 +459,205 @@ class DiscoveryResult(Snapshot):
 
     clusters: list[DiscoveredCluster]
     seconds: float
+
+
+# ---- the event catalogue (``/ws``) ------------------------------------------------------
+
+
+class EventType(str, Enum):
+    """Every kind of message ``/ws`` sends; each has its payload model below."""
+
+    SNAPSHOT = "snapshot"
+    HEARTBEAT = "heartbeat"
+    EVENTS_DROPPED = "events_dropped"
+    NODE_ADDED = "node_added"
+    NODE_STATUS = "node_status"
+    NODE_UPDATED = "node_updated"
+    NODE_REMOVED = "node_removed"
+    CLUSTER_DISCOVERED = "cluster_discovered"
+    CLUSTER_CONNECTED = "cluster_connected"
+    CLUSTER_DISCONNECTED = "cluster_disconnected"
+    CLUSTER_UNREACHABLE = "cluster_unreachable"
+    CLUSTER_LOST = "cluster_lost"
+    TRANSFER_STARTED = "transfer_started"
+    TRANSFER_PROGRESS = "transfer_progress"
+    RECIPIENT_COMPLETED = "recipient_completed"
+    RECIPIENT_FAILED = "recipient_failed"
+    TRANSFER_FINISHED = "transfer_finished"
+    MESSAGE_RECEIVED = "message_received"
+    GROUP_SAVED = "group_saved"
+    GROUP_DELETED = "group_deleted"
+    FILE_ADDED = "file_added"
+    FILE_REMOVED = "file_removed"
+
+
+class EventData(Snapshot):
+    """The payload of one ``/ws`` message; ``kind`` is its ``type``."""
+
+    kind: ClassVar[EventType]
+
+
+class SnapshotEvent(EventData):
+    """The first message: everything as it is now."""
+
+    kind = EventType.SNAPSHOT
+    clusters: list[ClusterInfo]
+    nodes: list[Node]
+    transfers: list[Transfer]
+    groups: list[Group]
+
+
+class HeartbeatEvent(EventData):
+    """Nothing happened for a while; the stream is alive."""
+
+    kind = EventType.HEARTBEAT
+
+
+class EventsDroppedEvent(EventData):
+    """The client fell behind and lost events: reconnect for a fresh snapshot."""
+
+    kind = EventType.EVENTS_DROPPED
+    reason: str
+
+
+class NodeAddedEvent(EventData):
+    kind = EventType.NODE_ADDED
+    node: Node
+
+
+class NodeStatusEvent(EventData):
+    """A node's status changed (starting, alive, dead)."""
+
+    kind = EventType.NODE_STATUS
+    node: Node
+
+
+class NodeUpdatedEvent(EventData):
+    """A node's counters or resources changed."""
+
+    kind = EventType.NODE_UPDATED
+    node: Node
+
+
+class NodeRemovedEvent(EventData):
+    kind = EventType.NODE_REMOVED
+    node_id: str
+    cluster: str
+
+
+class ClusterDiscoveredEvent(EventData):
+    kind = EventType.CLUSTER_DISCOVERED
+    cluster: DiscoveredCluster
+
+
+class ClusterConnectedEvent(EventData):
+    kind = EventType.CLUSTER_CONNECTED
+    cluster: str
+    address: str
+
+
+class ClusterDisconnectedEvent(EventData):
+    kind = EventType.CLUSTER_DISCONNECTED
+    cluster: str
+
+
+class ClusterUnreachableEvent(EventData):
+    """The cluster's agent has not reported for a while."""
+
+    kind = EventType.CLUSTER_UNREACHABLE
+    cluster: str
+    detail: str | None
+
+
+class ClusterLostEvent(EventData):
+    """The cluster's agent is gone."""
+
+    kind = EventType.CLUSTER_LOST
+    cluster: str
+    detail: str | None
+
+
+class TransferStartedEvent(EventData):
+    kind = EventType.TRANSFER_STARTED
+    transfer: Transfer
+
+
+class TransferProgressEvent(EventData):
+    """Verified bytes per recipient (at most a few times a second per transfer)."""
+
+    kind = EventType.TRANSFER_PROGRESS
+    transfer_id: str
+    bytes_total: int
+    bytes_done: dict[str, int]
+
+
+class RecipientCompletedEvent(EventData):
+    kind = EventType.RECIPIENT_COMPLETED
+    transfer_id: str
+    recipient: str
+    recipient_state: RecipientState
+
+
+class RecipientFailedEvent(EventData):
+    kind = EventType.RECIPIENT_FAILED
+    transfer_id: str
+    recipient: str
+    recipient_state: RecipientState
+
+
+class TransferFinishedEvent(EventData):
+    """The transfer ended; its full final state."""
+
+    kind = EventType.TRANSFER_FINISHED
+    transfer: Transfer
+
+
+class MessageReceivedEvent(EventData):
+    kind = EventType.MESSAGE_RECEIVED
+    recipient: str
+    message: SentMessage
+
+
+class GroupSavedEvent(EventData):
+    kind = EventType.GROUP_SAVED
+    group: Group
+
+
+class GroupDeletedEvent(EventData):
+    kind = EventType.GROUP_DELETED
+    name: str
+
+
+class FileAddedEvent(EventData):
+    """A file is in the library (uploaded, generated)."""
+
+    kind = EventType.FILE_ADDED
+    file: LibraryFile
+
+
+class FileRemovedEvent(EventData):
+    kind = EventType.FILE_REMOVED
+    name: str
+
+
+EVENT_PAYLOADS: dict[EventType, type[EventData]] = {
+    cls.kind: cls for cls in EventData.__subclasses__()
+}
+"""The payload model of each event type."""
+
+
+class LiveEvent(BaseModel):
+    """One ``/ws`` message as a client reads it: ``data`` parsed into its payload model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: EventType
+    seq: int
+    at: float
+    data: EventData
+
+    @classmethod
+    def parse(cls, message: dict[str, Any]) -> LiveEvent:
+        kind = EventType(message["type"])
+        data = EVENT_PAYLOADS[kind].model_validate(message.get("data") or {})
+        return cls(type=kind, seq=message["seq"], at=message["at"], data=data)

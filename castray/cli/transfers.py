@@ -31,7 +31,16 @@ from castray.cli.options import (
 from castray.cli.output import err, out, print_json_or, print_table
 from castray.client import Client, EventStream
 from castray.errors import FileMissing, InvalidRequest
-from castray.models import RecipientState, Transfer, TransferAccepted, TransferStatus
+from castray.models import (
+    RecipientCompletedEvent,
+    RecipientFailedEvent,
+    RecipientState,
+    Transfer,
+    TransferAccepted,
+    TransferFinishedEvent,
+    TransferProgressEvent,
+    TransferStatus,
+)
 
 POLL_EVERY = 1.0
 """Seconds without a word about our transfer after which its state is fetched over REST."""
@@ -136,18 +145,17 @@ def _follow(client: Client, stream: EventStream, transfer_id: str, show: bool) -
         synced = time.monotonic()
         while not transfer.status.finished:
             message = stream.next(timeout=POLL_EVERY)
-            data = message["data"] if message else {}
-            kind = message["type"] if message else None
-            if kind == "transfer_progress" and data["transfer_id"] == transfer_id:
-                for rid, done in data["bytes_done"].items():
+            data = message.data if message else None
+            if isinstance(data, TransferProgressEvent) and data.transfer_id == transfer_id:
+                for rid, done in data.bytes_done.items():
                     if rid in tasks:
-                        progress.update(tasks[rid], total=data["bytes_total"], completed=done)
-            elif kind in ("recipient_completed", "recipient_failed") and (
-                data["transfer_id"] == transfer_id
+                        progress.update(tasks[rid], total=data.bytes_total, completed=done)
+            elif (
+                isinstance(data, RecipientCompletedEvent | RecipientFailedEvent)
+                and data.transfer_id == transfer_id
             ):
-                state = RecipientState.model_validate(data["recipient_state"])
-                _show_recipient(progress, tasks[data["recipient"]], state)
-            elif kind == "transfer_finished" and data["transfer"]["id"] == transfer_id:
+                _show_recipient(progress, tasks[data.recipient], data.recipient_state)
+            elif isinstance(data, TransferFinishedEvent) and data.transfer.id == transfer_id:
                 synced = 0.0
             if time.monotonic() - synced >= POLL_EVERY:
                 transfer = client.transfer(transfer_id)

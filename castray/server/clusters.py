@@ -15,13 +15,19 @@ import asyncio
 import logging
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 
 from castray.config import Settings
 from castray.errors import Conflict, InvalidRequest, NotFound
-from castray.models import ClusterInfo, ClusterStatus, DiscoveredCluster, Node
+from castray.models import (
+    ClusterDiscoveredEvent,
+    ClusterInfo,
+    ClusterStatus,
+    DiscoveredCluster,
+    Node,
+)
 from castray.ray_address import (
     AGENT_RAY_VERSION,
     AddressKind,
@@ -31,6 +37,7 @@ from castray.ray_address import (
     grpc_answers,
     parse_address,
     probe_dashboard,
+    resolve_host,
     same_endpoint,
     split_host_port,
     token_missing,
@@ -118,7 +125,7 @@ class ClusterService:
         )
         for cluster in found:
             if not cluster.connected:
-                self._events.publish("cluster_discovered", cluster=cluster.model_dump(mode="json"))
+                self._events.publish(ClusterDiscoveredEvent(cluster=cluster))
         return found
 
     # ---- changes -------------------------------------------------------------------------
@@ -239,15 +246,22 @@ class ClusterService:
             parsed = parse_address(address)
         except InvalidRequest:
             return []  # neither a name nor an address: nothing is connected by it
-        local = local_clusters.find(await asyncio.to_thread(local_clusters.scan), parsed)
+        local = await self._local_cluster(parsed)
         return [c for c in clusters if _points_at(c, parsed, local, self._aliases[c.name])]
 
     # ---- resolving an address ----------------------------------------------------------------
 
+    async def _local_cluster(self, address: RayAddress) -> LocalCluster | None:
+        """The cluster on this machine that ``address`` points at (a host name is resolved
+        first, in a worker thread: a name of this machine points here too)."""
+        local = await asyncio.to_thread(local_clusters.scan)
+        ip = await resolve_host(address.host)
+        return local_clusters.find(local, replace(address, host=ip if ":" not in ip else f"[{ip}]"))
+
     async def _resolve(self, address: RayAddress, given: str | None) -> _Target:
         """Where to join, checked: a Ray cluster of CastRay's Ray version, reachable, with the
         token it needs; raises the error a user can act on otherwise."""
-        local = local_clusters.find(await asyncio.to_thread(local_clusters.scan), address)
+        local = await self._local_cluster(address)
         token = self._tokens.for_cluster(local, address, given)
         if local is not None and local.ray_version not in (None, AGENT_RAY_VERSION):
             raise version_mismatch(address, local.ray_version)

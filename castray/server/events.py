@@ -1,4 +1,5 @@
-"""The event hub: services publish typed events; subscribers (WebSocket clients) read them.
+"""The event hub: services publish typed events (the catalogue in ``models``); subscribers
+(WebSocket clients) read them, numbered.
 
 Each subscriber has a bounded queue; a subscriber that falls behind loses its oldest events
 and is told so by a ``lagged`` flag, so a slow client never slows the server or others.
@@ -8,19 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-SUBSCRIBER_QUEUE = 1000
+from castray.models import EventData, EventType
+
+Publish = Callable[[EventData], None]
 
 
 @dataclass(frozen=True)
 class Event:
+    """A published event, numbered, its payload already in JSON form (sent as it is)."""
+
     seq: int
-    type: str
+    type: EventType
     data: dict[str, Any]
     at: float = field(default_factory=time.time)
 
@@ -44,7 +48,8 @@ class Subscription:
 class EventHub:
     """Fan-out of events to subscribers, in order, numbered."""
 
-    def __init__(self) -> None:
+    def __init__(self, queue_size: int = 1000) -> None:
+        self._queue_size = queue_size
         self._subscribers: set[Subscription] = set()
         self._seq = 0
 
@@ -53,26 +58,32 @@ class EventHub:
         """Number of the newest event (0 before the first)."""
         return self._seq
 
-    def publish(self, type_: str, **data: Any) -> Event:
+    def publish(self, payload: EventData) -> Event:
         self._seq += 1
-        event = Event(self._seq, type_, data)
+        event = Event(self._seq, payload.kind, payload.model_dump(mode="json"))
         for subscriber in self._subscribers:
             subscriber.offer(event)
         return event
 
-    def publisher_for_threads(self) -> Callable[..., None]:
+    def current(self, payload: EventData) -> Event:
+        """A message that is not an event of its own (a snapshot, a heartbeat): it carries the
+        number of the newest event, so a client knows where it stands."""
+        return Event(self._seq, payload.kind, payload.model_dump(mode="json"))
+
+    def publisher_for_threads(self) -> Publish:
         """A ``publish`` that worker threads may call: it hands the event to this loop."""
         loop = asyncio.get_running_loop()
 
-        def publish(type_: str, **data: Any) -> None:
+        def publish(payload: EventData) -> None:
             # After shutdown there is no one left to tell.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(functools.partial(self.publish, type_, **data))
+                loop.call_soon_threadsafe(self.publish, payload)
 
         return publish
 
-    def subscribe(self, size: int = SUBSCRIBER_QUEUE) -> Subscription:
-        subscription = Subscription(self, size)
+    def subscribe(self, size: int | None = None) -> Subscription:
+        """A new subscriber's queue: the hub's size (``ws_queue_events``) unless given."""
+        subscription = Subscription(self, size or self._queue_size)
         self._subscribers.add(subscription)
         return subscription
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from castray.errors import Conflict, GroupNotFound
-from castray.models import Group
+from castray.models import Group, GroupDeletedEvent, GroupSavedEvent
 from castray.server.events import EventHub
 from castray.server.history import History
 from castray.server.registry import Registry
@@ -41,7 +41,7 @@ class GroupService:
         self.get(name)
         del self.members[name]
         await asyncio.to_thread(self._history.delete_group, name)
-        self._events.publish("group_deleted", name=name)
+        self._events.publish(GroupDeletedEvent(name=name))
 
     async def _save(self, group: Group) -> Group:
         members = list(dict.fromkeys(group.members))
@@ -50,5 +50,5 @@ class GroupService:
         group = Group(name=group.name, members=members)
         self.members[group.name] = members
         await asyncio.to_thread(self._history.save_group, group)
-        self._events.publish("group_saved", group=group.model_dump(mode="json"))
+        self._events.publish(GroupSavedEvent(group=group))
         return group

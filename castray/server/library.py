@@ -22,13 +22,13 @@ import blake3
 
 from castray.chunks import HASH_THREADS, file_blake3
 from castray.errors import BadFileName, FileMissing, FileTooLarge
-from castray.models import LibraryFile
+from castray.models import EventData, FileAddedEvent, FileRemovedEvent, LibraryFile
 
 PART_SUFFIX = ".part"
 
-OnChange = Callable[..., None]
-"""Told ``("file_added", file=<LibraryFile as JSON>)`` or ``("file_removed", name=...)``; it
-is called from the worker thread that made the change."""
+OnChange = Callable[[EventData], None]
+"""Told ``FileAddedEvent`` or ``FileRemovedEvent``; called from the worker thread that made
+the change."""
 
 
 MAX_NAME_BYTES = 216
@@ -75,7 +75,7 @@ class Library:
         self.root = root
         self._digests: dict[str, tuple[int, int, str]] = {}
         self._lock = threading.Lock()
-        self._on_change = on_change or (lambda *args, **kwargs: None)
+        self._on_change = on_change or (lambda event: None)
 
     def path(self, name: str) -> Path:
         """Where a library file is; raises ``FileMissing`` when it is not there. Only regular
@@ -118,7 +118,7 @@ class Library:
         self.path(name).unlink()
         with self._lock:
             self._digests.pop(name, None)
-        self._on_change("file_removed", name=name)
+        self._on_change(FileRemovedEvent(name=name))
 
     def create(self, name: str, limit: int | None = None) -> LibraryWriter:
         """Start a new library file; it appears under ``name`` only once committed."""
@@ -135,7 +135,7 @@ class Library:
             temp.replace(final)
             status = final.stat()
             self._digests[name] = (status.st_size, status.st_mtime_ns, digest)
-        self._on_change("file_added", file=self.describe(name).model_dump(mode="json"))
+        self._on_change(FileAddedEvent(file=self.describe(name)))
 
     def _digest(self, name: str, path: Path, status: os.stat_result) -> str:
         with self._lock:

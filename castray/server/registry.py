@@ -15,11 +15,19 @@ from datetime import datetime, timezone
 
 from castray.errors import NodeNotFound
 from castray.models import (
+    ClusterConnectedEvent,
+    ClusterDisconnectedEvent,
     ClusterInfo,
+    ClusterLostEvent,
     ClusterStatus,
+    ClusterUnreachableEvent,
     EndpointState,
     Node,
+    NodeAddedEvent,
+    NodeRemovedEvent,
     NodeStatus,
+    NodeStatusEvent,
+    NodeUpdatedEvent,
     RayClusterState,
     StatusResponse,
 )
@@ -66,8 +74,8 @@ class Registry:
             return
         for endpoint_id in cluster.endpoints:
             self._owner.pop(endpoint_id, None)
-            self._events.publish("node_removed", node_id=endpoint_id, cluster=name)
-        self._events.publish("cluster_disconnected", cluster=name)
+            self._events.publish(NodeRemovedEvent(node_id=endpoint_id, cluster=name))
+        self._events.publish(ClusterDisconnectedEvent(cluster=name))
         self._bump()
 
     def has_cluster(self, name: str) -> bool:
@@ -79,7 +87,10 @@ class Registry:
             return
         if (cluster.status, cluster.detail) != (status, detail):
             cluster.status, cluster.detail = status, detail
-            self._events.publish(f"cluster_{status.value}", cluster=name, detail=detail)
+            if status is ClusterStatus.LOST:
+                self._events.publish(ClusterLostEvent(cluster=name, detail=detail))
+            elif status is ClusterStatus.UNREACHABLE:
+                self._events.publish(ClusterUnreachableEvent(cluster=name, detail=detail))
             self._bump()
 
     def cluster_seen(self, name: str, ray: RayClusterState) -> None:
@@ -94,7 +105,7 @@ class Registry:
         cluster.status, cluster.detail = ClusterStatus.CONNECTED, None
         if newly:
             cluster.connected_at = datetime.now(timezone.utc)
-            self._events.publish("cluster_connected", cluster=name, address=ray.address)
+            self._events.publish(ClusterConnectedEvent(cluster=name, address=ray.address))
         if changed:
             self._bump()
 
@@ -114,20 +125,20 @@ class Registry:
         before = cluster.endpoints.get(endpoint.id)
         cluster.endpoints[endpoint.id] = endpoint
         self._owner[endpoint.id] = cluster_name
-        node = _as_node(cluster, endpoint).model_dump(mode="json")
+        node = _as_node(cluster, endpoint)
         if before is None:
-            self._events.publish("node_added", node=node)
+            self._events.publish(NodeAddedEvent(node=node))
         elif before.status is not endpoint.status:
-            self._events.publish("node_status", node=node)
+            self._events.publish(NodeStatusEvent(node=node))
         elif before != endpoint:
-            self._events.publish("node_updated", node=node)
+            self._events.publish(NodeUpdatedEvent(node=node))
         self._bump()
 
     def remove_endpoint(self, endpoint_id: str) -> None:
         cluster_name = self._owner.pop(endpoint_id, None)
         if cluster_name is not None and cluster_name in self._clusters:
             self._clusters[cluster_name].endpoints.pop(endpoint_id, None)
-            self._events.publish("node_removed", node_id=endpoint_id, cluster=cluster_name)
+            self._events.publish(NodeRemovedEvent(node_id=endpoint_id, cluster=cluster_name))
             self._bump()
 
     def _bump(self) -> None:

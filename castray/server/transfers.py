@@ -1,10 +1,10 @@
-"""The transfer service: plans transfers, follows them through their states, keeps history.
+"""The transfer service: plans a transfer, launches it through the agents, follows it to its
+end, keeps its history.
 
-A transfer goes ``queued`` (accepted, source file opened) -> ``running`` (first verified
-bytes) -> ``completed`` | ``partially_failed`` | ``failed`` | ``cancelled``; transfers that
-were in flight when CastRay stopped are ``interrupted`` in the history. Each recipient goes
-``pending`` -> ``running`` -> ``completed`` | ``failed`` | ``cancelled``. Status objects
-handed out are immutable snapshots.
+The logic is in two pure rooms, ``transfer_plan`` (who, in which order, through which
+clusters) and ``transfer_state`` (the allowed transitions); this service only wires them to
+the agents (an ``AgentGateway``), the event hub and the history. It hears what agents report
+as an ``AgentListener``, subscribed in ``create_app``.
 """
 
 from __future__ import annotations
@@ -19,57 +19,51 @@ from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
 from castray.config import Settings
-from castray.errors import (
-    BadFileName,
-    CastRayError,
-    FileMissing,
-    NodeUnavailable,
-    TransferNotFound,
-)
+from castray.errors import BadFileName, CastRayError, FileMissing, TransferNotFound
 from castray.models import (
-    FileInfo,
-    Node,
-    NodeStatus,
-    RecipientState,
-    RecipientStatus,
+    EventData,
     Transfer,
     TransferCreate,
+    TransferFinishedEvent,
     TransferPage,
-    TransferStatus,
+    TransferStartedEvent,
 )
 from castray.protocol import (
-    AgentMessage,
     CancelTransfer,
+    Done,
+    FileSize,
+    ImportListening,
     ImportTransfer,
     ProbeFile,
     RecipientFinished,
     StartTransfer,
     TransferFinished,
+    TransferMessage,
+    TransferOpened,
     TransferProgress,
 )
 from castray.server.events import EventHub
+from castray.server.gateway import AgentGateway
 from castray.server.history import History
 from castray.server.library import Library, check_file_name
 from castray.server.registry import Registry
-from castray.server.supervisor import Supervisor
-from castray.server.targets import resolve_recipients
+from castray.server.transfer_plan import LocatedFile, TransferPlan, plan_transfer
+from castray.server.transfer_state import TransferState
 
 log = logging.getLogger(__name__)
-
-CANCEL_WAIT = 30.0
-"""Seconds ``DELETE /api/transfers/{id}`` waits for the partial files to be gone."""
 
 
 @dataclass
 class _Live:
-    """A transfer in flight; mutated only on the event loop."""
+    """A transfer in flight; touched only on the event loop."""
 
-    transfer: Transfer
-    clusters: list[str]
-    """The source's cluster first, then every other cluster with recipients."""
-    recipients: dict[str, RecipientState] = field(default_factory=dict)
+    plan: TransferPlan
+    state: TransferState
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    finished_parts: list[TransferFinished] = field(default_factory=list)
+
+    @property
+    def transfer(self) -> Transfer:
+        return self.state.transfer
 
 
 class TransferService:
@@ -77,7 +71,7 @@ class TransferService:
         self,
         settings: Settings,
         registry: Registry,
-        supervisor: Supervisor,
+        agents: AgentGateway,
         library: Library,
         history: History,
         events: EventHub,
@@ -85,124 +79,113 @@ class TransferService:
     ) -> None:
         self._settings = settings
         self._registry = registry
-        self._supervisor = supervisor
+        self._agents = agents
         self._library = library
         self._history = history
         self._events = events
         self._groups = groups
         self._live: dict[str, _Live] = {}
+        self._ending: dict[str, Transfer] = {}
+        """Final snapshots whose history write is still under way: answered from here."""
         self._history_writer = ThreadPoolExecutor(1, thread_name_prefix="history")
-        supervisor.on_transfer_message = self._on_agent_message
-        supervisor.on_cluster_down = self._cluster_down
 
     # ---- requests ----------------------------------------------------------------------
 
     async def start(self, request: TransferCreate) -> Transfer:
-        """Check the request, open the file at the source, and let the transfer run."""
-        source = self._registry.node(request.source_node)
-        if source.status is not NodeStatus.ALIVE:
-            raise NodeUnavailable(f"source {source.id!r} is {source.status.value}")
-        recipients = resolve_recipients(
-            self._registry,
-            self._groups,
-            request.mode,
-            source.id,
-            request.recipients,
-            request.group,
-        )
-        path, name, size, digest = await self._locate(request.file)
-        local, remote = _split_by_cluster(source, recipients)
-        if remote and size is None:
-            probed = await self._supervisor.request(
-                source.cluster, ProbeFile(endpoint_id=source.id, path=path)
+        """Plan the transfer, open the file at the source, and let it run."""
+        located = await asyncio.to_thread(self._locate, request.file)
+        plan = plan_transfer(uuid.uuid4().hex[:16], request, self._registry, self._groups, located)
+        if plan.needs_size:
+            probed = await self._agents.request(
+                plan.source.cluster,
+                ProbeFile(endpoint_id=plan.source.id, path=located.path),
+                FileSize,
             )
-            size = int(probed["size"])
-        now = datetime.now(timezone.utc)
-        transfer = Transfer(
-            id=uuid.uuid4().hex[:16],
-            status=TransferStatus.QUEUED,
-            mode=request.mode,
-            source_node=source.id,
-            file=FileInfo(name=name, size=size or 0, blake3=digest),
-            recipients={r.id: RecipientState(status=RecipientStatus.PENDING) for r in recipients},
-            bytes_total=size or 0,
-            created_at=now,
-            started_at=now,
-        )
-        live = _Live(transfer, [source.cluster, *remote], dict(transfer.recipients))
-        self._live[transfer.id] = live
+            plan = plan.sized(probed.size)
+        live = _Live(plan, TransferState.start(plan, datetime.now(timezone.utc)))
+        self._live[plan.transfer_id] = live
         # Announced before any agent can report on it, so watchers see it start first.
-        self._events.publish("transfer_started", transfer=transfer.model_dump(mode="json"))
-        common = {
-            "transfer_id": transfer.id,
-            "file_name": name,
-            "expected_blake3": digest,
-            "chunk_size": self._settings.chunk_size,
-            "window": self._settings.transfer_window,
-        }
+        self._events.publish(TransferStartedEvent(transfer=live.transfer))
         try:
-            # Each other cluster's agent listens first; the source's agent then streams to it.
-            exports = []
-            for cluster, nodes in remote.items():
-                listening = await self._supervisor.request(
-                    cluster,
-                    ImportTransfer(
-                        source=source.id,
-                        size=size or 0,
-                        recipients=[n.id for n in _chain_order(nodes)],
-                        **common,
-                    ),
-                )
-                exports.append((str(listening["host"]), int(listening["port"])))
-            result = await self._supervisor.request(
-                source.cluster,
-                StartTransfer(
-                    source=source.id,
-                    path=path,
-                    recipients=[r.id for r in _chain_order(local)],
-                    exports=exports,
-                    **common,
-                ),
-            )
+            size = await self._launch(plan)
         except Exception as exc:
-            self._live.pop(transfer.id, None)
-            await self._cancel_parts(live)
-            failed = transfer.model_copy(
-                update={"status": TransferStatus.FAILED, "error": str(exc)}
+            self._live.pop(plan.transfer_id, None)
+            await self._cancel_parts(plan)
+            failed = live.state.finish(
+                TransferFinished(transfer_id=plan.transfer_id, size=0, blake3=None, error=str(exc)),
+                datetime.now(timezone.utc),
             )
-            self._events.publish("transfer_finished", transfer=failed.model_dump(mode="json"))
+            self._events.publish(TransferFinishedEvent(transfer=failed))
             raise
         # The agent's first reports may have been handled already (even its last, for a
         # small file): the sized snapshot is saved only while the transfer is still live.
-        if transfer.id in self._live:
-            self._sized(live, int(result["size"]))
+        if plan.transfer_id in self._live:
+            live.state.sized(size)
             await self._save(live.transfer)
         return live.transfer
+
+    async def _launch(self, plan: TransferPlan) -> int:
+        """Every other cluster's agent listens first; the source's agent then opens the file
+        and streams to them. The file's size."""
+        spec = {
+            "transfer_id": plan.transfer_id,
+            "file_name": plan.file.name,
+            "expected_blake3": plan.file.blake3,
+            "chunk_size": self._settings.chunk_size,
+            "window": self._settings.transfer_window,
+        }
+        exports = []
+        for cluster, nodes in plan.remote.items():
+            listening = await self._agents.request(
+                cluster,
+                ImportTransfer(
+                    source=plan.source.id,
+                    size=plan.file.size or 0,
+                    recipients=[n.id for n in nodes],
+                    **spec,
+                ),
+                ImportListening,
+            )
+            exports.append((listening.host, listening.port))
+        opened = await self._agents.request(
+            plan.source.cluster,
+            StartTransfer(
+                source=plan.source.id,
+                path=plan.file.path,
+                recipients=[n.id for n in plan.local],
+                exports=exports,
+                **spec,
+            ),
+            TransferOpened,
+        )
+        return opened.size
 
     async def cancel(self, transfer_id: str) -> Transfer:
         """Stop a transfer in flight; its partial files are removed. Finished ones stay."""
         live = self._live.get(transfer_id)
         if live is None:
             return await self.get(transfer_id)
-        await self._cancel_parts(live)
+        await self._cancel_parts(live.plan)
         try:
-            await asyncio.wait_for(live.done.wait(), CANCEL_WAIT)
+            await asyncio.wait_for(live.done.wait(), self._settings.cancel_timeout)
         except TimeoutError:
             log.warning("transfer %s did not confirm its cancellation", transfer_id)
         return live.transfer
 
-    async def _cancel_parts(self, live: _Live) -> None:
+    async def _cancel_parts(self, plan: TransferPlan) -> None:
         """Ask every agent with a part of the transfer to stop it (finished parts are gone)."""
-        for cluster in live.clusters:
+        for cluster in plan.clusters:
             with contextlib.suppress(CastRayError):
-                await self._supervisor.request(
-                    cluster, CancelTransfer(transfer_id=live.transfer.id)
+                await self._agents.request(
+                    cluster, CancelTransfer(transfer_id=plan.transfer_id), Done
                 )
 
     async def get(self, transfer_id: str) -> Transfer:
         live = self._live.get(transfer_id)
         if live is not None:
             return live.transfer
+        if transfer_id in self._ending:
+            return self._ending[transfer_id]
         stored = await asyncio.to_thread(self._history.get, transfer_id)
         if stored is None:
             raise TransferNotFound(f"no transfer {transfer_id!r}; GET /api/transfers lists them")
@@ -210,8 +193,13 @@ class TransferService:
 
     async def page(self, limit: int, offset: int) -> TransferPage:
         stored, total = await asyncio.to_thread(self._history.page, limit, offset)
-        transfers = [self._live[t.id].transfer if t.id in self._live else t for t in stored]
+        transfers = [self._current(t) for t in stored]
         return TransferPage(transfers=transfers, total=total, limit=limit, offset=offset)
+
+    def _current(self, stored: Transfer) -> Transfer:
+        """The freshest snapshot of a transfer the history holds an older one of."""
+        live = self._live.get(stored.id)
+        return live.transfer if live is not None else self._ending.get(stored.id, stored)
 
     def live(self) -> list[Transfer]:
         return [live.transfer for live in self._live.values()]
@@ -223,11 +211,14 @@ class TransferService:
             await asyncio.wait_for(live.done.wait(), timeout)
         return await self.get(transfer_id)
 
-    async def _locate(self, file: str) -> tuple[str, str, int | None, str | None]:
-        """(path for the source, file name at the recipients, size, BLAKE3) of ``file``."""
+    def _locate(self, file: str) -> LocatedFile:
+        """Where the source finds ``file``: a library file, else a path in its storage.
+        Reads the disk: runs in a worker thread."""
         if self._library.has(file):
-            described = await asyncio.to_thread(self._library.describe, file)
-            return str(self._library.path(file)), file, described.size, described.blake3
+            described = self._library.describe(file)
+            return LocatedFile(
+                str(self._library.path(file)), file, described.size, described.blake3
+            )
         relative = PurePosixPath(file)
         if relative.is_absolute() or ".." in relative.parts or not relative.parts:
             raise FileMissing(
@@ -238,17 +229,17 @@ class TransferService:
             name = check_file_name(relative.name)
         except BadFileName as exc:
             raise FileMissing(f"{file!r} is not in the library: {exc.message}") from exc
-        return str(relative), name, None, None
+        return LocatedFile(str(relative), name)
 
-    # ---- what the agents report ----------------------------------------------------------
+    # ---- what the agents report (AgentListener) -------------------------------------------
 
-    def _cluster_down(self, cluster: str, reason: str) -> None:
+    def on_cluster_down(self, cluster: str, reason: str) -> None:
         """A cluster was lost or disconnected: its transfers in flight fail with the reason."""
-        for live in [live for live in self._live.values() if cluster in live.clusters]:
+        for live in [live for live in self._live.values() if cluster in live.plan.clusters]:
             log.warning(
                 "transfer %s failed: cluster %s is down (%s)", live.transfer.id, cluster, reason
             )
-            self._finalize(
+            self._end(
                 live,
                 TransferFinished(
                     transfer_id=live.transfer.id,
@@ -258,171 +249,46 @@ class TransferService:
                 ),
             )
 
-    def _on_agent_message(self, message: AgentMessage) -> None:
-        if not isinstance(message, TransferProgress | RecipientFinished | TransferFinished):
-            return
+    def on_transfer_message(self, message: TransferMessage) -> None:
         live = self._live.get(message.transfer_id)
         if live is None:
             return
+        event: EventData | None
         if isinstance(message, TransferProgress):
-            self._progress(live, message)
+            event = live.state.progress(message)
         elif isinstance(message, RecipientFinished):
-            self._recipient_finished(live, message)
+            event = live.state.recipient_finished(message)
         else:
-            self._finished(live, message)
+            outcome = live.state.part_finished(message)
+            if outcome is not None:
+                self._end(live, outcome)
+            return
+        if event is not None:
+            self._events.publish(event)
 
-    def _sized(self, live: _Live, size: int) -> None:
-        if live.transfer.bytes_total != size:
-            self._update(
-                live, bytes_total=size, file=live.transfer.file.model_copy(update={"size": size})
-            )
+    def _end(self, live: _Live, outcome: TransferFinished) -> None:
+        snapshot = live.state.finish(outcome, datetime.now(timezone.utc))
+        del self._live[snapshot.id]
+        self._ending[snapshot.id] = snapshot
+        live.done.set()
+        saved = self._save(snapshot)
+        saved.add_done_callback(lambda _: self._ending.pop(snapshot.id, None))
+        saved.add_done_callback(_log_failure)
+        self._events.publish(TransferFinishedEvent(transfer=snapshot))
 
     def _save(self, snapshot: Transfer) -> asyncio.Future[None]:
         """Write to the history on one thread, so writes land in the order they were made."""
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self._history_writer, self._history.save, snapshot)
 
-    def _progress(self, live: _Live, message: TransferProgress) -> None:
-        self._sized(live, message.bytes_total)
-        for rid, done in message.bytes_done.items():
-            state = live.recipients.get(rid)
-            if state is not None and state.status in (
-                RecipientStatus.PENDING,
-                RecipientStatus.RUNNING,
-            ):
-                recipient_status = RecipientStatus.RUNNING if done else state.status
-                live.recipients[rid] = state.model_copy(
-                    update={"bytes_done": done, "status": recipient_status}
-                )
-        status = live.transfer.status
-        if status is TransferStatus.QUEUED and any(message.bytes_done.values()):
-            status = TransferStatus.RUNNING
-        self._update(live, status=status, recipients=dict(live.recipients))
-        self._events.publish(
-            "transfer_progress",
-            transfer_id=live.transfer.id,
-            bytes_total=live.transfer.bytes_total,
-            bytes_done=message.bytes_done,
-        )
-
-    def _recipient_finished(self, live: _Live, message: RecipientFinished) -> None:
-        if message.ok:
-            state = RecipientState(
-                status=RecipientStatus.COMPLETED,
-                bytes_done=live.transfer.bytes_total,
-                path=message.path,
-            )
-        else:
-            previous = live.recipients.get(message.recipient)
-            state = RecipientState(
-                status=RecipientStatus.FAILED,
-                bytes_done=previous.bytes_done if previous else 0,
-                error=message.error,
-            )
-        live.recipients[message.recipient] = state
-        self._update(live, recipients=dict(live.recipients))
-        kind = "recipient_completed" if message.ok else "recipient_failed"
-        self._events.publish(
-            kind,
-            transfer_id=live.transfer.id,
-            recipient=message.recipient,
-            recipient_state=state.model_dump(mode="json"),
-        )
-
-    def _finished(self, live: _Live, message: TransferFinished) -> None:
-        """One agent's part ended; the transfer ends when every part has."""
-        live.finished_parts.append(message)
-        if len(live.finished_parts) < len(live.clusters):
-            return
-        parts = live.finished_parts
-        errors = [p.error for p in parts if p.error]
-        self._finalize(
-            live,
-            TransferFinished(
-                transfer_id=message.transfer_id,
-                size=max(p.size for p in parts),
-                blake3=next((p.blake3 for p in parts if p.blake3), None),
-                cancelled=any(p.cancelled for p in parts),
-                error="; ".join(errors) or None,
-                chunks_resent=sum(p.chunks_resent for p in parts),
-            ),
-        )
-
-    def _finalize(self, live: _Live, message: TransferFinished) -> None:
-        """The transfer's final state from the outcome of all its parts."""
-        self._sized(live, message.size)
-        recipients = dict(live.recipients)
-        for rid, state in recipients.items():
-            if state.status in (RecipientStatus.PENDING, RecipientStatus.RUNNING):
-                recipients[rid] = state.model_copy(
-                    update={
-                        "status": RecipientStatus.CANCELLED
-                        if message.cancelled
-                        else RecipientStatus.FAILED,
-                        "error": None if message.cancelled else (message.error or "not finished"),
-                    }
-                )
-        ok = sum(1 for s in recipients.values() if s.status is RecipientStatus.COMPLETED)
-        if message.cancelled:
-            status = TransferStatus.CANCELLED
-        elif ok == len(recipients):
-            status = TransferStatus.COMPLETED
-        elif ok:
-            status = TransferStatus.PARTIALLY_FAILED
-        else:
-            status = TransferStatus.FAILED
-        finished = datetime.now(timezone.utc)
-        started = live.transfer.started_at or live.transfer.created_at
-        seconds = max((finished - started).total_seconds(), 1e-6)
-        delivered = ok * live.transfer.bytes_total
-        self._update(
-            live,
-            status=status,
-            recipients=recipients,
-            finished_at=finished,
-            throughput_bps=round(delivered / seconds, 1) if delivered else None,
-            file=live.transfer.file.model_copy(update={"blake3": message.blake3}),
-            chunks_resent=message.chunks_resent,
-            error=message.error,
-        )
-        del self._live[live.transfer.id]
-        live.done.set()
-        snapshot = live.transfer
-        self._save(snapshot).add_done_callback(_log_failure)
-        self._events.publish("transfer_finished", transfer=snapshot.model_dump(mode="json"))
-
-    def _update(self, live: _Live, **changes: object) -> None:
-        live.transfer = live.transfer.model_copy(update=changes)
-
     async def close(self) -> None:
         """At shutdown: what is still in flight is recorded as interrupted."""
         for live in list(self._live.values()):
-            self._update(
-                live,
-                status=TransferStatus.INTERRUPTED,
-                error="CastRay stopped while this transfer was in flight",
+            await self._save(
+                live.state.interrupt("CastRay stopped while this transfer was in flight")
             )
-            await self._save(live.transfer)
         self._live.clear()
         self._history_writer.shutdown(wait=True)
-
-
-def _split_by_cluster(
-    source: Node, recipients: list[Node]
-) -> tuple[list[Node], dict[str, list[Node]]]:
-    """Recipients in the source's cluster, and those of every other cluster."""
-    local = [r for r in recipients if r.cluster == source.cluster]
-    remote: dict[str, list[Node]] = {}
-    for node in recipients:
-        if node.cluster != source.cluster:
-            remote.setdefault(node.cluster, []).append(node)
-    return local, remote
-
-
-def _chain_order(recipients: list[Node]) -> list[Node]:
-    """Relay order: recipients on the same Ray node next to each other, so each hop between
-    hosts is crossed once."""
-    return sorted(recipients, key=lambda n: (n.address, n.ray_node_id, n.id))
 
 
 def _log_failure(future: asyncio.Future[None]) -> None:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from castray.config import Settings
+from castray.models import EventsDroppedEvent, HeartbeatEvent, SnapshotEvent
 from castray.server.deps import token_matches
 from castray.server.events import Event, EventHub, Subscription
 from castray.server.groups import GroupService
@@ -31,7 +31,6 @@ from castray.server.transfers import TransferService
 
 router = APIRouter()
 
-HEARTBEAT_EVERY = 15.0
 AUTH_TIMEOUT = 10.0
 """Seconds a client that gave no token in its handshake has to send its auth message."""
 UNAUTHORIZED = 4401
@@ -57,7 +56,7 @@ async def events(websocket: WebSocket) -> None:
         if settings.token is not None and given is None and not await _authenticated(websocket):
             await websocket.close(UNAUTHORIZED, "this server needs its token: send auth first")
             return
-        await _send(websocket, "snapshot", hub.last_seq, _snapshot(state), timeout)
+        await _send(websocket, hub.current(_snapshot(state)), timeout)
         await _stream(websocket, hub, subscription, timeout)
     except (WebSocketDisconnect, TimeoutError, RuntimeError):
         pass
@@ -94,7 +93,7 @@ async def _stream(
             getter = asyncio.create_task(subscription.queue.get())
             done, _ = await asyncio.wait(
                 {getter, closed, stopping},
-                timeout=HEARTBEAT_EVERY,
+                timeout=websocket.app.state.settings.ws_heartbeat_interval,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if stopping in done:
@@ -104,19 +103,13 @@ async def _stream(
             if getter not in done:
                 getter.cancel()
                 if not closed.done():
-                    await _send(websocket, "heartbeat", hub.last_seq, {}, timeout)
+                    await _send(websocket, hub.current(HeartbeatEvent()), timeout)
                 continue
             if subscription.lagged:
                 subscription.lagged = False
-                await _send(
-                    websocket,
-                    "events_dropped",
-                    hub.last_seq,
-                    {"reason": "client too slow"},
-                    timeout,
-                )
-            event: Event = getter.result()
-            await _send(websocket, event.type, event.seq, event.data, timeout, event.at)
+                dropped = EventsDroppedEvent(reason="client too slow")
+                await _send(websocket, hub.current(dropped), timeout)
+            await _send(websocket, getter.result(), timeout)
     finally:
         closed.cancel()
         stopping.cancel()
@@ -129,28 +122,21 @@ async def _until_closed(websocket: WebSocket) -> None:
             await websocket.receive_text()
 
 
-async def _send(
-    websocket: WebSocket,
-    kind: str,
-    seq: int,
-    data: dict[str, Any],
-    timeout: float,
-    at: float | None = None,
-) -> None:
-    message = {"type": kind, "seq": seq, "at": at or time.time(), "data": data}
+async def _send(websocket: WebSocket, event: Event, timeout: float) -> None:
+    message = {"type": event.type.value, "seq": event.seq, "at": event.at, "data": event.data}
     await asyncio.wait_for(websocket.send_json(message), timeout)
 
 
-def _snapshot(state: Any) -> dict[str, Any]:
+def _snapshot(state: Any) -> SnapshotEvent:
     registry: Registry = state.registry
     transfers: TransferService = state.transfers
     groups: GroupService = state.groups
-    return {
-        "clusters": [c.model_dump(mode="json") for c in registry.clusters()],
-        "nodes": [n.model_dump(mode="json") for n in registry.nodes()],
-        "transfers": [t.model_dump(mode="json") for t in transfers.live()],
-        "groups": [g.model_dump(mode="json") for g in groups.all()],
-    }
+    return SnapshotEvent(
+        clusters=registry.clusters(),
+        nodes=registry.nodes(),
+        transfers=transfers.live(),
+        groups=groups.all(),
+    )
 
 
 def _handshake_token(websocket: WebSocket) -> str | None:

@@ -1,0 +1,212 @@
+"""The state of one transfer, moved only along its allowed transitions. Pure: no Ray, no I/O;
+the transfer service feeds it what the agents report and publishes what it answers.
+
+    transfer   queued ──> running ──> completed | partially_failed | failed | cancelled
+                  └──────────────────> (any end)            interrupted (CastRay stopped)
+    recipient  pending ──> running ──> completed | failed | cancelled
+                  └──────────────────> (any end)
+
+An end is final: a report that arrives late (progress after a recipient finished, a second
+finish) changes nothing. Snapshots handed out are immutable ``Transfer`` objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TypeVar
+
+from castray.models import (
+    FileInfo,
+    RecipientCompletedEvent,
+    RecipientFailedEvent,
+    RecipientState,
+    RecipientStatus,
+    Transfer,
+    TransferProgressEvent,
+    TransferStatus,
+)
+from castray.protocol import RecipientFinished, TransferFinished, TransferProgress
+from castray.server.transfer_plan import TransferPlan
+
+_ENDS = frozenset(
+    {
+        TransferStatus.COMPLETED,
+        TransferStatus.PARTIALLY_FAILED,
+        TransferStatus.FAILED,
+        TransferStatus.CANCELLED,
+        TransferStatus.INTERRUPTED,
+    }
+)
+TRANSFER_NEXT: dict[TransferStatus, frozenset[TransferStatus]] = {
+    TransferStatus.QUEUED: _ENDS | {TransferStatus.RUNNING},
+    TransferStatus.RUNNING: _ENDS,
+    **{end: frozenset() for end in _ENDS},
+}
+_RECIPIENT_ENDS = frozenset(
+    {RecipientStatus.COMPLETED, RecipientStatus.FAILED, RecipientStatus.CANCELLED}
+)
+RECIPIENT_NEXT: dict[RecipientStatus, frozenset[RecipientStatus]] = {
+    RecipientStatus.PENDING: _RECIPIENT_ENDS | {RecipientStatus.RUNNING},
+    RecipientStatus.RUNNING: _RECIPIENT_ENDS,
+    **{end: frozenset() for end in _RECIPIENT_ENDS},
+}
+
+
+@dataclass
+class TransferState:
+    """One transfer in flight: its snapshot, and the parts (one per cluster) still running."""
+
+    transfer: Transfer
+    parts: int
+    finished_parts: list[TransferFinished] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, plan: TransferPlan, now: datetime) -> TransferState:
+        transfer = Transfer(
+            id=plan.transfer_id,
+            status=TransferStatus.QUEUED,
+            mode=plan.mode,
+            source_node=plan.source.id,
+            file=FileInfo(name=plan.file.name, size=plan.file.size or 0, blake3=plan.file.blake3),
+            recipients={
+                r.id: RecipientState(status=RecipientStatus.PENDING) for r in plan.recipients
+            },
+            bytes_total=plan.file.size or 0,
+            created_at=now,
+            started_at=now,
+        )
+        return cls(transfer, parts=len(plan.clusters))
+
+    @property
+    def finished(self) -> bool:
+        return self.transfer.status in _ENDS
+
+    # ---- what the agents report -------------------------------------------------------
+
+    def sized(self, size: int) -> None:
+        """The source opened the file: now its size is known."""
+        if self.transfer.bytes_total != size:
+            self._update(
+                bytes_total=size, file=self.transfer.file.model_copy(update={"size": size})
+            )
+
+    def progress(self, message: TransferProgress) -> TransferProgressEvent | None:
+        """Verified bytes per recipient; the first of them starts the transfer running."""
+        if self.finished:
+            return None
+        self.sized(message.bytes_total)
+        recipients = dict(self.transfer.recipients)
+        for rid, done in message.bytes_done.items():
+            state = recipients.get(rid)
+            if state is None or state.status in _RECIPIENT_ENDS:
+                continue
+            moved = _moved(state.status, RecipientStatus.RUNNING, RECIPIENT_NEXT)
+            recipients[rid] = state.model_copy(
+                update={"bytes_done": done, "status": moved if done else state.status}
+            )
+        status = self.transfer.status
+        if any(message.bytes_done.values()):
+            status = _moved(status, TransferStatus.RUNNING, TRANSFER_NEXT)
+        self._update(status=status, recipients=recipients)
+        return TransferProgressEvent(
+            transfer_id=self.transfer.id,
+            bytes_total=self.transfer.bytes_total,
+            bytes_done=message.bytes_done,
+        )
+
+    def recipient_finished(
+        self, message: RecipientFinished
+    ) -> RecipientCompletedEvent | RecipientFailedEvent | None:
+        """A recipient ended (its copy verified and in place, or failed with a reason)."""
+        previous = self.transfer.recipients.get(message.recipient)
+        if previous is None or self.finished:
+            return None
+        wanted = RecipientStatus.COMPLETED if message.ok else RecipientStatus.FAILED
+        if _moved(previous.status, wanted, RECIPIENT_NEXT) is not wanted:
+            return None
+        if message.ok:
+            state = RecipientState(
+                status=wanted, bytes_done=self.transfer.bytes_total, path=message.path
+            )
+        else:
+            state = RecipientState(
+                status=wanted, bytes_done=previous.bytes_done, error=message.error
+            )
+        self._update(recipients={**self.transfer.recipients, message.recipient: state})
+        kind = RecipientCompletedEvent if message.ok else RecipientFailedEvent
+        return kind(
+            transfer_id=self.transfer.id, recipient=message.recipient, recipient_state=state
+        )
+
+    def part_finished(self, message: TransferFinished) -> TransferFinished | None:
+        """One cluster's part ended; when all have, the outcome to ``finish`` with."""
+        self.finished_parts.append(message)
+        if len(self.finished_parts) < self.parts:
+            return None
+        parts = self.finished_parts
+        errors = [p.error for p in parts if p.error]
+        return TransferFinished(
+            transfer_id=message.transfer_id,
+            size=max(p.size for p in parts),
+            blake3=next((p.blake3 for p in parts if p.blake3), None),
+            cancelled=any(p.cancelled for p in parts),
+            error="; ".join(errors) or None,
+            chunks_resent=sum(p.chunks_resent for p in parts),
+        )
+
+    def finish(self, outcome: TransferFinished, now: datetime) -> Transfer:
+        """The final state from the outcome of all parts; recipients still open end with it."""
+        if self.finished:
+            return self.transfer
+        self.sized(outcome.size)
+        recipients = dict(self.transfer.recipients)
+        for rid, state in recipients.items():
+            if state.status in _RECIPIENT_ENDS:
+                continue
+            if outcome.cancelled:
+                recipients[rid] = state.model_copy(update={"status": RecipientStatus.CANCELLED})
+            else:
+                error = outcome.error or "not finished"
+                recipients[rid] = state.model_copy(
+                    update={"status": RecipientStatus.FAILED, "error": error}
+                )
+        ok = sum(1 for s in recipients.values() if s.status is RecipientStatus.COMPLETED)
+        if outcome.cancelled:
+            status = TransferStatus.CANCELLED
+        elif ok == len(recipients):
+            status = TransferStatus.COMPLETED
+        elif ok:
+            status = TransferStatus.PARTIALLY_FAILED
+        else:
+            status = TransferStatus.FAILED
+        started = self.transfer.started_at or self.transfer.created_at
+        seconds = max((now - started).total_seconds(), 1e-6)
+        delivered = ok * self.transfer.bytes_total
+        self._update(
+            status=_moved(self.transfer.status, status, TRANSFER_NEXT),
+            recipients=recipients,
+            finished_at=now,
+            throughput_bps=round(delivered / seconds, 1) if delivered else None,
+            file=self.transfer.file.model_copy(update={"blake3": outcome.blake3}),
+            chunks_resent=outcome.chunks_resent,
+            error=outcome.error,
+        )
+        return self.transfer
+
+    def interrupt(self, reason: str) -> Transfer:
+        """CastRay stopped while the transfer was in flight."""
+        if not self.finished:
+            self._update(status=TransferStatus.INTERRUPTED, error=reason)
+        return self.transfer
+
+    def _update(self, **changes: object) -> None:
+        self.transfer = self.transfer.model_copy(update=changes)
+
+
+S = TypeVar("S", TransferStatus, RecipientStatus)
+
+
+def _moved(current: S, wanted: S, allowed: dict[S, frozenset[S]]) -> S:
+    """``wanted`` if the move is allowed (or a no-op), else ``current``."""
+    return wanted if wanted == current or wanted in allowed[current] else current
