@@ -1,20 +1,25 @@
-"""Transfer throughput, fan-out cost and memory on a 3-node Ray cluster on this machine.
+"""Transfer speed, fan-out cost, egress and memory on a 3-node Ray cluster on this machine.
 
-Run from the repository root: ``.venv/bin/python -m benchmarks.transfer``.
+Run from the repository root: ``.venv/bin/python -m benchmarks.transfer`` (``--help``).
 
 A head and two workers, each its own raylet on its own loopback IP, and a real
-``castray serve --ray-address``; then, side by side in one run:
+``castray serve --ray-address``; then, side by side in one run, the contenders alternated
+over ``--reps`` repetitions (medians, with the range):
 
-- unicast of a 1 GiB random file between endpoints on two Ray nodes, against ``cp`` of the
-  same file (plus ``sync`` of the copy, since CastRay fsyncs) and raw Ray (the same bytes
-  ``ray.put`` in chunks on one node and ``ray.get`` on the other, no disk, no hashing);
-- broadcast of that file to the endpoints of the two other nodes, against as many parallel
-  ``cp``, and the source's egress (its ``bytes_sent`` counter) over the file size;
-- a 4 GiB unicast: peak object-store use (all nodes) and peak RSS of CastRay's processes;
-- 1,000 files of 64 KiB, unicast, 16 in flight: files per second.
+- unicast of a 1 GiB random file from the head's node to a worker's: the **bare pipe**
+  (``benchmarks/bare_pipe.py``: two processes on two loopback IPs, sendfile to recv_into,
+  BLAKE3, pwrite, fsync; the floor a Python data path should reach), ``cp`` + sync for
+  reference, raw Ray ``put``/``get`` (no disk, no hashing), CastRay with ``stream``, CastRay
+  with ``object-store``, and ``rsync`` to an rsync daemon on the worker's IP (whole file,
+  ``--fsync``; skipped when rsync is not installed: ``apt-get install rsync``);
+- broadcast of that file to both workers with ``stream``, against the ``stream`` unicast of
+  the same repetitions, and the source's egress (its ``bytes_sent`` counter) over the size;
+- a 4 GiB ``stream`` unicast: peak RSS of each endpoint actor and peak object-store use;
+- 1,000 files of 64 KiB, unicast, on each transport: files per second.
 
-Targets (issue #3): unicast >= 0.8x cp; broadcast <= 1.25x parallel cp; egress <= 1.5x;
-4 GiB with <= 512 MiB peak object store; >= 50 small files/s.
+Targets (issue #12): stream >= 0.9x the bare pipe and >= 2x object-store (stretch: faster
+than rsync); broadcast <= 1.3x the stream unicast; egress 1.0x; <= 256 MiB RSS per endpoint;
+>= 150 small files/s.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ import argparse
 import concurrent.futures
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +45,7 @@ import psutil
 from tests.harness import transfers as tx
 from tests.harness.raycluster import RayCluster, running_cluster
 from tests.harness.server import CastRayServer, start_server
+from tests.harness.waiting import free_port, wait_for
 
 HEAD, WORKER_A, WORKER_B = "127.0.0.20", "127.0.0.21", "127.0.0.22"
 SRC, DST_A, DST_B = f"home-{HEAD}", f"home-{WORKER_A}", f"home-{WORKER_B}"
@@ -45,26 +53,35 @@ CLIENT_THREADS = 8
 """Requests the small-files client keeps in flight (it shares the machine's two cores)."""
 GIB = 1024**3
 MIB = 1024**2
+ONE_GIB = "one-gib.bin"
+
+Rows = list[tuple[str, str, str]]
 
 
-def timed(action: Any) -> tuple[float, Any]:
-    """Seconds ``action`` takes, starting with no dirty pages left by the steps before."""
-    subprocess.run(["sync"], check=True)
+# ---- the contenders -----------------------------------------------------------------------
+
+
+def bare_pipe(source: Path, target: Path) -> float:
+    """Seconds the bare pipe takes from the connection to the fsync of the copy."""
+    command = [sys.executable, "-m", "benchmarks.bare_pipe"]
+    receiver = subprocess.Popen(
+        [*command, "recv", WORKER_A, str(target)], stdout=subprocess.PIPE, text=True
+    )
+    assert receiver.stdout is not None
+    port = receiver.stdout.readline().strip()
+    subprocess.run([*command, "send", HEAD, f"{WORKER_A}:{port}", str(source)], check=True)
+    seconds, _digest, size = receiver.stdout.readline().split()
+    assert receiver.wait() == 0 and int(size) == source.stat().st_size
+    target.unlink()
+    return float(seconds)
+
+
+def cp(source: Path, target: Path) -> float:
+    """Seconds for ``cp`` + ``sync`` of the copy (a page-cache copy, for reference)."""
     started = time.perf_counter()
-    result = action()
-    return time.perf_counter() - started, result
-
-
-def cp(source: Path, targets: list[Path]) -> float:
-    """Seconds for parallel ``cp`` + ``sync`` of each copy."""
-    subprocess.run(["sync"], check=True)
-    started = time.perf_counter()
-    procs = [subprocess.Popen(["sh", "-c", f'cp "{source}" "{t}" && sync "{t}"']) for t in targets]
-    for proc in procs:
-        assert proc.wait() == 0
+    subprocess.run(["sh", "-c", f'cp "{source}" "{target}" && sync "{target}"'], check=True)
     seconds = time.perf_counter() - started
-    for target in targets:
-        target.unlink()
+    target.unlink()
     return seconds
 
 
@@ -102,10 +119,9 @@ print(time.perf_counter() - start)
 
 
 def raw_ray(cluster: RayCluster, size: int) -> float:
-    env = cluster.env()
     out = subprocess.run(
         [sys.executable, "-c", RAW_RAY, cluster.address, HEAD, WORKER_A, str(size)],
-        env=env,
+        env=cluster.env(),
         capture_output=True,
         text=True,
         check=True,
@@ -113,14 +129,151 @@ def raw_ray(cluster: RayCluster, size: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-class Sampler:
-    """Peak object-store use (sum over nodes) and peak private RSS of CastRay's processes."""
+class RsyncDaemon:
+    """``rsync --daemon`` on the worker's IP, writing into ``root/rsync``."""
 
-    def __init__(self, cluster: RayCluster, server: CastRayServer) -> None:
+    def __init__(self, root: Path) -> None:
+        self.target = root / "rsync"
+        self.target.mkdir()
+        self.port = free_port()
+        config = root / "rsyncd.conf"
+        config.write_text(
+            f"use chroot = no\nuid = root\ngid = root\n[bench]\npath = {self.target}\n"
+            "read only = no\n"
+        )
+        self._process = subprocess.Popen(
+            [
+                *("rsync", "--daemon", "--no-detach", f"--address={WORKER_A}"),
+                *(f"--port={self.port}", f"--config={config}"),
+            ],
+            start_new_session=True,
+        )
+
+    def send(self, source: Path) -> float:
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                *("rsync", "--whole-file", "--fsync", f"--address={HEAD}", str(source)),
+                f"rsync://{WORKER_A}:{self.port}/bench/",
+            ],
+            check=True,
+        )
+        seconds = time.perf_counter() - started
+        (self.target / source.name).unlink()
+        return seconds
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+
+
+def castray(server: CastRayServer, transport: str, **body: Any) -> float:
+    """Seconds from the transfer's creation to its last verified commit (server clock)."""
+    subprocess.run(["sync"], check=True)
+    done = tx.send(server, source_node=SRC, file=ONE_GIB, transport=transport, timeout=900, **body)
+    assert done["status"] == "completed", done
+    assert done["transport"] == transport, done
+    return _seconds(done)
+
+
+def _seconds(done: dict[str, Any]) -> float:
+    created = datetime.fromisoformat(done["created_at"])
+    return (datetime.fromisoformat(done["finished_at"]) - created).total_seconds()
+
+
+# ---- the measurements ---------------------------------------------------------------------
+
+
+def alternate(contenders: dict[str, Callable[[], float]], reps: int) -> dict[str, list[float]]:
+    """Each contender once per repetition, the order turned by one each time."""
+    names = list(contenders)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(reps):
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            subprocess.run(["sync"], check=True)
+            samples[name].append(contenders[name]())
+            print(f"  rep {rep + 1}: {name}: {samples[name][-1]:.2f} s", file=sys.stderr)
+    return samples
+
+
+def measure_one_gib(
+    cluster: RayCluster, server: CastRayServer, root: Path, reps: int
+) -> tuple[Rows, float]:
+    library_file = server.data_dir / "library" / ONE_GIB
+    contenders: dict[str, Callable[[], float]] = {
+        "bare pipe": lambda: bare_pipe(library_file, root / "pipe-copy"),
+        "cp + sync": lambda: cp(library_file, root / "cp-copy"),
+        "raw Ray put/get": lambda: raw_ray(cluster, GIB),
+        "CastRay stream": lambda: castray(server, "stream", recipients=[DST_A]),
+        "CastRay object-store": lambda: castray(server, "object-store", recipients=[DST_A]),
+        "CastRay stream broadcast to 2": lambda: castray(server, "stream", mode="broadcast"),
+    }
+    rsync = RsyncDaemon(root) if shutil.which("rsync") else None
+    if rsync is not None:
+        contenders["rsync to a daemon"] = lambda: rsync.send(library_file)
+    try:
+        samples = alternate(contenders, reps)
+    finally:
+        if rsync is not None:
+            rsync.stop()
+    median = {name: statistics.median(s) for name, s in samples.items()}
+    mb = GIB / MIB
+    rows: Rows = []
+    for name, seconds in samples.items():
+        if "broadcast" in name:
+            continue
+        low, high = mb / max(seconds), mb / min(seconds)
+        rows.append(
+            (f"unicast 1 GiB: {name}", f"{mb / median[name]:.0f} MB/s", f"{low:.0f} to {high:.0f}")
+        )
+    if rsync is None:
+        rows.append(("unicast 1 GiB: rsync to a daemon", "skipped", "apt-get install rsync"))
+
+    def ratio(name: str, faster: str, slower: str, target: str) -> None:
+        if faster in median and slower in median:
+            rows.append((name, f"{median[slower] / median[faster]:.2f}x", target))
+
+    ratio("stream / bare pipe", "CastRay stream", "bare pipe", "target >= 0.9x")
+    ratio("stream / object-store", "CastRay stream", "CastRay object-store", "target >= 2x")
+    ratio("stream / rsync", "CastRay stream", "rsync to a daemon", "stretch > 1x")
+    ratio("stream / raw Ray", "CastRay stream", "raw Ray put/get", "")
+    broadcast = median["CastRay stream broadcast to 2"]
+    rows.append(("broadcast 1 GiB to 2: stream", f"{broadcast:.1f} s", ""))
+    rows.append(
+        (
+            "broadcast / stream unicast",
+            f"{broadcast / median['CastRay stream']:.2f}x",
+            "target <= 1.3x",
+        )
+    )
+    return rows, median["CastRay stream"]
+
+
+def measure_egress(server: CastRayServer) -> Rows:
+    before = server.nodes()[SRC]["counters"]["bytes_sent"]
+    done = tx.send(server, source_node=SRC, file=ONE_GIB, mode="broadcast", timeout=900)
+    assert done["status"] == "completed", done
+    egress = wait_for(
+        lambda: server.nodes()[SRC]["counters"]["bytes_sent"] - before or None,
+        30,
+        "the source's counter",
+    )
+    return [
+        (
+            f"source egress / file, broadcast to {len(done['recipients'])}",
+            f"{egress / GIB:.2f}x",
+            "target 1.0x",
+        )
+    ]
+
+
+class Sampler:
+    """Peak RSS of each endpoint actor, and peak object-store use (sum over nodes)."""
+
+    def __init__(self, cluster: RayCluster) -> None:
         self._cluster = cluster
-        self._server_pid = server.process.pid
         self.peak_store = 0
-        self.peak_rss = 0
+        self.peak_rss: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -143,34 +296,51 @@ class Sampler:
                 self.peak_store = max(self.peak_store, used)
             except (httpx.HTTPError, KeyError, ValueError):
                 pass
-            self.peak_rss = max(self.peak_rss, self._castray_rss())
-            self._stop.wait(0.2)
-
-    def _castray_rss(self) -> int:
-        total = 0
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            try:
-                cmd = " ".join(proc.info["cmdline"] or [])
-                ours = proc.info["pid"] == self._server_pid or "castray.agent" in cmd
-                if ours or cmd.startswith("ray::Endpoint"):
-                    # Private memory: the object store's shared pages are counted above.
-                    info = proc.memory_info()
-                    total += info.rss - info.shared
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        return total
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                try:
+                    if " ".join(proc.info["cmdline"] or []).startswith("ray::Endpoint"):
+                        rss = proc.memory_info().rss
+                        self.peak_rss[proc.pid] = max(self.peak_rss.get(proc.pid, 0), rss)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+            self._stop.wait(0.1)
 
 
-def small_files(server: CastRayServer, count: int, size: int) -> float:
+def measure_big(cluster: RayCluster, server: CastRayServer, size: str) -> Rows:
+    big = tx.generate(server, "big.bin", size, "pattern")
+    with Sampler(cluster) as sampler:
+        subprocess.run(["sync"], check=True)
+        done = tx.send(server, source_node=SRC, file="big.bin", recipients=[DST_B], timeout=1800)
+    assert done["status"] == "completed", done
+    return [
+        (
+            f"unicast {size}: CastRay {done['transport']}",
+            f"{big['size'] / MIB / _seconds(done):.0f} MB/s",
+            "",
+        ),
+        (
+            "peak RSS of an endpoint actor",
+            f"{max(sampler.peak_rss.values()) / MIB:.0f} MiB",
+            "target <= 256 MiB",
+        ),
+        ("peak object store (all nodes)", f"{sampler.peak_store / MIB:.0f} MiB", "stream: none"),
+    ]
+
+
+def small_files(server: CastRayServer, count: int, transport: str) -> float:
     """Files per second, from the first request to the last file committed (server clock)."""
-    payload = os.urandom(size)
+    payload = os.urandom(64 * 1024)
     for i in range(count):
         tx.upload_bytes(server, f"small-{i:04d}.bin", payload)
-
     client = server.client()
 
     def one(i: int) -> str:
-        body = {"source_node": SRC, "file": f"small-{i:04d}.bin", "recipients": [DST_A]}
+        body = {
+            "source_node": SRC,
+            "file": f"small-{i:04d}.bin",
+            "recipients": [DST_A],
+            "transport": transport,
+        }
         response = client.post("/api/transfers", json=body)
         assert response.status_code == 202, response.text
         return str(response.json()["transfer_id"])
@@ -184,75 +354,12 @@ def small_files(server: CastRayServer, count: int, size: int) -> float:
     return count / (last - started)
 
 
-Rows = list[tuple[str, str, str]]
-
-
-def measure_unicast(cluster: RayCluster, server: CastRayServer, root: Path) -> Rows:
-    library_file = server.data_dir / "library" / "one-gib.bin"
-    mb = GIB / MIB
-    seconds, done = timed(
-        lambda: tx.send(
-            server, source_node=SRC, file="one-gib.bin", recipients=[DST_A], timeout=900
-        )
-    )
-    assert done["status"] == "completed", done
-    cp_seconds = cp(library_file, [root / "copy-1"])
-    raw_seconds = raw_ray(cluster, GIB)
-    return [
-        ("unicast 1 GiB: CastRay", f"{mb / seconds:.0f} MB/s", ""),
-        ("unicast 1 GiB: cp + sync", f"{mb / cp_seconds:.0f} MB/s", ""),
-        ("unicast 1 GiB: raw Ray put/get", f"{mb / raw_seconds:.0f} MB/s", ""),
-        ("CastRay / cp", f"{cp_seconds / seconds:.2f}x", "target >= 0.8x"),
-        ("CastRay / raw Ray", f"{raw_seconds / seconds:.2f}x", ""),
-    ]
-
-
-def measure_broadcast(server: CastRayServer, root: Path) -> Rows:
-    library_file = server.data_dir / "library" / "one-gib.bin"
-    sent_before = server.nodes()[SRC]["counters"]["bytes_sent"]
-    seconds, done = timed(
-        lambda: tx.send(server, source_node=SRC, file="one-gib.bin", mode="broadcast", timeout=900)
-    )
-    assert done["status"] == "completed", done
-    time.sleep(1.5)  # counters arrive with the agent's next endpoint update
-    egress = server.nodes()[SRC]["counters"]["bytes_sent"] - sent_before
-    recipients = len(done["recipients"])
-    cp_seconds = cp(library_file, [root / f"copy-{i}" for i in range(recipients)])
-    return [
-        (f"broadcast 1 GiB to {recipients}: CastRay", f"{seconds:.1f} s", ""),
-        (f"broadcast: {recipients} parallel cp + sync", f"{cp_seconds:.1f} s", ""),
-        ("broadcast time / parallel cp", f"{seconds / cp_seconds:.2f}x", "target <= 1.25x"),
-        ("source egress / file size", f"{egress / GIB:.2f}x", "target <= 1.5x"),
-    ]
-
-
-def measure_big(cluster: RayCluster, server: CastRayServer, size: str) -> Rows:
-    big = tx.generate(server, "big.bin", size, "pattern")
-    with Sampler(cluster, server) as sampler:
-        seconds, done = timed(
-            lambda: tx.send(
-                server, source_node=SRC, file="big.bin", recipients=[DST_B], timeout=1800
-            )
-        )
-    assert done["status"] == "completed", done
-    return [
-        (f"unicast {size}: CastRay", f"{big['size'] / MIB / seconds:.0f} MB/s", ""),
-        (
-            "peak object store (all nodes)",
-            f"{sampler.peak_store / MIB:.0f} MiB",
-            "target <= 512 MiB",
-        ),
-        ("peak private RSS, CastRay processes", f"{sampler.peak_rss / MIB:.0f} MiB", ""),
-    ]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of each contender")
     parser.add_argument("--big", default="4GB", help="size of the memory-bound unicast")
     parser.add_argument("--small-files", type=int, default=1000)
-    parser.add_argument(
-        "--parts", default="unicast,broadcast,big,small", help="which measurements to run"
-    )
+    parser.add_argument("--parts", default="one-gib,egress,big,small", help="what to measure")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
 
@@ -263,23 +370,24 @@ def main() -> None:
             server = start_server(root / "data", "--ray-address", cluster.address)
             try:
                 server.wait_alive(3)
-                if parts & {"unicast", "broadcast"}:
-                    tx.generate(server, "one-gib.bin", "1GB", "random")
-                if "unicast" in parts:
-                    rows += measure_unicast(cluster, server, root)
-                if "broadcast" in parts:
-                    rows += measure_broadcast(server, root)
+                if parts & {"one-gib", "egress"}:
+                    tx.generate(server, ONE_GIB, "1GB", "random")
+                if "one-gib" in parts:
+                    rows += measure_one_gib(cluster, server, root, args.reps)[0]
+                if "egress" in parts:
+                    rows += measure_egress(server)
                 if "big" in parts:
                     rows += measure_big(cluster, server, args.big)
                 if "small" in parts:
-                    rate = small_files(server, args.small_files, 64 * 1024)
-                    rows.append(
-                        (
-                            f"{args.small_files} files of 64 KiB, unicast",
-                            f"{rate:.0f} files/s",
-                            "target >= 50",
+                    for transport in ("stream", "object-store"):
+                        rate = small_files(server, args.small_files, transport)
+                        rows.append(
+                            (
+                                f"{args.small_files} files of 64 KiB: {transport}",
+                                f"{rate:.0f} files/s",
+                                "target >= 150" if transport == "stream" else "",
+                            )
                         )
-                    )
             finally:
                 server.stop()
     finally:
@@ -287,11 +395,11 @@ def main() -> None:
         print_table(rows)
 
 
-def print_table(rows: list[tuple[str, str, str]]) -> None:
+def print_table(rows: Rows) -> None:
     if not rows:
         return
     width = max(len(r[0]) for r in rows)
-    print(f"\n| {'measure':<{width}} | {'result':>12} | {'':<18} |")
+    print(f"\n| {'measure':<{width}} | {'median':>12} | {'range / target':<18} |")
     print(f"|{'-' * (width + 2)}|{'-' * 14}|{'-' * 20}|")
     for name, value, note in rows:
         print(f"| {name:<{width}} | {value:>12} | {note:<18} |")

@@ -32,6 +32,7 @@ from castray.models import (
     Transfer,
     TransferAccepted,
     TransferPage,
+    Transport,
     UploadResult,
 )
 
@@ -110,9 +111,13 @@ class Client:
         file: str,
         recipients: list[str] | None = None,
         group: str | None = None,
+        transport: Transport | None = None,
     ) -> TransferAccepted:
-        """Unicast/multicast to ``recipients``, multicast to ``group``, or else broadcast."""
+        """Unicast/multicast to ``recipients``, multicast to ``group``, or else broadcast;
+        over ``transport``, or the server's default one."""
         body: dict[str, Any] = {"source_node": source, "file": file}
+        if transport is not None:
+            body["transport"] = transport.value
         if group:
             body |= {"mode": "multicast", "group": group}
         elif recipients:

@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from castray.errors import InvalidRequest
+from castray.models import Transport
 
 
 def default_data_dir() -> Path:
@@ -87,6 +88,20 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024, description="Bytes per chunk."
     )
     transfer_window: int = Field(8, ge=1, le=64, description="Chunks in flight per transfer.")
+    transport: Transport = Field(
+        Transport.STREAM,
+        description="How bytes travel unless a transfer says: stream or object-store.",
+    )
+    data_ports: tuple[int, int] | None = Field(
+        None,
+        description="Port range of the endpoints' data ports (first, last); none: any free port.",
+    )
+    data_connect_timeout: float = Field(
+        3.0,
+        gt=0,
+        description="Seconds a data connection gets; a link that cannot be made in "
+        "that time makes a transfer fall back to the object store.",
+    )
     upload_limit_bytes: int = Field(
         1024**4, ge=0, description="Largest upload accepted (413 beyond)."
     )

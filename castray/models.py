@@ -89,6 +89,9 @@ class EndpointState(Snapshot):
     kind: NodeKind
     resources: dict[str, float] = Field(default_factory=dict)
     storage_dir: str
+    data_address: str | None = Field(
+        None, description="Where the endpoint takes data streams (host:port on its node)."
+    )
     counters: NodeCounters = Field(default_factory=NodeCounters)
 
 
@@ -216,6 +219,14 @@ class GeneratedFile(Snapshot):
 # ---- transfers -----------------------------------------------------------------------
 
 
+class Transport(str, Enum):
+    """How a transfer's bytes travel: ``stream`` (TCP between endpoints) or ``object-store``
+    (chunks through Ray's object store)."""
+
+    STREAM = "stream"
+    OBJECT_STORE = "object-store"
+
+
 class TransferMode(str, Enum):
     UNICAST = "unicast"
     MULTICAST = "multicast"
@@ -256,6 +267,9 @@ class TransferCreate(BaseModel):
     mode: TransferMode = TransferMode.UNICAST
     recipients: list[str] | None = None
     group: str | None = None
+    transport: Transport | None = Field(
+        None, description="stream or object-store; the server's setting when omitted."
+    )
 
 
 class TransferAccepted(Snapshot):
@@ -291,6 +305,10 @@ class Transfer(Snapshot):
     finished_at: datetime | None = None
     throughput_bps: float | None = None
     chunks_resent: int = Field(0, description="Chunks sent again after a failed check.")
+    transport: Transport = Transport.STREAM
+    transport_note: str | None = Field(
+        None, description="Why the transfer did not take the transport asked for."
+    )
     error: str | None = None
 
 

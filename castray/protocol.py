@@ -13,7 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from castray.models import EndpointState, RayClusterState, ReceivedMessage, SentMessage
+from castray.models import (
+    EndpointState,
+    RayClusterState,
+    ReceivedMessage,
+    SentMessage,
+    Transport,
+)
 
 
 class _Message(BaseModel):
@@ -31,6 +37,8 @@ class AgentTunables(_Message):
     endpoint_probe_interval: float = 5.0
     messages_kept: int = 1000
     stream_timeout: float = 120.0
+    data_ports: tuple[int, int] | None = None
+    data_connect_timeout: float = 3.0
 
 
 class AgentConfig(_Message):
@@ -74,12 +82,23 @@ class Shutdown(_Message):
     op: Literal["shutdown"] = "shutdown"
 
 
+class StreamPlan(_Message):
+    """What every part of a ``stream`` transfer shares: the file's manifest (each chunk's
+    BLAKE3, hex), the per-transfer secret its data connections present, and where the last
+    recipient of this part passes the stream on (the next cluster's first recipient)."""
+
+    size: int
+    manifest: list[str]
+    secret: str
+    downstream: str | None = None
+
+
 class StartTransfer(_Message):
     """Send one file from ``source`` to ``recipients``, relayed along them in this order.
 
-    The reply comes once the source has opened the file (its size, or the error); the
-    transfer then runs on and reports with ``TransferProgress`` / ``RecipientFinished`` /
-    ``TransferFinished``.
+    The reply comes once the source has opened the file (its size, or the error) and, for a
+    stream, every recipient's sink here is open; the transfer then runs on and reports with
+    ``TransferProgress`` / ``RecipientFinished`` / ``TransferFinished``.
     """
 
     op: Literal["start_transfer"] = "start_transfer"
@@ -91,15 +110,18 @@ class StartTransfer(_Message):
     expected_blake3: str | None = None
     chunk_size: int
     window: int
+    transport: Transport = Transport.OBJECT_STORE
+    stream: StreamPlan | None = None
     exports: list[tuple[str, int]] = Field(
         default_factory=list, description="Agents of other clusters to stream each chunk to."
     )
 
 
 class ImportTransfer(_Message):
-    """Receive a transfer from another cluster's agent: listen, then relay to ``recipients``.
-
-    The reply is the address to stream to; the run starts once the reply is sent."""
+    """Receive a transfer from another cluster: for ``object-store``, listen for its agent's
+    stream (the reply is the address to stream to); for ``stream``, open the sinks of
+    ``recipients`` (linked in this order) on their data ports. The run starts once the reply
+    is sent."""
 
     op: Literal["import_transfer"] = "import_transfer"
     transfer_id: str
@@ -110,6 +132,25 @@ class ImportTransfer(_Message):
     expected_blake3: str | None = None
     chunk_size: int
     window: int
+    transport: Transport = Transport.OBJECT_STORE
+    stream: StreamPlan | None = None
+
+
+class ReadManifest(_Message):
+    """A file's size, chunks' BLAKE3 and whole BLAKE3 as its endpoint reads it (a file in the
+    endpoint's storage, before a stream is planned)."""
+
+    op: Literal["read_manifest"] = "read_manifest"
+    endpoint_id: str
+    path: str
+    chunk_size: int
+
+
+class ProbeLinks(_Message):
+    """Can each endpoint open a data connection to the address it is paired with?"""
+
+    op: Literal["probe_links"] = "probe_links"
+    links: list[tuple[str, str]]
 
 
 class ProbeFile(_Message):
@@ -140,16 +181,21 @@ class ReadMessages(_Message):
     count: int
 
 
-class InjectCorruption(_Message):
-    """Fault injection for tests: the endpoint flips a byte in its next ``count`` chunks."""
+class InjectFaults(_Message):
+    """Fault injection for tests: the endpoint flips a byte in its next ``corrupt_chunks``
+    chunks; with ``refuse_data_connections`` set, its data port drops every connection (or,
+    when false, accepts them again)."""
 
-    op: Literal["inject_corruption"] = "inject_corruption"
+    op: Literal["inject_faults"] = "inject_faults"
     endpoint_id: str
-    count: int
+    corrupt_chunks: int = 0
+    refuse_data_connections: bool | None = None
 
 
 Operation = Annotated[
-    CreateEndpoint
+    ReadManifest
+    | ProbeLinks
+    | CreateEndpoint
     | RemoveEndpoint
     | Shutdown
     | StartTransfer
@@ -158,7 +204,7 @@ Operation = Annotated[
     | CancelTransfer
     | DeliverMessage
     | ReadMessages
-    | InjectCorruption,
+    | InjectFaults,
     Field(discriminator="op"),
 ]
 
@@ -199,6 +245,20 @@ class FileSize(_Message):
     """``ProbeFile``: the size of the file on the endpoint."""
 
     size: int
+
+
+class ManifestRead(_Message):
+    """``ReadManifest``: the file as its endpoint read it."""
+
+    size: int
+    manifest: list[str]
+    blake3: str
+
+
+class LinksProbed(_Message):
+    """``ProbeLinks``: why each link that cannot be made cannot, by ``"from -> address"``."""
+
+    failures: dict[str, str]
 
 
 class Delivered(_Message):

@@ -5,21 +5,27 @@ no CPU, so it never competes with the cluster's own work for scheduling. Its met
 that node: reading a file being sent, writing, verifying and committing a file being
 received, relaying chunks down a multicast chain, and keeping received messages.
 
-Methods run one at a time in submission order (Ray's default group), which the relay relies
-on; two groups of their own keep slow or urgent work out of that line: ``commit`` (fsync and
-the final check, several at once) and ``control`` (liveness probes and messages, never
-queued behind a file's chunks).
+Two transports move a file's bytes. ``stream`` (the default): the endpoint's data port
+takes TCP streams from other endpoints, and its sinks and senders (``streams.py``) do the
+work on their own threads; Ray carries only the calls that open, link, watch and commit.
+``object-store``: chunks travel as NumPy ``uint8`` arrays through Ray's object store (Ray
+hands them over without a copy; ``os.pwrite`` and BLAKE3 take them as buffers).
 
-Chunks travel as NumPy ``uint8`` arrays: Ray hands them to the receiver straight out of the
-object store, without a copy, and ``os.pwrite`` and BLAKE3 take them as buffers.
+Methods run one at a time in submission order (Ray's default group), which the object-store
+relay relies on; groups of their own keep other work out of that line: ``commit`` (fsync and
+the final check), ``control`` (liveness probes, status, messages: never queued behind a
+file's chunks), ``stream`` (opening and linking stream sinks) and ``send`` (streams being
+sent: each call lasts as long as its stream).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,7 @@ import blake3
 import numpy as np
 import ray
 
+from castray.agent import streams
 from castray.agent.outcomes import ChunkOutcome, ChunkStatus, CommitOutcome, EndpointFacts
 from castray.chunks import HASH_THREADS, file_blake3
 
@@ -68,14 +75,19 @@ class _Sink:
 class Endpoint:
     """State that lives on the endpoint's node; methods run there, one at a time."""
 
-    def __init__(self, endpoint_id: str, storage_dir: str, messages_kept: int) -> None:
+    def __init__(self, endpoint_id: str, storage_dir: str, options: EndpointOptions) -> None:
         self.endpoint_id = endpoint_id
         self.storage_dir = Path(storage_dir)
         self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self._options = options
         self._sources: dict[str, _Source] = {}
         self._sinks: dict[str, _Sink] = {}
-        self._messages: deque[dict[str, Any]] = deque(maxlen=messages_kept)
+        self._messages: deque[dict[str, Any]] = deque(maxlen=options.messages_kept)
         self._corrupt_next = 0
+        self._port = streams.DataPort(
+            ray.util.get_node_ip_address(), options.data_ports, options.connect_timeout
+        )
+        self._sending: dict[str, threading.Event] = {}
 
     @ray.method(concurrency_group="control")
     def describe(self) -> EndpointFacts:
@@ -86,6 +98,7 @@ class Endpoint:
             address=ray.util.get_node_ip_address(),
             pid=os.getpid(),
             storage_dir=str(self.storage_dir),
+            data_address=self._port.address,
         )
 
     # ---- sending -------------------------------------------------------------------
@@ -182,40 +195,160 @@ class Endpoint:
 
     @ray.method(concurrency_group="commit")
     def commit_sink(self, transfer_id: str, expected: str) -> CommitOutcome:
-        """fsync, check the whole file's BLAKE3 on disk, then rename it into place."""
+        """fsync, check the whole file's BLAKE3, then rename it into place (either transport).
+
+        Bytes that came in order were hashed as they arrived; a chunk sent again breaks the
+        order, and then the file is read back from disk and hashed whole.
+        """
+        stream = self._port.unregister(transfer_id)
+        if stream is not None:
+            if not stream.complete():
+                stream.close()
+                stream.temp.unlink(missing_ok=True)
+                return CommitOutcome(False, error="not every chunk arrived verified")
+            stream.close(keep_fd=True)
+            return _commit(stream.fd, stream.temp, stream.final, stream.whole_digest, expected)
         sink = self._sinks.pop(transfer_id, None)
         if sink is None:
             return CommitOutcome(False, error="the transfer is not open here")
-        try:
-            os.fsync(sink.fd)
-        except OSError as exc:
-            self._discard(sink)
-            return CommitOutcome(False, error=f"fsync failed: {exc.strerror or exc}")
-        os.close(sink.fd)
-        # Chunks that came in order were hashed as they were written; a retried chunk breaks
-        # the order, and then the file is read back and hashed whole.
-        actual = sink.running.digest(sink.size) or file_blake3(sink.temp)
-        if actual != expected:
-            sink.temp.unlink(missing_ok=True)
-            return CommitOutcome(False, error=f"whole-file BLAKE3 {actual} is not {expected}")
-        sink.temp.replace(sink.final)
-        _fsync_dir(sink.final.parent)
-        return CommitOutcome(True, path=str(sink.final))
+        return _commit(
+            sink.fd,
+            sink.temp,
+            sink.final,
+            lambda: sink.running.digest(sink.size) or file_blake3(sink.temp),
+            expected,
+        )
 
+    # ---- the stream transport ---------------------------------------------------------
+
+    @ray.method(concurrency_group="control")
+    def probe_link(self, address: str) -> str | None:
+        """Whether this endpoint can open a data connection to ``address`` (None), or why not."""
+        try:
+            streams.probe(address, self._options.connect_timeout)
+        except streams.StreamError as exc:
+            return str(exc)
+        return None
+
+    @ray.method(concurrency_group="stream")
+    def manifest_of(self, path: str, chunk_size: int) -> Manifest:
+        """What a receiver checks a file against: its chunks' and its whole BLAKE3 (one read)."""
+        return manifest_of(self._source_path(path), chunk_size)
+
+    @ray.method(concurrency_group="stream")
+    def open_stream_sink(
+        self,
+        transfer_id: str,
+        name: str,
+        size: int,
+        chunk_size: int,
+        manifest: list[bytes],
+        secret: bytes,
+        downstream: str | None,
+    ) -> str:
+        """Get ready to receive a transfer on the data port; returns the final path."""
+        sink = streams.StreamSink(
+            transfer_id=transfer_id,
+            temp=self.storage_dir / f".{name}.{transfer_id}.part",
+            final=self.storage_dir / name,
+            size=size,
+            chunk_size=chunk_size,
+            manifest=manifest,
+            secret=secret,
+            downstream=downstream,
+            stall_timeout=self._options.stall_timeout,
+            connect_timeout=self._options.connect_timeout,
+            corrupt_next=self._take_corruption,
+        )
+        sink.open()
+        self._port.register(sink)
+        return str(sink.final)
+
+    @ray.method(concurrency_group="watch")
+    def sink_status(self, transfer_id: str, wait: float = 0.0) -> streams.SinkStatus | None:
+        """The sink's status, after up to ``wait`` seconds for it to settle."""
+        sink = self._port.sink(transfer_id)
+        return sink.status(wait) if sink is not None else None
+
+    @ray.method(concurrency_group="stream")
+    def relink(self, transfer_id: str, downstream: str | None) -> None:
+        """Streams that start from now on are passed on to ``downstream``."""
+        sink = self._port.sink(transfer_id)
+        if sink is not None:
+            sink.relink(downstream)
+
+    @ray.method(concurrency_group="send")
+    def send_stream(
+        self,
+        transfer_id: str,
+        path: str | None,
+        target: str,
+        secret: bytes,
+        chunks: list[tuple[int, int, int]],
+        forward: bool,
+    ) -> int:
+        """Stream ``chunks`` of a file to ``target``, returning when they are all sent: the
+        file at ``path``, or (None) what this endpoint received of the transfer so far (a
+        survivor sends on what its downstream lacks). The bytes sent."""
+        if path is None:
+            sink = self._port.sink(transfer_id)
+            if sink is None:
+                raise FileNotFoundError(f"transfer {transfer_id} is not open here")
+            source = sink.temp
+        else:
+            source = self._source_path(path)
+        stop = self._sending.setdefault(transfer_id, threading.Event())
+        with source.open("rb") as file:
+            return streams.send(
+                file,
+                target,
+                transfer_id,
+                secret,
+                chunks,
+                forward,
+                self._options.connect_timeout,
+                self._options.stall_timeout,
+                stop,
+            )
+
+    @ray.method(concurrency_group="stream")
+    def stop_sending(self, transfer_id: str) -> None:
+        stop = self._sending.pop(transfer_id, None)
+        if stop is not None:
+            stop.set()
+
+    def _take_corruption(self) -> bool:
+        if self._corrupt_next > 0:
+            self._corrupt_next -= 1
+            return True
+        return False
+
+    @ray.method(concurrency_group="stream")
     def abort_sink(self, transfer_id: str) -> None:
-        """Drop a transfer's partial file; nothing of it stays."""
+        """Drop a transfer's partial file (either transport's); nothing of it stays."""
         sink = self._sinks.pop(transfer_id, None)
         if sink is not None:
             self._discard(sink)
+        stream = self._port.unregister(transfer_id)
+        if stream is not None:
+            stream.close()
+            stream.temp.unlink(missing_ok=True)
+        stop = self._sending.pop(transfer_id, None)
+        if stop is not None:
+            stop.set()
 
     def _discard(self, sink: _Sink) -> None:
         with contextlib.suppress(OSError):
             os.close(sink.fd)
         sink.temp.unlink(missing_ok=True)
 
-    def corrupt_next_chunks(self, count: int) -> None:
-        """Fault injection for tests: flip a byte in the next ``count`` received chunks."""
-        self._corrupt_next = count
+    @ray.method(concurrency_group="control")
+    def inject_faults(self, corrupt_chunks: int, refuse_data_connections: bool | None) -> None:
+        """Fault injection for tests: flip a byte in the next ``corrupt_chunks`` received
+        chunks; refuse (or accept again) every data connection."""
+        self._corrupt_next = corrupt_chunks
+        if refuse_data_connections is not None:
+            self._port.refusing = refuse_data_connections
 
     # ---- messages ------------------------------------------------------------------
 
@@ -227,6 +360,65 @@ class Endpoint:
     def messages(self, count: int) -> list[dict[str, Any]]:
         """The newest ``count`` messages, newest first."""
         return list(reversed(self._messages))[:count]
+
+
+@dataclass(frozen=True)
+class EndpointOptions:
+    """How an endpoint is set up (from the agent's tunables)."""
+
+    messages_kept: int
+    data_ports: tuple[int, int] | None
+    stall_timeout: float
+    connect_timeout: float
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A file's size, its chunks' BLAKE3 (raw digests) and its whole BLAKE3."""
+
+    size: int
+    chunks: list[bytes]
+    whole: str
+
+
+def manifest_of(path: Path, chunk_size: int) -> Manifest:
+    """Read ``path`` once, hashing each chunk and the whole."""
+    whole = blake3.blake3(max_threads=HASH_THREADS)
+    chunks: list[bytes] = []
+    buffer = bytearray(chunk_size)
+    size = 0
+    with path.open("rb", buffering=0) as file:
+        while True:
+            n = file.readinto(buffer)
+            if not n:
+                break
+            view = memoryview(buffer)[:n]
+            whole.update(view)
+            chunks.append(blake3.blake3(view).digest())
+            size += n
+    return Manifest(size, chunks, str(whole.hexdigest()))
+
+
+def _commit(
+    fd: int, temp: Path, final: Path, digest: Callable[[], str], expected: str
+) -> CommitOutcome:
+    """fsync the file, check its whole BLAKE3, rename it into place, fsync the directory;
+    on any failure nothing stays."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        temp.unlink(missing_ok=True)
+        return CommitOutcome(False, error=f"fsync failed: {exc.strerror or exc}")
+    os.close(fd)
+    actual = digest()
+    if actual != expected:
+        temp.unlink(missing_ok=True)
+        return CommitOutcome(False, error=f"whole-file BLAKE3 {actual} is not {expected}")
+    temp.replace(final)
+    _fsync_dir(final.parent)
+    return CommitOutcome(True, path=str(final))
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -241,6 +433,6 @@ def _fsync_dir(directory: Path) -> None:
 _ACTOR_OPTIONS: dict[str, Any] = {
     "num_cpus": 0,
     "max_restarts": 0,
-    "concurrency_groups": {"commit": 4, "control": 2},
+    "concurrency_groups": {"commit": 4, "control": 4, "stream": 4, "send": 8, "watch": 32},
 }
 EndpointActor: Any = ray.remote(**_ACTOR_OPTIONS)(Endpoint)

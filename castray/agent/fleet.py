@@ -20,7 +20,7 @@ from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from castray.agent.connect import ClusterIdentity
-from castray.agent.endpoint import EndpointActor
+from castray.agent.endpoint import EndpointActor, EndpointOptions
 from castray.errors import NodeExists, NodeNotFound, NodeUnavailable, RayNodeNotFound
 from castray.models import EndpointState, NodeKind, NodeStatus, RayClusterState
 from castray.protocol import AgentTunables, EndpointRemoved, EndpointUpdate
@@ -64,6 +64,12 @@ class Fleet:
         self._identity = identity
         self._storage_root = storage_root
         self._tunables = tunables
+        self._endpoint_options = EndpointOptions(
+            messages_kept=tunables.messages_kept,
+            data_ports=tunables.data_ports,
+            stall_timeout=tunables.stall_timeout,
+            connect_timeout=tunables.data_connect_timeout,
+        )
         self._emit = emit
         self._lock = threading.Lock()
         self._endpoints: dict[str, _Deployed] = {}
@@ -127,7 +133,12 @@ class Fleet:
                     self._mark_dead(deployed, f"its actor stopped answering: {exc}")
                     continue
                 if deployed.state.status is NodeStatus.STARTING:
-                    self._set(deployed, status=NodeStatus.ALIVE, address=facts.address)
+                    self._set(
+                        deployed,
+                        status=NodeStatus.ALIVE,
+                        address=facts.address,
+                        data_address=facts.data_address,
+                    )
         now = time.monotonic()
         for deployed in self._endpoints.values():
             due = now - deployed.probed_at >= self._tunables.endpoint_probe_interval
@@ -164,6 +175,15 @@ class Fleet:
             if deployed.state.status is NodeStatus.DEAD:
                 raise NodeUnavailable(f"node {endpoint_id!r} is dead")
             return deployed.handle
+
+    def data_address(self, endpoint_id: str) -> str:
+        """Where an alive endpoint of this cluster takes data streams."""
+        with self._lock:
+            deployed = self._endpoints.get(endpoint_id)
+            address = deployed.state.data_address if deployed is not None else None
+        if address is None:
+            raise NodeUnavailable(f"node {endpoint_id!r} has no data port yet; try again shortly")
+        return address
 
     def count(self, endpoint_id: str, **increments: int) -> None:
         """Add verified work to an endpoint's counters and report the new state."""
@@ -216,7 +236,7 @@ class Fleet:
         storage_dir = self._storage_root / endpoint_id
         handle = EndpointActor.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-        ).remote(endpoint_id, str(storage_dir), self._tunables.messages_kept)
+        ).remote(endpoint_id, str(storage_dir), self._endpoint_options)
         state = EndpointState(
             id=endpoint_id,
             ray_node_id=node["NodeID"],

@@ -27,6 +27,7 @@ from castray.errors import (
     InvalidRequest,
     TransferNotFound,
 )
+from castray.models import Transport
 from castray.protocol import (
     AgentConfig,
     AgentTunables,
@@ -41,10 +42,14 @@ from castray.protocol import (
     FileSize,
     ImportListening,
     ImportTransfer,
-    InjectCorruption,
+    InjectFaults,
+    LinksProbed,
+    ManifestRead,
     MessagesRead,
     Operation,
     ProbeFile,
+    ProbeLinks,
+    ReadManifest,
     ReadMessages,
     Ready,
     RecipientFinished,
@@ -60,7 +65,10 @@ from castray.protocol import (
 
 if TYPE_CHECKING:
     from castray.agent.fleet import Fleet
-    from castray.agent.relay import TransferRun
+    from castray.agent.transports.object_store import TransferRun
+    from castray.agent.transports.stream import StreamRun
+
+    Run = TransferRun | StreamRun
 
 log = logging.getLogger("castray.agent")
 
@@ -163,8 +171,8 @@ class Agent:
         self._transfer_pool = ThreadPoolExecutor(
             config.tunables.transfer_threads, thread_name_prefix="transfer"
         )
-        self._transfers: dict[str, TransferRun] = {}
-        self._starting: dict[int, TransferRun] = {}
+        self._transfers: dict[str, Run] = {}
+        self._starting: dict[int, Run] = {}
 
     def run(self) -> None:
         self._wire.send(Ready(ray=self._fleet.refresh()))
@@ -235,10 +243,28 @@ class Agent:
             self._fleet.remove(body.endpoint_id)
             return Done()
         if isinstance(body, StartTransfer):
+            if body.transport is Transport.STREAM:
+                return TransferOpened(size=self._open_stream(request_id, body))
             return TransferOpened(size=self._open_transfer(request_id, body))
         if isinstance(body, ImportTransfer):
+            if body.transport is Transport.STREAM:
+                self._open_stream(request_id, body)
+                return Done()
             host, port = self._open_import(request_id, body)
             return ImportListening(host=host, port=port)
+        if isinstance(body, ReadManifest):
+            handle = self._fleet.handle(body.endpoint_id)
+            try:
+                manifest = ray_get(handle.manifest_of.remote(body.path, body.chunk_size), 3600)
+            except Exception as exc:  # the actor's error decides the answer
+                raise _file_error(exc, body.path, body.endpoint_id) from exc
+            return ManifestRead(
+                size=manifest.size,
+                manifest=[digest.hex() for digest in manifest.chunks],
+                blake3=manifest.whole,
+            )
+        if isinstance(body, ProbeLinks):
+            return LinksProbed(failures=self._probe_links(body.links))
         if isinstance(body, ProbeFile):
             handle = self._fleet.handle(body.endpoint_id)
             try:
@@ -256,15 +282,16 @@ class Agent:
         if isinstance(body, ReadMessages):
             handle = self._fleet.handle(body.endpoint_id)
             return MessagesRead(messages=ray_get(handle.messages.remote(body.count)))
-        if isinstance(body, InjectCorruption):
-            ray_get(self._fleet.handle(body.endpoint_id).corrupt_next_chunks.remote(body.count))
+        if isinstance(body, InjectFaults):
+            handle = self._fleet.handle(body.endpoint_id)
+            ray_get(handle.inject_faults.remote(body.corrupt_chunks, body.refuse_data_connections))
             return Done()
         raise CastRayError(f"unknown operation {body.op!r}")
 
     def _open_transfer(self, request_id: int, spec: StartTransfer) -> int:
         """Open the source file; the transfer itself starts once the reply is sent."""
-        from castray.agent.feeds import EndpointFeed, Exporter
-        from castray.agent.relay import RunSpec, TransferRun
+        from castray.agent.transports.feeds import EndpointFeed, Exporter
+        from castray.agent.transports.object_store import RunSpec, TransferRun
 
         source = self._fleet.handle(spec.source)
         feed = EndpointFeed(spec.transfer_id, spec.source, source, spec.path)
@@ -288,10 +315,68 @@ class Agent:
         self._starting[request_id] = run
         return size
 
+    def _open_stream(self, request_id: int, spec: StartTransfer | ImportTransfer) -> int:
+        """Open this part's sinks on their data ports; the source (if here) starts sending
+        once the reply is sent. The file's size."""
+        from castray.agent.transports.stream import Member, StreamRun, StreamSpec
+
+        plan = spec.stream
+        if plan is None or spec.expected_blake3 is None:
+            raise AgentFailure("a stream transfer needs its manifest and its BLAKE3")
+        source = None
+        if isinstance(spec, StartTransfer):
+            source = self._member(spec.source, Member)
+        run = StreamRun(
+            StreamSpec(
+                transfer_id=spec.transfer_id,
+                file_name=spec.file_name,
+                size=plan.size,
+                chunk_size=spec.chunk_size,
+                manifest=[bytes.fromhex(digest) for digest in plan.manifest],
+                expected_blake3=spec.expected_blake3,
+                secret=bytes.fromhex(plan.secret),
+                recipients=[self._member(rid, Member) for rid in spec.recipients],
+                source=source,
+                source_path=spec.path if isinstance(spec, StartTransfer) else None,
+                downstream=plan.downstream,
+                tunables=self._config.tunables,
+            ),
+            self._on_transfer_message,
+        )
+        run.open()
+        self._starting[request_id] = run
+        return plan.size
+
+    def _member(self, endpoint_id: str, kind: Any) -> Any:
+        handle = self._fleet.handle(endpoint_id)
+        address = self._fleet.data_address(endpoint_id)
+        return kind(id=endpoint_id, handle=handle, data_address=address)
+
+    def _probe_links(self, links: list[tuple[str, str]]) -> dict[str, str]:
+        """Each link's endpoint tries a data connection to its address, all at once."""
+        from castray.agent.reasons import reason
+
+        refs = {}
+        failures: dict[str, str] = {}
+        for source, address in links:
+            key = f"{source} -> {address}"
+            try:
+                refs[key] = self._fleet.handle(source).probe_link.remote(address)
+            except CastRayError as exc:
+                failures[key] = exc.message
+        for key, ref in refs.items():
+            try:
+                why = ray_get(ref, self._config.tunables.control_timeout)
+            except Exception as exc:  # noqa: BLE001 - a link that cannot be checked is down
+                why = reason(exc)
+            if why is not None:
+                failures[key] = why
+        return failures
+
     def _open_import(self, request_id: int, spec: ImportTransfer) -> tuple[str, int]:
         """Listen for the source cluster's stream; the run starts once the reply is sent."""
-        from castray.agent.feeds import StreamFeed
-        from castray.agent.relay import RunSpec, TransferRun
+        from castray.agent.transports.feeds import StreamFeed
+        from castray.agent.transports.object_store import RunSpec, TransferRun
 
         recipients = [(rid, self._fleet.handle(rid)) for rid in spec.recipients]
         feed = StreamFeed.listen(IMPORT_HOST, spec.source, self._config.tunables.stream_timeout)

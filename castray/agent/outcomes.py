@@ -46,3 +46,4 @@ class EndpointFacts:
     address: str
     pid: int
     storage_dir: str
+    data_address: str | None = None

@@ -40,6 +40,7 @@ from castray.models import (
     TransferFinishedEvent,
     TransferProgressEvent,
     TransferStatus,
+    Transport,
 )
 
 POLL_EVERY = 1.0
@@ -57,6 +58,14 @@ def send(
     detach: Annotated[
         bool, typer.Option("--detach", help="Print the transfer id and return at once.")
     ] = False,
+    transport: Annotated[
+        Transport | None,
+        typer.Option(
+            "--transport",
+            help="stream (TCP between the endpoints) or object-store (through Ray); "
+            "the server's default when not given.",
+        ),
+    ] = None,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
     json_out: JsonOption = False,
@@ -71,11 +80,11 @@ def send(
     with Client(server, token) as client:
         name = _library_name(client, file, quiet=json_out)
         if detach:
-            accepted = _start(client, file, source, name, recipients, group)
+            accepted = _start(client, file, source, name, recipients, group, transport)
             print_json_or(json_out, accepted.model_dump_json(), accepted.transfer_id)
             return
         with client.events() as stream:
-            accepted = _start(client, file, source, name, recipients, group)
+            accepted = _start(client, file, source, name, recipients, group, transport)
             if not json_out:
                 err.print(f"transfer [bold]{accepted.transfer_id}[/]", highlight=False)
             try:
@@ -101,10 +110,11 @@ def _start(
     name: str,
     recipients: list[str] | None,
     group: str | None,
+    transport: Transport | None,
 ) -> TransferAccepted:
     """Start the transfer; a file found nowhere is named as missing here too."""
     try:
-        return client.send(source, name, recipients, group)
+        return client.send(source, name, recipients, group, transport)
     except FileMissing as exc:
         if Path(typed).expanduser().exists():
             raise
@@ -184,10 +194,18 @@ def _print_outcome(transfer: Transfer) -> None:
         if state.error:
             line = f"{rid} {state.status.value}: {state.error}"
             out.print(line, style="red", highlight=False, markup=False)
+    if transfer.transport_note:
+        out.print(
+            f"sent through the {transfer.transport.value} transport: {transfer.transport_note}",
+            style="yellow",
+            highlight=False,
+            markup=False,
+        )
     speed = f", {transfer.throughput_bps / 1e6:.1f} MB/s" if transfer.throughput_bps else ""
     out.print(
         f"{transfer.status.value}: {transfer.file.name} ({transfer.bytes_total} bytes) "
-        f"from {transfer.source_node}{speed}; every copy BLAKE3-verified"
+        f"from {transfer.source_node} by {transfer.transport.value}{speed}; "
+        "every copy BLAKE3-verified"
         if transfer.status is TransferStatus.COMPLETED
         else f"{transfer.status.value}: {transfer.error or 'some recipients have no copy'}",
         highlight=False,

@@ -71,7 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
         events = EventHub(settings.ws_queue_events)
         registry = Registry(events)
         supervisor = Supervisor(settings, registry)
-        library = Library(settings.library_dir, events.publisher_for_threads())
+        library = Library(settings.library_dir, events.publisher_for_threads(), settings.chunk_size)
         write_slots = WriteSlots(settings.max_concurrent_writes)
         generator = Generator(library, settings, write_slots)
         group_service = GroupService(registry, history, events)

@@ -14,7 +14,8 @@ import stat
 import threading
 import unicodedata
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -71,9 +72,13 @@ def _hidden(char: str) -> bool:
 class Library:
     """Files in one directory, keyed by name."""
 
-    def __init__(self, root: Path, on_change: OnChange | None = None) -> None:
+    def __init__(
+        self, root: Path, on_change: OnChange | None = None, chunk_size: int = 8 * 1024 * 1024
+    ) -> None:
+        self.chunk_size = chunk_size
         self.root = root
         self._digests: dict[str, tuple[int, int, str]] = {}
+        self._manifests: dict[str, tuple[int, int, list[str]]] = {}
         self._lock = threading.Lock()
         self._on_change = on_change or (lambda event: None)
 
@@ -118,6 +123,7 @@ class Library:
         self.path(name).unlink()
         with self._lock:
             self._digests.pop(name, None)
+            self._manifests.pop(name, None)
         self._on_change(FileRemovedEvent(name=name))
 
     def create(self, name: str, limit: int | None = None) -> LibraryWriter:
@@ -127,14 +133,31 @@ class Library:
         temp = self.root / f".{name}.{uuid.uuid4().hex}{PART_SUFFIX}"
         return LibraryWriter(self, name, temp, limit)
 
-    def _committed(self, name: str, temp: Path, digest: str) -> None:
-        """Rename and remember the digest as one step, so that of two uploads of one name the
-        one renamed last is the file and its digest the one cached (the last to finish wins)."""
+    def manifest(self, name: str) -> Manifest:
+        """The file's chunks' BLAKE3 (at ``chunk_size``) and its whole BLAKE3: known since it
+        was written here, or read once and remembered while the file is unchanged."""
+        path = self.path(name)
+        status = path.stat()
+        with self._lock:
+            known = self._manifests.get(name)
+        if known is not None and known[:2] == (status.st_size, status.st_mtime_ns):
+            return Manifest(status.st_size, known[2], self._digest(name, path, status))
+        chunks, whole = _hash_chunks(path, self.chunk_size)
+        with self._lock:
+            self._manifests[name] = (status.st_size, status.st_mtime_ns, chunks)
+            self._digests[name] = (status.st_size, status.st_mtime_ns, whole)
+        return Manifest(status.st_size, chunks, whole)
+
+    def _committed(self, name: str, temp: Path, digest: str, chunks: Sequence[str]) -> None:
+        """Rename and remember the digests as one step, so that of two uploads of one name
+        the one renamed last is the file and its digests the ones cached (the last to finish
+        wins)."""
         final = self.root / name
         with self._lock:
             temp.replace(final)
             status = final.stat()
             self._digests[name] = (status.st_size, status.st_mtime_ns, digest)
+            self._manifests[name] = (status.st_size, status.st_mtime_ns, [*chunks])
         self._on_change(FileAddedEvent(file=self.describe(name)))
 
     def _digest(self, name: str, path: Path, status: os.stat_result) -> str:
@@ -154,6 +177,27 @@ class Library:
         return digest
 
 
+@dataclass(frozen=True)
+class Manifest:
+    """What a receiver checks a file against: its size, chunks' BLAKE3 (hex), whole BLAKE3."""
+
+    size: int
+    chunks: list[str]
+    blake3: str
+
+
+def _hash_chunks(path: Path, chunk_size: int) -> tuple[list[str], str]:
+    whole = blake3.blake3(max_threads=HASH_THREADS)
+    chunks: list[str] = []
+    buffer = bytearray(chunk_size)
+    with path.open("rb", buffering=0) as file:
+        while n := file.readinto(buffer):
+            view = memoryview(buffer)[:n]
+            whole.update(view)
+            chunks.append(str(blake3.blake3(view).hexdigest()))
+    return chunks, str(whole.hexdigest())
+
+
 class LibraryWriter:
     """Appends to a temporary file, hashing as it goes, within a size limit."""
 
@@ -163,6 +207,10 @@ class LibraryWriter:
         self._temp = temp
         self._file = temp.open("wb")
         self._hasher = blake3.blake3(max_threads=HASH_THREADS)
+        self._chunk_size = library.chunk_size
+        self._chunk = blake3.blake3()
+        self._chunk_filled = 0
+        self._chunks: list[str] = []
         self._limit = limit
         self.size = 0
         self.digest = ""
@@ -175,7 +223,19 @@ class LibraryWriter:
                 "(CASTRAY_UPLOAD_LIMIT_BYTES)"
             )
         self._hasher.update(data)
+        self._hash_chunks(memoryview(data))
         self._file.write(data)
+
+    def _hash_chunks(self, data: memoryview) -> None:
+        """The manifest, as the bytes go by: each chunk's BLAKE3."""
+        while len(data):
+            take = min(len(data), self._chunk_size - self._chunk_filled)
+            self._chunk.update(data[:take])
+            self._chunk_filled += take
+            data = data[take:]
+            if self._chunk_filled == self._chunk_size:
+                self._chunks.append(str(self._chunk.hexdigest()))
+                self._chunk, self._chunk_filled = blake3.blake3(), 0
 
     def commit(self) -> str:
         """Sync and move the file into place; returns its BLAKE3."""
@@ -184,7 +244,9 @@ class LibraryWriter:
             os.fsync(self._file.fileno())
             self._file.close()
             self.digest = str(self._hasher.hexdigest())
-            self._library._committed(self.name, self._temp, self.digest)
+            if self._chunk_filled:
+                self._chunks.append(str(self._chunk.hexdigest()))
+            self._library._committed(self.name, self._temp, self.digest, self._chunks)
         finally:
             self.discard()
         return self.digest

@@ -66,6 +66,8 @@ def agent_tunables(settings: Settings) -> AgentTunables:
         endpoint_probe_interval=settings.endpoint_probe_interval,
         messages_kept=settings.messages_kept,
         stream_timeout=settings.stall_timeout,
+        data_ports=settings.data_ports,
+        data_connect_timeout=settings.data_connect_timeout,
     )
 
 

@@ -3,10 +3,11 @@ reads the registry's picture (in memory) and what was found of the file, nothing
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 
 from castray.errors import NodeUnavailable
-from castray.models import Node, NodeStatus, TransferCreate, TransferMode
+from castray.models import Node, NodeStatus, TransferCreate, TransferMode, Transport
 from castray.server.registry import Registry
 from castray.server.targets import resolve_recipients
 
@@ -21,6 +22,10 @@ class LocatedFile:
     name: str
     size: int | None = None
     blake3: str | None = None
+    library_name: str | None = None
+    """The file's name in the library, when it is a library file."""
+    manifest: tuple[str, ...] | None = None
+    """Each chunk's BLAKE3 (hex), once known: what stream receivers check against."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class TransferPlan:
     """Recipients in the source's cluster, in relay order."""
     remote: dict[str, tuple[Node, ...]] = field(default_factory=dict)
     """Recipients of every other cluster, each in relay order."""
+    transport: Transport = Transport.STREAM
+    transport_note: str | None = None
 
     @property
     def clusters(self) -> list[str]:
@@ -54,6 +61,28 @@ class TransferPlan:
     def sized(self, size: int) -> TransferPlan:
         return replace(self, file=replace(self.file, size=size))
 
+    def described(self, size: int, manifest: list[str], blake3: str) -> TransferPlan:
+        """The file as a stream needs it known: size, chunks' and whole BLAKE3."""
+        return replace(
+            self, file=replace(self.file, size=size, manifest=tuple(manifest), blake3=blake3)
+        )
+
+    def through_the_object_store(self, why: str) -> TransferPlan:
+        return replace(self, transport=Transport.OBJECT_STORE, transport_note=why)
+
+    @property
+    def parts(self) -> list[tuple[str, tuple[Node, ...]]]:
+        """Each cluster with its recipients in chain order, the source's cluster first: a
+        stream passes through them in this order."""
+        return [(self.source.cluster, self.local), *self.remote.items()]
+
+    @property
+    def links(self) -> list[tuple[Node, Node]]:
+        """Every hop a stream takes: the source to the first recipient, each recipient to
+        the next, across clusters too."""
+        chain = [self.source, *(node for _, nodes in self.parts for node in nodes)]
+        return list(itertools.pairwise(chain))
+
 
 def plan_transfer(
     transfer_id: str,
@@ -61,8 +90,10 @@ def plan_transfer(
     registry: Registry,
     groups: dict[str, list[str]],
     file: LocatedFile,
+    transport: Transport = Transport.STREAM,
 ) -> TransferPlan:
-    """Check the request against the nodes there are and lay out its chains."""
+    """Check the request against the nodes there are and lay out its chains; ``transport``
+    unless the request names one."""
     source = registry.node(request.source_node)
     if source.status is not NodeStatus.ALIVE:
         raise NodeUnavailable(f"source {source.id!r} is {source.status.value}")
@@ -81,6 +112,7 @@ def plan_transfer(
         file=file,
         local=chain_order(local),
         remote={cluster: chain_order(nodes) for cluster, nodes in remote.items()},
+        transport=request.transport or transport,
     )
 
 

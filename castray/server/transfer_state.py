@@ -75,6 +75,8 @@ class TransferState:
             bytes_total=plan.file.size or 0,
             created_at=now,
             started_at=now,
+            transport=plan.transport,
+            transport_note=plan.transport_note,
         )
         return cls(transfer, parts=len(plan.clusters))
 

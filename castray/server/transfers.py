@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
+from typing import TypedDict
 
 from castray.config import Settings
 from castray.errors import BadFileName, CastRayError, FileMissing, TransferNotFound
@@ -27,6 +29,7 @@ from castray.models import (
     TransferFinishedEvent,
     TransferPage,
     TransferStartedEvent,
+    Transport,
 )
 from castray.protocol import (
     CancelTransfer,
@@ -34,9 +37,14 @@ from castray.protocol import (
     FileSize,
     ImportListening,
     ImportTransfer,
+    LinksProbed,
+    ManifestRead,
     ProbeFile,
+    ProbeLinks,
+    ReadManifest,
     RecipientFinished,
     StartTransfer,
+    StreamPlan,
     TransferFinished,
     TransferMessage,
     TransferOpened,
@@ -51,6 +59,19 @@ from castray.server.transfer_plan import LocatedFile, TransferPlan, plan_transfe
 from castray.server.transfer_state import TransferState
 
 log = logging.getLogger(__name__)
+
+GOOD_LINK_SECONDS = 60.0
+"""How long a data connection that could be made is taken as possible without a new check."""
+
+
+class _CommonSpec(TypedDict):
+    """What every part of a transfer is told, whatever its transport."""
+
+    transfer_id: str
+    file_name: str
+    expected_blake3: str | None
+    chunk_size: int
+    window: int
 
 
 @dataclass
@@ -88,13 +109,24 @@ class TransferService:
         self._ending: dict[str, Transfer] = {}
         """Final snapshots whose history write is still under way: answered from here."""
         self._history_writer = ThreadPoolExecutor(1, thread_name_prefix="history")
+        self._good_links: dict[tuple[str, str], float] = {}
+        """Data connections that were made lately (sender id, address): until when to trust."""
 
     # ---- requests ----------------------------------------------------------------------
 
     async def start(self, request: TransferCreate) -> Transfer:
         """Plan the transfer, open the file at the source, and let it run."""
         located = await asyncio.to_thread(self._locate, request.file)
-        plan = plan_transfer(uuid.uuid4().hex[:16], request, self._registry, self._groups, located)
+        plan = plan_transfer(
+            uuid.uuid4().hex[:16],
+            request,
+            self._registry,
+            self._groups,
+            located,
+            self._settings.transport,
+        )
+        if plan.transport is Transport.STREAM:
+            plan = await self._prepare_stream(plan)
         if plan.needs_size:
             probed = await self._agents.request(
                 plan.source.cluster,
@@ -124,16 +156,62 @@ class TransferService:
             await self._save(live.transfer)
         return live.transfer
 
+    async def _prepare_stream(self, plan: TransferPlan) -> TransferPlan:
+        """Know the file's manifest, and check every hop the stream takes; a hop that cannot
+        be made sends the transfer through the object store instead, and says why."""
+        if plan.file.library_name is not None:
+            known = await asyncio.to_thread(self._library.manifest, plan.file.library_name)
+            plan = plan.described(known.size, known.chunks, known.blake3)
+        else:
+            read = await self._agents.request(
+                plan.source.cluster,
+                ReadManifest(
+                    endpoint_id=plan.source.id,
+                    path=plan.file.path,
+                    chunk_size=self._settings.chunk_size,
+                ),
+                ManifestRead,
+            )
+            plan = plan.described(read.size, read.manifest, read.blake3)
+        trouble = await self._link_trouble(plan)
+        if trouble is not None:
+            log.warning("transfer %s goes through the object store: %s", plan.transfer_id, trouble)
+            return plan.through_the_object_store(trouble)
+        return plan
+
+    async def _link_trouble(self, plan: TransferPlan) -> str | None:
+        """Why a hop of the stream cannot be made, or None. Hops that worked a minute ago
+        are taken as they are."""
+        now = asyncio.get_running_loop().time()
+        by_cluster: dict[str, list[tuple[str, str]]] = {}
+        for sender, receiver in plan.links:
+            if receiver.data_address is None:
+                return f"{receiver.id} has no data port yet"
+            link = (sender.id, receiver.data_address)
+            if self._good_links.get(link, 0.0) > now:
+                continue
+            by_cluster.setdefault(sender.cluster, []).append(link)
+        answers = await asyncio.gather(
+            *(
+                self._agents.request(cluster, ProbeLinks(links=links), LinksProbed)
+                for cluster, links in by_cluster.items()
+            )
+        )
+        failures = {k: v for answer in answers for k, v in answer.failures.items()}
+        if failures:
+            hop, why = next(iter(failures.items()))
+            return f"a data connection {hop} cannot be made ({why})"
+        for links in by_cluster.values():
+            for made in links:
+                self._good_links[made] = now + GOOD_LINK_SECONDS
+        return None
+
     async def _launch(self, plan: TransferPlan) -> int:
-        """Every other cluster's agent listens first; the source's agent then opens the file
-        and streams to them. The file's size."""
-        spec = {
-            "transfer_id": plan.transfer_id,
-            "file_name": plan.file.name,
-            "expected_blake3": plan.file.blake3,
-            "chunk_size": self._settings.chunk_size,
-            "window": self._settings.transfer_window,
-        }
+        """Every other cluster's agent gets ready first; the source's agent then opens the
+        file and sends it. The file's size."""
+        if plan.transport is Transport.STREAM:
+            return await self._launch_stream(plan)
+        spec = self._common_spec(plan)
         exports = []
         for cluster, nodes in plan.remote.items():
             listening = await self._agents.request(
@@ -154,6 +232,61 @@ class TransferService:
                 path=plan.file.path,
                 recipients=[n.id for n in plan.local],
                 exports=exports,
+                **spec,
+            ),
+            TransferOpened,
+        )
+        return opened.size
+
+    def _common_spec(self, plan: TransferPlan) -> _CommonSpec:
+        """What every part of a transfer is told, whatever its transport."""
+        return {
+            "transfer_id": plan.transfer_id,
+            "file_name": plan.file.name,
+            "expected_blake3": plan.file.blake3,
+            "chunk_size": self._settings.chunk_size,
+            "window": self._settings.transfer_window,
+        }
+
+    async def _launch_stream(self, plan: TransferPlan) -> int:
+        """One chain through every cluster: each part's last recipient passes the stream on
+        to the next part's first."""
+        secret = secrets.token_hex(32)
+        parts = plan.parts
+        heads = [nodes[0].data_address if nodes else None for _, nodes in parts]
+
+        def stream(part: int) -> StreamPlan:
+            later = [head for head in heads[part + 1 :] if head is not None]
+            return StreamPlan(
+                size=plan.file.size or 0,
+                manifest=list(plan.file.manifest or ()),
+                secret=secret,
+                downstream=later[0] if later else None,
+            )
+
+        spec = self._common_spec(plan)
+        for part in reversed(range(1, len(parts))):
+            cluster, nodes = parts[part]
+            await self._agents.request(
+                cluster,
+                ImportTransfer(
+                    source=plan.source.id,
+                    size=plan.file.size or 0,
+                    recipients=[n.id for n in nodes],
+                    stream=stream(part),
+                    transport=Transport.STREAM,
+                    **spec,
+                ),
+                Done,
+            )
+        opened = await self._agents.request(
+            plan.source.cluster,
+            StartTransfer(
+                source=plan.source.id,
+                path=plan.file.path,
+                recipients=[n.id for n in plan.local],
+                stream=stream(0),
+                transport=Transport.STREAM,
                 **spec,
             ),
             TransferOpened,
@@ -216,9 +349,8 @@ class TransferService:
         Reads the disk: runs in a worker thread."""
         if self._library.has(file):
             described = self._library.describe(file)
-            return LocatedFile(
-                str(self._library.path(file)), file, described.size, described.blake3
-            )
+            path = str(self._library.path(file))
+            return LocatedFile(path, file, described.size, described.blake3, library_name=file)
         relative = PurePosixPath(file)
         if relative.is_absolute() or ".." in relative.parts or not relative.parts:
             raise FileMissing(

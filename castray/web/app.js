@@ -255,9 +255,10 @@ function transferCard(tracked) {
   return el("div", { class: "transfer", dataset: { transfer: t.id, status: t.status } },
     el("div", { class: "transfer-head" },
       el("strong", {}, t.file.name), el("span", {}, fmt.bytes(total)),
-      el("span", {}, `${t.mode} from ${t.source_node}`), badge(t.status),
+      el("span", {}, `${t.mode} from ${t.source_node} by ${t.transport}`), badge(t.status),
       el("span", { class: "muted" }, `${fmt.rate(speed)}${eta}`),
       el("code", { title: "transfer id" }, t.id), cancel),
+    t.transport_note ? el("div", { class: "muted note" }, `by ${t.transport}: ${t.transport_note}`) : null,
     t.error ? el("div", { class: "muted" }, t.error) : null,
     rows);
 }
@@ -568,6 +569,7 @@ async function sendFile(event) {
   await act($("send-start"), async () => {
     const body = { source_node: $("send-source").value, file: $("send-file").value, mode: mode() };
     if (!body.file) throw new Error("Choose a file: pick one from the library, upload or generate one.");
+    if ($("send-transport").value) body.transport = $("send-transport").value;
     const group = $("send-group").value;
     if (body.mode !== "broadcast") {
       if (group) body.group = group;

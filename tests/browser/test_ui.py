@@ -154,10 +154,12 @@ def test_upload_with_progress_then_multicast_to_a_group(
         page.uncheck(f"#send-recipients input[value='{recipient}']")
     page.select_option("#send-group", "pair")
     page.check("input[name=mode][value=multicast]")
+    page.select_option("#send-transport", "object-store")
     page.click("#send-start")
 
     card = page.locator(".transfer").first
     expect(card).to_have_attribute("data-status", "completed", timeout=120_000)
+    expect(card.locator(".transfer-head")).to_contain_text("multicast from node_1 by object-store")
     for recipient in ("node_2", "home-127.0.0.1"):
         bar = card.locator(f".recipient[data-recipient='{recipient}'] [role=progressbar]")
         expect(bar).to_have_attribute("aria-valuenow", "100")

@@ -93,6 +93,15 @@ class RayCluster:
     def dashboard_url(self) -> str:
         return f"http://{self.head_ip}:{self.dashboard_port}"
 
+    def worker_logs(self) -> str:
+        """What the cluster's workers (our endpoint actors among them) wrote to their logs."""
+        parts = []
+        for temp_dir in self._temp_dirs:
+            for path in sorted(temp_dir.glob("session_*/logs/worker-*")):
+                with contextlib.suppress(OSError):
+                    parts.append(path.read_text(errors="replace"))
+        return "\n".join(parts)
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         env["RAY_USAGE_STATS_ENABLED"] = "0"

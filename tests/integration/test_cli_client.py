@@ -25,7 +25,7 @@ def test_send_uploads_a_local_file_and_follows_it_to_every_copy(
     assert result.returncode == 0, result.stderr
     assert "uploading" in result.stderr
     assert "node_2" in result.stderr  # the progress bar's label
-    assert "completed: report.pdf (6000000 bytes) from node_1" in result.stdout
+    assert "completed: report.pdf (6000000 bytes) from node_1 by stream" in result.stdout
     copy = embedded_server.data_dir / "storage" / "node_2" / "report.pdf"
     assert copy.read_bytes() == local.read_bytes()
 
@@ -45,6 +45,22 @@ def test_send_does_not_upload_what_the_library_has_already(
     assert transfer["status"] == "completed"
     assert transfer["mode"] == "broadcast"
     assert set(transfer["recipients"]) == {"home-127.0.0.1", "node_1"}
+
+
+def test_send_takes_the_transport_asked_for(embedded_server: CastRayServer) -> None:
+    tx.upload_bytes(embedded_server, "by-ray.bin", tx.random_bytes(300_000))
+
+    result = embedded_server.cli(
+        "send", "by-ray.bin", "--from", "node_1", "--to", "node_2", "--transport", "object-store"
+    )
+    wrong = embedded_server.cli(
+        "send", "by-ray.bin", "--from", "node_1", "--to", "node_2", "--transport", "pigeon"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "from node_1 by object-store" in result.stdout
+    assert wrong.returncode == 2
+    assert "pigeon" in wrong.stderr and "stream" in wrong.stderr
 
 
 def test_groups_and_sending_to_a_group_as_json(embedded_server: CastRayServer) -> None:

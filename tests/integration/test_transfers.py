@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
 
+from castray.agent import streams
 from tests.conftest import THREE_NODES
 from tests.harness import transfers as tx
 from tests.harness.raycluster import RayCluster
@@ -42,13 +46,28 @@ def _path(server: CastRayServer, node: str, name: str) -> Path:
     return Path(server.nodes()[node]["storage_dir"]) / name
 
 
+@pytest.fixture(params=["stream", "object-store"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every transfer test runs on both transports."""
+    return str(request.param)
+
+
+def _send(server: CastRayServer, transport: str, **body: Any) -> dict[str, Any]:
+    """A transfer on ``transport``, which it must have kept (no silent fallback)."""
+    done = tx.send(server, transport=transport, **body)
+    assert (done["transport"], done["transport_note"]) == (transport, None), done
+    return done
+
+
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5])
-def test_unicast_between_nodes_is_byte_identical(server: CastRayServer, size: int) -> None:
+def test_unicast_between_nodes_is_byte_identical(
+    server: CastRayServer, transport: str, size: int
+) -> None:
     data = tx.random_bytes(size)
-    name = f"uni-{size}.bin"
+    name = f"uni-{transport}-{size}.bin"
     uploaded = tx.upload_bytes(server, name, data)
 
-    done = tx.send(server, source_node=SRC, file=name, mode="unicast", recipients=[DST_A])
+    done = _send(server, transport, source_node=SRC, file=name, mode="unicast", recipients=[DST_A])
 
     assert done["status"] == "completed", done
     recipient = done["recipients"][DST_A]
@@ -62,13 +81,13 @@ def test_unicast_between_nodes_is_byte_identical(server: CastRayServer, size: in
 
 
 def test_broadcast_reaches_every_other_endpoint_and_the_source_sends_once(
-    server: CastRayServer,
+    server: CastRayServer, transport: str
 ) -> None:
     data = tx.random_bytes(5 * CHUNK + 3)
     tx.upload_bytes(server, "bcast.bin", data)
     sent_before = server.nodes()[SRC]["counters"]["bytes_sent"]
 
-    done = tx.send(server, source_node=SRC, file="bcast.bin", mode="broadcast")
+    done = _send(server, transport, source_node=SRC, file="bcast.bin", mode="broadcast")
 
     assert done["status"] == "completed", done
     assert set(done["recipients"]) == {DST_A, DST_B, "side"}
@@ -82,16 +101,19 @@ def test_broadcast_reaches_every_other_endpoint_and_the_source_sends_once(
     assert egress == len(data)
 
 
-def test_multicast_to_a_group_and_counters_count_verified_bytes(server: CastRayServer) -> None:
+def test_multicast_to_a_group_and_counters_count_verified_bytes(
+    server: CastRayServer, transport: str
+) -> None:
     data = tx.random_bytes(2 * CHUNK)
     tx.upload_bytes(server, "group.bin", data)
-    assert (
-        tx.post(server, "/api/groups", {"name": "pair", "members": [DST_A, DST_B]}).status_code
-        == 201
-    )
+    assert tx.post(
+        server, "/api/groups", {"name": "pair", "members": [DST_A, DST_B]}
+    ).status_code in {201, 409}
     before = {n: server.nodes()[n]["counters"]["bytes_received"] for n in (DST_A, DST_B)}
 
-    done = tx.send(server, source_node=SRC, file="group.bin", mode="multicast", group="pair")
+    done = _send(
+        server, transport, source_node=SRC, file="group.bin", mode="multicast", group="pair"
+    )
 
     assert done["status"] == "completed", done
     assert set(done["recipients"]) == {DST_A, DST_B}
@@ -106,10 +128,12 @@ def test_multicast_to_a_group_and_counters_count_verified_bytes(server: CastRayS
         )
 
 
-def test_a_few_hundred_megabytes_arrive_intact(server: CastRayServer) -> None:
+def test_a_few_hundred_megabytes_arrive_intact(server: CastRayServer, transport: str) -> None:
     made = tx.generate(server, "big.bin", "200MB", "random")
 
-    done = tx.send(server, source_node=SRC, file="big.bin", recipients=[DST_B], timeout=600)
+    done = _send(
+        server, transport, source_node=SRC, file="big.bin", recipients=[DST_B], timeout=600
+    )
 
     assert done["status"] == "completed", done
     arrived = Path(done["recipients"][DST_B]["path"])
@@ -118,7 +142,9 @@ def test_a_few_hundred_megabytes_arrive_intact(server: CastRayServer) -> None:
     assert done["throughput_bps"] > 0
 
 
-def test_a_chunk_corrupted_in_flight_is_detected_and_sent_again(server: CastRayServer) -> None:
+def test_a_chunk_corrupted_in_flight_is_detected_and_sent_again(
+    server: CastRayServer, transport: str
+) -> None:
     data = tx.random_bytes(4 * CHUNK)
     tx.upload_bytes(server, "flaky.bin", data)
     with server.client() as client:
@@ -126,28 +152,32 @@ def test_a_chunk_corrupted_in_flight_is_detected_and_sent_again(server: CastRayS
             client.post(f"/api/nodes/{DST_B}/faults", json={"corrupt_chunks": 2}).status_code == 204
         )
 
-    done = tx.send(server, source_node=SRC, file="flaky.bin", recipients=[DST_B])
+    done = _send(server, transport, source_node=SRC, file="flaky.bin", recipients=[DST_B])
 
     assert done["status"] == "completed", done
     assert done["chunks_resent"] == 2
     assert _path(server, DST_B, "flaky.bin").read_bytes() == data
 
 
-def test_a_file_in_the_source_storage_can_be_sent_on(server: CastRayServer) -> None:
+def test_a_file_in_the_source_storage_can_be_sent_on(server: CastRayServer, transport: str) -> None:
     data = tx.random_bytes(CHUNK + 7)
     tx.upload_bytes(server, "hop.bin", data)
-    tx.send(server, source_node=SRC, file="hop.bin", recipients=[DST_A])
+    _send(server, transport, source_node=SRC, file="hop.bin", recipients=[DST_A])
 
-    done = tx.send(server, source_node=DST_A, file="hop.bin", recipients=[DST_B])
+    done = _send(server, transport, source_node=DST_A, file="hop.bin", recipients=[DST_B])
 
     assert done["status"] == "completed", done
     assert done["file"]["blake3"] == blake3.blake3(data).hexdigest()
     assert _path(server, DST_B, "hop.bin").read_bytes() == data
 
 
-def test_cancel_stops_the_transfer_and_leaves_no_partial_file(server: CastRayServer) -> None:
+def test_cancel_stops_the_transfer_and_leaves_no_partial_file(
+    server: CastRayServer, transport: str
+) -> None:
     tx.generate(server, "slow.bin", "300MB", "pattern")
-    transfer_id = tx.start(server, source_node=SRC, file="slow.bin", recipients=[DST_A])
+    transfer_id = tx.start(
+        server, source_node=SRC, file="slow.bin", recipients=[DST_A], transport=transport
+    )
 
     with server.client() as client:
         cancelled = client.delete(f"/api/transfers/{transfer_id}")
@@ -344,11 +374,16 @@ def test_messages_reach_every_recipient_through_their_actors(server: CastRayServ
 
 
 def test_a_recipient_whose_node_dies_fails_while_the_others_complete(
-    server: CastRayServer, three_nodes: RayCluster
+    server: CastRayServer, three_nodes: RayCluster, transport: str
 ) -> None:
     made = tx.generate(server, "doomed.bin", "400MB", "pattern")
     transfer_id = tx.start(
-        server, source_node=SRC, file="doomed.bin", mode="multicast", recipients=[DST_A, DST_B]
+        server,
+        source_node=SRC,
+        file="doomed.bin",
+        mode="multicast",
+        recipients=[DST_A, DST_B],
+        transport=transport,
     )
     wait_for(
         lambda: tx.get(server, transfer_id)["recipients"][DST_B]["bytes_done"] > 0,
@@ -367,6 +402,7 @@ def test_a_recipient_whose_node_dies_fails_while_the_others_complete(
     finally:
         three_nodes.add_worker(worker_b)  # the cluster is shared: whole again for the next
     assert done["status"] == "partially_failed", done
+    assert done["transport"] == transport
     assert done["recipients"][DST_B]["status"] == "failed"
     assert done["recipients"][DST_B]["error"]
     assert done["recipients"][DST_A]["status"] == "completed"
@@ -381,12 +417,13 @@ def tiny_disk_node(server: CastRayServer) -> Iterator[str]:
 
 
 def test_a_recipient_whose_disk_fills_fails_while_the_others_complete(
-    server: CastRayServer, tiny_disk_node: str
+    server: CastRayServer, tiny_disk_node: str, transport: str
 ) -> None:
     tx.generate(server, "fat.bin", "3MB", "random")
 
     done = tx.send(
         server,
+        transport=transport,
         source_node=SRC,
         file="fat.bin",
         mode="multicast",
@@ -400,3 +437,77 @@ def test_a_recipient_whose_disk_fills_fails_while_the_others_complete(
     assert done["recipients"][DST_A]["status"] == "completed"
     storage = server.data_dir / "storage" / tiny_disk_node
     assert sorted(p.name for p in storage.iterdir()) == []
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the other end closed the connection without a word (within 10 s)."""
+    sock.settimeout(10)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_data_connection_without_the_transfer_secret_is_dropped(
+    server: CastRayServer, three_nodes: RayCluster
+) -> None:
+    made = tx.generate(server, "guarded.bin", "300MB", "random")
+    transfer_id = tx.start(
+        server, source_node=SRC, file="guarded.bin", recipients=[DST_A], transport="stream"
+    )
+    wait_for(
+        lambda: tx.get(server, transfer_id)["recipients"][DST_A]["bytes_done"] > 0,
+        60,
+        "the stream to be under way",
+        interval=0.05,
+    )
+    host, port = server.nodes()[DST_A]["data_address"].rsplit(":", 1)
+    intruders = [
+        streams.hello(transfer_id, bytes(32), 0) + b"\0" * 4096,  # the right id, no secret
+        streams.hello(transfer_id, b"x" * 32, streams.FORWARD),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"\0" * 100,  # not CastRay at all
+    ]
+
+    for hello in intruders:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            with contextlib.suppress(OSError):
+                sock.sendall(hello)
+            assert _closed_by_peer(sock)
+
+    done = tx.wait_finished(server, transfer_id, timeout=300)
+    assert done["status"] == "completed", done
+    assert done["transport"] == "stream"
+    arrived = Path(done["recipients"][DST_A]["path"])
+    assert blake3.blake3(arrived.read_bytes()).hexdigest() == made["blake3"]
+    assert done["chunks_resent"] == 0
+    wait_for(
+        lambda: three_nodes.worker_logs().count("dropped a data connection") >= len(intruders),
+        30,
+        "the endpoint to log every dropped connection",
+    )
+
+
+def test_a_recipient_whose_data_port_cannot_be_reached_gets_the_file_through_the_object_store(
+    server: CastRayServer,
+) -> None:
+    data = tx.random_bytes(3 * CHUNK + 1)
+    tx.upload_bytes(server, "walled.bin", data)
+    worker = server.nodes()[DST_B]["ray_node_id"]
+    assert (
+        tx.post(server, "/api/nodes", {"node_id": "walled", "ray_node_id": worker}).status_code
+        == 201
+    )
+    try:
+        refused = tx.post(server, "/api/nodes/walled/faults", {"refuse_data_connections": True})
+        assert refused.status_code == 204, refused.text
+
+        done = tx.send(server, source_node=SRC, file="walled.bin", recipients=["walled"])
+
+        assert done["status"] == "completed", done
+        assert done["transport"] == "object-store"
+        assert "data connection" in done["transport_note"]
+        assert server.nodes()["walled"]["data_address"] in done["transport_note"]
+        assert _path(server, "walled", "walled.bin").read_bytes() == data
+    finally:
+        with server.client() as client:
+            client.delete("/api/nodes/walled")

@@ -27,6 +27,7 @@ from castray.models import (
     RecipientStatus,
     TransferCreate,
     TransferStatus,
+    Transport,
 )
 from castray.protocol import (
     CancelTransfer,
@@ -34,8 +35,12 @@ from castray.protocol import (
     FileSize,
     ImportListening,
     ImportTransfer,
+    LinksProbed,
+    ManifestRead,
     Operation,
     ProbeFile,
+    ProbeLinks,
+    ReadManifest,
     RecipientFinished,
     StartTransfer,
     TransferFinished,
@@ -75,6 +80,7 @@ def _registry(*nodes: tuple[str, str, str], dead: set[str] = frozenset()) -> Reg
                 status=NodeStatus.DEAD if node_id in dead else NodeStatus.ALIVE,
                 kind=NodeKind.RAY_NODE,
                 storage_dir=f"/s/{node_id}",
+                data_address=f"{address}:{7000 + len(node_id)}",
             ),
         )
     return registry
@@ -90,7 +96,12 @@ NODES = (
 
 
 def _request(**changes: Any) -> TransferCreate:
-    body: dict[str, Any] = {"source_node": "src", "file": "f.bin", "mode": "broadcast"}
+    body: dict[str, Any] = {
+        "source_node": "src",
+        "file": "f.bin",
+        "mode": "broadcast",
+        "transport": "object-store",
+    }
     return TransferCreate(**(body | changes))
 
 
@@ -298,15 +309,20 @@ def test_a_transfer_in_flight_when_castray_stops_is_interrupted() -> None:
 class FakeAgents:
     """An ``AgentGateway`` that answers from a script and remembers what it was asked."""
 
-    def __init__(self, fail: type[Operation] | None = None) -> None:
+    def __init__(
+        self, fail: type[Operation] | None = None, links_down: dict[str, str] | None = None
+    ) -> None:
         self.asked: list[tuple[str, Operation]] = []
         self._fail = fail
+        self._links_down = links_down or {}
 
     async def request(self, cluster: str, body: Operation, reply: type[BaseModel]) -> Any:
         self.asked.append((cluster, body))
         if self._fail is not None and isinstance(body, self._fail):
             raise AgentFailure("the agent could not")
         answers: dict[type[BaseModel], BaseModel] = {
+            LinksProbed: LinksProbed(failures=self._links_down),
+            ManifestRead: ManifestRead(size=777, manifest=["cd" * 32], blake3="ef" * 32),
             FileSize: FileSize(size=777),
             ImportListening: ImportListening(host="127.0.0.1", port=4242),
             TransferOpened: TransferOpened(size=1000),
@@ -417,3 +433,96 @@ def test_a_source_file_of_unknown_size_is_probed_before_other_clusters_are_asked
     assert [type(body) for _, body in agents.asked] == [ProbeFile, ImportTransfer, StartTransfer]
     imported = agents.asked[1][1]
     assert isinstance(imported, ImportTransfer) and imported.size == 777
+
+
+# ---- the stream transport ------------------------------------------------------------------
+
+
+def test_a_stream_plan_passes_through_every_cluster_in_one_chain() -> None:
+    plan = plan_transfer("t", _request(transport="stream"), _registry(*NODES), {}, FILE)
+
+    assert plan.transport is Transport.STREAM
+    assert [(a.id, b.id) for a, b in plan.links] == [
+        ("src", "a1"),
+        ("a1", "a2"),
+        ("a2", "b2"),
+        ("b2", "x1"),
+    ]
+    assert [(cluster, [n.id for n in nodes]) for cluster, nodes in plan.parts] == [
+        ("home", ["a1", "a2", "b2"]),
+        ("ext", ["x1"]),
+    ]
+
+
+def _asked(agents: FakeAgents) -> list[tuple[str, str]]:
+    return [(cluster, type(body).__name__) for cluster, body in agents.asked]
+
+
+def test_a_stream_checks_its_hops_and_links_each_part_to_the_next(tmp_path: Path) -> None:
+    async def scenario() -> tuple[FakeAgents, Any]:
+        agents = FakeAgents()
+        service, _, _ = _service(tmp_path, agents)
+        first = await service.start(_request(transport="stream"))
+        await service.start(_request(transport="stream"))  # hops checked a moment ago
+        await service.close()
+        return agents, first
+
+    agents, first = asyncio.run(scenario())
+
+    assert _asked(agents)[:3] == [
+        ("home", "ProbeLinks"),
+        ("ext", "ImportTransfer"),
+        ("home", "StartTransfer"),
+    ]
+    assert [kind for _, kind in _asked(agents)].count("ProbeLinks") == 1
+    probe = agents.asked[0][1]
+    assert isinstance(probe, ProbeLinks) and len(probe.links) == 4
+    imported, started = agents.asked[1][1], agents.asked[2][1]
+    assert isinstance(imported, ImportTransfer) and isinstance(started, StartTransfer)
+    assert imported.transport is Transport.STREAM and imported.stream is not None
+    assert started.stream is not None and imported.stream.downstream is None
+    assert started.stream.downstream == "10.1.0.1:7002"  # x1, the next part's first
+    assert started.stream.secret == imported.stream.secret
+    assert started.expected_blake3 == FILE.blake3 or started.expected_blake3 is not None
+    assert first.transport is Transport.STREAM and first.transport_note is None
+
+
+def test_a_hop_that_cannot_be_made_sends_the_transfer_through_the_object_store(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> tuple[FakeAgents, Any]:
+        agents = FakeAgents(links_down={"a2 -> 10.0.0.3:7002": "connection refused"})
+        service, _, _ = _service(tmp_path, agents)
+        started = await service.start(_request(transport="stream"))
+        await service.close()
+        return agents, started
+
+    agents, started = asyncio.run(scenario())
+
+    assert started.transport is Transport.OBJECT_STORE
+    assert "a2 -> 10.0.0.3:7002" in (started.transport_note or "")
+    assert "connection refused" in (started.transport_note or "")
+    launched = [
+        body for _, body in agents.asked if isinstance(body, ImportTransfer | StartTransfer)
+    ]
+    assert all(body.transport is Transport.OBJECT_STORE for body in launched)
+
+
+def test_a_file_outside_the_library_is_read_by_its_source_for_the_manifest(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> FakeAgents:
+        agents = FakeAgents()
+        service, _, _ = _service(tmp_path, agents)
+        await service.start(_request(transport="stream", file="received/f.bin"))
+        await service.close()
+        return agents
+
+    agents = asyncio.run(scenario())
+
+    read = agents.asked[0][1]
+    assert isinstance(read, ReadManifest) and read.endpoint_id == "src"
+    started = agents.asked[-1][1]
+    assert isinstance(started, StartTransfer) and started.stream is not None
+    assert started.stream.size == 777 and started.stream.manifest == ["cd" * 32]
+    assert started.expected_blake3 == "ef" * 32

@@ -32,17 +32,19 @@ async def create_node(body: NodeCreate, supervisor: SupervisorDep) -> Node:
 
 
 class Faults(BaseModel):
-    """Test hook: flip a byte in the next ``corrupt_chunks`` chunks this node receives."""
+    """Test hook: flip a byte in the next ``corrupt_chunks`` chunks this node receives;
+    make its data port refuse every connection (``refuse_data_connections``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    corrupt_chunks: int = Field(ge=0, le=1000)
+    corrupt_chunks: int = Field(0, ge=0, le=1000)
+    refuse_data_connections: bool | None = None
 
 
 @router.post("/{node_id}/faults", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
 async def inject_faults(node_id: str, body: Faults, faults: FaultsDep) -> None:
     """Only with ``CASTRAY_ENABLE_FAULT_INJECTION=1``; lets tests prove chunks are verified."""
-    await faults.corrupt_next_chunks(node_id, body.corrupt_chunks)
+    await faults.inject(node_id, body.corrupt_chunks, body.refuse_data_connections)
 
 
 @router.get("/{node_id}", responses=_ERRORS)

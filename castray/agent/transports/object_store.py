@@ -29,9 +29,9 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayError
 
-from castray.agent.feeds import EndpointFeed, Exporter, StreamBroken, StreamFeed
 from castray.agent.outcomes import ChunkOutcome, ChunkStatus
 from castray.agent.reasons import reason
+from castray.agent.transports.feeds import EndpointFeed, Exporter, StreamBroken, StreamFeed
 from castray.chunks import Chunk, plan_chunks
 from castray.protocol import (
     AgentTunables,

@@ -1,0 +1,517 @@
+"""The stream data plane, inside an endpoint actor: its data port, the sinks that receive a
+transfer's chunks on it, and the senders that stream a file, or chunks of it, to another
+endpoint. Ray only carries the control calls; file bytes travel on these TCP streams.
+
+Wire format (integers big-endian):
+
+    hello  b"CRAY" | version u8 | flags u8 | transfer id (16 ASCII) | secret (32 bytes)
+           flags: FORWARD  pass what arrives on to this sink's downstream (cut-through)
+                  PROBE    only asks "is a CastRay data port here?" (answered b"CRAY")
+    frame  chunk index u32 | offset u64 | length u32, then ``length`` bytes
+    end    a frame with index END and nothing after it
+
+A connection that does not open with the hello of a sink open here, and that sink's secret,
+is dropped and logged: no other process can inject bytes into a transfer or read one.
+
+A sink receives into a few reusable chunk buffers (bounded memory whatever the file size),
+forwards each piece downstream as it arrives, feeds the whole-file BLAKE3 while bytes come in
+order, and hands each full chunk to its writer thread, which checks the chunk's BLAKE3
+against the manifest and writes it at its offset. A chunk that fails its check, or never
+came, is listed as missing for the agent to have it sent again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import os
+import queue
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import blake3
+
+from castray.chunks import HASH_THREADS, file_blake3, plan_chunks
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"CRAY"
+VERSION = 1
+HELLO = struct.Struct("!4sBB16s32s")
+FRAME = struct.Struct("!IQI")
+END = 0xFFFFFFFF
+FORWARD = 1
+PROBE = 2
+HELLO_TIMEOUT = 5.0
+"""Seconds a new connection gets to say hello."""
+PIECE = 1024 * 1024
+"""Bytes received before they are passed on downstream (the cut-through granularity)."""
+BUFFERS = 4
+"""Chunk buffers per sink: what a sink holds in memory, whatever the file's size."""
+
+
+class StreamError(Exception):
+    """A data connection broke, or could not be made."""
+
+
+def hello(transfer_id: str, secret: bytes, flags: int) -> bytes:
+    return HELLO.pack(MAGIC, VERSION, flags, transfer_id.encode("ascii")[:16].ljust(16), secret)
+
+
+def _recv_exact(conn: socket.socket, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        n = conn.recv_into(view[got:])
+        if n == 0:
+            raise StreamError("the sender closed the stream early")
+        got += n
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def connect(address: str, timeout: float) -> socket.socket:
+    """A data connection to another endpoint's port, within ``timeout`` seconds."""
+    try:
+        sock = socket.create_connection(_address(address), timeout=timeout)
+    except OSError as exc:
+        raise StreamError(f"cannot reach the data port {address}: {exc.strerror or exc}") from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def probe(address: str, timeout: float) -> None:
+    """Check that a CastRay data port answers at ``address``; raises ``StreamError``."""
+    with connect(address, timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(hello("", bytes(32), PROBE))
+        answer = bytearray(len(MAGIC))
+        try:
+            _recv_exact(sock, memoryview(answer))
+        except (OSError, StreamError) as exc:
+            raise StreamError(f"{address} does not answer as a CastRay data port") from exc
+        if bytes(answer) != MAGIC:
+            raise StreamError(f"{address} does not answer as a CastRay data port")
+
+
+# ---- receiving ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SinkStatus:
+    """What a sink has so far (read by the agent a few times a second)."""
+
+    verified_bytes: int
+    missing: tuple[int, ...]
+    """Chunks not verified yet; only meaningful once ``ended`` (or ``broken``)."""
+    ended: bool
+    """A stream ended cleanly and no stream is open: what is missing will not come by itself."""
+    broken: str | None
+    """Why the last stream broke, if it did (its sender or upstream went away)."""
+    error: str | None
+    """This sink cannot go on (a write failed): it is failed, it still forwards."""
+    forwarded_bytes: int
+    forward_error: str | None
+    corrupt_chunks: int
+    streams_seen: int
+    """Incoming streams that have ended, cleanly or not (a repair's shows as one more)."""
+
+
+@dataclass
+class StreamSink:
+    """One transfer being received here: verified, written, passed on."""
+
+    transfer_id: str
+    temp: Path
+    final: Path
+    size: int
+    chunk_size: int
+    manifest: list[bytes]
+    secret: bytes
+    downstream: str | None
+    stall_timeout: float
+    connect_timeout: float
+    corrupt_next: Callable[[], bool] = field(default=lambda: False)
+    fd: int = -1
+    _verified: bytearray = field(default_factory=bytearray)
+    verified_bytes: int = 0
+    corrupt_chunks: int = 0
+    forwarded_bytes: int = 0
+    error: str | None = None
+    forward_error: str | None = None
+    broken: str | None = None
+    _open_streams: int = 0
+    _ended_streams: int = 0
+    _finished_streams: int = 0
+    _whole: object = None
+    _whole_upto: int = 0
+    _whole_valid: bool = True
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _settling: threading.Condition = field(init=False)
+    """Notified whenever the sink may have settled: a stream ended, the writer went idle."""
+    _free: queue.Queue[bytearray] = field(default_factory=queue.Queue)
+    _work: queue.Queue[tuple[int, int, int, bytearray] | None] = field(default_factory=queue.Queue)
+    _writer: threading.Thread | None = None
+    _closed: bool = False
+    _conns: set[socket.socket] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._settling = threading.Condition(self._lock)
+
+    def open(self) -> None:
+        """Create the temporary file and start the writer (the file is filled by offset)."""
+        self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._verified = bytearray(len(self.manifest))
+        self._whole = blake3.blake3(max_threads=HASH_THREADS)
+        for _ in range(self._buffers):
+            self._free.put(bytearray(self.chunk_size))
+        self._writer = threading.Thread(
+            target=self._write_loop, name=f"sink-{self.transfer_id}", daemon=True
+        )
+        self._writer.start()
+
+    # ---- streams arriving -----------------------------------------------------------
+
+    def receive(self, conn: socket.socket, forward: bool) -> None:
+        """Read one incoming stream to its end (runs on the connection's own thread)."""
+        with self._lock:
+            if self._closed:
+                conn.close()
+                return
+            self._open_streams += 1
+            self._conns.add(conn)
+        conn.settimeout(self.stall_timeout)
+        down = self._open_downstream() if forward else None
+        clean = False
+        try:
+            header = bytearray(FRAME.size)
+            while True:
+                _recv_exact(conn, memoryview(header))
+                down = self._forward(down, header, payload=False)
+                index, offset, length = FRAME.unpack(header)
+                if index == END:
+                    clean = True
+                    return
+                self._receive_chunk(conn, down, index, offset, length)
+        except (OSError, StreamError, queue.Empty) as exc:
+            if not self._closed:
+                self.broken = f"the stream from upstream broke: {_reason(exc)}"
+        finally:
+            conn.close()
+            if down is not None:
+                down.close()
+            with self._lock:
+                self._conns.discard(conn)
+                self._open_streams -= 1
+                self._ended_streams += 1 if clean else 0
+                self._finished_streams += 1
+                self._settling.notify_all()
+
+    def _receive_chunk(
+        self, conn: socket.socket, down: socket.socket | None, index: int, offset: int, length: int
+    ) -> None:
+        if index >= len(self.manifest) or length > self.chunk_size:
+            raise StreamError(f"a frame for chunk {index} of {length} bytes is not of this file")
+        buffer = self._free.get(timeout=self.stall_timeout)
+        view = memoryview(buffer)[:length]
+        in_order = offset == self._whole_upto
+        got = 0
+        while got < length:
+            n = conn.recv_into(view[got:], min(PIECE, length - got))
+            if n == 0:
+                self._free.put(buffer)
+                raise StreamError("the sender closed the stream in the middle of a chunk")
+            piece = view[got : got + n]
+            down = self._forward(down, piece, payload=True)
+            if in_order:
+                self._whole.update(piece)  # type: ignore[attr-defined]
+            got += n
+        if in_order:
+            self._whole_upto += length
+        self._work.put((index, offset, length, buffer))
+
+    def _forward(
+        self, down: socket.socket | None, data: bytearray | memoryview, payload: bool
+    ) -> socket.socket | None:
+        """Pass bytes on; a downstream that breaks is noted and no longer fed (this sink's
+        own copy goes on: the agent re-links the chain around it)."""
+        if down is None:
+            return None
+        try:
+            down.sendall(data)
+        except OSError as exc:
+            self.forward_error = f"the next receiver stopped taking data: {_reason(exc)}"
+            down.close()
+            return None
+        if payload:
+            self.forwarded_bytes += len(data)
+        return down
+
+    def _open_downstream(self) -> socket.socket | None:
+        if self.downstream is None:
+            return None
+        try:
+            down = connect(self.downstream, self.connect_timeout)
+            down.settimeout(self.stall_timeout)
+            down.sendall(hello(self.transfer_id, self.secret, FORWARD))
+        except (OSError, StreamError) as exc:
+            self.forward_error = f"cannot pass on to {self.downstream}: {_reason(exc)}"
+            return None
+        return down
+
+    # ---- writing ------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            index, offset, length, buffer = item
+            try:
+                self._write_chunk(index, offset, memoryview(buffer)[:length])
+            finally:
+                self._free.put(buffer)
+                if self._work.empty():
+                    with self._lock:
+                        self._settling.notify_all()
+
+    def _write_chunk(self, index: int, offset: int, data: memoryview) -> None:
+        if self.corrupt_next():
+            data = memoryview(bytearray(data))
+            data[len(data) // 2] ^= 0xFF
+        if blake3.blake3(data).digest() != self.manifest[index]:
+            self.corrupt_chunks += 1
+            if offset < self._whole_upto:
+                self._whole_valid = False
+            log.info("transfer %s: chunk %d arrived damaged", self.transfer_id, index)
+            return
+        if self._verified[index] or self.error is not None:
+            return
+        try:
+            written = 0
+            while written < len(data):
+                written += os.pwrite(self.fd, data[written:], offset + written)
+        except OSError as exc:
+            self.error = f"write failed: {exc.strerror or exc}"
+            return
+        self._verified[index] = 1
+        self.verified_bytes += len(data)
+
+    # ---- status, commit, abort ----------------------------------------------------------
+
+    def status(self, wait: float = 0.0) -> SinkStatus:
+        """What the sink has; with ``wait``, first up to that many seconds for it to settle
+        (every stream ended and every chunk checked), so a watcher hears of it at once."""
+        with self._lock:
+            if wait > 0:
+                self._settling.wait_for(self._settled, wait)
+            settled = self._open_streams == 0 and self._writer_idle()
+            ended = settled and self._ended_streams > 0
+        return SinkStatus(
+            verified_bytes=self.verified_bytes,
+            missing=tuple(i for i, ok in enumerate(self._verified) if not ok),
+            ended=ended,
+            broken=self.broken if settled else None,
+            error=self.error,
+            forwarded_bytes=self.forwarded_bytes,
+            forward_error=self.forward_error,
+            corrupt_chunks=self.corrupt_chunks,
+            streams_seen=self._finished_streams,
+        )
+
+    def _settled(self) -> bool:
+        """A stream came and went and all it brought is checked (or the sink is closed)."""
+        if self._closed:
+            return True
+        return self._finished_streams > 0 and self._open_streams == 0 and self._writer_idle()
+
+    def _writer_idle(self) -> bool:
+        """Everything received was checked (and written, or found damaged)."""
+        return self._work.empty() and self._free.qsize() == self._buffers
+
+    @property
+    def _buffers(self) -> int:
+        return min(BUFFERS, max(len(self.manifest), 1))
+
+    def complete(self) -> bool:
+        return self.verified_bytes == self.size and all(self._verified)
+
+    def whole_digest(self) -> str:
+        """The file's BLAKE3: as fed while bytes came in order, else read back from disk."""
+        if self._whole_valid and self._whole_upto == self.size:
+            return str(self._whole.hexdigest())  # type: ignore[attr-defined]
+        return file_blake3(self.temp)
+
+    def relink(self, downstream: str | None) -> None:
+        """A new next receiver, for streams that start from now on."""
+        self.downstream = downstream
+        self.forward_error = None
+
+    def close(self, keep_fd: bool = False) -> None:
+        """Stop the writer (what is queued is written first) and close the file, unless
+        ``keep_fd`` (a commit fsyncs and closes it)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for conn in self._conns:  # streams still arriving end now
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+        self._work.put(None)
+        if self._writer is not None:
+            self._writer.join(timeout=self.stall_timeout)
+        if not keep_fd:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+
+
+# ---- the data port -------------------------------------------------------------------------
+
+
+class DataPort:
+    """This endpoint's TCP listener for data connections, on its node's IP."""
+
+    def __init__(self, host: str, ports: tuple[int, int] | None, hello_timeout: float) -> None:
+        self._listener = _bind(host, ports)
+        self._sinks: dict[str, StreamSink] = {}
+        self._lock = threading.Lock()
+        self._hello_timeout = hello_timeout
+        self.refusing = False
+        """Fault injection: drop every connection, as a firewall between the nodes would."""
+        threading.Thread(target=self._accept_loop, name="data-port", daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        host, port = self._listener.getsockname()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def register(self, sink: StreamSink) -> None:
+        with self._lock:
+            self._sinks[sink.transfer_id] = sink
+
+    def unregister(self, transfer_id: str) -> StreamSink | None:
+        with self._lock:
+            return self._sinks.pop(transfer_id, None)
+
+    def sink(self, transfer_id: str) -> StreamSink | None:
+        with self._lock:
+            return self._sinks.get(transfer_id)
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, peer = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(
+                target=self._greet, args=(conn, peer), name="data-conn", daemon=True
+            ).start()
+
+    def _greet(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        if self.refusing:
+            conn.close()
+            return
+        conn.settimeout(self._hello_timeout)
+        raw = bytearray(HELLO.size)
+        try:
+            _recv_exact(conn, memoryview(raw))
+        except (OSError, StreamError):
+            conn.close()
+            return
+        magic, version, flags, tid, secret = HELLO.unpack(raw)
+        if magic != MAGIC or version != VERSION:
+            log.warning("dropped a data connection from %s: not CastRay's stream protocol", peer[0])
+            conn.close()
+            return
+        if flags & PROBE:
+            with contextlib.suppress(OSError):
+                conn.sendall(MAGIC)
+            conn.close()
+            return
+        sink = self.sink(tid.decode("ascii", "replace").strip())
+        if sink is None or not hmac.compare_digest(secret, sink.secret):
+            log.warning(
+                "dropped a data connection from %s: it did not present the secret of a "
+                "transfer open here",
+                peer[0],
+            )
+            conn.close()
+            return
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sink.receive(conn, forward=bool(flags & FORWARD))
+
+
+def _bind(host: str, ports: tuple[int, int] | None) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    candidates = range(ports[0], ports[1] + 1) if ports else [0]
+    last: OSError | None = None
+    for port in candidates:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        sock.listen(128)
+        return sock
+    raise OSError(f"no free data port on {host} in {ports}: {last}")
+
+
+# ---- sending ---------------------------------------------------------------------------
+
+
+def send(
+    file: BinaryIO,
+    target: str,
+    transfer_id: str,
+    secret: bytes,
+    chunks: list[tuple[int, int, int]],
+    forward: bool,
+    connect_timeout: float,
+    stall_timeout: float,
+    stop: threading.Event,
+) -> int:
+    """Stream ``chunks`` (index, offset, length) of ``file`` to ``target`` with ``sendfile``
+    (the bytes never enter Python); the bytes sent."""
+    sent_total = 0
+    with connect(target, connect_timeout) as sock:
+        sock.settimeout(stall_timeout)
+        try:
+            sock.sendall(hello(transfer_id, secret, FORWARD if forward else 0))
+            for index, offset, length in chunks:
+                if stop.is_set():
+                    raise StreamError("stopped")
+                sock.sendall(FRAME.pack(index, offset, length))
+                sent = 0
+                while sent < length:
+                    n = sock.sendfile(file, offset + sent, length - sent)
+                    if n == 0:
+                        raise StreamError(f"the file ended before byte {offset + length}")
+                    sent += n
+                sent_total += length
+            sock.sendall(FRAME.pack(END, 0, 0))
+        except OSError as exc:
+            raise StreamError(f"the stream to {target} broke: {_reason(exc)}") from exc
+    return sent_total
+
+
+def all_chunks(size: int, chunk_size: int) -> list[tuple[int, int, int]]:
+    return [(c.index, c.offset, c.length) for c in plan_chunks(size, chunk_size)]
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, queue.Empty):
+        return "no chunk could be written for too long"
+    return str(exc) or type(exc).__name__
