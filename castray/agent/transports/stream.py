@@ -144,11 +144,14 @@ class StreamRun:
     def run(self) -> None:
         """Stream, watch, repair, commit; always ends with one ``TransferFinished``."""
         try:
-            if self.spec.source is not None and self._open_members():
+            # The head of this cluster's chain, or, with no recipient here, the next cluster's.
+            members = self._open_members()
+            head = members[0].member.data_address if members else self.spec.downstream
+            if self.spec.source is not None and head is not None:
                 self._send(
                     self.spec.source,
                     self.spec.source_path,
-                    self._open_members()[0].member.data_address,
+                    head,
                     all_chunks(self.spec.size, self.spec.chunk_size),
                     forward=True,
                 )
