@@ -115,8 +115,9 @@ class RayCluster:
     def start_head(self, num_cpus: int = 1) -> RayCluster:
         """Start the head (again, after ``kill``: the same command, the same ports). On a busy
         machine a head's own processes can time out registering (Ray then gives up on the
-        whole node), so a second try follows a first that did not come up."""
-        for attempt in (1, 2):
+        whole node), so more tries follow one that did not come up."""
+        attempts = 3
+        for attempt in range(1, attempts + 1):
             head = self._start(
                 self.head_ip,
                 [
@@ -137,7 +138,7 @@ class RayCluster:
             except AssertionError:
                 head.stop()
                 self.raylets.remove(head)
-                if attempt == 2:
+                if attempt == attempts:
                     raise
             else:
                 return self
@@ -225,11 +226,23 @@ class RayCluster:
         if head.process.poll() is not None:
             raise AssertionError(
                 f"ray start exited; see {head.log}:\n{head.log.read_text()[-3000:]}"
+                f"{self._session_log_tails()}"
             )
         if self.alive_nodes() < 1:
             return False
         with socket.create_connection((self.head_ip, self.client_port), timeout=1):
             return True
+
+    def _session_log_tails(self) -> str:
+        """The ends of the newest session's GCS and raylet logs: why a node did not register."""
+        tails = []
+        for temp_dir in self._temp_dirs[-1:]:
+            for name in ("gcs_server.out", "raylet.out"):
+                for path in temp_dir.glob(f"session_*/logs/{name}"):
+                    with contextlib.suppress(OSError):
+                        text = path.read_text(errors="replace")[-1500:]
+                        tails.append(f"\n--- {path} ---\n{text}")
+        return "".join(tails)
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.auth_token}"} if self.auth_token else {}

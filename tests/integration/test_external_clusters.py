@@ -164,12 +164,14 @@ def test_external_endpoints_send_and_receive_within_their_cluster(
     ],
     ids=["home-to-external", "external-to-home", "external-a-to-b", "across-three-clusters"],
 )
+@pytest.mark.parametrize("transport", ["stream", "object-store"])
 def test_transfers_cross_cluster_boundaries_byte_for_byte(
     server: CastRayServer,
     cluster_a: RayCluster,
     cluster_b: RayCluster,
     source: str,
     targets: list[str],
+    transport: str,
 ) -> None:
     a = f"ext-{cluster_a.address.replace(':', '-')}"
     b = f"ext-{cluster_b.address.replace(':', '-')}"
@@ -181,15 +183,21 @@ def test_transfers_cross_cluster_boundaries_byte_for_byte(
         "b-head": f"{b}-{B_HEAD}",
     }
     data = tx.random_bytes(700_000)
-    name = f"cross-{source}-{len(targets)}.bin"
+    name = f"cross-{source}-{len(targets)}-{transport}.bin"
     tx.upload_bytes(server, name, data)
     mode = "unicast" if len(targets) == 1 else "multicast"
 
     done = tx.send(
-        server, source_node=ids[source], file=name, mode=mode, recipients=[ids[t] for t in targets]
+        server,
+        source_node=ids[source],
+        file=name,
+        mode=mode,
+        recipients=[ids[t] for t in targets],
+        transport=transport,
     )
 
     assert done["status"] == "completed", done
+    assert (done["transport"], done["transport_note"]) == (transport, None), done
     for target in targets:
         assert Path(done["recipients"][ids[target]]["path"]).read_bytes() == data
 
@@ -448,4 +456,5 @@ def test_a_transfer_into_a_cluster_that_dies_fails_with_the_reason(
     done = tx.wait_finished(server, transfer_id, timeout=60)
     assert done["status"] == "failed", done
     assert done["recipients"][endpoint]["status"] == "failed"
-    assert "down" in done["error"] or "died" in (done["recipients"][endpoint]["error"] or "")
+    reasons = f"{done['error']} {done['recipients'][endpoint]['error']}"
+    assert "down" in reasons or "died" in reasons, done

@@ -401,6 +401,7 @@ def test_a_recipient_whose_node_dies_fails_while_the_others_complete(
         wait_for(lambda: server.nodes()[DST_B]["status"] == "dead", 30, f"{DST_B} to be dead")
     finally:
         three_nodes.add_worker(worker_b)  # the cluster is shared: whole again for the next
+        wait_for(lambda: server.nodes()[DST_B]["status"] == "alive", 120, f"{DST_B} to be back")
     assert done["status"] == "partially_failed", done
     assert done["transport"] == transport
     assert done["recipients"][DST_B]["status"] == "failed"
