@@ -14,9 +14,10 @@ A connection that does not open with the hello of a sink open here, and that sin
 is dropped and logged: no other process can inject bytes into a transfer or read one.
 
 A sink receives into a few reusable chunk buffers (bounded memory whatever the file size),
-forwards each piece downstream as it arrives, feeds the whole-file BLAKE3 while bytes come in
-order, and hands each full chunk to its writer thread, which checks the chunk's BLAKE3
-against the manifest and writes it at its offset. A chunk that fails its check, or never
+forwards each piece downstream as it arrives, and hashes it at once, while it is still in the
+CPU's cache: into the chunk's BLAKE3 (checked against the manifest when the chunk is whole)
+and, while bytes come in order, the whole file's. Its writer thread writes each intact chunk
+at its offset, so receiving and writing overlap. A chunk that fails its check, or never
 came, is listed as missing for the agent to have it sent again.
 """
 
@@ -37,7 +38,7 @@ from typing import BinaryIO
 
 import blake3
 
-from castray.chunks import HASH_THREADS, file_blake3, plan_chunks
+from castray.chunks import file_blake3, plan_chunks
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,10 @@ class StreamSink:
     _settling: threading.Condition = field(init=False)
     """Notified whenever the sink may have settled: a stream ended, the writer went idle."""
     _free: queue.Queue[bytearray] = field(default_factory=queue.Queue)
-    _work: queue.Queue[tuple[int, int, int, bytearray] | None] = field(default_factory=queue.Queue)
+    _work: queue.Queue[tuple[int, int, int, bytearray, bool] | None] = field(
+        default_factory=queue.Queue
+    )
+    """Chunks to write: index, offset, length, buffer, and whether it was found intact."""
     _writer: threading.Thread | None = None
     _closed: bool = False
     _conns: set[socket.socket] = field(default_factory=set)
@@ -170,7 +174,7 @@ class StreamSink:
         """Create the temporary file and start the writer (the file is filled by offset)."""
         self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._verified = bytearray(len(self.manifest))
-        self._whole = blake3.blake3(max_threads=HASH_THREADS)
+        self._whole = blake3.blake3()  # fed on the receiving thread, from the CPU's cache
         for _ in range(self._buffers):
             self._free.put(bytearray(self.chunk_size))
         self._writer = threading.Thread(
@@ -223,6 +227,8 @@ class StreamSink:
         buffer = self._free.get(timeout=self.stall_timeout)
         view = memoryview(buffer)[:length]
         in_order = offset == self._whole_upto
+        corrupt = self.corrupt_next()
+        chunk_hash = blake3.blake3()
         got = 0
         while got < length:
             n = conn.recv_into(view[got:], min(PIECE, length - got))
@@ -231,12 +237,20 @@ class StreamSink:
                 raise StreamError("the sender closed the stream in the middle of a chunk")
             piece = view[got : got + n]
             down = self._forward(down, piece, payload=True)
+            if corrupt:  # fault injection: damaged here, after it was passed on intact
+                piece[n // 2] ^= 0xFF
+                corrupt = False
+            # Hashed while the piece is still in the CPU's cache: no second pass over memory.
+            chunk_hash.update(piece)
             if in_order:
                 self._whole.update(piece)  # type: ignore[attr-defined]
             got += n
+        intact = chunk_hash.digest() == self.manifest[index]
         if in_order:
             self._whole_upto += length
-        self._work.put((index, offset, length, buffer))
+            if not intact:
+                self._whole_valid = False
+        self._work.put((index, offset, length, buffer, intact))
 
     def _forward(
         self, down: socket.socket | None, data: bytearray | memoryview, payload: bool
@@ -274,23 +288,19 @@ class StreamSink:
             item = self._work.get()
             if item is None:
                 return
-            index, offset, length, buffer = item
+            index, offset, length, buffer, intact = item
             try:
-                self._write_chunk(index, offset, memoryview(buffer)[:length])
+                self._write_chunk(index, offset, memoryview(buffer)[:length], intact)
             finally:
                 self._free.put(buffer)
                 if self._work.empty():
                     with self._lock:
                         self._settling.notify_all()
 
-    def _write_chunk(self, index: int, offset: int, data: memoryview) -> None:
-        if self.corrupt_next():
-            data = memoryview(bytearray(data))
-            data[len(data) // 2] ^= 0xFF
-        if blake3.blake3(data).digest() != self.manifest[index]:
+    def _write_chunk(self, index: int, offset: int, data: memoryview, intact: bool) -> None:
+        """Write a chunk the receiving thread found intact (it checked it as it arrived)."""
+        if not intact:
             self.corrupt_chunks += 1
-            if offset < self._whole_upto:
-                self._whole_valid = False
             log.info("transfer %s: chunk %d arrived damaged", self.transfer_id, index)
             return
         if self._verified[index] or self.error is not None:
