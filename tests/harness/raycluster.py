@@ -215,6 +215,9 @@ class RayCluster:
                 stderr=subprocess.STDOUT,
                 env=self.env(),
                 start_new_session=True,
+                # Another user's Ray must not start in a directory it cannot enter (a fresh
+                # clone made by mktemp is 0700): the dashboard's subprocesses failed there.
+                cwd=temp_dir if self.run_as is not None else None,
             )
         raylet = Raylet(ip=ip, process=process, log=log)
         self.raylets.append(raylet)
@@ -238,9 +241,11 @@ class RayCluster:
         tails = []
         for temp_dir in self._temp_dirs[-1:]:
             for name in ("gcs_server.out", "raylet.out"):
-                for path in temp_dir.glob(f"session_*/logs/{name}"):
+                for path in temp_dir.glob(f"session_2*/logs/{name}"):
                     with contextlib.suppress(OSError):
-                        text = path.read_text(errors="replace")[-1500:]
+                        lines = path.read_text(errors="replace").splitlines()
+                        notable = [ln for ln in lines if " W " in ln or " E " in ln][-20:]
+                        text = "\n".join([*lines[:25], "...", *notable, "...", *lines[-5:]])
                         tails.append(f"\n--- {path} ---\n{text}")
         return "".join(tails)
 
