@@ -176,7 +176,8 @@ class StreamSink:
         self._verified = bytearray(len(self.manifest))
         self._whole = blake3.blake3()  # fed on the receiving thread, from the CPU's cache
         for _ in range(self._buffers):
-            self._free.put(bytearray(self.chunk_size))
+            # No chunk is longer than the file: a small file gets small buffers.
+            self._free.put(bytearray(min(self.chunk_size, max(self.size, 1))))
         self._writer = threading.Thread(
             target=self._write_loop, name=f"sink-{self.transfer_id}", daemon=True
         )
