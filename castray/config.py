@@ -144,6 +144,18 @@ class Settings(BaseSettings):
     stall_timeout: float = Field(
         120.0, gt=0, description="Seconds without any chunk arriving before recipients fail."
     )
+    peer_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a receiving endpoint may leave its transfer's status unanswered "
+        "before it is failed as cut off, and the stream re-routed around it.",
+    )
+    orphan_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a receiving endpoint keeps a partial file no agent asks about "
+        "(agent gone, node cut off) before it removes it.",
+    )
     control_timeout: float = Field(
         60.0, gt=0, description="Seconds for an endpoint to answer a control call (open, commit)."
     )

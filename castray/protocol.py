@@ -34,6 +34,8 @@ class AgentTunables(_Message):
     progress_interval: float = 0.25
     stall_timeout: float = 120.0
     control_timeout: float = 60.0
+    peer_timeout: float = 5.0
+    orphan_timeout: float = 30.0
     endpoint_probe_interval: float = 5.0
     messages_kept: int = 1000
     stream_timeout: float = 120.0

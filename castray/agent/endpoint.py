@@ -21,6 +21,7 @@ sent: each call lasts as long as its stream).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -37,6 +38,8 @@ import ray
 from castray.agent import streams
 from castray.agent.outcomes import ChunkOutcome, ChunkStatus, CommitOutcome, EndpointFacts
 from castray.chunks import HASH_THREADS, file_blake3
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,7 +90,8 @@ class Endpoint:
         self._port = streams.DataPort(
             ray.util.get_node_ip_address(), options.data_ports, options.connect_timeout
         )
-        self._sending: dict[str, threading.Event] = {}
+        self._sending: dict[str, streams.Stopper] = {}
+        threading.Thread(target=self._reap_orphans, name="orphan-reaper", daemon=True).start()
 
     @ray.method(concurrency_group="control")
     def describe(self) -> EndpointFacts:
@@ -297,7 +301,7 @@ class Endpoint:
             source = sink.temp
         else:
             source = self._source_path(path)
-        stop = self._sending.setdefault(transfer_id, threading.Event())
+        stop = self._sending.setdefault(transfer_id, streams.Stopper())
         with source.open("rb") as file:
             return streams.send(
                 file,
@@ -310,6 +314,14 @@ class Endpoint:
                 self._options.stall_timeout,
                 stop,
             )
+
+    @ray.method(concurrency_group="stream")
+    def sever(self, transfer_id: str, upstream: bool, downstream: bool) -> None:
+        """Drop the transfer's streams from a sender or to a receiver that is gone (cut off,
+        or its node lost): they would only stall until the stall timeout."""
+        sink = self._port.sink(transfer_id)
+        if sink is not None:
+            sink.sever(upstream, downstream)
 
     @ray.method(concurrency_group="stream")
     def stop_sending(self, transfer_id: str) -> None:
@@ -329,13 +341,34 @@ class Endpoint:
         sink = self._sinks.pop(transfer_id, None)
         if sink is not None:
             self._discard(sink)
+        self._drop_stream_sink(transfer_id)
+        stop = self._sending.pop(transfer_id, None)
+        if stop is not None:
+            stop.set()
+
+    def _drop_stream_sink(self, transfer_id: str) -> None:
         stream = self._port.unregister(transfer_id)
         if stream is not None:
             stream.close()
             stream.temp.unlink(missing_ok=True)
-        stop = self._sending.pop(transfer_id, None)
-        if stop is not None:
-            stop.set()
+
+    def _reap_orphans(self) -> None:
+        """Remove the partial file of a stream sink its agent stopped asking about (the agent
+        died, or this node was cut off and the abort never came): nothing half-written stays."""
+        timeout = self._options.orphan_timeout
+        while True:
+            time.sleep(min(5.0, timeout / 4))
+            for transfer_id, sink in self._port.sinks():
+                idle = time.monotonic() - sink.last_contact
+                if idle > timeout:
+                    log.warning(
+                        "transfer %s: no word from its agent for %.0f s; its partial file %s "
+                        "is removed",
+                        transfer_id,
+                        idle,
+                        sink.temp.name,
+                    )
+                    self._drop_stream_sink(transfer_id)
 
     def _discard(self, sink: _Sink) -> None:
         with contextlib.suppress(OSError):
@@ -370,6 +403,7 @@ class EndpointOptions:
     data_ports: tuple[int, int] | None
     stall_timeout: float
     connect_timeout: float
+    orphan_timeout: float
 
 
 @dataclass(frozen=True)

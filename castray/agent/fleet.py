@@ -69,6 +69,7 @@ class Fleet:
             data_ports=tunables.data_ports,
             stall_timeout=tunables.stall_timeout,
             connect_timeout=tunables.data_connect_timeout,
+            orphan_timeout=tunables.orphan_timeout,
         )
         self._emit = emit
         self._lock = threading.Lock()

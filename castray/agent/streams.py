@@ -31,7 +31,8 @@ import queue
 import socket
 import struct
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -166,6 +167,10 @@ class StreamSink:
     _writer: threading.Thread | None = None
     _closed: bool = False
     _conns: set[socket.socket] = field(default_factory=set)
+    _downs: set[socket.socket] = field(default_factory=set)
+    """Connections passing streams on downstream."""
+    last_contact: float = field(default_factory=time.monotonic)
+    """When the agent last asked about this sink (an orphan is one nobody asks about)."""
 
     def __post_init__(self) -> None:
         self._settling = threading.Condition(self._lock)
@@ -194,7 +199,10 @@ class StreamSink:
             self._open_streams += 1
             self._conns.add(conn)
         conn.settimeout(self.stall_timeout)
-        down = self._open_downstream() if forward else None
+        down = opened = self._open_downstream() if forward else None
+        if opened is not None:
+            with self._lock:
+                self._downs.add(opened)
         clean = False
         try:
             header = bytearray(FRAME.size)
@@ -215,6 +223,8 @@ class StreamSink:
                 down.close()
             with self._lock:
                 self._conns.discard(conn)
+                if opened is not None:
+                    self._downs.discard(opened)
                 self._open_streams -= 1
                 self._ended_streams += 1 if clean else 0
                 self._finished_streams += 1
@@ -228,24 +238,32 @@ class StreamSink:
         buffer = self._free.get(timeout=self.stall_timeout)
         view = memoryview(buffer)[:length]
         in_order = offset == self._whole_upto
+        # The whole-file hash as it was before this chunk: a chunk that never arrives whole
+        # must leave no trace in it (it comes again, whole, from a repair).
+        whole_before = self._whole.copy() if in_order else None  # type: ignore[attr-defined]
         corrupt = self.corrupt_next()
         chunk_hash = blake3.blake3()
         got = 0
-        while got < length:
-            n = conn.recv_into(view[got:], min(PIECE, length - got))
-            if n == 0:
-                self._free.put(buffer)
-                raise StreamError("the sender closed the stream in the middle of a chunk")
-            piece = view[got : got + n]
-            down = self._forward(down, piece, payload=True)
-            if corrupt:  # fault injection: damaged here, after it was passed on intact
-                piece[n // 2] ^= 0xFF
-                corrupt = False
-            # Hashed while the piece is still in the CPU's cache: no second pass over memory.
-            chunk_hash.update(piece)
-            if in_order:
-                self._whole.update(piece)  # type: ignore[attr-defined]
-            got += n
+        try:
+            while got < length:
+                n = conn.recv_into(view[got:], min(PIECE, length - got))
+                if n == 0:
+                    raise StreamError("the sender closed the stream in the middle of a chunk")
+                piece = view[got : got + n]
+                down = self._forward(down, piece, payload=True)
+                if corrupt:  # fault injection: damaged here, after it was passed on intact
+                    piece[n // 2] ^= 0xFF
+                    corrupt = False
+                # Hashed while the piece is still in the CPU's cache: no second pass over memory.
+                chunk_hash.update(piece)
+                if in_order:
+                    self._whole.update(piece)  # type: ignore[attr-defined]
+                got += n
+        except BaseException:
+            self._free.put(buffer)
+            if whole_before is not None:
+                self._whole = whole_before
+            raise
         intact = chunk_hash.digest() == self.manifest[index]
         if in_order:
             self._whole_upto += length
@@ -321,6 +339,7 @@ class StreamSink:
     def status(self, wait: float = 0.0) -> SinkStatus:
         """What the sink has; with ``wait``, first up to that many seconds for it to settle
         (every stream ended and every chunk checked), so a watcher hears of it at once."""
+        self.last_contact = time.monotonic()
         with self._lock:
             if wait > 0:
                 self._settling.wait_for(self._settled, wait)
@@ -363,8 +382,19 @@ class StreamSink:
 
     def relink(self, downstream: str | None) -> None:
         """A new next receiver, for streams that start from now on."""
+        self.last_contact = time.monotonic()
         self.downstream = downstream
         self.forward_error = None
+
+    def sever(self, upstream: bool, downstream: bool) -> None:
+        """End the streams arriving here (``upstream``: their sender is gone, so they would
+        only stall; what they did not bring gets repaired) or stop passing them on
+        (``downstream``: the next receiver is gone; this sink's own copy goes on)."""
+        with self._lock:
+            doomed = [*(self._conns if upstream else ()), *(self._downs if downstream else ())]
+        for conn in doomed:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def close(self, keep_fd: bool = False) -> None:
         """Stop the writer (what is queued is written first) and close the file, unless
@@ -411,6 +441,10 @@ class DataPort:
     def unregister(self, transfer_id: str) -> StreamSink | None:
         with self._lock:
             return self._sinks.pop(transfer_id, None)
+
+    def sinks(self) -> list[tuple[str, StreamSink]]:
+        with self._lock:
+            return list(self._sinks.items())
 
     def sink(self, transfer_id: str) -> StreamSink | None:
         with self._lock:
@@ -481,6 +515,39 @@ def _bind(host: str, ports: tuple[int, int] | None) -> socket.socket:
 # ---- sending ---------------------------------------------------------------------------
 
 
+class Stopper:
+    """Stops one transfer's outgoing streams at once, a stream blocked on a full socket too
+    (its receiver is gone or cut off)."""
+
+    def __init__(self) -> None:
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._socks: set[socket.socket] = set()
+
+    def is_set(self) -> bool:
+        return self._stopped.is_set()
+
+    def set(self) -> None:
+        with self._lock:
+            self._stopped.set()
+            socks = list(self._socks)
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    @contextlib.contextmanager
+    def watching(self, sock: socket.socket) -> Iterator[None]:
+        with self._lock:
+            self._socks.add(sock)
+        try:
+            if self.is_set():
+                raise StreamError("stopped")
+            yield
+        finally:
+            with self._lock:
+                self._socks.discard(sock)
+
+
 def send(
     file: BinaryIO,
     target: str,
@@ -490,12 +557,12 @@ def send(
     forward: bool,
     connect_timeout: float,
     stall_timeout: float,
-    stop: threading.Event,
+    stop: Stopper,
 ) -> int:
     """Stream ``chunks`` (index, offset, length) of ``file`` to ``target`` with ``sendfile``
     (the bytes never enter Python); the bytes sent."""
     sent_total = 0
-    with connect(target, connect_timeout) as sock:
+    with connect(target, connect_timeout) as sock, stop.watching(sock):
         sock.settimeout(stall_timeout)
         try:
             sock.sendall(hello(transfer_id, secret, FORWARD if forward else 0))
@@ -512,6 +579,8 @@ def send(
                 sent_total += length
             sock.sendall(FRAME.pack(END, 0, 0))
         except OSError as exc:
+            if stop.is_set():
+                raise StreamError("stopped") from exc
             raise StreamError(f"the stream to {target} broke: {_reason(exc)}") from exc
     return sent_total
 

@@ -63,6 +63,8 @@ def agent_tunables(settings: Settings) -> AgentTunables:
         progress_interval=settings.progress_interval,
         stall_timeout=settings.stall_timeout,
         control_timeout=settings.control_timeout,
+        peer_timeout=settings.peer_timeout,
+        orphan_timeout=settings.orphan_timeout,
         endpoint_probe_interval=settings.endpoint_probe_interval,
         messages_kept=settings.messages_kept,
         stream_timeout=settings.stall_timeout,

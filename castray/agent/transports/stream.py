@@ -76,6 +76,9 @@ class _Recipient:
     status: SinkStatus | None = None
     failed: str | None = None
     committing: Any = None
+    asking: Any = None
+    """Its status call in flight (one at a time), and since when."""
+    asked_at: float = 0.0
     path: str | None = None
     streams_before_repair: int | None = None
     """While a repair is on its way: how many streams the sink had seen when it was sent."""
@@ -212,25 +215,60 @@ class StreamRun:
         )
 
     def _read_statuses(self) -> None:
-        watched = [r for r in self._recipients if r.open or r.status is None]
-        wait = self.spec.tunables.progress_interval
-        refs = {
-            r.member.id: r.member.handle.sink_status.remote(
-                self.spec.transfer_id, wait if self._unsettled(r) else 0.0
-            )
-            for r in watched
-        }
-        for recipient in watched:
-            try:
-                status = ray.get(
-                    refs[recipient.member.id], timeout=self.spec.tunables.control_timeout
+        """Ask every open sink how it is doing, one question each at a time: a sink that does
+        not answer (its host cut off, its node lost) holds up nobody, and once it has been
+        silent for ``peer_timeout`` it is failed and the stream goes around it."""
+        tunables = self.spec.tunables
+        now = time.monotonic()
+        for recipient in self._recipients:
+            if recipient.open and recipient.asking is None:
+                wait = tunables.progress_interval if self._unsettled(recipient) else 0.0
+                recipient.asking = recipient.member.handle.sink_status.remote(
+                    self.spec.transfer_id, wait
                 )
-            except (RayError, GetTimeoutError) as exc:
+                recipient.asked_at = now
+        asking = {r.asking: r for r in self._recipients if r.asking is not None}
+        if not asking:
+            return
+        ready, _ = ray.wait(
+            list(asking), num_returns=len(asking), timeout=tunables.progress_interval * 2
+        )
+        for ref in ready:
+            recipient = asking.pop(ref)
+            recipient.asking = None
+            try:
+                status = ray.get(ref)
+            except RayError as exc:
                 if recipient.open:
                     self._fail(recipient, f"its actor or node died: {reason(exc)}")
                 continue
-            if status is not None:
+            if status is not None and recipient.open:
                 recipient.status = status
+        now = time.monotonic()
+        for recipient in asking.values():
+            if recipient.open and now - recipient.asked_at > tunables.peer_timeout:
+                self._cut_off(recipient)
+
+    def _cut_off(self, recipient: _Recipient) -> None:
+        """Fail a recipient that stopped answering, and take it out of the chain: its upstream
+        stops passing the stream to it (it would block there), its downstream drops the stream
+        from it (it would wait there); what the downstream lacks is then repaired."""
+        position = self._recipients.index(recipient)
+        self._fail(
+            recipient,
+            f"it did not answer for {self.spec.tunables.peer_timeout:g} s: its host is cut off "
+            "or its node is lost",
+        )
+        tid = self.spec.transfer_id
+        before = [r for r in self._recipients[:position] if r.failed is None]
+        if before:
+            before[-1].member.handle.sever.remote(tid, False, True)
+        elif self.spec.source is not None:
+            self.spec.source.handle.stop_sending.remote(tid)
+        after = [r for r in self._recipients[position + 1 :] if r.open]
+        if after:
+            after[0].member.handle.sever.remote(tid, True, False)
+        self._relink_around_failed()
 
     def _act_on(self, recipient: _Recipient) -> None:
         status = recipient.status
@@ -338,7 +376,10 @@ class StreamRun:
                 continue
             for position, recipient in enumerate(run):
                 nxt = run[position + 1].member.data_address if position + 1 < len(run) else None
-                ray.get(recipient.member.handle.relink.remote(self.spec.transfer_id, nxt))
+                ray.get(
+                    recipient.member.handle.relink.remote(self.spec.transfer_id, nxt),
+                    timeout=self.spec.tunables.control_timeout,
+                )
                 recipient.streams_before_repair = recipient.status.streams_seen  # type: ignore[union-attr]
             chunks = [
                 c for c in _chunks(self.spec.size, self.spec.chunk_size) if c[0] in set(missing)
