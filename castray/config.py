@@ -37,6 +37,12 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Interface the API binds to.")
     port: int = Field(8000, ge=0, le=65535, description="Port of the API (0 picks a free one).")
+    listen_fd: int | None = Field(
+        None,
+        ge=0,
+        description="Serve on this inherited listening socket instead of binding host:port "
+        "(how `castray lab` serves from inside a lab host).",
+    )
     ray_address: str | None = Field(
         None,
         validation_alias=AliasChoices("CASTRAY_RAY_ADDRESS", "RAY_ADDRESS"),

@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from castray.cli import clusters as cli_clusters
 from castray.cli import groups as cli_groups
+from castray.cli import lab as cli_lab
 from castray.cli import transfers as cli_transfers
 from castray.cli.options import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption
 from castray.cli.output import err, in_cli_words, out, print_table
@@ -29,6 +30,7 @@ app = typer.Typer(
 )
 app.add_typer(cli_clusters.app, name="clusters")
 app.add_typer(cli_groups.app, name="groups")
+app.add_typer(cli_lab.app, name="lab")
 for command in (
     cli_transfers.send,
     cli_transfers.transfers,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import socket
 from types import FrameType
 
 import uvicorn
@@ -47,5 +48,7 @@ def serve(app: FastAPI, settings: Settings) -> None:
         ws_ping_timeout=settings.ws_send_timeout / 2,
     )
     # uvicorn re-raises the signal that stopped it once it has shut down; Ctrl+C is a normal end.
+    # A listening socket handed down (``castray lab``: made in another network namespace).
+    sockets = None if settings.listen_fd is None else [socket.socket(fileno=settings.listen_fd)]
     with contextlib.suppress(KeyboardInterrupt):
-        _Server(config, app.state.stopping).run()
+        _Server(config, app.state.stopping).run(sockets=sockets)
