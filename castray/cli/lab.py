@@ -12,7 +12,7 @@ from castray.cli.output import err, out, print_table
 from castray.lab import lab as lab_ops
 from castray.lab.network import NetworkError, link_is_up
 from castray.lab.processes import LabProcessError
-from castray.lab.shaping import LinkShape, ShapeError
+from castray.lab.shaping import LinkShape, ShapeError, parse_delay, parse_loss, parse_rate
 from castray.lab.state import DEFAULT_SUBNET, HostState, LabState
 
 app = typer.Typer(
@@ -128,9 +128,9 @@ def shape(
     def reshape(lab: LabState) -> HostState:
         now = lab.host(host).shape
         new = LinkShape(
-            LinkShape.parse(rate).rate_bits if rate else now.rate_bits,
-            LinkShape.parse("1mbit", delay).delay_s if delay else now.delay_s,
-            LinkShape.parse("1mbit", loss=loss).loss_percent if loss else now.loss_percent,
+            parse_rate(rate) if rate else now.rate_bits,
+            parse_delay(delay) if delay else now.delay_s,
+            parse_loss(loss) if loss else now.loss_percent,
         )
         return lab_ops.reshape(lab, host, new)
 
