@@ -21,8 +21,10 @@ sent: each call lasts as long as its stream).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import shutil
 import threading
 import time
 from collections import deque
@@ -38,6 +40,7 @@ import ray
 from castray.agent import streams
 from castray.agent.outcomes import ChunkOutcome, ChunkStatus, CommitOutcome, EndpointFacts
 from castray.chunks import HASH_THREADS, file_blake3
+from castray.sizes import binary_size
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,7 @@ class Endpoint:
             ray.util.get_node_ip_address(), options.data_ports, options.connect_timeout
         )
         self._sending: dict[str, streams.Stopper] = {}
+        sweep_partials(self.storage_dir)
         threading.Thread(target=self._reap_orphans, name="orphan-reaper", daemon=True).start()
 
     @ray.method(concurrency_group="control")
@@ -153,6 +157,7 @@ class Endpoint:
         """Create the temporary file a transfer writes into; returns the final path."""
         final = self.storage_dir / name
         temp = self.storage_dir / f".{name}.{transfer_id}.part"
+        check_free_space(self.storage_dir, name, size)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.ftruncate(fd, size)
@@ -251,6 +256,7 @@ class Endpoint:
         downstream: str | None,
     ) -> str:
         """Get ready to receive a transfer on the data port; returns the final path."""
+        check_free_space(self.storage_dir, name, size)
         sink = streams.StreamSink(
             transfer_id=transfer_id,
             temp=self.storage_dir / f".{name}.{transfer_id}.part",
@@ -338,6 +344,9 @@ class Endpoint:
     @ray.method(concurrency_group="stream")
     def abort_sink(self, transfer_id: str) -> None:
         """Drop a transfer's partial file (either transport's); nothing of it stays."""
+        self._abort(transfer_id)
+
+    def _abort(self, transfer_id: str) -> None:
         sink = self._sinks.pop(transfer_id, None)
         if sink is not None:
             self._discard(sink)
@@ -345,6 +354,15 @@ class Endpoint:
         stop = self._sending.pop(transfer_id, None)
         if stop is not None:
             stop.set()
+
+    @ray.method(concurrency_group="control")
+    def abort_all(self) -> int:
+        """Drop every partial file and stop every stream (the server is stopping: this actor
+        is about to be killed, and nothing half-written may stay). The transfers dropped."""
+        transfer_ids = {*self._sinks, *(tid for tid, _ in self._port.sinks()), *self._sending}
+        for transfer_id in transfer_ids:
+            self._abort(transfer_id)
+        return len(transfer_ids)
 
     def _drop_stream_sink(self, transfer_id: str) -> None:
         stream = self._port.unregister(transfer_id)
@@ -470,3 +488,26 @@ _ACTOR_OPTIONS: dict[str, Any] = {
     "concurrency_groups": {"commit": 4, "control": 4, "stream": 4, "send": 8, "watch": 32},
 }
 EndpointActor: Any = ray.remote(**_ACTOR_OPTIONS)(Endpoint)
+
+
+def sweep_partials(storage_dir: Path) -> None:
+    """Remove the partial files (``.<name>.<transfer>.part``) a previous run of this endpoint
+    left when it was killed: no transfer can own them now (a new actor has none open)."""
+    removed = 0
+    for path in storage_dir.glob(".*.part"):
+        with contextlib.suppress(OSError):
+            size = path.stat().st_size
+            path.unlink()
+            removed += size
+            log.warning("removed %s, left by a transfer that did not end (%d bytes)", path, size)
+
+
+def check_free_space(storage_dir: Path, name: str, size: int) -> None:
+    """Refuse a file the disk cannot hold, before a byte of it is written."""
+    free = shutil.disk_usage(storage_dir).free
+    if free < size:
+        raise OSError(
+            errno.ENOSPC,
+            f"not enough free space for {name}: it needs {binary_size(size)}, the disk has "
+            f"{binary_size(free)} free",
+        )

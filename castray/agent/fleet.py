@@ -28,6 +28,9 @@ from castray.protocol import AgentTunables, EndpointRemoved, EndpointUpdate
 log = logging.getLogger(__name__)
 
 HEAD_RESOURCE = "node:__internal_head__"
+ABORT_GRACE = 0.5
+"""Seconds endpoints get to drop their partial files when the agent stops (it must exit
+within main.EXIT_GRACE)."""
 
 Emit = Callable[[EndpointUpdate | EndpointRemoved], None]
 
@@ -197,10 +200,18 @@ class Fleet:
             if changed:
                 self._set(deployed, counters=counters.model_copy(update=changed))
 
-    def close(self) -> None:
-        """Stop every endpoint actor (they would die with this driver anyway)."""
+    def close(self, grace: float = ABORT_GRACE) -> None:
+        """Stop every endpoint actor (they would die with this driver anyway), after each has
+        dropped its partial files, for ``grace`` seconds at most: an actor killed while it
+        receives would leave its ``.part`` behind."""
         with self._lock:
             if ray.is_initialized():
+                alive = [
+                    d.handle for d in self._endpoints.values() if d.state.status is NodeStatus.ALIVE
+                ]
+                aborts = [handle.abort_all.remote() for handle in alive]
+                if aborts:
+                    ray.wait(aborts, num_returns=len(aborts), timeout=grace)
                 for deployed in self._endpoints.values():
                     _kill(deployed.handle)
             self._endpoints.clear()

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.filesize import pick_unit_and_suffix
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -42,6 +41,7 @@ from castray.models import (
     TransferStatus,
     Transport,
 )
+from castray.sizes import binary_size
 
 POLL_EVERY = 1.0
 """Seconds without a word about our transfer after which its state is fetched over REST."""
@@ -243,7 +243,7 @@ def transfers(
             t.id,
             t.status.value,
             t.file.name,
-            _size(t.bytes_total),
+            binary_size(t.bytes_total),
             f"{t.source_node} → {_recipients(t)}",
             f"{t.throughput_bps / 1e6:.1f}" if t.throughput_bps else "",
             f"{t.created_at.astimezone():%H:%M:%S}",
@@ -304,9 +304,3 @@ def files(
 def _recipients(transfer: Transfer) -> str:
     names = list(transfer.recipients)
     return names[0] if len(names) == 1 else f"{len(names)} nodes"
-
-
-def _size(count: int) -> str:
-    """Binary units, as the generator reads "10MB"."""
-    unit, suffix = pick_unit_and_suffix(count, ["B", "KiB", "MiB", "GiB", "TiB"], 1024)
-    return f"{count / unit:.1f} {suffix}"

@@ -192,7 +192,7 @@ class TransferState:
             throughput_bps=round(delivered / seconds, 1) if delivered else None,
             file=self.transfer.file.model_copy(update={"blake3": outcome.blake3}),
             chunks_resent=outcome.chunks_resent,
-            error=outcome.error,
+            error=outcome.error or _summary(recipients),
         )
         return self.transfer
 
@@ -204,6 +204,16 @@ class TransferState:
 
     def _update(self, **changes: object) -> None:
         self.transfer = self.transfer.model_copy(update=changes)
+
+
+def _summary(recipients: dict[str, RecipientState]) -> str | None:
+    """The recipients' failures in one line (the transfer's own ``error`` when it has none)."""
+    failed = {rid: s.error for rid, s in recipients.items() if s.status is RecipientStatus.FAILED}
+    if not failed:
+        return None
+    shown = "; ".join(f"{rid}: {error or 'failed'}" for rid, error in list(failed.items())[:3])
+    more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+    return f"{len(failed)} of {len(recipients)} recipients failed: {shown}{more}"
 
 
 S = TypeVar("S", TransferStatus, RecipientStatus)

@@ -434,7 +434,10 @@ def test_a_recipient_whose_disk_fills_fails_while_the_others_complete(
     assert done["status"] == "partially_failed", done
     failed = done["recipients"][tiny_disk_node]
     assert failed["status"] == "failed"
-    assert "No space left" in failed["error"]
+    # Refused before a byte was written, saying what it needs and what the disk has.
+    assert "not enough free space" in failed["error"], failed
+    assert "needs" in failed["error"] and "free" in failed["error"]
+    assert done["error"] and tiny_disk_node in done["error"], done
     assert done["recipients"][DST_A]["status"] == "completed"
     storage = server.data_dir / "storage" / tiny_disk_node
     assert sorted(p.name for p in storage.iterdir()) == []

@@ -275,6 +275,19 @@ def test_the_end_follows_from_the_recipients(
         assert final.throughput_bps == 1000.0  # 2 copies of 1000 bytes in 2 s
 
 
+def test_a_transfer_with_failed_recipients_says_why_in_its_own_error() -> None:
+    state = _state("a1", "a2", "b2")
+    state.recipient_finished(RecipientFinished(transfer_id="t", recipient="a1", ok=True))
+    state.recipient_finished(
+        RecipientFinished(transfer_id="t", recipient="a2", ok=False, error="disk full")
+    )
+
+    final = state.finish(_finished(), T0)
+
+    assert final.status is TransferStatus.PARTIALLY_FAILED
+    assert final.error == "2 of 3 recipients failed: a2: disk full; b2: not finished"
+
+
 def test_a_transfer_ends_when_every_cluster_part_has() -> None:
     state = _state("a1", parts=2)
 
