@@ -158,10 +158,12 @@ class NodeList(Snapshot):
 
 
 class Health(Snapshot):
-    """``GET /api/health``: the server answers; nothing about Ray."""
+    """``GET /api/health``: ``ok`` (200), or ``degraded`` (503) with what is wrong, so a
+    supervisor (systemd, Kubernetes) sees it: the home cluster lost or unreachable."""
 
     status: str = "ok"
     version: str
+    problems: list[str] = Field(default_factory=list)
 
 
 class ErrorResponse(BaseModel):

@@ -145,6 +145,11 @@ class AgentLink:
         if self._reader is not None:
             await self._reader
 
+    def kill_group(self) -> None:
+        """Kill whatever the agent left running in its process group (an embedded Ray's
+        processes, after the agent itself died)."""
+        self._signal_group(signal.SIGKILL)
+
     def _signal_group(self, sig: signal.Signals) -> None:
         if self._process is None:
             return

@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 HOME = "home"
 RAY_CLIENT_ATTEMPTS = 3
+HOME_RESTART_MAX_DELAY = 30.0
+"""Seconds between restarts of a home agent that keeps dying, at most (it doubles from 1)."""
+HOME_STABLE_AFTER = 60.0
+"""A home agent that ran this long before it died is restarted at once, as after a first fault."""
 """Fresh agents a Ray Client join gets within the connect timeout (see ``connect``)."""
 
 
@@ -94,6 +98,8 @@ class Supervisor:
         self._stopping = False
         self._listeners: list[AgentListener] = []
         self._fatal: dict[str, tuple[str, str]] = {}
+        self._home_failures = 0
+        self._home_started = 0.0
 
     def subscribe(self, listener: AgentListener) -> None:
         """Tell ``listener`` what agents report about transfers and when a cluster goes down."""
@@ -130,8 +136,11 @@ class Supervisor:
             lambda: self._registry.cluster_status(HOME) is not ClusterStatus.STARTING, timeout
         )
 
-    async def _start_home(self) -> None:
+    async def _start_home(self, named: tuple[str, ...] = ()) -> None:
+        """Start the home agent; once it is connected, deploy the demo endpoints and the named
+        endpoints given (those of an agent that died)."""
         settings = self._settings
+        self._home_started = asyncio.get_running_loop().time()
         address = settings.ray_address
         token_file = None
         if address is None:
@@ -169,9 +178,34 @@ class Supervisor:
         if self._registry.cluster_status(HOME) is not ClusterStatus.CONNECTED:
             return
         log.info("home cluster ready: %s", where)
-        for n in range(1, settings.demo_nodes + 1):
+        demo = [f"node_{n}" for n in range(1, settings.demo_nodes + 1)]
+        for node_id in dict.fromkeys([*demo, *named]):
             with contextlib.suppress(NodeExists):
-                await self.create_node(f"node_{n}", None)
+                await self.create_node(node_id, None)
+
+    async def _restart_home(self, old: AgentLink, code: int | None) -> None:
+        """The home agent died (killed, crashed): whatever it left running goes, and a new one
+        starts after a back-off that doubles while it keeps dying young."""
+        old.kill_group()
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._home_started >= HOME_STABLE_AFTER:
+            self._home_failures = 0
+        delay = min(HOME_RESTART_MAX_DELAY, 2.0**self._home_failures)
+        self._home_failures += 1
+        detail = f"its agent exited (code {code}); restarting it in {delay:g} s"
+        log.error("home cluster lost: %s; see %s", detail, old.log_file)
+        self._registry.set_cluster_status(HOME, ClusterStatus.LOST, detail)
+        await asyncio.sleep(delay)
+        if self._stopping:
+            return
+        registry = self._registry
+        named = tuple(
+            n.id for n in registry.nodes() if n.cluster == HOME and n.kind is NodeKind.NAMED
+        )
+        for node_id in named:  # deployed again by the new agent, under the same ids
+            registry.remove_endpoint(node_id)
+        registry.set_cluster_status(HOME, ClusterStatus.STARTING, "restarting its agent")
+        await self._start_home(named)
 
     async def _launch(self, config: AgentConfig, env: dict[str, str] | None = None) -> AgentLink:
         name = config.cluster
@@ -301,6 +335,8 @@ class Supervisor:
         if self._stopping:
             log.info("cluster %s: agent stopped", cluster)
             self._registry.set_cluster_status(cluster, ClusterStatus.LOST, "CastRay is stopping")
+        elif cluster == HOME:
+            self._spawn(self._restart_home(link, code), "home-restart")
         elif self._registry.cluster_status(cluster) is not ClusterStatus.LOST:
             detail = f"its agent exited (code {code}); see {link.log_file}"
             log.error("cluster %s lost: %s", cluster, detail)
