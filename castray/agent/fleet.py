@@ -200,18 +200,23 @@ class Fleet:
             if changed:
                 self._set(deployed, counters=counters.model_copy(update=changed))
 
-    def close(self, grace: float = ABORT_GRACE) -> None:
-        """Stop every endpoint actor (they would die with this driver anyway), after each has
-        dropped its partial files, for ``grace`` seconds at most: an actor killed while it
-        receives would leave its ``.part`` behind."""
+    def abort_partials(self, grace: float = ABORT_GRACE) -> None:
+        """Have every endpoint drop its partial files, waiting ``grace`` seconds at most (the
+        agent is stopping: an actor killed while it receives would leave its ``.part``)."""
+        with self._lock:
+            if not ray.is_initialized():
+                return
+            alive = [
+                d.handle for d in self._endpoints.values() if d.state.status is NodeStatus.ALIVE
+            ]
+        aborts = [handle.abort_all.remote() for handle in alive]
+        if aborts:
+            ray.wait(aborts, num_returns=len(aborts), timeout=grace)
+
+    def close(self) -> None:
+        """Stop every endpoint actor (they would die with this driver anyway)."""
         with self._lock:
             if ray.is_initialized():
-                alive = [
-                    d.handle for d in self._endpoints.values() if d.state.status is NodeStatus.ALIVE
-                ]
-                aborts = [handle.abort_all.remote() for handle in alive]
-                if aborts:
-                    ray.wait(aborts, num_returns=len(aborts), timeout=grace)
                 for deployed in self._endpoints.values():
                     _kill(deployed.handle)
             self._endpoints.clear()

@@ -188,6 +188,8 @@ class Agent:
         log.info("agent stopping")
         for run in list(self._transfers.values()):
             run.cancel()
+        # First, while there is time (the agent exits within EXIT_GRACE): no partial files.
+        self._fleet.abort_partials()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._transfer_pool.shutdown(wait=True, cancel_futures=True)
         self._fleet.close()

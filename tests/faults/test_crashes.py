@@ -7,6 +7,7 @@ or the kernel would, and asserts the outcome, its time bound, and that
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -60,18 +61,24 @@ def test_a_server_stopped_mid_transfer_leaves_no_partial_file(
     assert partials(data) == []
 
 
-def test_after_a_server_sigkill_the_restarted_server_sweeps_partial_files(tmp_path: Path) -> None:
-    """SIGKILL leaves no time to clean up: the partial file stays until the endpoint that
-    owns the directory starts again, and the history says the transfer was interrupted."""
+def test_after_a_crash_of_everything_the_restarted_server_sweeps_partial_files(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL to the server, its agent and the embedded Ray at once (the OOM killer, a
+    power cut): nobody is left to clean up, so the partial file stays; the endpoint that owns
+    the directory removes it when it starts again, and the history says interrupted."""
     data = tmp_path / "data"
     server = start_server(data, "--demo-nodes", "2")
     try:
         server.wait_alive(3)
         tid = _mid_transfer(server)
+        agent = _home_agent(server)
+        os.killpg(agent.pid, signal.SIGKILL)  # the agent and its embedded Ray
         server.process.kill()
         server.process.wait(10)
     finally:
         server.stop()
+    assert partials(data), "the crash should have left the partial file"
     again = start_server(data, "--demo-nodes", "2")
     try:
         again.wait_alive(3)
