@@ -139,7 +139,11 @@ class Settings(BaseSettings):
     )
 
     agent_transfer_threads: int = Field(
-        32, ge=1, le=256, description="Transfers one agent drives at once; more wait their turn."
+        32,
+        ge=1,
+        le=64,
+        description="Transfers one agent drives at once; more wait their turn (at most 64: an "
+        "endpoint streams 64 at once).",
     )
     chunk_retries: int = Field(
         3, ge=0, le=100, description="Times one chunk is sent again to one recipient."

@@ -485,7 +485,9 @@ def _fsync_dir(directory: Path) -> None:
 _ACTOR_OPTIONS: dict[str, Any] = {
     "num_cpus": 0,
     "max_restarts": 0,
-    "concurrency_groups": {"commit": 4, "control": 4, "stream": 4, "send": 8, "watch": 32},
+    # "send": one thread per outgoing stream. A stream that waits for a thread here is one
+    # its recipients see stall (15 unicasts at once from one node failed with 8 of them).
+    "concurrency_groups": {"commit": 4, "control": 4, "stream": 4, "send": 64, "watch": 64},
 }
 EndpointActor: Any = ray.remote(**_ACTOR_OPTIONS)(Endpoint)
 
