@@ -152,7 +152,10 @@ class Settings(BaseSettings):
         0.25, gt=0, description="Seconds between progress reports of a transfer."
     )
     stall_timeout: float = Field(
-        120.0, gt=0, description="Seconds without any chunk arriving before recipients fail."
+        120.0,
+        gt=0,
+        description="Seconds without progress (a byte on stream, a chunk on object-store) before "
+        "recipients fail.",
     )
     peer_timeout: float = Field(
         5.0,

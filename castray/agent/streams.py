@@ -121,6 +121,8 @@ class SinkStatus:
     error: str | None
     """This sink cannot go on (a write failed): it is failed, it still forwards."""
     forwarded_bytes: int
+    received_bytes: int
+    """Every byte that arrived, whole chunks or not: a stream that moves at all is not stalled."""
     forward_error: str | None
     corrupt_chunks: int
     streams_seen: int
@@ -147,6 +149,7 @@ class StreamSink:
     verified_bytes: int = 0
     corrupt_chunks: int = 0
     forwarded_bytes: int = 0
+    received_bytes: int = 0
     error: str | None = None
     forward_error: str | None = None
     broken: str | None = None
@@ -250,6 +253,7 @@ class StreamSink:
                 if n == 0:
                     raise StreamError("the sender closed the stream in the middle of a chunk")
                 piece = view[got : got + n]
+                self.received_bytes += n
                 down = self._forward(down, piece, payload=True)
                 if corrupt:  # fault injection: damaged here, after it was passed on intact
                     piece[n // 2] ^= 0xFF
@@ -352,6 +356,7 @@ class StreamSink:
             broken=self.broken if settled else None,
             error=self.error,
             forwarded_bytes=self.forwarded_bytes,
+            received_bytes=self.received_bytes,
             forward_error=self.forward_error,
             corrupt_chunks=self.corrupt_chunks,
             streams_seen=self._finished_streams,

@@ -183,13 +183,15 @@ class StreamRun:
             self._report_progress()
             if not any(r.open for r in self._recipients) and not self._sends:
                 return
-            moved = sum(r.status.verified_bytes for r in self._recipients if r.status)
+            # Bytes arriving, not only whole chunks: a slow stream (one of many sharing a
+            # link) can take long over a chunk without being stalled.
+            moved = sum(r.status.received_bytes for r in self._recipients if r.status)
             if moved != last_bytes:
                 last_bytes, progress_at = moved, time.monotonic()
             elif time.monotonic() - progress_at > tunables.stall_timeout:
                 for recipient in self._recipients:
                     if recipient.open and recipient.committing is None:
-                        self._fail(recipient, f"no chunk arrived for {tunables.stall_timeout:g} s")
+                        self._fail(recipient, f"no byte arrived for {tunables.stall_timeout:g} s")
             self._pause()
 
     def _pause(self) -> None:
