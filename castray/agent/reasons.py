@@ -43,7 +43,9 @@ def reason(exc: BaseException) -> str:
     """One line on why ``exc`` happened, without tracebacks or paths of the installation."""
     cause = cause_of(exc)
     if isinstance(cause, OSError):
-        return cause.strerror or type(cause).__name__
+        # Ray rebuilds an actor's OSError with the original as its only argument.
+        inner = cause.args[0] if cause.args and isinstance(cause.args[0], OSError) else cause
+        return inner.strerror or type(inner).__name__
     for kind, words in _RAY_REASONS:
         if isinstance(cause, kind):
             return words
