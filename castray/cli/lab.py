@@ -106,13 +106,13 @@ def _rows(lab: LabState) -> list[list[str]]:
 @app.command()
 def cut(host: HostArgument, name: NameOption = DEFAULT_NAME) -> None:
     """Take a host's link down: its packets vanish, as if its cable were pulled."""
-    _act(name, lambda lab: lab_ops.cut(lab, host), "link is cut")
+    _act(name, lambda lab: lab_ops.set_link(lab, host, up=False), "link is cut")
 
 
 @app.command()
 def heal(host: HostArgument, name: NameOption = DEFAULT_NAME) -> None:
     """Bring a cut host's link back up."""
-    _act(name, lambda lab: lab_ops.heal(lab, host), "link is up again")
+    _act(name, lambda lab: lab_ops.set_link(lab, host, up=True), "link is up again")
 
 
 @app.command()

@@ -128,18 +128,11 @@ def require(name: str) -> LabState:
     return lab
 
 
-def cut(lab: LabState, which: str) -> HostState:
+def set_link(lab: LabState, which: str, up: bool) -> HostState:
+    """Cut (``up=False``) or heal a host's link, and remember which it is."""
     host = _host(lab, which)
-    network.set_link(lab.name, host.index, up=False)
-    host.cut = True
-    lab.save()
-    return host
-
-
-def heal(lab: LabState, which: str) -> HostState:
-    host = _host(lab, which)
-    network.set_link(lab.name, host.index, up=True)
-    host.cut = False
+    network.set_link(lab.name, host.index, up=up)
+    host.cut = not up
     lab.save()
     return host
 
