@@ -37,7 +37,7 @@ import blake3
 import numpy as np
 import ray
 
-from castray.agent import streams
+from castray.agent import journal, streams
 from castray.agent.outcomes import ChunkOutcome, ChunkStatus, CommitOutcome, EndpointFacts
 from castray.chunks import HASH_THREADS, file_blake3
 from castray.sizes import binary_size
@@ -94,7 +94,7 @@ class Endpoint:
             ray.util.get_node_ip_address(), options.data_ports, options.connect_timeout
         )
         self._sending: dict[str, streams.Stopper] = {}
-        sweep_partials(self.storage_dir)
+        journal.sweep(self.storage_dir, options.partial_retention)
         threading.Thread(target=self._reap_orphans, name="orphan-reaper", daemon=True).start()
 
     @ray.method(concurrency_group="control")
@@ -216,6 +216,7 @@ class Endpoint:
                 stream.temp.unlink(missing_ok=True)
                 return CommitOutcome(False, error="not every chunk arrived verified")
             stream.close(keep_fd=True)
+            journal.journal_path(stream.temp).unlink(missing_ok=True)
             return _commit(stream.fd, stream.temp, stream.final, stream.whole_digest, expected)
         sink = self._sinks.pop(transfer_id, None)
         if sink is None:
@@ -254,9 +255,13 @@ class Endpoint:
         manifest: list[bytes],
         secret: bytes,
         downstream: str | None,
-    ) -> str:
-        """Get ready to receive a transfer on the data port; returns the final path."""
-        check_free_space(self.storage_dir, name, size)
+        blake3: str,
+        resume: bool = False,
+    ) -> tuple[str, int]:
+        """Get ready to receive a transfer on the data port (``resume``: taking up what an
+        earlier run of it left here); the final path, and the verified bytes taken up."""
+        # An earlier run's sink still open here (its end never reached this node) hands over.
+        self._drop_stream_sink(transfer_id, keep=True)
         sink = streams.StreamSink(
             transfer_id=transfer_id,
             temp=self.storage_dir / f".{name}.{transfer_id}.part",
@@ -268,11 +273,19 @@ class Endpoint:
             downstream=downstream,
             stall_timeout=self._options.stall_timeout,
             connect_timeout=self._options.connect_timeout,
+            blake3=blake3,
             corrupt_next=self._take_corruption,
         )
-        sink.open()
+        sink.open(resume)
+        try:
+            check_free_space(self.storage_dir, name, size - sink.resumed_bytes)
+        except OSError:
+            sink.close()
+            if not sink.resumed_bytes:
+                journal.remove(sink.temp)
+            raise
         self._port.register(sink)
-        return str(sink.final)
+        return str(sink.final), sink.resumed_bytes
 
     @ray.method(concurrency_group="watch")
     def sink_status(self, transfer_id: str, wait: float = 0.0) -> streams.SinkStatus | None:
@@ -342,37 +355,49 @@ class Endpoint:
         return False
 
     @ray.method(concurrency_group="stream")
-    def abort_sink(self, transfer_id: str) -> None:
-        """Drop a transfer's partial file (either transport's); nothing of it stays."""
-        self._abort(transfer_id)
+    def abort_sink(self, transfer_id: str, keep: bool = False) -> None:
+        """Stop receiving a transfer. Its partial file goes, unless ``keep``: then a stream
+        sink's stays with its journal, for a resume (an object-store sink keeps none)."""
+        self._abort(transfer_id, keep)
 
-    def _abort(self, transfer_id: str) -> None:
+    def _abort(self, transfer_id: str, keep: bool) -> None:
         sink = self._sinks.pop(transfer_id, None)
         if sink is not None:
             self._discard(sink)
-        self._drop_stream_sink(transfer_id)
+        self._drop_stream_sink(transfer_id, keep)
         stop = self._sending.pop(transfer_id, None)
         if stop is not None:
             stop.set()
 
     @ray.method(concurrency_group="control")
     def abort_all(self) -> int:
-        """Drop every partial file and stop every stream (the server is stopping: this actor
-        is about to be killed, and nothing half-written may stay). The transfers dropped."""
+        """Stop every transfer here (the server is stopping: this actor is about to be
+        killed). Stream sinks keep their partial files, journaled, for a resume; nothing else
+        half-written stays. The transfers stopped."""
         transfer_ids = {*self._sinks, *(tid for tid, _ in self._port.sinks()), *self._sending}
         for transfer_id in transfer_ids:
-            self._abort(transfer_id)
+            self._abort(transfer_id, keep=True)
         return len(transfer_ids)
 
-    def _drop_stream_sink(self, transfer_id: str) -> None:
+    @ray.method(concurrency_group="stream")
+    def discard(self, transfer_id: str) -> int:
+        """Give up what a finished transfer kept here for a resume; the partial files removed."""
+        if not transfer_id.isalnum():
+            raise ValueError(f"{transfer_id!r} is not a transfer id")
+        self._abort(transfer_id, keep=False)
+        return journal.discard(self.storage_dir, transfer_id)
+
+    def _drop_stream_sink(self, transfer_id: str, keep: bool) -> None:
         stream = self._port.unregister(transfer_id)
         if stream is not None:
-            stream.close()
-            stream.temp.unlink(missing_ok=True)
+            stream.close(journal=keep)
+            if not keep:
+                journal.remove(stream.temp)
 
     def _reap_orphans(self) -> None:
-        """Remove the partial file of a stream sink its agent stopped asking about (the agent
-        died, or this node was cut off and the abort never came): nothing half-written stays."""
+        """Close the sink of a transfer its agent stopped asking about (the agent died, or
+        this node was cut off and the abort never came): its partial file stays, journaled,
+        for a resume, until the transfer is discarded or the retention sweeps it."""
         timeout = self._options.orphan_timeout
         while True:
             time.sleep(min(5.0, timeout / 4))
@@ -381,12 +406,12 @@ class Endpoint:
                 if idle > timeout:
                     log.warning(
                         "transfer %s: no word from its agent for %.0f s; its partial file %s "
-                        "is removed",
+                        "is closed and kept for a resume",
                         transfer_id,
                         idle,
                         sink.temp.name,
                     )
-                    self._drop_stream_sink(transfer_id)
+                    self._drop_stream_sink(transfer_id, keep=True)
 
     def _discard(self, sink: _Sink) -> None:
         with contextlib.suppress(OSError):
@@ -422,6 +447,8 @@ class EndpointOptions:
     stall_timeout: float
     connect_timeout: float
     orphan_timeout: float
+    partial_retention: float
+    """Seconds a resumable partial file is kept, counted from its last write."""
 
 
 @dataclass(frozen=True)
@@ -490,18 +517,6 @@ _ACTOR_OPTIONS: dict[str, Any] = {
     "concurrency_groups": {"commit": 4, "control": 4, "stream": 4, "send": 64, "watch": 64},
 }
 EndpointActor: Any = ray.remote(**_ACTOR_OPTIONS)(Endpoint)
-
-
-def sweep_partials(storage_dir: Path) -> None:
-    """Remove the partial files (``.<name>.<transfer>.part``) a previous run of this endpoint
-    left when it was killed: no transfer can own them now (a new actor has none open)."""
-    removed = 0
-    for path in storage_dir.glob(".*.part"):
-        with contextlib.suppress(OSError):
-            size = path.stat().st_size
-            path.unlink()
-            removed += size
-            log.warning("removed %s, left by a transfer that did not end (%d bytes)", path, size)
 
 
 def check_free_space(storage_dir: Path, name: str, size: int) -> None:

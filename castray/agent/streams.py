@@ -39,6 +39,7 @@ from typing import BinaryIO
 
 import blake3
 
+from castray.agent.journal import Journal, journal_path
 from castray.chunks import file_blake3, plan_chunks
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ PIECE = 1024 * 1024
 """Bytes received before they are passed on downstream (the cut-through granularity)."""
 BUFFERS = 4
 """Chunk buffers per sink: what a sink holds in memory, whatever the file's size."""
+JOURNAL_INTERVAL = 1.0
+"""Seconds between a sink's journal writes (each after an fdatasync of its partial file)."""
 
 
 class StreamError(Exception):
@@ -143,8 +146,13 @@ class StreamSink:
     downstream: str | None
     stall_timeout: float
     connect_timeout: float
+    blake3: str
+    """The whole file's: with size and chunk size, what the resume journal is of."""
     corrupt_next: Callable[[], bool] = field(default=lambda: False)
     fd: int = -1
+    resumed_bytes: int = 0
+    """Verified bytes found in the journal of an earlier run, when resumed."""
+    _journaled_at: float = 0.0
     _verified: bytearray = field(default_factory=bytearray)
     verified_bytes: int = 0
     corrupt_chunks: int = 0
@@ -178,10 +186,30 @@ class StreamSink:
     def __post_init__(self) -> None:
         self._settling = threading.Condition(self._lock)
 
-    def open(self) -> None:
-        """Create the temporary file and start the writer (the file is filled by offset)."""
-        self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    def open(self, resume: bool = False) -> None:
+        """Create the temporary file and start the writer (the file is filled by offset).
+
+        ``resume``: take up what an earlier run of the transfer left, as its journal lists it
+        (nothing if there is no journal of this very file), and count as a sink whose stream
+        has ended: every chunk it lacks is missing, and the agent has them sent.
+        """
         self._verified = bytearray(len(self.manifest))
+        journal = Journal.read(journal_path(self.temp)) if resume else None
+        if journal is not None and not journal.matches(self.size, self.chunk_size, self.blake3):
+            journal = None
+        if journal is not None and self.temp.exists():
+            self.fd = os.open(self.temp, os.O_WRONLY)
+            self._verified[:] = journal.verified
+            self.verified_bytes = self.resumed_bytes = sum(
+                length
+                for index, _, length in all_chunks(self.size, self.chunk_size)
+                if self._verified[index]
+            )
+        else:
+            self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            journal_path(self.temp).unlink(missing_ok=True)
+        if resume:
+            self._ended_streams = self._finished_streams = 1
         self._whole = blake3.blake3()  # fed on the receiving thread, from the CPU's cache
         for _ in range(self._buffers):
             # No chunk is longer than the file: a small file gets small buffers.
@@ -337,6 +365,23 @@ class StreamSink:
             return
         self._verified[index] = 1
         self.verified_bytes += len(data)
+        if time.monotonic() - self._journaled_at >= JOURNAL_INTERVAL:
+            self.write_journal()
+
+    def write_journal(self) -> None:
+        """Record the chunks verified so far, once they are on disk (on the writer thread, or
+        after it stopped): a resume takes them as they are."""
+        self._journaled_at = time.monotonic()
+        verified = bytes(self._verified)
+        try:
+            os.fdatasync(self.fd)
+            Journal(self.size, self.chunk_size, self.blake3, verified).write(
+                journal_path(self.temp)
+            )
+        except OSError as exc:
+            log.warning(
+                "transfer %s: could not write its resume journal: %s", self.transfer_id, exc
+            )
 
     # ---- status, commit, abort ----------------------------------------------------------
 
@@ -401,9 +446,10 @@ class StreamSink:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
 
-    def close(self, keep_fd: bool = False) -> None:
+    def close(self, keep_fd: bool = False, journal: bool = False) -> None:
         """Stop the writer (what is queued is written first) and close the file, unless
-        ``keep_fd`` (a commit fsyncs and closes it)."""
+        ``keep_fd`` (a commit fsyncs and closes it); with ``journal``, record what the file
+        holds for a resume first."""
         with self._lock:
             if self._closed:
                 return
@@ -414,6 +460,8 @@ class StreamSink:
         self._work.put(None)
         if self._writer is not None:
             self._writer.join(timeout=self.stall_timeout)
+        if journal and self.error is None:
+            self.write_journal()
         if not keep_fd:
             with contextlib.suppress(OSError):
                 os.close(self.fd)

@@ -1,22 +1,27 @@
 """A stream sink on real sockets and a real file (no Ray): what it keeps when a stream breaks
-in the middle of a chunk, and what it gives up."""
+in the middle of a chunk, what it gives up, and what its resume journal lets a later run take
+up."""
 
 from __future__ import annotations
 
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import blake3
 
+from castray.agent import journal
 from castray.agent.streams import END, FRAME, StreamSink
 from castray.chunks import plan_chunks
 
 CHUNK = 64 * 1024
 
 
-def _sink(tmp_path: Path, data: bytes) -> StreamSink:
+def _sink(
+    tmp_path: Path, data: bytes, resume: bool = False, whole: str | None = None
+) -> StreamSink:
     chunks = plan_chunks(len(data), CHUNK)
     sink = StreamSink(
         transfer_id="t" * 16,
@@ -29,8 +34,9 @@ def _sink(tmp_path: Path, data: bytes) -> StreamSink:
         downstream=None,
         stall_timeout=5.0,
         connect_timeout=1.0,
+        blake3=whole or blake3.blake3(data).hexdigest(),
     )
-    sink.open()
+    sink.open(resume)
     return sink
 
 
@@ -89,3 +95,78 @@ def test_severing_the_upstream_ends_a_stalled_stream_at_once(tmp_path: Path) -> 
     finally:
         mine.close()
         sink.close()
+
+
+def test_a_resumed_sink_takes_up_the_journaled_chunks_and_lacks_only_the_rest(
+    tmp_path: Path,
+) -> None:
+    """A run receives chunks 0 and 2 of 4, then is stopped (its chunks journaled); a resumed
+    sink of the same transfer has them, lacks 1 and 3 only, and completes with just those."""
+    data = os.urandom(4 * CHUNK)
+    first = _sink(tmp_path, data)
+    _stream(first, [(0, 0, data[:CHUNK]), (2, 2 * CHUNK, data[2 * CHUNK : 3 * CHUNK])], True)
+    first.close(journal=True)
+    assert journal.journal_path(first.temp).exists()
+
+    resumed = _sink(tmp_path, data, resume=True)
+    try:
+        assert resumed.resumed_bytes == 2 * CHUNK
+        status = resumed.status(wait=5)
+        assert status.ended and status.missing == (1, 3), "a resumed sink starts ended"
+        _stream(
+            resumed,
+            [(1, CHUNK, data[CHUNK : 2 * CHUNK]), (3, 3 * CHUNK, data[3 * CHUNK :])],
+            True,
+        )
+        assert resumed.status(wait=5).missing == ()
+        assert resumed.complete()
+        assert resumed.whole_digest() == blake3.blake3(data).hexdigest()
+    finally:
+        resumed.close()
+
+
+def test_a_journal_of_another_file_is_not_taken_up(tmp_path: Path) -> None:
+    """The source changed between the runs (another BLAKE3): nothing of the old partial file
+    counts, every chunk is missing, and the stale journal is gone."""
+    data = os.urandom(2 * CHUNK)
+    first = _sink(tmp_path, data)
+    _stream(first, [(0, 0, data[:CHUNK])], True)
+    first.close(journal=True)
+
+    resumed = _sink(tmp_path, data, resume=True, whole="0" * 64)
+    try:
+        assert resumed.resumed_bytes == 0
+        assert resumed.status(wait=5).missing == (0, 1)
+        assert not journal.journal_path(resumed.temp).exists()
+    finally:
+        resumed.close()
+
+
+def test_the_start_sweep_keeps_journaled_partials_and_removes_the_rest(tmp_path: Path) -> None:
+    """What an endpoint keeps when it starts: a partial file with a journal (resumable), not
+    one without, not one past the retention, not a journal without its partial file."""
+    data = os.urandom(CHUNK)
+
+    def partial(name: str, journaled: bool, age: float = 0.0) -> Path:
+        part = tmp_path / f".{name}.{'a' * 16}.part"
+        part.write_bytes(data)
+        if journaled:
+            journal.Journal(len(data), CHUNK, "x", b"\x01").write(journal.journal_path(part))
+        stamp = time.time() - age
+        for path in (part, journal.journal_path(part)):
+            if path.exists():
+                os.utime(path, (stamp, stamp))
+        return part
+
+    kept = partial("kept", journaled=True)
+    bare = partial("bare", journaled=False)
+    old = partial("old", journaled=True, age=3600)
+    stray = journal.journal_path(partial("stray", journaled=True))
+    stray.with_name(stray.name.removesuffix(".resume") + ".part").unlink()
+
+    assert journal.sweep(tmp_path, keep_for=600) == (1, 2)
+
+    assert kept.exists() and journal.journal_path(kept).exists()
+    assert not bare.exists()
+    assert not old.exists() and not journal.journal_path(old).exists()
+    assert not stray.exists()

@@ -68,6 +68,8 @@ class StreamSpec:
     downstream: str | None
     """Where the last recipient passes the stream on: the next cluster's first recipient."""
     tunables: AgentTunables
+    resume: bool = False
+    """Take up what an earlier run left: each sink gets only the chunks its journal lacks."""
 
 
 @dataclass
@@ -136,6 +138,8 @@ class StreamRun:
                 self.spec.manifest,
                 self.spec.secret,
                 self._next_address(position),
+                self.spec.expected_blake3,
+                self.spec.resume,
             )
         for recipient in self._recipients:
             try:
@@ -150,7 +154,9 @@ class StreamRun:
             # The head of this cluster's chain, or, with no recipient here, the next cluster's.
             members = self._open_members()
             head = members[0].member.data_address if members else self.spec.downstream
-            if self.spec.source is not None and head is not None:
+            # A resumed run sends nothing whole: its sinks start "ended", with what they lack
+            # missing, and the repairs send just that.
+            if self.spec.source is not None and head is not None and not self.spec.resume:
                 self._send(
                     self.spec.source,
                     self.spec.source_path,
@@ -451,8 +457,8 @@ class StreamRun:
             return
         recipient.failed = why
         log.warning("transfer %s: %s failed: %s", self.spec.transfer_id, recipient.member.id, why)
-        if abort:
-            recipient.member.handle.abort_sink.remote(self.spec.transfer_id)
+        if abort:  # its verified chunks stay, journaled: a resume need not send them again
+            recipient.member.handle.abort_sink.remote(self.spec.transfer_id, True)
         self._emit(
             RecipientFinished(
                 transfer_id=self.spec.transfer_id,
@@ -486,7 +492,7 @@ class StreamRun:
             supplier.handle.stop_sending.remote(tid)
         for recipient in self._recipients:
             if recipient.path is None:
-                recipient.member.handle.abort_sink.remote(tid)
+                recipient.member.handle.abort_sink.remote(tid, not cancelled)
                 if not cancelled:
                     self._fail(
                         recipient,
