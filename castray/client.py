@@ -136,7 +136,14 @@ class Client:
         )
 
     def cancel(self, transfer_id: str) -> Transfer:
+        """Cancel a transfer in flight; of an ended one, discard what was kept to resume it."""
         return Transfer.model_validate(self._call("DELETE", f"/api/transfers/{transfer_id}"))
+
+    def resume(self, transfer_id: str) -> TransferAccepted:
+        """Send an ended transfer's recipients only what they lack."""
+        return TransferAccepted.model_validate(
+            self._call("POST", f"/api/transfers/{transfer_id}/resume")
+        )
 
     def groups(self) -> list[Group]:
         return [Group.model_validate(g) for g in self._call("GET", "/api/groups")]

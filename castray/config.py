@@ -166,8 +166,21 @@ class Settings(BaseSettings):
     orphan_timeout: float = Field(
         30.0,
         gt=0,
-        description="Seconds a receiving endpoint keeps a partial file no agent asks about "
-        "(agent gone, node cut off) before it removes it.",
+        description="Seconds a receiving endpoint keeps receiving a transfer no agent asks "
+        "about (agent gone, node cut off) before it closes it; its partial file stays, "
+        "journaled, for a resume.",
+    )
+    partial_retention: float = Field(
+        7 * 24 * 3600.0,
+        ge=0,
+        description="Seconds a resumable partial file (a recipient's verified chunks of a "
+        "transfer that did not finish) is kept after its last write; an endpoint removes older "
+        "ones when it starts. DELETE /api/transfers/{id} removes them at once.",
+    )
+    auto_resume: bool = Field(
+        False,
+        description="Resume interrupted transfers when the server starts (once their source "
+        "and recipients are alive).",
     )
     control_timeout: float = Field(
         60.0, gt=0, description="Seconds for an endpoint to answer a control call (open, commit)."

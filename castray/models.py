@@ -312,6 +312,20 @@ class Transfer(Snapshot):
         None, description="Why the transfer did not take the transport asked for."
     )
     error: str | None = None
+    source_file: str | None = Field(
+        None, description="The file as it was asked for: a library name or a source path."
+    )
+    source_bytes_sent: int = Field(
+        0,
+        description="Bytes the source sent in the last run: a resume sends only the chunks "
+        "its recipients lack.",
+    )
+    resumable: bool = Field(
+        False,
+        description="Recipients keep verified chunks of it: POST .../resume sends only the "
+        "rest; DELETE removes them.",
+    )
+    resumes: int = Field(0, description="How many times it was resumed.")
 
 
 class TransferPage(Snapshot):

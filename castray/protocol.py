@@ -36,6 +36,7 @@ class AgentTunables(_Message):
     control_timeout: float = 60.0
     peer_timeout: float = 5.0
     orphan_timeout: float = 30.0
+    partial_retention: float = 7 * 24 * 3600.0
     endpoint_probe_interval: float = 5.0
     messages_kept: int = 1000
     stream_timeout: float = 120.0
@@ -93,6 +94,8 @@ class StreamPlan(_Message):
     manifest: list[str]
     secret: str
     downstream: str | None = None
+    resume: bool = False
+    """Each sink takes up what an earlier run of the transfer left (its resume journal)."""
 
 
 class StartTransfer(_Message):
@@ -168,6 +171,15 @@ class CancelTransfer(_Message):
     transfer_id: str
 
 
+class DiscardPartials(_Message):
+    """Remove what an ended transfer's recipients kept of it for a resume; the reply is a
+    ``Discarded``."""
+
+    op: Literal["discard_partials"] = "discard_partials"
+    transfer_id: str
+    endpoints: list[str]
+
+
 class DeliverMessage(_Message):
     """Hand a message to each recipient endpoint's actor; the reply says who got it."""
 
@@ -204,6 +216,7 @@ Operation = Annotated[
     | ImportTransfer
     | ProbeFile
     | CancelTransfer
+    | DiscardPartials
     | DeliverMessage
     | ReadMessages
     | InjectFaults,
@@ -217,6 +230,13 @@ class Request(_Message):
 
 
 # ---- replies: one model per operation ------------------------------------------------
+
+
+class Discarded(_Message):
+    removed: int
+    """Partial files removed."""
+    unreachable: list[str] = []
+    """Endpoints that could not be asked (dead): their retention sweep removes them later."""
 
 
 class Done(_Message):

@@ -73,6 +73,7 @@ class Fleet:
             stall_timeout=tunables.stall_timeout,
             connect_timeout=tunables.data_connect_timeout,
             orphan_timeout=tunables.orphan_timeout,
+            partial_retention=tunables.partial_retention,
         )
         self._emit = emit
         self._lock = threading.Lock()

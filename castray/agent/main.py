@@ -36,6 +36,8 @@ from castray.protocol import (
     CreateEndpoint,
     Delivered,
     DeliverMessage,
+    Discarded,
+    DiscardPartials,
     Done,
     EndpointCreated,
     Fatal,
@@ -279,6 +281,8 @@ class Agent:
                 raise TransferNotFound(f"transfer {body.transfer_id} is not running here")
             run.cancel()
             return Done()
+        if isinstance(body, DiscardPartials):
+            return self._discard(body)
         if isinstance(body, DeliverMessage):
             return self._deliver(body)
         if isinstance(body, ReadMessages):
@@ -342,6 +346,7 @@ class Agent:
                 source_path=spec.path if isinstance(spec, StartTransfer) else None,
                 downstream=plan.downstream,
                 tunables=self._config.tunables,
+                resume=plan.resume,
             ),
             self._on_transfer_message,
         )
@@ -405,6 +410,17 @@ class Agent:
             for endpoint_id, served in message.bytes_served.items():
                 self._fleet.count(endpoint_id, bytes_sent=served)
         self._wire.send(message)
+
+    def _discard(self, body: DiscardPartials) -> Discarded:
+        """Each endpoint removes what it kept of the transfer; a dead one is only named."""
+        removed, unreachable = 0, []
+        for endpoint_id in body.endpoints:
+            try:
+                handle = self._fleet.handle(endpoint_id)
+                removed += ray_get(handle.discard.remote(body.transfer_id))
+            except Exception:  # noqa: BLE001 - a dead endpoint is reported, not raised
+                unreachable.append(endpoint_id)
+        return Discarded(removed=removed, unreachable=unreachable)
 
     def _deliver(self, body: DeliverMessage) -> Delivered:
         from castray.agent.reasons import reason

@@ -35,6 +35,7 @@ for command in (
     cli_transfers.send,
     cli_transfers.transfers,
     cli_transfers.cancel,
+    cli_transfers.resume,
     cli_transfers.generate,
     cli_transfers.files,
 ):

@@ -37,3 +37,6 @@ TokenOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+DetachOption = Annotated[
+    bool, typer.Option("--detach", help="Print the transfer id and return at once.")
+]

@@ -1,10 +1,11 @@
 """Client commands for files and transfers: ``send`` (with live progress), ``transfers``,
-``cancel``, ``generate``, ``files``."""
+``cancel``, ``resume``, ``generate``, ``files``."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,7 @@ from rich.progress import (
 from castray.chunks import file_blake3
 from castray.cli.options import (
     DEFAULT_SERVER,
+    DetachOption,
     JsonOption,
     ServerOption,
     TokenOption,
@@ -55,8 +57,14 @@ def send(
     everyone: Annotated[
         bool, typer.Option("--all", help="Broadcast to every other alive node.")
     ] = False,
-    detach: Annotated[
-        bool, typer.Option("--detach", help="Print the transfer id and return at once.")
+    detach: DetachOption = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="If an earlier transfer of this file to these recipients did not finish, "
+            "resume it: send only what they lack.",
+        ),
     ] = False,
     transport: Annotated[
         Transport | None,
@@ -79,28 +87,83 @@ def send(
         raise InvalidRequest("say who receives the file: exactly one of --to, --group or --all")
     with Client(server, token) as client:
         name = _library_name(client, file, quiet=json_out)
-        if detach:
-            accepted = _start(client, file, source, name, recipients, group, transport)
-            print_json_or(json_out, accepted.model_dump_json(), accepted.transfer_id)
+        earlier = _unfinished(client, source, name, recipients)
+        if earlier is not None and resume:
+            _run(client, lambda: client.resume(earlier.id), detach, json_out)
             return
-        with client.events() as stream:
-            accepted = _start(client, file, source, name, recipients, group, transport)
-            if not json_out:
-                err.print(f"transfer [bold]{accepted.transfer_id}[/]", highlight=False)
-            try:
-                final = _follow(client, stream, accepted.transfer_id, show=not json_out)
-            except KeyboardInterrupt:
-                err.print(
-                    f"stopped watching; the transfer goes on. Cancel it with "
-                    f"'castray cancel {accepted.transfer_id}'."
-                )
-                raise typer.Exit(code=130) from None
+        if earlier is not None and not json_out:
+            err.print(
+                f"transfer {earlier.id} of {name} to {', '.join(recipients or [])} did not finish"
+                f" ({earlier.status.value}); 'castray send ... --resume' would send only what "
+                "its recipients lack. Sending it whole.",
+                highlight=False,
+            )
+        _run(
+            client,
+            lambda: _start(client, file, source, name, recipients, group, transport),
+            detach,
+            json_out,
+        )
+
+
+def resume(
+    transfer_id: Annotated[str, typer.Argument(help="An interrupted or failed transfer.")],
+    detach: DetachOption = False,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Resume a transfer that did not finish: its recipients get only the chunks they lack.
+
+    Exit code 0 when every recipient has a verified copy, 1 otherwise.
+    """
+    with Client(server, token) as client:
+        _run(client, lambda: client.resume(transfer_id), detach, json_out)
+
+
+def _run(
+    client: Client, begin: Callable[[], TransferAccepted], detach: bool, json_out: bool
+) -> None:
+    """Start a transfer with ``begin`` and follow it to its end (or, ``detach``, don't)."""
+    if detach:
+        accepted = begin()
+        print_json_or(json_out, accepted.model_dump_json(), accepted.transfer_id)
+        return
+    with client.events() as stream:
+        accepted = begin()
+        if not json_out:
+            err.print(f"transfer [bold]{accepted.transfer_id}[/]", highlight=False)
+        try:
+            final = _follow(client, stream, accepted.transfer_id, show=not json_out)
+        except KeyboardInterrupt:
+            err.print(
+                f"stopped watching; the transfer goes on. Cancel it with "
+                f"'castray cancel {accepted.transfer_id}'."
+            )
+            raise typer.Exit(code=130) from None
     if json_out:
         out.print_json(final.model_dump_json())
     else:
         _print_outcome(final)
     if final.status is not TransferStatus.COMPLETED:
         raise typer.Exit(code=1)
+
+
+def _unfinished(
+    client: Client, source: str, name: str, recipients: list[str] | None
+) -> Transfer | None:
+    """The newest resumable transfer of this file from ``source`` to exactly ``recipients``."""
+    if not recipients:
+        return None
+    for transfer in client.transfers(limit=50).transfers:
+        if (
+            transfer.resumable
+            and transfer.source_node == source
+            and transfer.source_file == name
+            and set(transfer.recipients) == set(recipients)
+        ):
+            return transfer
+    return None
 
 
 def _start(
@@ -260,7 +323,8 @@ def cancel(
     token: TokenOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Cancel a transfer in flight; partial copies are removed."""
+    """Cancel a transfer in flight (partial copies are removed); of one that ended unfinished,
+    discard what its recipients kept to resume it."""
     with Client(server, token) as client:
         result = client.cancel(transfer_id)
     print_json_or(json_out, result.model_dump_json(), f"{result.id}: {result.status.value}")

@@ -67,7 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
         history = History(settings.history_file)
         interrupted = history.interrupt_unfinished()
         if interrupted:
-            log.warning("%d transfer(s) were in flight when CastRay last stopped", interrupted)
+            log.warning("%d transfer(s) were in flight when CastRay last stopped", len(interrupted))
         events = EventHub(settings.ws_queue_events)
         registry = Registry(events)
         supervisor = Supervisor(settings, registry)
@@ -99,9 +99,14 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.started_at = time.monotonic()
         await supervisor.start()
         autopilot.start()
+        resuming = None
+        if settings.auto_resume and interrupted:
+            resuming = asyncio.create_task(transfer_service.resume_when_ready(interrupted))
         try:
             yield
         finally:
+            if resuming is not None:
+                resuming.cancel()
             await autopilot.stop()
             await asyncio.to_thread(generator.close)
             await transfer_service.close()

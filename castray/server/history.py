@@ -10,7 +10,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from castray.models import Group, Transfer, TransferStatus
+from castray.models import Group, Transfer, TransferStatus, Transport
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS transfers (
@@ -75,8 +75,8 @@ class History:
             total = self._db.execute("SELECT COUNT(*) FROM transfers").fetchone()[0]
         return [Transfer.model_validate_json(r[0]) for r in rows], int(total)
 
-    def interrupt_unfinished(self) -> int:
-        """Mark transfers left queued or running by a previous run as interrupted."""
+    def interrupt_unfinished(self) -> list[str]:
+        """Mark transfers left queued or running by a previous run as interrupted; their ids."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT body FROM transfers WHERE status IN (?, ?)",
@@ -89,10 +89,12 @@ class History:
                     update={
                         "status": TransferStatus.INTERRUPTED,
                         "error": "CastRay stopped while this transfer was in flight",
+                        # Its stream sinks journal what they verified: a resume takes it up.
+                        "resumable": transfer.transport is Transport.STREAM,
                     }
                 )
             )
-        return len(rows)
+        return [Transfer.model_validate_json(body).id for (body,) in rows]
 
     # ---- groups ----------------------------------------------------------------------
 

@@ -69,6 +69,7 @@ def agent_tunables(settings: Settings) -> AgentTunables:
         control_timeout=settings.control_timeout,
         peer_timeout=settings.peer_timeout,
         orphan_timeout=settings.orphan_timeout,
+        partial_retention=settings.partial_retention,
         endpoint_probe_interval=settings.endpoint_probe_interval,
         messages_kept=settings.messages_kept,
         stream_timeout=settings.stall_timeout,

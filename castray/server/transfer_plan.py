@@ -42,6 +42,8 @@ class TransferPlan:
     """Recipients of every other cluster, each in relay order."""
     transport: Transport = Transport.STREAM
     transport_note: str | None = None
+    resume: bool = False
+    """Recipients take up what an earlier run of this transfer left them."""
 
     @property
     def clusters(self) -> list[str]:

@@ -25,6 +25,7 @@ from castray.models import (
     Transfer,
     TransferProgressEvent,
     TransferStatus,
+    Transport,
 )
 from castray.protocol import RecipientFinished, TransferFinished, TransferProgress
 from castray.server.transfer_plan import TransferPlan
@@ -77,6 +78,32 @@ class TransferState:
             started_at=now,
             transport=plan.transport,
             transport_note=plan.transport_note,
+            source_file=plan.file.library_name or plan.file.path,
+        )
+        return cls(transfer, parts=len(plan.clusters))
+
+    @classmethod
+    def resumed(cls, earlier: Transfer, plan: TransferPlan, now: datetime) -> TransferState:
+        """A run that takes up an ended transfer: its completed recipients stay as they are,
+        the others start again from what they kept."""
+        recipients = dict(earlier.recipients)
+        for node in plan.recipients:
+            kept = recipients[node.id].bytes_done
+            recipients[node.id] = RecipientState(status=RecipientStatus.PENDING, bytes_done=kept)
+        transfer = earlier.model_copy(
+            update={
+                "status": TransferStatus.QUEUED,
+                "recipients": recipients,
+                "started_at": now,
+                "finished_at": None,
+                "throughput_bps": None,
+                "error": None,
+                "transport": plan.transport,
+                "transport_note": plan.transport_note,
+                "resumable": False,
+                "resumes": earlier.resumes + 1,
+                "source_bytes_sent": 0,
+            }
         )
         return cls(transfer, parts=len(plan.clusters))
 
@@ -155,6 +182,7 @@ class TransferState:
             cancelled=any(p.cancelled for p in parts),
             error="; ".join(errors) or None,
             chunks_resent=sum(p.chunks_resent for p in parts),
+            bytes_served={k: v for p in parts for k, v in p.bytes_served.items()},
         )
 
     def finish(self, outcome: TransferFinished, now: datetime) -> Transfer:
@@ -185,6 +213,7 @@ class TransferState:
         started = self.transfer.started_at or self.transfer.created_at
         seconds = max((now - started).total_seconds(), 1e-6)
         delivered = ok * self.transfer.bytes_total
+        unfinished = status in (TransferStatus.FAILED, TransferStatus.PARTIALLY_FAILED)
         self._update(
             status=_moved(self.transfer.status, status, TRANSFER_NEXT),
             recipients=recipients,
@@ -193,13 +222,20 @@ class TransferState:
             file=self.transfer.file.model_copy(update={"blake3": outcome.blake3}),
             chunks_resent=outcome.chunks_resent,
             error=outcome.error or _summary(recipients),
+            source_bytes_sent=outcome.bytes_served.get(self.transfer.source_node, 0),
+            resumable=unfinished and self.transfer.transport is Transport.STREAM,
         )
         return self.transfer
 
     def interrupt(self, reason: str) -> Transfer:
-        """CastRay stopped while the transfer was in flight."""
+        """CastRay stopped while the transfer was in flight (its stream sinks keep what they
+        verified, for a resume)."""
         if not self.finished:
-            self._update(status=TransferStatus.INTERRUPTED, error=reason)
+            self._update(
+                status=TransferStatus.INTERRUPTED,
+                error=reason,
+                resumable=self.transfer.transport is Transport.STREAM,
+            )
         return self.transfer
 
     def _update(self, **changes: object) -> None:

@@ -15,24 +15,38 @@ import logging
 import secrets
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import TypedDict
 
 from castray.config import Settings
-from castray.errors import BadFileName, CastRayError, FileMissing, TransferNotFound
+from castray.errors import (
+    BadFileName,
+    CastRayError,
+    ClusterUnreachable,
+    Conflict,
+    FileMissing,
+    NodeNotFound,
+    NodeUnavailable,
+    TransferNotFound,
+)
 from castray.models import (
     EventData,
+    RecipientStatus,
     Transfer,
     TransferCreate,
     TransferFinishedEvent,
+    TransferMode,
     TransferPage,
     TransferStartedEvent,
+    TransferStatus,
     Transport,
 )
 from castray.protocol import (
     CancelTransfer,
+    Discarded,
+    DiscardPartials,
     Done,
     FileSize,
     ImportListening,
@@ -57,11 +71,24 @@ from castray.server.library import Library, check_file_name
 from castray.server.registry import Registry
 from castray.server.transfer_plan import LocatedFile, TransferPlan, plan_transfer
 from castray.server.transfer_state import TransferState
+from castray.sizes import binary_size
 
 log = logging.getLogger(__name__)
 
 GOOD_LINK_SECONDS = 60.0
 """How long a data connection that could be made is taken as possible without a new check."""
+CHECKPOINT_SECONDS = 0.5
+"""How often a running transfer's progress is saved to the history."""
+AUTO_RESUME_PATIENCE = 300.0
+"""Seconds ``auto_resume`` waits for an interrupted transfer's nodes to come back."""
+AUTO_RESUME_RETRY = 2.0
+RESUMABLE = frozenset(
+    {TransferStatus.INTERRUPTED, TransferStatus.FAILED, TransferStatus.PARTIALLY_FAILED}
+)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 class _CommonSpec(TypedDict):
@@ -81,6 +108,8 @@ class _Live:
     plan: TransferPlan
     state: TransferState
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    saved_at: float = 0.0
+    """When its progress was last saved to the history (event-loop time)."""
 
     @property
     def transfer(self) -> Transfer:
@@ -106,6 +135,7 @@ class TransferService:
         self._events = events
         self._groups = groups
         self._live: dict[str, _Live] = {}
+        self._resuming: set[str] = set()
         self._ending: dict[str, Transfer] = {}
         """Final snapshots whose history write is still under way: answered from here."""
         self._history_writer = ThreadPoolExecutor(1, thread_name_prefix="history")
@@ -134,7 +164,94 @@ class TransferService:
                 FileSize,
             )
             plan = plan.sized(probed.size)
-        live = _Live(plan, TransferState.start(plan, datetime.now(timezone.utc)))
+        return await self._run(plan, TransferState.start(plan, datetime.now(timezone.utc)))
+
+    async def resume(self, transfer_id: str) -> Transfer:
+        """Run an ended transfer again for the recipients that did not complete it; each gets
+        only the chunks it lacks (a stream's recipients keep what they verified)."""
+        if transfer_id in self._live or transfer_id in self._resuming:
+            raise Conflict(f"transfer {transfer_id} is running; wait for it to end")
+        self._resuming.add(transfer_id)
+        try:
+            return await self._resume(transfer_id)
+        finally:
+            self._resuming.discard(transfer_id)
+
+    async def resume_when_ready(
+        self, transfer_ids: list[str], patience: float = AUTO_RESUME_PATIENCE
+    ) -> None:
+        """``auto_resume``: resume each transfer once its source and recipients are alive
+        (their endpoints come up with their clusters after a start), for ``patience`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        waiting = list(transfer_ids)
+        while waiting and loop.time() < deadline:
+            for transfer_id in list(waiting):
+                try:
+                    await self.resume(transfer_id)
+                except (NodeNotFound, NodeUnavailable, ClusterUnreachable):
+                    continue  # not up yet
+                except CastRayError as exc:
+                    log.warning("transfer %s cannot be resumed: %s", transfer_id, exc.message)
+                waiting.remove(transfer_id)
+            await asyncio.sleep(AUTO_RESUME_RETRY)
+        if waiting:
+            log.warning(
+                "not resumed (their nodes did not come back within %.0f s): %s",
+                patience,
+                ", ".join(waiting),
+            )
+
+    async def _resume(self, transfer_id: str) -> Transfer:
+        earlier = await self.get(transfer_id)
+        if earlier.status not in RESUMABLE:
+            raise Conflict(
+                f"transfer {transfer_id} is {earlier.status.value}: only an interrupted, failed "
+                "or partially failed transfer can be resumed"
+            )
+        if earlier.source_file is None:
+            raise Conflict(
+                f"transfer {transfer_id} was recorded by an older CastRay, which did not keep "
+                "what it sent: start it again as a new transfer"
+            )
+        pending = [
+            rid
+            for rid, s in earlier.recipients.items()
+            if s.status is not RecipientStatus.COMPLETED
+        ]
+        located = await asyncio.to_thread(self._locate, earlier.source_file)
+        request = TransferCreate(
+            source_node=earlier.source_node,
+            file=earlier.source_file,
+            mode=TransferMode.MULTICAST,
+            recipients=pending,
+            transport=earlier.transport,
+        )
+        plan = plan_transfer(transfer_id, request, self._registry, self._groups, located)
+        if plan.remote:
+            elsewhere = ", ".join(n.id for nodes in plan.remote.values() for n in nodes)
+            raise Conflict(
+                f"resume takes up recipients in the source's cluster only, and {elsewhere} "
+                "are in another: start a new transfer to them"
+            )
+        plan = replace(plan, mode=earlier.mode, resume=earlier.transport is Transport.STREAM)
+        if plan.transport is Transport.STREAM:
+            plan = await self._prepare_stream(plan)
+        if plan.file.blake3 is not None and earlier.file.blake3 not in (None, plan.file.blake3):
+            raise Conflict(
+                f"the source file {earlier.source_file!r} changed since transfer {transfer_id} "
+                f"began (it was {binary_size(earlier.file.size)} with BLAKE3 "
+                f"{earlier.file.blake3[:16]}..., it is {binary_size(plan.file.size or 0)} with "
+                f"{plan.file.blake3[:16]}...): start a new transfer"
+            )
+        if plan.transport is not Transport.STREAM:  # the object store keeps nothing: all again
+            plan = replace(plan, resume=False)
+        log.info("transfer %s resumed for %s", transfer_id, ", ".join(pending))
+        return await self._run(plan, TransferState.resumed(earlier, plan, _now()))
+
+    async def _run(self, plan: TransferPlan, state: TransferState) -> Transfer:
+        """Announce the transfer, launch it through the agents, and let it run."""
+        live = _Live(plan, state)
         self._live[plan.transfer_id] = live
         # Announced before any agent can report on it, so watchers see it start first.
         self._events.publish(TransferStartedEvent(transfer=live.transfer))
@@ -262,6 +379,7 @@ class TransferService:
                 manifest=list(plan.file.manifest or ()),
                 secret=secret,
                 downstream=later[0] if later else None,
+                resume=plan.resume,
             )
 
         spec = self._common_spec(plan)
@@ -294,16 +412,58 @@ class TransferService:
         return opened.size
 
     async def cancel(self, transfer_id: str) -> Transfer:
-        """Stop a transfer in flight; its partial files are removed. Finished ones stay."""
+        """Stop a transfer in flight; its partial files are removed. Of an ended one, what
+        its recipients kept for a resume is removed; its copies and history stay."""
         live = self._live.get(transfer_id)
         if live is None:
-            return await self.get(transfer_id)
+            ended = await self.get(transfer_id)
+            return await self._discard(ended) if ended.resumable else ended
         await self._cancel_parts(live.plan)
         try:
             await asyncio.wait_for(live.done.wait(), self._settings.cancel_timeout)
         except TimeoutError:
             log.warning("transfer %s did not confirm its cancellation", transfer_id)
         return live.transfer
+
+    async def _discard(self, transfer: Transfer) -> Transfer:
+        """Have every unfinished recipient remove what it kept of ``transfer``; recorded in
+        its history (``resumable`` false, and the ``error`` says what happened)."""
+        unfinished = [
+            rid
+            for rid, s in transfer.recipients.items()
+            if s.status is not RecipientStatus.COMPLETED
+        ]
+        by_cluster: dict[str, list[str]] = {}
+        unreachable: list[str] = []
+        for rid in unfinished:
+            try:
+                by_cluster.setdefault(self._registry.node(rid).cluster, []).append(rid)
+            except NodeNotFound:
+                unreachable.append(rid)
+        removed = 0
+        for cluster, endpoints in by_cluster.items():
+            try:
+                answer = await self._agents.request(
+                    cluster,
+                    DiscardPartials(transfer_id=transfer.id, endpoints=endpoints),
+                    Discarded,
+                )
+            except CastRayError:
+                unreachable += endpoints
+                continue
+            removed += answer.removed
+            unreachable += answer.unreachable
+        note = f"what its recipients kept for a resume was discarded ({removed} partial files)"
+        if unreachable:
+            note += (
+                f"; {', '.join(sorted(unreachable))} could not be asked: theirs go after "
+                "partial_retention"
+            )
+        error = f"{transfer.error}; {note}" if transfer.error else note
+        discarded = transfer.model_copy(update={"resumable": False, "error": error})
+        await self._save(discarded)
+        log.info("transfer %s: %s", transfer.id, note)
+        return discarded
 
     async def _cancel_parts(self, plan: TransferPlan) -> None:
         """Ask every agent with a part of the transfer to stop it (finished parts are gone)."""
@@ -388,6 +548,7 @@ class TransferService:
         event: EventData | None
         if isinstance(message, TransferProgress):
             event = live.state.progress(message)
+            self._checkpoint(live)
         elif isinstance(message, RecipientFinished):
             event = live.state.recipient_finished(message)
         else:
@@ -407,6 +568,14 @@ class TransferService:
         saved.add_done_callback(lambda _: self._ending.pop(snapshot.id, None))
         saved.add_done_callback(_log_failure)
         self._events.publish(TransferFinishedEvent(transfer=snapshot))
+
+    def _checkpoint(self, live: _Live) -> None:
+        """Save a running transfer's progress now and then: a server that is killed leaves a
+        history that says how far each recipient got."""
+        now = asyncio.get_running_loop().time()
+        if now - live.saved_at >= CHECKPOINT_SECONDS:
+            live.saved_at = now
+            self._save(live.transfer).add_done_callback(_log_failure)
 
     def _save(self, snapshot: Transfer) -> asyncio.Future[None]:
         """Write to the history on one thread, so writes land in the order they were made."""

@@ -237,6 +237,7 @@ function transferCard(tracked) {
   const eta = tracked.finished ? "" : ` · ETA ${fmt.duration(speed ? remaining / speed : NaN)}`;
   const cancel = tracked.finished ? "" :
     el("button", { type: "button", class: "cancel", onclick: () => cancelTransfer(t.id) }, "Cancel");
+  const resume = tracked.finished && t.resumable ? resumeButton(t.id) : "";
   const rows = Object.entries(t.recipients).map(([rid, r]) => {
     const fraction = total ? Math.min(1, (r.bytes_done || 0) / total) : r.status === "completed" ? 1 : 0;
     const rSpeed = tracked.speed[rid];
@@ -257,7 +258,7 @@ function transferCard(tracked) {
       el("strong", {}, t.file.name), el("span", {}, fmt.bytes(total)),
       el("span", {}, `${t.mode} from ${t.source_node} by ${t.transport}`), badge(t.status),
       el("span", { class: "muted" }, `${fmt.rate(speed)}${eta}`),
-      el("code", { title: "transfer id" }, t.id), cancel),
+      el("code", { title: "transfer id" }, t.id), cancel, resume),
     t.transport_note ? el("div", { class: "muted note" }, `by ${t.transport}: ${t.transport_note}`) : null,
     t.error ? el("div", { class: "muted" }, t.error) : null,
     rows);
@@ -273,7 +274,7 @@ async function renderHistory() {
   }
   const rows = page.transfers.map((t) => el("tr", { dataset: { transfer: t.id } },
     el("td", {}, el("code", {}, t.id.slice(0, 8))),
-    el("td", {}, badge(t.status)),
+    el("td", {}, badge(t.status), t.resumable ? resumeButton(t.id) : ""),
     el("td", {}, t.file.name),
     el("td", {}, fmt.bytes(t.bytes_total)),
     el("td", {}, t.source_node),
@@ -362,8 +363,10 @@ const HANDLERS = {
   },
   transfer_started: (d) => {
     const known = state.transfers.get(d.transfer.id);
-    if (known) Object.assign(known.transfer, d.transfer, { recipients: known.transfer.recipients });
-    else state.transfers.set(d.transfer.id, new Tracked(d.transfer));
+    // A resumed transfer starts again under its id: its card becomes live again.
+    if (known && !known.finished) {
+      Object.assign(known.transfer, d.transfer, { recipients: known.transfer.recipients });
+    } else state.transfers.set(d.transfer.id, new Tracked(d.transfer));
     schedule("transfers");
   },
   transfer_progress: (d, at) => {
@@ -589,6 +592,17 @@ async function sendFile(event) {
 async function cancelTransfer(id) {
   await act(null, async () => {
     await api("DELETE", `/api/transfers/${id}`);
+  });
+}
+
+function resumeButton(id) {
+  return el("button", { type: "button", class: "resume", title: "Send the recipients only what they lack",
+    onclick: () => resumeTransfer(id) }, "Resume");
+}
+
+async function resumeTransfer(id) {
+  await act(null, async () => {
+    await api("POST", `/api/transfers/${id}/resume`);
   });
 }
 

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import blake3
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -31,7 +32,11 @@ def server(
     root = tmp_path_factory.mktemp("ui-server")
     (root / "home").mkdir()
     with serving(
-        root / "data", "--demo-nodes", "2", alive=3, env={"HOME": str(root / "home")}
+        root / "data",
+        "--demo-nodes",
+        "2",
+        alive=3,
+        env={"HOME": str(root / "home"), "CASTRAY_ENABLE_FAULT_INJECTION": "1"},
     ) as server:
         yield server
 
@@ -182,6 +187,29 @@ def test_a_transfer_can_be_cancelled_from_its_card(page: Page, server: CastRaySe
     assert not (server.data_dir / "storage" / "node_2" / "too-big.bin").exists()
     with server.client() as client:
         client.delete("/api/files/too-big.bin")
+
+
+def test_a_failed_transfer_is_resumed_from_its_card(page: Page, server: CastRayServer) -> None:
+    """node_2 damages every chunk it receives, so the transfer fails once its retries are
+    spent; mended, a click on Resume completes it under the same id."""
+    tx.generate(server, "mend.bin", "12MiB", "random")
+    assert tx.post(server, "/api/nodes/node_2/faults", {"corrupt_chunks": 1000}).status_code == 204
+    _open(page, server)
+    page.click("#files-refresh")
+    page.select_option("#send-file", "mend.bin")
+    transfer_id = _send(page, "node_1", ["node_2"])
+
+    card = page.locator(f"#finished .transfer[data-transfer='{transfer_id}']")
+    expect(card).to_have_attribute("data-status", "failed", timeout=120_000)
+    assert tx.post(server, "/api/nodes/node_2/faults", {"corrupt_chunks": 0}).status_code == 204
+    card.locator("button.resume").click()
+
+    expect(card).to_have_attribute("data-status", "completed", timeout=120_000)
+    expect(card.locator("button.resume")).to_have_count(0)
+    done = tx.get(server, transfer_id)
+    assert done["resumes"] == 1, done
+    copy = server.data_dir / "storage" / "node_2" / "mend.bin"
+    assert blake3.blake3(copy.read_bytes()).hexdigest() == done["file"]["blake3"]
 
 
 def test_messages_sent_from_the_page_show_as_received(page: Page, server: CastRayServer) -> None:

@@ -1,8 +1,9 @@
-"""What a crash leaves: nothing half-written, and a home that heals itself.
+"""What a crash leaves: nothing but resumable state, a resume that sends only what is
+missing, and a home that heals itself.
 
 Each test runs a real ``castray serve`` over its embedded Ray, breaks it the way an operator
 or the kernel would, and asserts the outcome, its time bound, and that
-``find DATA -name '.*.part'`` finds nothing.
+``find DATA -name '.*.part'`` finds nothing but the partial files a resume takes up.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import httpx
 import psutil
 import pytest
 
+from castray.agent.journal import Journal, journal_path
+from castray.chunks import file_blake3 as blake3_of
+from castray.chunks import plan_chunks
 from tests.harness import transfers as tx
 from tests.harness.server import CastRayServer, start_server
 from tests.harness.waiting import wait_for
@@ -31,59 +35,152 @@ def partials(data: Path) -> list[Path]:
     return sorted(data.rglob(".*.part"))
 
 
-def _mid_transfer(server: CastRayServer) -> str:
-    """A 1 GiB transfer node_1 -> node_2, returned once bytes have arrived (not all)."""
+def journals(data: Path) -> list[Path]:
+    return sorted(data.rglob(".*.resume"))
+
+
+def kept_bytes(data: Path) -> int:
+    """The bytes the partial files' journals list as verified and on disk: what a resume
+    need not send."""
+    total = 0
+    for part in partials(data):
+        kept = Journal.read(journal_path(part))
+        assert kept is not None, f"{part.name} has no resume journal"
+        chunks = plan_chunks(kept.size, kept.chunk_size)
+        total += sum(c.length for c in chunks if kept.verified[c.index])
+    return total
+
+
+def _mid_transfer(server: CastRayServer, at: float = 0.0) -> str:
+    """A 1 GiB transfer node_1 -> node_2, returned once more than ``at`` of it (and at least
+    one byte) has arrived verified, but not all."""
     tx.generate(server, "big.bin", BIG, "random")
     tid = tx.start(server, source_node="node_1", file="big.bin", recipients=["node_2"])
     wait_for(
-        lambda: tx.get(server, tid)["recipients"]["node_2"]["bytes_done"] > 0 or None,
+        lambda: (
+            (t := tx.get(server, tid))["recipients"]["node_2"]["bytes_done"] > at * t["bytes_total"]
+            or t["status"] in tx.FINISHED
+            or None
+        ),
         120,
-        "the first verified bytes at node_2",
+        f"more than {at:.0%} of the file verified at node_2",
         interval=0.02,
     )
     assert tx.get(server, tid)["status"] == "running", "it ended before the fault"
     return tid
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl+C"])
-def test_a_server_stopped_mid_transfer_leaves_no_partial_file(
-    tmp_path: Path, sig: signal.Signals
+def _resume_and_check(server: CastRayServer, tid: str, data: Path, missing: int) -> dict:
+    """Resume ``tid``; it completes with a copy whose BLAKE3 is the file's, the source sends
+    at most 10 % more than the ``missing`` bytes, and nothing partial stays."""
+    with server.client() as client:
+        accepted = client.post(f"/api/transfers/{tid}/resume")
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["transfer_id"] == tid
+    done = tx.wait_finished(server, tid, 300)
+    assert done["status"] == "completed", done
+    assert done["resumes"] == 1 and not done["resumable"]
+    copy = Path(done["recipients"]["node_2"]["path"])
+    assert blake3_of(copy) == done["file"]["blake3"]
+    assert 0 < done["source_bytes_sent"] <= missing * 1.1, (done["source_bytes_sent"], missing)
+    # The endpoints' own byte counters (they start at 0 with the restarted server) agree.
+    assert server.nodes()["node_1"]["counters"]["bytes_sent"] == done["source_bytes_sent"]
+    assert partials(data) == [] and journals(data) == []
+    return done
+
+
+def test_a_server_stopped_mid_transfer_keeps_what_was_verified_and_resume_sends_the_rest(
+    tmp_path: Path,
 ) -> None:
+    """SIGTERM half-way: the recipient keeps its verified chunks with their journal (and no
+    other partial file stays); after a restart the history says interrupted and resumable,
+    and a resume sends only what is missing."""
     data = tmp_path / "data"
     server = start_server(data, "--demo-nodes", "2")
     try:
         server.wait_alive(3)
-        _mid_transfer(server)
-        server.process.send_signal(sig)
+        tid = _mid_transfer(server, at=0.3)
+        server.process.send_signal(signal.SIGTERM)
         server.process.wait(30)
     finally:
         server.stop()
-    assert partials(data) == []
+    assert len(partials(data)) == 1 and len(journals(data)) == 1
+    kept = kept_bytes(data)
+    assert kept > 0
+    again = start_server(data, "--demo-nodes", "2")
+    try:
+        again.wait_alive(3)
+        interrupted = tx.get(again, tid)
+        assert interrupted["status"] == "interrupted" and interrupted["resumable"], interrupted
+        _resume_and_check(again, tid, data, interrupted["bytes_total"] - kept)
+    finally:
+        again.stop()
+    again.check_log_clean()
 
 
-def test_after_a_crash_of_everything_the_restarted_server_sweeps_partial_files(
+def test_ctrl_c_keeps_the_partial_a_changed_source_is_refused_and_delete_discards_it(
     tmp_path: Path,
 ) -> None:
-    """SIGKILL to the server, its agent and the embedded Ray at once (the OOM killer, a
-    power cut): nobody is left to clean up, so the partial file stays; the endpoint that owns
-    the directory removes it when it starts again, and the history says interrupted."""
     data = tmp_path / "data"
     server = start_server(data, "--demo-nodes", "2")
     try:
         server.wait_alive(3)
         tid = _mid_transfer(server)
+        server.process.send_signal(signal.SIGINT)
+        server.process.wait(30)
+    finally:
+        server.stop()
+    assert kept_bytes(data) > 0
+    with (data / "library" / "big.bin").open("r+b") as source:  # the source file changes
+        source.write(b"changed")
+    again = start_server(data, "--demo-nodes", "2")
+    try:
+        again.wait_alive(3)
+        with again.client() as client:
+            refused = client.post(f"/api/transfers/{tid}/resume")
+            assert refused.status_code == 409, refused.text
+            assert "changed" in refused.json()["detail"], refused.json()
+            assert tx.get(again, tid)["resumable"], "a refused resume must keep what was kept"
+
+            discarded = client.delete(f"/api/transfers/{tid}")
+            assert discarded.status_code == 200, discarded.text
+            assert not discarded.json()["resumable"]
+            assert "discarded" in discarded.json()["error"]
+            assert partials(data) == [] and journals(data) == []
+            again_refused = client.post(f"/api/transfers/{tid}/resume")
+            assert again_refused.status_code == 409
+    finally:
+        again.stop()
+    again.check_log_clean()
+
+
+def test_after_a_crash_of_everything_a_resume_sends_only_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL to the server, its agent and the embedded Ray at once (the OOM killer, a power
+    cut) half-way through 1 GiB: nobody is left to clean up. The journal, written as chunks
+    landed, is what the restarted endpoint keeps; the history says how far the recipient got;
+    a resume sends at most 10 % more than the missing bytes."""
+    data = tmp_path / "data"
+    server = start_server(data, "--demo-nodes", "2")
+    try:
+        server.wait_alive(3)
+        tid = _mid_transfer(server, at=0.4)
         agent = _home_agent(server)
         os.killpg(agent.pid, signal.SIGKILL)  # the agent and its embedded Ray
         server.process.kill()
         server.process.wait(10)
     finally:
         server.stop()
-    assert partials(data), "the crash should have left the partial file"
+    kept = kept_bytes(data)
+    assert kept > 0, "the journal should list the chunks that landed"
     again = start_server(data, "--demo-nodes", "2")
     try:
         again.wait_alive(3)
-        wait_for(lambda: not partials(data) or None, 30, "the partial files to be swept")
-        assert tx.get(again, tid)["status"] == "interrupted"
+        interrupted = tx.get(again, tid)
+        assert interrupted["status"] == "interrupted" and interrupted["resumable"], interrupted
+        assert interrupted["recipients"]["node_2"]["bytes_done"] > 0, interrupted
+        _resume_and_check(again, tid, data, interrupted["bytes_total"] - kept)
     finally:
         again.stop()
     again.check_log_clean()

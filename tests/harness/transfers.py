@@ -66,8 +66,8 @@ def send(server: CastRayServer, timeout: float = 180, **body: Any) -> dict[str, 
 
 
 def leftovers(directory: Path) -> list[str]:
-    """Temporary files a transfer left behind (there must be none)."""
-    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".part"))
+    """Partial files and resume journals a transfer left behind."""
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith((".part", ".resume")))
 
 
 def post(server: CastRayServer, path: str, body: Any) -> httpx.Response:

@@ -127,6 +127,43 @@ def test_send_exits_1_when_a_recipient_fails(embedded_server: CastRayServer) -> 
     assert re.search(r"cli-tiny failed: .*not enough free space", result.stdout), result.stdout
 
 
+def test_send_offers_resume_and_resume_runs_the_same_transfer(
+    embedded_server: CastRayServer,
+) -> None:
+    """A transfer to a node whose disk is too small fails; sending the same file there again
+    names the unfinished one and ``--resume`` (and sends it whole, as a new transfer);
+    ``send --resume`` and ``castray resume ID`` run an unfinished transfer again under its id
+    (and fail again, for the disk is still too small)."""
+    tx.generate(embedded_server, "roomy.bin", "3MB", "random")
+    with tx.tiny_disk_node(embedded_server, "cli-resume") as tiny:
+        first = embedded_server.cli("send", "roomy.bin", "--from", "node_1", "--to", tiny, "--json")
+        assert first.returncode == 1, first
+        earlier = json.loads(first.stdout)
+        assert earlier["status"] == "failed" and earlier["resumable"], earlier
+
+        again = embedded_server.cli("send", "roomy.bin", "--from", "node_1", "--to", tiny)
+        assert f"transfer {earlier['id']} of roomy.bin to {tiny} did not finish" in again.stderr
+        assert "--resume" in again.stderr
+        whole = re.search(r"^transfer ([0-9a-f]{16})$", again.stderr, re.MULTILINE)
+        assert whole is not None and whole[1] != earlier["id"], again.stderr
+
+        # The newest unfinished transfer of the file to the node is the one resumed.
+        resumed = embedded_server.cli(
+            "send", "roomy.bin", "--from", "node_1", "--to", tiny, "--resume"
+        )
+        assert resumed.returncode == 1, resumed
+        assert f"transfer {whole[1]}" in resumed.stderr
+        assert "not enough free space" in resumed.stdout
+
+        by_id = embedded_server.cli("resume", earlier["id"], "--json")
+        assert by_id.returncode == 1, by_id
+        assert json.loads(by_id.stdout)["id"] == earlier["id"]
+        assert json.loads(by_id.stdout)["resumes"] == 1
+
+    done = embedded_server.cli("resume", "0123456789abcdef")
+    assert done.returncode == 1 and "no transfer" in done.stderr, done
+
+
 def test_an_unreachable_server_is_one_line_and_exit_1(tmp_path: Path) -> None:
     unreachable = CastRayServer(
         process=None,  # type: ignore[arg-type]

@@ -39,7 +39,7 @@ def _assert_copies(lab: LabServer, transfer: dict, hosts: list[int], expected: s
 
 
 def _no_partial_files(lab: LabServer, timeout: float = 60) -> None:
-    """No host keeps a partial file (a cut-off one removes its own within orphan_timeout)."""
+    """No host keeps a partial file or a resume journal."""
     wait_for(
         lambda: (
             all(not t.leftovers(lab.storage(h)) for h in (1, 2, 3) if lab.storage(h).exists())
@@ -76,11 +76,12 @@ def test_unicast_multicast_and_broadcast_across_hosts(lab: LabServer, lab_file: 
     _no_partial_files(lab)
 
 
-def test_a_host_cut_mid_broadcast_fails_alone_and_can_be_sent_to_after_heal(
+def test_a_host_cut_mid_broadcast_fails_alone_and_is_resumed_after_heal(
     lab: LabServer, lab_file: dict
 ) -> None:
     """Host 2, first in the chain after the source, is cut while the file streams through it:
-    host 3 still gets its copy, host 2 fails with a reason within 10 s of the cut."""
+    host 3 still gets its copy, host 2 fails with a reason within 10 s of the cut. After the
+    heal, a resume sends host 2 what it lacks."""
     source = lab.node_id(1)
     tid = t.start(lab, source_node=source, file=lab_file["file"], mode="broadcast")
     wait_for(
@@ -110,10 +111,15 @@ def test_a_host_cut_mid_broadcast_fails_alone_and_can_be_sent_to_after_heal(
     finally:
         assert lab.cli("heal", "h2").returncode == 0
 
+    assert finished["resumable"], finished
     wait_for(lambda: lab.nodes().get(lab.node_id(2)) == "alive" or None, 60, "host 2 alive")
-    again = t.send(lab, source_node=source, file=lab_file["file"], recipients=[lab.node_id(2)])
+    with lab.client() as client:
+        resumed = client.post(f"/api/transfers/{tid}/resume")
+    assert resumed.status_code == 202, resumed.text
+    again = t.wait_finished(lab, tid, timeout=120)
     assert again["status"] == "completed", again
-    _assert_copies(lab, again, [2], lab_file["blake3"])
+    assert again["source_bytes_sent"] < again["bytes_total"], "host 2 kept verified chunks"
+    _assert_copies(lab, again, [2, 3], lab_file["blake3"])
     _no_partial_files(lab)
 
 

@@ -73,11 +73,12 @@ def test_history_survives_reopening_and_marks_unfinished_as_interrupted(tmp_path
     history.close()
 
     reopened = History(tmp_path / "h.sqlite3")
-    assert reopened.interrupt_unfinished() == 1
+    assert reopened.interrupt_unfinished() == ["flying"]
 
     page, total = reopened.page(10, 0)
     assert total == 2
     assert [t.id for t in page] == ["flying", "done"]
     assert page[0].status is TransferStatus.INTERRUPTED
+    assert page[0].resumable, "a stream transfer cut short keeps what it verified"
     assert reopened.get("done").status is TransferStatus.COMPLETED  # type: ignore[union-attr]
     assert reopened.groups() == [Group(name="g", members=["a", "b"])]

@@ -43,8 +43,17 @@ async def get_transfer(transfer_id: str, transfers: TransfersDep) -> Transfer:
 
 @router.delete("/transfers/{transfer_id}")
 async def cancel_transfer(transfer_id: str, transfers: TransfersDep) -> Transfer:
-    """Cancel a transfer in flight and remove its partial files; a finished one is unchanged."""
+    """Cancel a transfer in flight and remove its partial files. Of an ended one, remove what
+    its recipients kept for a resume (its copies and its history stay)."""
     return await transfers.cancel(transfer_id)
+
+
+@router.post("/transfers/{transfer_id}/resume", status_code=status.HTTP_202_ACCEPTED)
+async def resume_transfer(transfer_id: str, transfers: TransfersDep) -> TransferAccepted:
+    """Run an interrupted, failed or partially failed transfer again for the recipients that
+    did not complete it: each gets only the chunks it lacks. 409 if the source file changed."""
+    resumed = await transfers.resume(transfer_id)
+    return TransferAccepted(transfer_id=resumed.id, status=resumed.status)
 
 
 # ---- the prototype's endpoints ------------------------------------------------------------
