@@ -153,6 +153,9 @@ class StreamSink:
     resumed_bytes: int = 0
     """Verified bytes found in the journal of an earlier run, when resumed."""
     _journaled_at: float = 0.0
+    _journal_due: threading.Event = field(default_factory=threading.Event)
+    """Set by the writer when the journal is due: a thread of its own syncs and writes it,
+    so the writer never waits on the disk's flush."""
     _verified: bytearray = field(default_factory=bytearray)
     verified_bytes: int = 0
     corrupt_chunks: int = 0
@@ -176,6 +179,7 @@ class StreamSink:
     )
     """Chunks to write: index, offset, length, buffer, and whether it was found intact."""
     _writer: threading.Thread | None = None
+    _journaler: threading.Thread | None = None
     _closed: bool = False
     _conns: set[socket.socket] = field(default_factory=set)
     _downs: set[socket.socket] = field(default_factory=set)
@@ -218,6 +222,10 @@ class StreamSink:
             target=self._write_loop, name=f"sink-{self.transfer_id}", daemon=True
         )
         self._writer.start()
+        self._journaler = threading.Thread(
+            target=self._journal_loop, name=f"journal-{self.transfer_id}", daemon=True
+        )
+        self._journaler.start()
 
     # ---- streams arriving -----------------------------------------------------------
 
@@ -366,13 +374,21 @@ class StreamSink:
         self._verified[index] = 1
         self.verified_bytes += len(data)
         if time.monotonic() - self._journaled_at >= JOURNAL_INTERVAL:
+            self._journaled_at = time.monotonic()
+            self._journal_due.set()
+
+    def _journal_loop(self) -> None:
+        while True:
+            self._journal_due.wait()
+            self._journal_due.clear()
+            if self._closed:
+                return
             self.write_journal()
 
     def write_journal(self) -> None:
-        """Record the chunks verified so far, once they are on disk (on the writer thread, or
-        after it stopped): a resume takes them as they are."""
-        self._journaled_at = time.monotonic()
-        verified = bytes(self._verified)
+        """Record the chunks verified so far, once they are on disk (on the journal thread, or
+        at the close): a resume takes them as they are."""
+        verified = bytes(self._verified)  # chunks written before the sync below: on disk
         try:
             os.fdatasync(self.fd)
             Journal(self.size, self.chunk_size, self.blake3, verified).write(
@@ -460,6 +476,9 @@ class StreamSink:
         self._work.put(None)
         if self._writer is not None:
             self._writer.join(timeout=self.stall_timeout)
+        self._journal_due.set()
+        if self._journaler is not None:
+            self._journaler.join(timeout=self.stall_timeout)
         if journal and self.error is None:
             self.write_journal()
         if not keep_fd:
