@@ -50,6 +50,8 @@ class _Deployed:
     handle: Any
     probe: Any = None
     probed_at: float = field(default_factory=time.monotonic)
+    died: str | None = None
+    """Why it is dead, once it is."""
 
 
 class Fleet:
@@ -181,6 +183,14 @@ class Fleet:
                 raise NodeUnavailable(f"node {endpoint_id!r} is dead")
             return deployed.handle
 
+    def death(self, endpoint_id: str) -> str | None:
+        """Why the endpoint is dead (its node left, its actor stopped answering), or None:
+        a transfer's run hears it at once, instead of from a call that fails later, or with
+        the kill that follows as its reason."""
+        with self._lock:
+            deployed = self._endpoints.get(endpoint_id)
+            return deployed.died if deployed is not None else None
+
     def data_address(self, endpoint_id: str) -> str:
         """Where an alive endpoint of this cluster takes data streams."""
         with self._lock:
@@ -275,6 +285,7 @@ class Fleet:
     def _mark_dead(self, deployed: _Deployed, reason: str) -> None:
         log.warning("endpoint %s is dead: %s", deployed.state.id, reason)
         deployed.probe = None
+        deployed.died = reason
         _kill(deployed.handle)
         self._set(deployed, status=NodeStatus.DEAD)
 

@@ -349,6 +349,7 @@ class Agent:
                 resume=plan.resume,
             ),
             self._on_transfer_message,
+            self._fleet.death,
         )
         run.open()
         self._starting[request_id] = run

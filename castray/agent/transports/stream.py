@@ -42,6 +42,10 @@ from castray.protocol import (
 
 log = logging.getLogger(__name__)
 
+SOURCE_PROBE_TIMEOUT = 2.0
+"""Seconds the source gets to answer once the stream it sent failed in its actor: a live one
+answers its control group at once, and the transfer waits on nothing else."""
+
 
 @dataclass(frozen=True)
 class Member:
@@ -107,9 +111,17 @@ class _Recipient:
 class StreamRun:
     """Runs one agent's part of a stream transfer to its end on the calling thread."""
 
-    def __init__(self, spec: StreamSpec, emit: Callable[[TransferMessage], None]) -> None:
+    def __init__(
+        self,
+        spec: StreamSpec,
+        emit: Callable[[TransferMessage], None],
+        death: Callable[[str], str | None] = lambda _: None,
+    ) -> None:
         self.spec = spec
         self._emit = emit
+        self._death = death
+        """Why an endpoint is dead, as its cluster's agent saw it (None while alive)."""
+        self._source_asked_at = 0.0
         self._recipients = [_Recipient(m) for m in spec.recipients]
         self._cancelled = threading.Event()
         self._sends: dict[Any, str] = {}
@@ -179,6 +191,7 @@ class StreamRun:
         last_bytes = -1
         while not self._cancelled.is_set():
             self._collect_sends()
+            self._check_deaths()
             if self._error is not None:
                 return
             self._read_statuses()
@@ -255,18 +268,41 @@ class StreamRun:
         now = time.monotonic()
         for recipient in asking.values():
             if recipient.open and now - recipient.asked_at > tunables.peer_timeout:
-                self._cut_off(recipient)
+                self._cut_off(
+                    recipient,
+                    f"it did not answer for {tunables.peer_timeout:g} s: its host is cut off "
+                    "or its node is lost",
+                )
 
-    def _cut_off(self, recipient: _Recipient) -> None:
-        """Fail a recipient that stopped answering, and take it out of the chain: its upstream
-        stops passing the stream to it (it would block there), its downstream drops the stream
-        from it (it would wait there); what the downstream lacks is then repaired."""
+    def _check_deaths(self) -> None:
+        """The source dead ends the transfer with that reason (its recipients are not to
+        blame); a dead recipient is taken out of the chain at once.
+
+        Ray takes seconds to call a crashed node's actors dead; a stream that broke is heard
+        of at once. So when one broke, the source is asked whether it still answers."""
+        source = self.spec.source
+        if source is not None and (why := self._death(source.id)) is not None:
+            self._error = f"the source {source.id} died: {why}"
+            return
+        now = time.monotonic()
+        broke = any(r.open and r.status and r.status.broken for r in self._recipients)
+        if source is not None and broke and now - self._source_asked_at > SOURCE_PROBE_TIMEOUT:
+            self._source_asked_at = now
+            if not _answers(source.handle, SOURCE_PROBE_TIMEOUT):
+                self._error = (
+                    f"the source {source.id} died: it stopped answering when its stream broke"
+                )
+                return
+        for recipient in self._recipients:
+            if recipient.open and (why := self._death(recipient.member.id)) is not None:
+                self._cut_off(recipient, f"its endpoint died: {why}")
+
+    def _cut_off(self, recipient: _Recipient, why: str) -> None:
+        """Fail a recipient that stopped answering or died, and take it out of the chain: its
+        upstream stops passing the stream to it (it would block there), its downstream drops
+        the stream from it (it would wait there); what the downstream lacks is then repaired."""
         position = self._recipients.index(recipient)
-        self._fail(
-            recipient,
-            f"it did not answer for {self.spec.tunables.peer_timeout:g} s: its host is cut off "
-            "or its node is lost",
-        )
+        self._fail(recipient, why)
         tid = self.spec.transfer_id
         before = [r for r in self._recipients[:position] if r.failed is None]
         if before:
@@ -343,7 +379,11 @@ class StreamRun:
                 self._served[supplier] += int(ray.get(ref))
             except RayError as exc:
                 source = self.spec.source
-                if source is not None and supplier == source.id and not _answers(source.handle):
+                if (
+                    source is not None
+                    and supplier == source.id
+                    and not _answers(source.handle, SOURCE_PROBE_TIMEOUT)
+                ):
                     self._error = f"the source {supplier} died: {reason(exc)}"
                     return
                 log.info(
@@ -519,10 +559,10 @@ def _chunks(size: int, chunk_size: int) -> list[tuple[int, int, int]]:
     return [(c.index, c.offset, c.length) for c in plan_chunks(size, chunk_size)]
 
 
-def _answers(handle: Any) -> bool:
+def _answers(handle: Any, timeout: float) -> bool:
     """Whether an actor still answers (tells its own death from a broken stream)."""
     try:
-        ray.get(handle.describe.remote(), timeout=10)
+        ray.get(handle.describe.remote(), timeout=timeout)
     except (RayError, GetTimeoutError):
         return False
     return True
