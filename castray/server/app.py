@@ -100,8 +100,8 @@ def create_app(settings: Settings) -> FastAPI:
         await supervisor.start()
         autopilot.start()
         resuming = None
-        if settings.auto_resume and interrupted:
-            resuming = asyncio.create_task(transfer_service.resume_when_ready(interrupted))
+        if settings.auto_resume and (unfinished := history.resumable_interrupted()):
+            resuming = asyncio.create_task(transfer_service.resume_when_ready(unfinished))
         try:
             yield
         finally:

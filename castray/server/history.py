@@ -96,6 +96,17 @@ class History:
             )
         return [Transfer.model_validate_json(body).id for (body,) in rows]
 
+    def resumable_interrupted(self) -> list[str]:
+        """Transfers that CastRay's stopping interrupted (gracefully or not) and whose
+        recipients kept what they verified, oldest first: what ``auto_resume`` takes up."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT body FROM transfers WHERE status = ?",
+                (TransferStatus.INTERRUPTED.value,),
+            ).fetchall()
+        found = [Transfer.model_validate_json(body) for (body,) in rows]
+        return [t.id for t in sorted(found, key=lambda t: t.created_at) if t.resumable]
+
     # ---- groups ----------------------------------------------------------------------
 
     def groups(self) -> list[Group]:

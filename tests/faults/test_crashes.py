@@ -27,6 +27,7 @@ from tests.harness.waiting import wait_for
 pytestmark = [pytest.mark.faults, pytest.mark.ray, pytest.mark.slow]
 
 BIG = "1GiB"
+BIG_BYTES = 1 << 30
 """Big enough that a transfer between two endpoints of one machine is caught mid-way."""
 
 
@@ -113,6 +114,37 @@ def test_a_server_stopped_mid_transfer_keeps_what_was_verified_and_resume_sends_
         interrupted = tx.get(again, tid)
         assert interrupted["status"] == "interrupted" and interrupted["resumable"], interrupted
         _resume_and_check(again, tid, data, interrupted["bytes_total"] - kept)
+    finally:
+        again.stop()
+    again.check_log_clean()
+
+
+def test_with_auto_resume_a_restarted_server_finishes_what_was_interrupted(
+    tmp_path: Path,
+) -> None:
+    """``auto_resume``: the transfer a SIGTERM interrupted completes after the restart, under
+    its id, with no request from anyone, and sends only what was missing."""
+    data = tmp_path / "data"
+    server = start_server(data, "--demo-nodes", "2")
+    try:
+        server.wait_alive(3)
+        tid = _mid_transfer(server, at=0.3)
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(30)
+    finally:
+        server.stop()
+    missing = BIG_BYTES - kept_bytes(data)
+    again = start_server(data, "--demo-nodes", "2", env={"CASTRAY_AUTO_RESUME": "true"})
+    try:
+        done = wait_for(
+            lambda: (t := tx.get(again, tid))["status"] == "completed" and t,
+            180,
+            "the interrupted transfer to complete by itself",
+        )
+        assert done["resumes"] == 1
+        assert 0 < done["source_bytes_sent"] <= missing * 1.1, (done["source_bytes_sent"], missing)
+        assert blake3_of(Path(done["recipients"]["node_2"]["path"])) == done["file"]["blake3"]
+        assert partials(data) == [] and journals(data) == []
     finally:
         again.stop()
     again.check_log_clean()

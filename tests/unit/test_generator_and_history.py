@@ -80,5 +80,6 @@ def test_history_survives_reopening_and_marks_unfinished_as_interrupted(tmp_path
     assert [t.id for t in page] == ["flying", "done"]
     assert page[0].status is TransferStatus.INTERRUPTED
     assert page[0].resumable, "a stream transfer cut short keeps what it verified"
+    assert reopened.resumable_interrupted() == ["flying"]
     assert reopened.get("done").status is TransferStatus.COMPLETED  # type: ignore[union-attr]
     assert reopened.groups() == [Group(name="g", members=["a", "b"])]
