@@ -71,6 +71,20 @@ def _mid_transfer(server: CastRayServer, at: float = 0.0) -> str:
     return tid
 
 
+def _stopped_mid_transfer(data: Path, sig: signal.Signals, at: float = 0.0) -> str:
+    """A server over ``data``, stopped with ``sig`` once more than ``at`` of a 1 GiB transfer
+    arrived; the transfer's id."""
+    server = start_server(data, "--demo-nodes", "2")
+    try:
+        server.wait_alive(3)
+        tid = _mid_transfer(server, at)
+        server.process.send_signal(sig)
+        server.process.wait(30)
+    finally:
+        server.stop()
+    return tid
+
+
 def _resume_and_check(server: CastRayServer, tid: str, data: Path, missing: int) -> dict:
     """Resume ``tid``; it completes with a copy whose BLAKE3 is the file's, the source sends
     at most 10 % more than the ``missing`` bytes, and nothing partial stays."""
@@ -97,14 +111,7 @@ def test_a_server_stopped_mid_transfer_keeps_what_was_verified_and_resume_sends_
     other partial file stays); after a restart the history says interrupted and resumable,
     and a resume sends only what is missing."""
     data = tmp_path / "data"
-    server = start_server(data, "--demo-nodes", "2")
-    try:
-        server.wait_alive(3)
-        tid = _mid_transfer(server, at=0.3)
-        server.process.send_signal(signal.SIGTERM)
-        server.process.wait(30)
-    finally:
-        server.stop()
+    tid = _stopped_mid_transfer(data, signal.SIGTERM, 0.3)
     assert len(partials(data)) == 1 and len(journals(data)) == 1
     kept = kept_bytes(data)
     assert kept > 0
@@ -125,14 +132,7 @@ def test_with_auto_resume_a_restarted_server_finishes_what_was_interrupted(
     """``auto_resume``: the transfer a SIGTERM interrupted completes after the restart, under
     its id, with no request from anyone, and sends only what was missing."""
     data = tmp_path / "data"
-    server = start_server(data, "--demo-nodes", "2")
-    try:
-        server.wait_alive(3)
-        tid = _mid_transfer(server, at=0.3)
-        server.process.send_signal(signal.SIGTERM)
-        server.process.wait(30)
-    finally:
-        server.stop()
+    tid = _stopped_mid_transfer(data, signal.SIGTERM, 0.3)
     missing = BIG_BYTES - kept_bytes(data)
     again = start_server(data, "--demo-nodes", "2", env={"CASTRAY_AUTO_RESUME": "true"})
     try:
@@ -154,14 +154,7 @@ def test_ctrl_c_keeps_the_partial_a_changed_source_is_refused_and_delete_discard
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data"
-    server = start_server(data, "--demo-nodes", "2")
-    try:
-        server.wait_alive(3)
-        tid = _mid_transfer(server)
-        server.process.send_signal(signal.SIGINT)
-        server.process.wait(30)
-    finally:
-        server.stop()
+    tid = _stopped_mid_transfer(data, signal.SIGINT)
     assert kept_bytes(data) > 0
     with (data / "library" / "big.bin").open("r+b") as source:  # the source file changes
         source.write(b"changed")
