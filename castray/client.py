@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,13 +39,33 @@ from castray.models import (
 )
 
 
+def tls_context(ca_cert: Path | None = None) -> ssl.SSLContext:
+    """Verification of an https server: by ``ca_cert`` (or ``CASTRAY_CA_CERT``) alone when
+    given, else by the system's trust store."""
+    named = ca_cert or (
+        Path(os.environ["CASTRAY_CA_CERT"]) if os.environ.get("CASTRAY_CA_CERT") else None
+    )
+    if named is not None and not named.is_file():
+        raise ServerUnreachable(f"cannot read the CA certificate {named}: no such file")
+    return ssl.create_default_context(cafile=named)
+
+
 class Client:
     """A thin, typed wrapper over the REST API; errors come back as CastRayError."""
 
-    def __init__(self, server: str, token: str | None = None, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        server: str,
+        token: str | None = None,
+        timeout: float = 60.0,
+        ca_cert: Path | None = None,
+    ) -> None:
+        """``ca_cert`` (else ``CASTRAY_CA_CERT``): the CA that signed an https server's
+        certificate; without one, the system's trust store is used."""
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._tls = tls_context(ca_cert)
         self._http = httpx.Client(
-            base_url=server.rstrip("/"), headers=self._headers, timeout=timeout
+            base_url=server.rstrip("/"), headers=self._headers, timeout=timeout, verify=self._tls
         )
 
     def __enter__(self) -> Client:
@@ -112,12 +134,15 @@ class Client:
         recipients: list[str] | None = None,
         group: str | None = None,
         transport: Transport | None = None,
+        rate_limit: str | None = None,
     ) -> TransferAccepted:
         """Unicast/multicast to ``recipients``, multicast to ``group``, or else broadcast;
-        over ``transport``, or the server's default one."""
+        over ``transport``, or the server's default one; at ``rate_limit`` ("50MB/s") at most."""
         body: dict[str, Any] = {"source_node": source, "file": file}
         if transport is not None:
             body["transport"] = transport.value
+        if rate_limit is not None:
+            body["rate_limit"] = rate_limit
         if group:
             body |= {"mode": "multicast", "group": group}
         elif recipients:
@@ -163,7 +188,12 @@ class Client:
         """The server's ``/ws`` stream; open it before acting, so no event is missed."""
         url = str(self._http.base_url).replace("http", "ws", 1).rstrip("/") + "/ws"
         try:
-            connection = connect(url, additional_headers=self._headers, open_timeout=10)
+            connection = connect(
+                url,
+                additional_headers=self._headers,
+                open_timeout=10,
+                ssl=self._tls if url.startswith("wss://") else None,
+            )
         except OSError as exc:
             raise self._no_server(exc) from exc
         except InvalidStatus as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -20,6 +20,7 @@ from pydantic_settings import (
 
 from castray.errors import InvalidRequest
 from castray.models import Transport
+from castray.sizes import parse_rate
 
 
 def default_data_dir() -> Path:
@@ -51,6 +52,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir, description="Storage, history, logs.")
     demo_nodes: int = Field(0, ge=0, le=256, description="Named endpoints node_1..node_N on head.")
     token: SecretStr | None = Field(None, description="Bearer token required by the API.")
+    metrics_public: bool = Field(
+        False, description="Serve GET /metrics without the API token (for a scraper)."
+    )
     token_file: Path | None = Field(
         None, description="A file holding the token (not visible to other users, unlike --token)."
     )
@@ -59,6 +63,13 @@ class Settings(BaseSettings):
         description="Web origins besides the server's own whose pages may use the API and /ws.",
     )
     log_level: str = Field("info", description="debug, info, warning or error.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one JSON object per line for a log shipper."
+    )
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain): serve the API, the UI and /ws over HTTPS."
+    )
+    tls_key: Path | None = Field(None, description="The PEM private key of tls_cert.")
 
     node_poll_interval: float = Field(1.0, gt=0, description="Seconds between node-list looks.")
     cluster_timeout: float = Field(
@@ -177,6 +188,18 @@ class Settings(BaseSettings):
         "transfer that did not finish) is kept after its last write; an endpoint removes older "
         "ones when it starts. DELETE /api/transfers/{id} removes them at once.",
     )
+    endpoint_egress_limit: int = Field(
+        0,
+        ge=0,
+        description="Bytes per second each endpoint sends at most, shared by all its transfers "
+        '("50MB/s" or a number; 0: no limit).',
+    )
+    endpoint_ingress_limit: int = Field(
+        0,
+        ge=0,
+        description="Bytes per second each endpoint receives at most, shared by all its "
+        "transfers (0: no limit).",
+    )
     auto_resume: bool = Field(
         False,
         description="Resume interrupted transfers when the server starts (once their source "
@@ -213,10 +236,27 @@ class Settings(BaseSettings):
     def _blank_address_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("endpoint_egress_limit", "endpoint_ingress_limit", mode="before")
+    @classmethod
+    def _rate(cls, value: Any) -> Any:
+        try:
+            return parse_rate(value) if isinstance(value, str) else value
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from None
+
     @field_validator("token", mode="before")
     @classmethod
     def _blank_token_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value else value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"cannot read the TLS file {path}: no such file")
+        return self
 
     @model_validator(mode="after")
     def _token_from_its_file(self) -> Settings:

@@ -272,6 +272,11 @@ class TransferCreate(BaseModel):
     transport: Transport | None = Field(
         None, description="stream or object-store; the server's setting when omitted."
     )
+    rate_limit: str | int | None = Field(
+        None,
+        description='Bytes per second the source sends at most: "50MB/s", "10MiB/s" or a number '
+        "(within the endpoints' own limits); none when omitted.",
+    )
 
 
 class TransferAccepted(Snapshot):
@@ -326,6 +331,9 @@ class Transfer(Snapshot):
         "rest; DELETE removes them.",
     )
     resumes: int = Field(0, description="How many times it was resumed.")
+    rate_limit: int | None = Field(
+        None, description="Bytes per second the source sends at most, when limited."
+    )
 
 
 class TransferPage(Snapshot):

@@ -42,6 +42,8 @@ class AgentTunables(_Message):
     stream_timeout: float = 120.0
     data_ports: tuple[int, int] | None = None
     data_connect_timeout: float = 3.0
+    endpoint_egress_limit: int = 0
+    endpoint_ingress_limit: int = 0
 
 
 class AgentConfig(_Message):
@@ -115,6 +117,9 @@ class StartTransfer(_Message):
     expected_blake3: str | None = None
     chunk_size: int
     window: int
+    rate_limit: int = Field(
+        0, description="Bytes per second the source sends at most; 0: no limit."
+    )
     transport: Transport = Transport.OBJECT_STORE
     stream: StreamPlan | None = None
     exports: list[tuple[str, int]] = Field(
@@ -137,6 +142,7 @@ class ImportTransfer(_Message):
     expected_blake3: str | None = None
     chunk_size: int
     window: int
+    rate_limit: int = 0
     transport: Transport = Transport.OBJECT_STORE
     stream: StreamPlan | None = None
 

@@ -1,10 +1,66 @@
-"""Byte counts in words, in binary units (as the generator reads "10MiB"), for messages."""
+"""Byte counts and rates: read from what users type ("55.5MB", "50MB/s"), and put in words
+for messages, in binary units."""
 
 from __future__ import annotations
 
+import re
+
 from rich.filesize import pick_unit_and_suffix
+
+from castray.errors import InvalidRequest
+
+UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 1024,
+    "KIB": 1024,
+    "MB": 1024**2,
+    "MIB": 1024**2,
+    "GB": 1024**3,
+    "GIB": 1024**3,
+    "TB": 1024**4,
+    "TIB": 1024**4,
+}
+_SIZE = re.compile(r"\s*(\d{1,20}(?:\.\d{1,9})?)\s*([A-Za-z]{0,3})\s*")
+_PER_SECOND = re.compile(r"\s*(.*?)\s*(?:/\s*s|ps)?\s*", re.IGNORECASE)
 
 
 def binary_size(count: int) -> str:
     unit, suffix = pick_unit_and_suffix(count, ["B", "KiB", "MiB", "GiB", "TiB"], 1024)
     return f"{count / unit:.1f} {suffix}"
+
+
+def parse_size(size: str | int) -> int:
+    """Bytes from ``1048576``, ``"10KB"``, ``"55.5MB"``, ``"1GiB"`` (units are powers of 1024)."""
+    if isinstance(size, int):
+        value = size
+    else:
+        match = _SIZE.fullmatch(size)
+        unit = match[2].upper() if match else ""
+        if match is None or unit not in UNITS:
+            raise InvalidRequest(
+                f"cannot read size {size!r}: use bytes or a number with B, KB, MB, GB or TB"
+            )
+        value = int(float(match[1]) * UNITS[unit])
+    if value < 0:
+        raise InvalidRequest("size must not be negative")
+    return value
+
+
+def parse_rate(rate: str | int) -> int:
+    """Bytes per second from ``1048576``, ``"50MB/s"``, ``"10MiB/s"`` or ``"10MB"`` (units are
+    powers of 1024); 0 means no limit."""
+    if isinstance(rate, int):
+        return parse_size(rate)
+    match = _PER_SECOND.fullmatch(rate)
+    try:
+        return parse_size(match[1] if match else rate)
+    except InvalidRequest:
+        raise InvalidRequest(
+            f"cannot read rate {rate!r}: use bytes per second, or a number with B, KB, MB or GB "
+            'and "/s", as in "50MB/s"'
+        ) from None
+
+
+def rate_in_words(bytes_per_second: int) -> str:
+    return f"{binary_size(bytes_per_second)}/s"

@@ -37,6 +37,7 @@ import blake3
 import numpy as np
 import ray
 
+from castray import ratelimit
 from castray.agent import journal, streams
 from castray.agent.outcomes import ChunkOutcome, ChunkStatus, CommitOutcome, EndpointFacts
 from castray.chunks import HASH_THREADS, file_blake3
@@ -94,6 +95,9 @@ class Endpoint:
             ray.util.get_node_ip_address(), options.data_ports, options.connect_timeout
         )
         self._sending: dict[str, streams.Stopper] = {}
+        # Shared by all of this endpoint's transfers: together they keep to the limits.
+        self._egress = ratelimit.bucket_for(options.egress_limit)
+        self._ingress = ratelimit.bucket_for(options.ingress_limit)
         journal.sweep(self.storage_dir, options.partial_retention)
         threading.Thread(target=self._reap_orphans, name="orphan-reaper", daemon=True).start()
 
@@ -126,6 +130,8 @@ class Endpoint:
     def read_chunk(self, transfer_id: str, offset: int, length: int) -> tuple[np.ndarray, str]:
         """One chunk and its BLAKE3; sequential first reads also feed the whole-file hash."""
         source = self._sources[transfer_id]
+        if self._egress is not None:
+            self._egress.take(length)
         data = np.empty(length, dtype=np.uint8)
         got = os.preadv(source.file.fileno(), [data.data], offset)
         if got != length:
@@ -183,6 +189,8 @@ class Endpoint:
         """
         if data is None:
             return ChunkOutcome(ChunkStatus.UPSTREAM_MISSING), None
+        if self._ingress is not None:
+            self._ingress.take(len(data))
         sink = self._sinks.get(transfer_id)
         if sink is None:
             return ChunkOutcome(ChunkStatus.ERROR, error="the transfer is not open here"), None
@@ -275,6 +283,7 @@ class Endpoint:
             connect_timeout=self._options.connect_timeout,
             blake3=blake3,
             corrupt_next=self._take_corruption,
+            ingress=self._ingress,
         )
         sink.open(resume)
         try:
@@ -309,10 +318,12 @@ class Endpoint:
         secret: bytes,
         chunks: list[tuple[int, int, int]],
         forward: bool,
+        rate: int = 0,
     ) -> int:
         """Stream ``chunks`` of a file to ``target``, returning when they are all sent: the
         file at ``path``, or (None) what this endpoint received of the transfer so far (a
-        survivor sends on what its downstream lacks). The bytes sent."""
+        survivor sends on what its downstream lacks), at ``rate`` bytes per second at most
+        (0: no limit) within the endpoint's egress limit. The bytes sent."""
         if path is None:
             sink = self._port.sink(transfer_id)
             if sink is None:
@@ -332,6 +343,7 @@ class Endpoint:
                 self._options.connect_timeout,
                 self._options.stall_timeout,
                 stop,
+                ratelimit.buckets(ratelimit.bucket_for(rate), self._egress),
             )
 
     @ray.method(concurrency_group="stream")
@@ -449,6 +461,10 @@ class EndpointOptions:
     orphan_timeout: float
     partial_retention: float
     """Seconds a resumable partial file is kept, counted from its last write."""
+    egress_limit: int = 0
+    """Bytes per second all of this endpoint's sending shares, at most; 0: no limit."""
+    ingress_limit: int = 0
+    """Bytes per second all of this endpoint's receiving shares, at most; 0: no limit."""
 
 
 @dataclass(frozen=True)

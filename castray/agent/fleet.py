@@ -76,6 +76,8 @@ class Fleet:
             connect_timeout=tunables.data_connect_timeout,
             orphan_timeout=tunables.orphan_timeout,
             partial_retention=tunables.partial_retention,
+            egress_limit=tunables.endpoint_egress_limit,
+            ingress_limit=tunables.endpoint_ingress_limit,
         )
         self._emit = emit
         self._lock = threading.Lock()

@@ -138,6 +138,7 @@ def _run_spec(cls: Any, spec: StartTransfer | ImportTransfer, tunables: AgentTun
         chunk_size=spec.chunk_size,
         window=spec.window,
         tunables=tunables,
+        rate_limit=spec.rate_limit,
     )
 
 
@@ -347,6 +348,7 @@ class Agent:
                 downstream=plan.downstream,
                 tunables=self._config.tunables,
                 resume=plan.resume,
+                rate_limit=spec.rate_limit,
             ),
             self._on_transfer_message,
             self._fleet.death,

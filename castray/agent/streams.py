@@ -39,6 +39,7 @@ from typing import BinaryIO
 
 import blake3
 
+from castray import ratelimit
 from castray.agent.journal import Journal, journal_path
 from castray.chunks import file_blake3, plan_chunks
 
@@ -149,6 +150,9 @@ class StreamSink:
     blake3: str
     """The whole file's: with size and chunk size, what the resume journal is of."""
     corrupt_next: Callable[[], bool] = field(default=lambda: False)
+    ingress: ratelimit.TokenBucket | None = None
+    """The endpoint's ingress limit, shared with its other sinks: TCP's flow control then
+    slows the sender to it."""
     fd: int = -1
     resumed_bytes: int = 0
     """Verified bytes found in the journal of an earlier run, when resumed."""
@@ -285,7 +289,10 @@ class StreamSink:
         got = 0
         try:
             while got < length:
-                n = conn.recv_into(view[got:], min(PIECE, length - got))
+                wanted = min(PIECE, length - got)
+                if self.ingress is not None:
+                    self.ingress.take(wanted)
+                n = conn.recv_into(view[got:], wanted)
                 if n == 0:
                     raise StreamError("the sender closed the stream in the middle of a chunk")
                 piece = view[got : got + n]
@@ -630,9 +637,10 @@ def send(
     connect_timeout: float,
     stall_timeout: float,
     stop: Stopper,
+    limits: ratelimit.Buckets = (),
 ) -> int:
     """Stream ``chunks`` (index, offset, length) of ``file`` to ``target`` with ``sendfile``
-    (the bytes never enter Python); the bytes sent."""
+    (the bytes never enter Python), within ``limits``; the bytes sent."""
     sent_total = 0
     with connect(target, connect_timeout) as sock, stop.watching(sock):
         sock.settimeout(stall_timeout)
@@ -644,7 +652,9 @@ def send(
                 sock.sendall(FRAME.pack(index, offset, length))
                 sent = 0
                 while sent < length:
-                    n = sock.sendfile(file, offset + sent, length - sent)
+                    piece = ratelimit.piece_size(limits, length - sent)
+                    ratelimit.take(limits, piece, stop.is_set)
+                    n = sock.sendfile(file, offset + sent, piece)
                     if n == 0:
                         raise StreamError(f"the file ended before byte {offset + length}")
                     sent += n

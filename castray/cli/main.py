@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -28,6 +29,24 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _options(
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="CASTRAY_CA_CERT",
+            help="CA certificate of an https server (castray --ca-cert FILE COMMAND ...); "
+            "without one, the system's trust store is used.",
+        ),
+    ] = None,
+) -> None:
+    """CastRay: move files and messages between the nodes of Ray clusters."""
+    if ca_cert is not None:
+        os.environ["CASTRAY_CA_CERT"] = str(ca_cert)  # read by every Client this run makes
+
+
 app.add_typer(cli_clusters.app, name="clusters")
 app.add_typer(cli_groups.app, name="groups")
 app.add_typer(cli_lab.app, name="lab")
@@ -73,6 +92,13 @@ def serve(
         bool | None,
         typer.Option("--demo-traffic", help="Endpoints send each other generated files."),
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate: serve HTTPS and wss:// (with --tls-key).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The PEM private key of --tls-cert.")] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="text, or json (one object per line) [default: text].")
+    ] = None,
 ) -> None:
     """Run the CastRay service (API, web UI) over its home Ray cluster."""
     from castray.server import create_app
@@ -90,10 +116,13 @@ def serve(
             token=token,
             token_file=token_file,
             demo_traffic=demo_traffic,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            log_format=log_format,
         )
     except ValidationError as exc:
         _fail(f"invalid settings: {exc}")
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.token is None and not _is_loopback(settings.host):
         log.warning(
             "binding %s without a token: anyone who can reach this address can use the API; "

@@ -74,6 +74,13 @@ def send(
             "the server's default when not given.",
         ),
     ] = None,
+    rate: Annotated[
+        str | None,
+        typer.Option(
+            "--rate",
+            help='Send at most this fast, e.g. "50MB/s" (within the endpoints\' own limits).',
+        ),
+    ] = None,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
     json_out: JsonOption = False,
@@ -100,7 +107,7 @@ def send(
             )
         _run(
             client,
-            lambda: _start(client, file, source, name, recipients, group, transport),
+            lambda: _start(client, file, source, name, recipients, group, transport, rate),
             detach,
             json_out,
         )
@@ -174,10 +181,11 @@ def _start(
     recipients: list[str] | None,
     group: str | None,
     transport: Transport | None,
+    rate: str | None,
 ) -> TransferAccepted:
     """Start the transfer; a file found nowhere is named as missing here too."""
     try:
-        return client.send(source, name, recipients, group, transport)
+        return client.send(source, name, recipients, group, transport, rate)
     except FileMissing as exc:
         if Path(typed).expanduser().exists():
             raise

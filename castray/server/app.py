@@ -31,6 +31,7 @@ from castray.server.history import History
 from castray.server.library import Library
 from castray.server.limits import JsonBodyLimit, WriteSlots
 from castray.server.messages import MessageService
+from castray.server.metrics import Metrics
 from castray.server.origins import OriginGuard, OriginPolicy
 from castray.server.ray_token import RayTokens
 from castray.server.registry import Registry
@@ -40,6 +41,7 @@ from castray.server.routes import (
     generator,
     groups,
     messages,
+    metrics,
     nodes,
     status,
     transfers,
@@ -70,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
             log.warning("%d transfer(s) were in flight when CastRay last stopped", len(interrupted))
         events = EventHub(settings.ws_queue_events)
         registry = Registry(events)
+        app.state.metrics = Metrics(registry, events)
         supervisor = Supervisor(settings, registry)
         library = Library(settings.library_dir, events.publisher_for_threads(), settings.chunk_size)
         write_slots = WriteSlots(settings.max_concurrent_writes)
@@ -95,21 +98,21 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.autopilot = autopilot
         app.state.faults = FaultInjector(settings, registry, supervisor)
         tokens = RayTokens(settings.ray_token_trusted_hosts)
-        app.state.clusters = ClusterService(settings, registry, supervisor, events, tokens)
+        cluster_service = ClusterService(settings, registry, supervisor, events, tokens)
+        supervisor.subscribe(cluster_service)
+        app.state.clusters = cluster_service
         app.state.started_at = time.monotonic()
         await supervisor.start()
         autopilot.start()
-        resuming = None
-        if settings.auto_resume and (unfinished := history.resumable_interrupted()):
-            resuming = asyncio.create_task(transfer_service.resume_when_ready(unfinished))
+        if settings.auto_resume:
+            transfer_service.auto_resume(history.resumable_interrupted())
         try:
             yield
         finally:
-            if resuming is not None:
-                resuming.cancel()
             await autopilot.stop()
             await asyncio.to_thread(generator.close)
             await transfer_service.close()
+            await cluster_service.stop()
             await supervisor.stop()
             history.close()
 
@@ -125,6 +128,7 @@ def create_app(settings: Settings) -> FastAPI:
     # clusters before nodes: /api/nodes/external must not be taken for a node id.
     for module in (status, clusters, nodes, messages, files, generator, transfers, groups):
         app.include_router(module.router, prefix="/api", dependencies=api)
+    app.include_router(metrics.router, dependencies=[] if settings.metrics_public else api)
     ui.mount(app)
     app.include_router(ws.router)
     _add_error_handlers(app)

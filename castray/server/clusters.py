@@ -7,6 +7,10 @@ address is answered within seconds, and a cluster already connected is answered 
 cluster shown ``lost`` or ``unreachable`` is reconnected with a fresh agent; one that came back
 under a new session keeps its CastRay name and gets fresh endpoints. Probing an address holds
 no lock; connecting holds only the lock of that one cluster.
+
+A connected cluster stays wanted until the user disconnects it: when its agent dies or its
+cluster stops answering, it is reconnected by itself, with back-off, as soon as its address
+answers again (a look at a dead address costs a refused TCP connection, not an agent).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass, replace
 import httpx
 
 from castray.config import Settings
-from castray.errors import Conflict, InvalidRequest, NotFound
+from castray.errors import CastRayError, Conflict, InvalidRequest, NotFound
 from castray.models import (
     ClusterDiscoveredEvent,
     ClusterInfo,
@@ -28,6 +32,7 @@ from castray.models import (
     DiscoveredCluster,
     Node,
 )
+from castray.protocol import TransferMessage
 from castray.ray_address import (
     AGENT_RAY_VERSION,
     AddressKind,
@@ -49,11 +54,17 @@ from castray.server import local_clusters
 from castray.server.discovery import Choice, choose, discover
 from castray.server.events import EventHub
 from castray.server.local_clusters import LocalCluster
+from castray.server.logs import about
 from castray.server.ray_token import RayTokens
 from castray.server.registry import Registry
 from castray.server.supervisor import HOME, Supervisor
 
 log = logging.getLogger(__name__)
+
+HEAL_FIRST_DELAY = 1.0
+"""Seconds before the first attempt to reconnect a cluster that went down; doubling after."""
+HEAL_MAX_DELAY = 15.0
+"""Seconds between attempts to reconnect a cluster that stays down, at most."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,17 @@ class ClusterService:
         self._tokens = tokens
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._aliases: defaultdict[str, set[str]] = defaultdict(set)
+        self._wanted: dict[str, tuple[str, str | None]] = {}
+        """Connected clusters the user has not disconnected: the address and token given."""
+        self._healing: dict[str, asyncio.Task[None]] = {}
+
+    async def stop(self) -> None:
+        """Stop reconnecting clusters (before the agents stop)."""
+        self._wanted.clear()
+        tasks = list(self._healing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---- reads ---------------------------------------------------------------------------
 
@@ -148,31 +170,46 @@ class ClusterService:
         parsed = parse_address(address)
         target = await self._resolve(parsed, ray_token)
         async with self._locks[target.name]:
-            existing = self._known(target.gcs, target.session) or self._by_name(target.name)
-            if existing is not None and _connected(existing) and _same_session(existing, target):
-                self._aliases[existing.name].add(str(parsed))
-                return existing
-            name = target.name
-            if existing is not None:
-                # Lost, unreachable, or restarted under a new session: a fresh agent, the
-                # same name, fresh endpoints.
-                log.info("reconnecting cluster %s (%s)", existing.name, existing.status.value)
-                name = existing.name
-                await self._supervisor.disconnect(existing.name)
-            await self._supervisor.connect(
-                name,
-                target.driver_address,
-                target.token,
-                stay_on_loopback=target.on_loopback,
-            )
-            connected = self._registry.cluster(name)
-            twin = self._twin_of(connected)
-            if twin is not None:
-                # Reached by an address that only told who it was once joined (ray:// elsewhere).
-                await self._supervisor.disconnect(name)
-                connected = twin
-            self._aliases[connected.name].add(str(parsed))
+            try:
+                connected = await self._connect(parsed, target)
+            except CastRayError:
+                self._wanted.pop(target.name, None)
+                raise
+            self._wanted[connected.name] = (str(parsed), ray_token)
             return connected
+
+    async def _connect(self, parsed: RayAddress, target: _Target) -> ClusterInfo:
+        """Connect ``target`` (reached by ``parsed``) under its lock."""
+        existing = self._known(target.gcs, target.session) or self._by_name(target.name)
+        if existing is not None and _connected(existing) and _same_session(existing, target):
+            self._aliases[existing.name].add(str(parsed))
+            return existing
+        name = target.name
+        if existing is not None:
+            # Lost, unreachable, or restarted under a new session: a fresh agent, the
+            # same name, fresh endpoints.
+            log.info(
+                "reconnecting cluster %s (%s)",
+                existing.name,
+                existing.status.value,
+                extra=about(cluster=existing.name),
+            )
+            name = existing.name
+            await self._supervisor.disconnect(existing.name)
+        await self._supervisor.connect(
+            name,
+            target.driver_address,
+            target.token,
+            stay_on_loopback=target.on_loopback,
+        )
+        connected = self._registry.cluster(name)
+        twin = self._twin_of(connected)
+        if twin is not None:
+            # Reached by an address that only told who it was once joined (ray:// elsewhere).
+            await self._supervisor.disconnect(name)
+            connected = twin
+        self._aliases[connected.name].add(str(parsed))
+        return connected
 
     async def disconnect(self, address: str | None) -> list[str]:
         """Disconnect one cluster (by name or any address that points at it) or all."""
@@ -183,10 +220,70 @@ class ClusterService:
             what = f"cluster {address!r}" if address else "external cluster"
             raise NotFound(f"no connected {what}; GET /api/cluster/external-info lists them")
         for cluster in clusters:
+            self._wanted.pop(cluster.name, None)
             async with self._locks[cluster.name]:
                 await self._supervisor.disconnect(cluster.name)
             self._aliases.pop(cluster.name, None)
         return [c.name for c in clusters]
+
+    # ---- healing -------------------------------------------------------------------------
+
+    def on_transfer_message(self, message: TransferMessage) -> None:
+        """Transfers are not this service's business."""
+
+    def on_cluster_down(self, cluster: str, reason: str) -> None:
+        """A wanted cluster went down (its agent died, or it stopped answering): reconnect it
+        when it answers again."""
+        if cluster in self._wanted and cluster not in self._healing:
+            log.info(
+                "cluster %s is down (%s); reconnecting it when it answers",
+                cluster,
+                reason,
+                extra=about(cluster=cluster),
+            )
+            self._healing[cluster] = asyncio.create_task(
+                self._heal(cluster), name=f"heal-{cluster}"
+            )
+
+    async def _heal(self, name: str) -> None:
+        """Reconnect ``name`` with back-off until it is connected or no longer wanted."""
+        delay = HEAL_FIRST_DELAY
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, HEAL_MAX_DELAY)
+                wanted = self._wanted.get(name)
+                if wanted is None or _connected(self._by_name(name)):
+                    return
+                address, token = wanted
+                try:
+                    parsed = parse_address(address)
+                    target = await self._resolve(parsed, token)
+                except CastRayError as exc:
+                    log.debug(
+                        "cluster %s does not answer yet: %s", name, exc, extra=about(cluster=name)
+                    )
+                    continue
+                if target.name != name:
+                    continue  # the address leads elsewhere now; keep waiting for this cluster
+                async with self._locks[name]:
+                    if self._wanted.get(name) != wanted or _connected(self._by_name(name)):
+                        return
+                    try:
+                        await self._connect(parsed, target)
+                    except CastRayError as exc:
+                        self._keep_listed(name, f"could not reconnect: {exc}; trying again")
+                        continue
+                log.info("cluster %s answers again: reconnected", name, extra=about(cluster=name))
+                return
+        finally:
+            self._healing.pop(name, None)
+
+    def _keep_listed(self, name: str, detail: str) -> None:
+        """A wanted cluster stays listed, ``lost``, while it is being reconnected."""
+        if not self._registry.has_cluster(name):
+            self._registry.add_cluster(name, is_home=False, is_external=True)
+        self._registry.set_cluster_status(name, ClusterStatus.LOST, detail)
 
     # ---- identity ------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ class Subscription:
         if self.queue.full():
             self.queue.get_nowait()
             self.lagged = True
+            self._hub.dropped += 1
         self.queue.put_nowait(event)
 
     def close(self) -> None:
@@ -51,7 +52,19 @@ class EventHub:
     def __init__(self, queue_size: int = 1000) -> None:
         self._queue_size = queue_size
         self._subscribers: set[Subscription] = set()
+        self._observers: list[Publish] = []
         self._seq = 0
+        self.dropped = 0
+        """Events subscribers that fell behind lost, in all."""
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def observe(self, observer: Publish) -> None:
+        """Call ``observer`` with each event's payload as it is published (in-process
+        bookkeeping such as metrics: it must be quick and must not raise)."""
+        self._observers.append(observer)
 
     @property
     def last_seq(self) -> int:
@@ -63,6 +76,8 @@ class EventHub:
         event = Event(self._seq, payload.kind, payload.model_dump(mode="json"))
         for subscriber in self._subscribers:
             subscriber.offer(event)
+        for observer in self._observers:
+            observer(payload)
         return event
 
     def current(self, payload: EventData) -> Event:

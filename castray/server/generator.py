@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import re
 import shutil
 import threading
 import time
@@ -23,20 +22,9 @@ from castray.errors import InsufficientStorage, InvalidRequest, Stopped
 from castray.models import ContentType, GeneratedFile
 from castray.server.library import Library, check_file_name
 from castray.server.limits import WriteSlots
+from castray.sizes import parse_size
 
 BLOCK = 1024 * 1024
-UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 1024,
-    "KIB": 1024,
-    "MB": 1024**2,
-    "MIB": 1024**2,
-    "GB": 1024**3,
-    "GIB": 1024**3,
-    "TB": 1024**4,
-    "TIB": 1024**4,
-}
 PRESETS = {
     "tiny": 1024,
     "small": 10 * 1024,
@@ -45,28 +33,10 @@ PRESETS = {
     "huge": 10 * 1024**2,
     "massive": 100 * 1024**2,
 }
-_SIZE = re.compile(r"\s*(\d{1,20}(?:\.\d{1,9})?)\s*([A-Za-z]{0,3})\s*")
 _TEXT = (
     b"CastRay test data: the quick brown fox jumps over the lazy dog. "
     b"0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\n"
 )
-
-
-def parse_size(size: str | int) -> int:
-    """Bytes from ``1048576``, ``"10KB"``, ``"55.5MB"``, ``"1GiB"`` (units are powers of 1024)."""
-    if isinstance(size, int):
-        value = size
-    else:
-        match = _SIZE.fullmatch(size)
-        unit = match[2].upper() if match else ""
-        if match is None or unit not in UNITS:
-            raise InvalidRequest(
-                f"cannot read size {size!r}: use bytes or a number with B, KB, MB, GB or TB"
-            )
-        value = int(float(match[1]) * UNITS[unit])
-    if value < 0:
-        raise InvalidRequest("size must not be negative")
-    return value
 
 
 def generate(

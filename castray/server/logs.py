@@ -7,9 +7,16 @@ every WebSocket connection with its URL at INFO; a filter on the root handlers m
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
+from datetime import datetime, timezone
+from typing import Literal
+
+LogFormat = Literal["text", "json"]
+ID_FIELDS = ("transfer_id", "cluster", "endpoint")
+"""Fields a log call may give in ``extra`` (see ``about``); JSON lines carry them as fields."""
 
 _SECRETS = re.compile(r"((?:token|ray_token)=)[^&\s\"']+|(Bearer\s+)[^\s\"']+", re.IGNORECASE)
 
@@ -30,10 +37,42 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr at ``level``; every line goes through ``RedactSecrets``."""
+def about(
+    transfer_id: str | None = None, cluster: str | None = None, endpoint: str | None = None
+) -> dict[str, str]:
+    """``extra`` for a log call about a transfer, a cluster or an endpoint: in JSON lines
+    they become fields a log shipper can filter on."""
+    given = {"transfer_id": transfer_id, "cluster": cluster, "endpoint": endpoint}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, the ids the
+    call gave, and the traceback if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in ID_FIELDS:
+            if name in record.__dict__:
+                line[name] = record.__dict__[name]
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure_logging(level: str, log_format: LogFormat = "text") -> None:
+    """Log to stderr at ``level``, as text or JSON lines; every line goes through
+    ``RedactSecrets``."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     handler.addFilter(RedactSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -39,6 +39,8 @@ def serve(app: FastAPI, settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
         # One log line per request costs more than answering /api/status; debug shows them.
         access_log=settings.log_level == "debug",
         # Connections that will not close delay a stop by this much at most.

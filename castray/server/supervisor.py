@@ -45,6 +45,7 @@ from castray.protocol import (
 )
 from castray.server.agent_link import AgentLink
 from castray.server.gateway import AgentListener, R
+from castray.server.logs import about
 from castray.server.ray_token import local_ray_token
 from castray.server.registry import Registry
 
@@ -52,11 +53,11 @@ log = logging.getLogger(__name__)
 
 HOME = "home"
 RAY_CLIENT_ATTEMPTS = 3
+"""Fresh agents a Ray Client join gets within the connect timeout (see ``connect``)."""
 HOME_RESTART_MAX_DELAY = 30.0
 """Seconds between restarts of a home agent that keeps dying, at most (it doubles from 1)."""
 HOME_STABLE_AFTER = 60.0
 """A home agent that ran this long before it died is restarted at once, as after a first fault."""
-"""Fresh agents a Ray Client join gets within the connect timeout (see ``connect``)."""
 
 
 def agent_tunables(settings: Settings) -> AgentTunables:
@@ -75,6 +76,8 @@ def agent_tunables(settings: Settings) -> AgentTunables:
         stream_timeout=settings.stall_timeout,
         data_ports=settings.data_ports,
         data_connect_timeout=settings.data_connect_timeout,
+        endpoint_egress_limit=settings.endpoint_egress_limit,
+        endpoint_ingress_limit=settings.endpoint_ingress_limit,
     )
 
 
@@ -94,6 +97,7 @@ class Supervisor:
         self._settings = settings
         self._registry = registry
         self._links: dict[str, AgentLink] = {}
+        self._retiring: set[asyncio.Future[None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._scratch: list[Path] = []
         self._stopping = False
@@ -128,7 +132,9 @@ class Supervisor:
         for task in self._tasks:
             task.cancel()
         grace = self._settings.agent_stop_timeout
-        await asyncio.gather(*(link.stop(grace) for link in self._links.values()))
+        await asyncio.gather(
+            *(link.stop(grace) for link in self._links.values()), *list(self._retiring)
+        )
         for path in self._scratch:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -244,6 +250,7 @@ class Supervisor:
                 name,
                 attempt,
                 attempts,
+                extra=about(cluster=name),
             )
             await self.disconnect(name)
         fatal = self._fatal.pop(name, None)
@@ -280,7 +287,7 @@ class Supervisor:
             tunables=agent_tunables(settings),
             stay_on_loopback=stay_on_loopback,
         )
-        log.info("connecting external cluster %s at %s", name, address)
+        log.info("connecting external cluster %s at %s", name, address, extra=about(cluster=name))
         await self._launch(config, ray_auth_env(ray_token))
         await self._registry.wait_until(
             lambda: self._registry.cluster_status(name) is not ClusterStatus.STARTING,
@@ -301,11 +308,20 @@ class Supervisor:
 
     async def disconnect(self, name: str) -> None:
         """Stop a cluster's agent and forget the cluster and its endpoints."""
-        link = self._links.pop(name, None)
-        if link is not None:
-            await link.stop(self._settings.agent_stop_timeout)
+        await self._retire(name)
         self._registry.remove_cluster(name)
         self._cluster_down(name, "its cluster was disconnected")
+
+    async def _retire(self, name: str) -> None:
+        """Stop a cluster's agent; the cluster stays listed as it is (unreachable, lost)."""
+        link = self._links.pop(name, None)
+        if link is None:
+            return
+        # Shielded, and awaited by ``stop``: a stop never leaves an agent half stopped.
+        stopping = asyncio.ensure_future(link.stop(self._settings.agent_stop_timeout))
+        self._retiring.add(stopping)
+        stopping.add_done_callback(self._retiring.discard)
+        await asyncio.shield(stopping)
 
     def _spawn(self, coroutine: object, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine, name=name)  # type: ignore[arg-type]
@@ -325,7 +341,7 @@ class Supervisor:
         elif isinstance(message, TransferProgress | RecipientFinished | TransferFinished):
             self._transfer_message(message)
         elif isinstance(message, Fatal):
-            log.error("cluster %s: %s", cluster, message.message)
+            log.error("cluster %s: %s", cluster, message.message, extra=about(cluster=cluster))
             self._fatal[cluster] = (message.error_code, message.message)
             registry.set_cluster_status(cluster, ClusterStatus.LOST, message.message)
 
@@ -334,13 +350,13 @@ class Supervisor:
         if link is None or not self._registry.has_cluster(cluster):
             return  # disconnected on purpose
         if self._stopping:
-            log.info("cluster %s: agent stopped", cluster)
+            log.info("cluster %s: agent stopped", cluster, extra=about(cluster=cluster))
             self._registry.set_cluster_status(cluster, ClusterStatus.LOST, "CastRay is stopping")
         elif cluster == HOME:
             self._spawn(self._restart_home(link, code), "home-restart")
         elif self._registry.cluster_status(cluster) is not ClusterStatus.LOST:
             detail = f"its agent exited (code {code}); see {link.log_file}"
-            log.error("cluster %s lost: %s", cluster, detail)
+            log.error("cluster %s lost: %s", cluster, detail, extra=about(cluster=cluster))
             self._registry.set_cluster_status(cluster, ClusterStatus.LOST, detail)
         self._cluster_down(cluster, self._registry.cluster(cluster).detail or "cluster lost")
 
@@ -349,9 +365,15 @@ class Supervisor:
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
             for name in self._registry.clusters_silent_for(timeout):
-                log.warning("cluster %s has not answered for %g s", name, timeout)
+                log.warning(
+                    "cluster %s has not answered for %g s", name, timeout, extra=about(cluster=name)
+                )
                 reason = f"no answer from Ray for {timeout:g} s"
                 self._registry.set_cluster_status(name, ClusterStatus.UNREACHABLE, reason)
+                if name != HOME:
+                    # Its agent would spin on a GCS that is gone (Ray retries it for a minute):
+                    # it stops, and the cluster's owner reconnects it when it answers again.
+                    self._spawn(self._retire(name), f"retire-{name}")
                 self._cluster_down(name, reason)
 
     # ---- requests ------------------------------------------------------------------------

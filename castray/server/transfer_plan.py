@@ -10,6 +10,7 @@ from castray.errors import NodeUnavailable
 from castray.models import Node, NodeStatus, TransferCreate, TransferMode, Transport
 from castray.server.registry import Registry
 from castray.server.targets import resolve_recipients
+from castray.sizes import parse_rate
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class TransferPlan:
     transport_note: str | None = None
     resume: bool = False
     """Recipients take up what an earlier run of this transfer left them."""
+    rate_limit: int = 0
+    """Bytes per second the source sends at most; 0: no limit."""
 
     @property
     def clusters(self) -> list[str]:
@@ -115,6 +118,7 @@ def plan_transfer(
         local=chain_order(local),
         remote={cluster: chain_order(nodes) for cluster, nodes in remote.items()},
         transport=request.transport or transport,
+        rate_limit=parse_rate(request.rate_limit) if request.rate_limit is not None else 0,
     )
 
 

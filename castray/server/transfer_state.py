@@ -79,6 +79,7 @@ class TransferState:
             transport=plan.transport,
             transport_note=plan.transport_note,
             source_file=plan.file.library_name or plan.file.path,
+            rate_limit=plan.rate_limit or None,
         )
         return cls(transfer, parts=len(plan.clusters))
 

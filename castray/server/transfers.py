@@ -17,6 +17,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import PurePosixPath
 from typing import TypedDict
 
@@ -24,6 +25,7 @@ from castray.config import Settings
 from castray.errors import (
     BadFileName,
     CastRayError,
+    ClusterUnavailable,
     ClusterUnreachable,
     Conflict,
     FileMissing,
@@ -33,6 +35,7 @@ from castray.errors import (
 )
 from castray.models import (
     EventData,
+    NodeStatus,
     RecipientStatus,
     Transfer,
     TransferCreate,
@@ -68,6 +71,7 @@ from castray.server.events import EventHub
 from castray.server.gateway import AgentGateway
 from castray.server.history import History
 from castray.server.library import Library, check_file_name
+from castray.server.logs import about
 from castray.server.registry import Registry
 from castray.server.transfer_plan import LocatedFile, TransferPlan, plan_transfer
 from castray.server.transfer_state import TransferState
@@ -79,9 +83,12 @@ GOOD_LINK_SECONDS = 60.0
 """How long a data connection that could be made is taken as possible without a new check."""
 CHECKPOINT_SECONDS = 0.5
 """How often a running transfer's progress is saved to the history."""
-AUTO_RESUME_PATIENCE = 300.0
-"""Seconds ``auto_resume`` waits for an interrupted transfer's nodes to come back."""
+AUTO_RESUME_ATTEMPTS = 5
+DEATH_NOTICE_SECONDS = 30.0
+"""Seconds within which a node whose death ended a transfer is known dead here (its Ray node
+marked dead, or its actor stopped answering)."""
 AUTO_RESUME_RETRY = 2.0
+"""Seconds between ``auto_resume``'s attempts once the nodes a transfer needs are alive."""
 RESUMABLE = frozenset(
     {TransferStatus.INTERRUPTED, TransferStatus.FAILED, TransferStatus.PARTIALLY_FAILED}
 )
@@ -99,6 +106,7 @@ class _CommonSpec(TypedDict):
     expected_blake3: str | None
     chunk_size: int
     window: int
+    rate_limit: int
 
 
 @dataclass
@@ -136,6 +144,8 @@ class TransferService:
         self._groups = groups
         self._live: dict[str, _Live] = {}
         self._resuming: set[str] = set()
+        self._waiting: dict[str, asyncio.Task[None]] = {}
+        """Transfers ``auto_resume`` waits to resume."""
         self._ending: dict[str, Transfer] = {}
         """Final snapshots whose history write is still under way: answered from here."""
         self._history_writer = ThreadPoolExecutor(1, thread_name_prefix="history")
@@ -177,30 +187,65 @@ class TransferService:
         finally:
             self._resuming.discard(transfer_id)
 
-    async def resume_when_ready(
-        self, transfer_ids: list[str], patience: float = AUTO_RESUME_PATIENCE
-    ) -> None:
-        """``auto_resume``: resume each transfer once its source and recipients are alive
-        (their endpoints come up with their clusters after a start), for ``patience`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + patience
-        waiting = list(transfer_ids)
-        while waiting and loop.time() < deadline:
-            for transfer_id in list(waiting):
-                try:
-                    await self.resume(transfer_id)
-                except (NodeNotFound, NodeUnavailable, ClusterUnreachable):
-                    continue  # not up yet
-                except CastRayError as exc:
-                    log.warning("transfer %s cannot be resumed: %s", transfer_id, exc.message)
-                waiting.remove(transfer_id)
-            await asyncio.sleep(AUTO_RESUME_RETRY)
-        if waiting:
+    def auto_resume(self, transfer_ids: list[str], after_a_death: bool = False) -> None:
+        """``auto_resume``: resume each transfer once the nodes it needs are alive (after a
+        start, their endpoints come up with their clusters), for as long as its recipients
+        keep what they verified. ``after_a_death``: only if one of them is seen dead soon (a
+        recipient that failed for another reason, a full disk say, would only fail again),
+        and then once it is back."""
+        for transfer_id in transfer_ids:
+            if transfer_id not in self._waiting:
+                task = asyncio.create_task(self._resume_when_ready(transfer_id, after_a_death))
+                self._waiting[transfer_id] = task
+                task.add_done_callback(partial(self._stop_waiting, transfer_id))
+
+    def _stop_waiting(self, transfer_id: str, _: object) -> None:
+        self._waiting.pop(transfer_id, None)
+
+    async def _resume_when_ready(self, transfer_id: str, after_a_death: bool) -> None:
+        transfer = await self.get(transfer_id)
+        needed = [transfer.source_node, *_unfinished(transfer)]
+        registry = self._registry
+        if after_a_death and not await registry.wait_until(
+            lambda: not self._all_alive(needed), DEATH_NOTICE_SECONDS
+        ):
+            return  # its nodes are alive: it failed for another reason
+        patience = self._settings.partial_retention
+        if not await registry.wait_until(lambda: self._all_alive(needed), patience):
             log.warning(
-                "not resumed (their nodes did not come back within %.0f s): %s",
+                "transfer %s not resumed: its nodes did not come back within %.0f s",
+                transfer_id,
                 patience,
-                ", ".join(waiting),
+                extra=about(transfer_id=transfer_id),
             )
+            return
+        for _ in range(AUTO_RESUME_ATTEMPTS):
+            try:
+                await self.resume(transfer_id)
+            except (NodeNotFound, NodeUnavailable, ClusterUnreachable, ClusterUnavailable):
+                await asyncio.sleep(AUTO_RESUME_RETRY)  # alive, but its cluster not quite ready
+            except CastRayError as exc:
+                log.warning(
+                    "transfer %s cannot be resumed: %s",
+                    transfer_id,
+                    exc.message,
+                    extra=about(transfer_id=transfer_id),
+                )
+                return
+            else:
+                log.info(
+                    "transfer %s resumed by auto_resume",
+                    transfer_id,
+                    extra=about(transfer_id=transfer_id),
+                )
+                return
+
+    def _all_alive(self, endpoint_ids: list[str]) -> bool:
+        registry = self._registry
+        return all(
+            registry.has_node(n) and registry.node(n).status is NodeStatus.ALIVE
+            for n in endpoint_ids
+        )
 
     async def _resume(self, transfer_id: str) -> Transfer:
         earlier = await self.get(transfer_id)
@@ -214,11 +259,7 @@ class TransferService:
                 f"transfer {transfer_id} was recorded by an older CastRay, which did not keep "
                 "what it sent: start it again as a new transfer"
             )
-        pending = [
-            rid
-            for rid, s in earlier.recipients.items()
-            if s.status is not RecipientStatus.COMPLETED
-        ]
+        pending = _unfinished(earlier)
         located = await asyncio.to_thread(self._locate, earlier.source_file)
         request = TransferCreate(
             source_node=earlier.source_node,
@@ -226,6 +267,7 @@ class TransferService:
             mode=TransferMode.MULTICAST,
             recipients=pending,
             transport=earlier.transport,
+            rate_limit=earlier.rate_limit,
         )
         plan = plan_transfer(transfer_id, request, self._registry, self._groups, located)
         if plan.remote:
@@ -234,7 +276,7 @@ class TransferService:
                 f"resume takes up recipients in the source's cluster only, and {elsewhere} "
                 "are in another: start a new transfer to them"
             )
-        plan = replace(plan, mode=earlier.mode, resume=earlier.transport is Transport.STREAM)
+        plan = replace(plan, mode=earlier.mode)
         if plan.transport is Transport.STREAM:
             plan = await self._prepare_stream(plan)
         if plan.file.blake3 is not None and earlier.file.blake3 not in (None, plan.file.blake3):
@@ -244,9 +286,14 @@ class TransferService:
                 f"{earlier.file.blake3[:16]}..., it is {binary_size(plan.file.size or 0)} with "
                 f"{plan.file.blake3[:16]}...): start a new transfer"
             )
-        if plan.transport is not Transport.STREAM:  # the object store keeps nothing: all again
-            plan = replace(plan, resume=False)
-        log.info("transfer %s resumed for %s", transfer_id, ", ".join(pending))
+        # Stream sinks keep what they verified; the object store keeps nothing: all again.
+        plan = replace(plan, resume=plan.transport is Transport.STREAM)
+        log.info(
+            "transfer %s resumed for %s",
+            transfer_id,
+            ", ".join(pending),
+            extra=about(transfer_id=transfer_id),
+        )
         return await self._run(plan, TransferState.resumed(earlier, plan, _now()))
 
     async def _run(self, plan: TransferPlan, state: TransferState) -> Transfer:
@@ -255,6 +302,15 @@ class TransferService:
         self._live[plan.transfer_id] = live
         # Announced before any agent can report on it, so watchers see it start first.
         self._events.publish(TransferStartedEvent(transfer=live.transfer))
+        log.info(
+            "transfer %s started: %s from %s to %d recipient(s) (%s)",
+            plan.transfer_id,
+            plan.file.name,
+            plan.source.id,
+            len(plan.recipients),
+            plan.transport.value,
+            extra=about(transfer_id=plan.transfer_id),
+        )
         try:
             size = await self._launch(plan)
         except Exception as exc:
@@ -292,7 +348,12 @@ class TransferService:
             plan = plan.described(read.size, read.manifest, read.blake3)
         trouble = await self._link_trouble(plan)
         if trouble is not None:
-            log.warning("transfer %s goes through the object store: %s", plan.transfer_id, trouble)
+            log.warning(
+                "transfer %s goes through the object store: %s",
+                plan.transfer_id,
+                trouble,
+                extra=about(transfer_id=plan.transfer_id),
+            )
             return plan.through_the_object_store(trouble)
         return plan
 
@@ -363,6 +424,7 @@ class TransferService:
             "expected_blake3": plan.file.blake3,
             "chunk_size": self._settings.chunk_size,
             "window": self._settings.transfer_window,
+            "rate_limit": plan.rate_limit,
         }
 
     async def _launch_stream(self, plan: TransferPlan) -> int:
@@ -422,20 +484,22 @@ class TransferService:
         try:
             await asyncio.wait_for(live.done.wait(), self._settings.cancel_timeout)
         except TimeoutError:
-            log.warning("transfer %s did not confirm its cancellation", transfer_id)
+            log.warning(
+                "transfer %s did not confirm its cancellation",
+                transfer_id,
+                extra=about(transfer_id=transfer_id),
+            )
         return live.transfer
 
     async def _discard(self, transfer: Transfer) -> Transfer:
         """Have every unfinished recipient remove what it kept of ``transfer``; recorded in
         its history (``resumable`` false, and the ``error`` says what happened)."""
-        unfinished = [
-            rid
-            for rid, s in transfer.recipients.items()
-            if s.status is not RecipientStatus.COMPLETED
-        ]
+        waiting = self._waiting.pop(transfer.id, None)
+        if waiting is not None:
+            waiting.cancel()  # nothing is left for auto_resume to take up
         by_cluster: dict[str, list[str]] = {}
         unreachable: list[str] = []
-        for rid in unfinished:
+        for rid in _unfinished(transfer):
             try:
                 by_cluster.setdefault(self._registry.node(rid).cluster, []).append(rid)
             except NodeNotFound:
@@ -462,7 +526,7 @@ class TransferService:
         error = f"{transfer.error}; {note}" if transfer.error else note
         discarded = transfer.model_copy(update={"resumable": False, "error": error})
         await self._save(discarded)
-        log.info("transfer %s: %s", transfer.id, note)
+        log.info("transfer %s: %s", transfer.id, note, extra=about(transfer_id=transfer.id))
         return discarded
 
     async def _cancel_parts(self, plan: TransferPlan) -> None:
@@ -529,7 +593,11 @@ class TransferService:
         """A cluster was lost or disconnected: its transfers in flight fail with the reason."""
         for live in [live for live in self._live.values() if cluster in live.plan.clusters]:
             log.warning(
-                "transfer %s failed: cluster %s is down (%s)", live.transfer.id, cluster, reason
+                "transfer %s failed: cluster %s is down (%s)",
+                live.transfer.id,
+                cluster,
+                reason,
+                extra=about(transfer_id=live.transfer.id),
             )
             self._end(
                 live,
@@ -568,6 +636,15 @@ class TransferService:
         saved.add_done_callback(lambda _: self._ending.pop(snapshot.id, None))
         saved.add_done_callback(_log_failure)
         self._events.publish(TransferFinishedEvent(transfer=snapshot))
+        log.info(
+            "transfer %s %s%s",
+            snapshot.id,
+            snapshot.status.value,
+            f": {snapshot.error}" if snapshot.error else "",
+            extra=about(transfer_id=snapshot.id),
+        )
+        if self._settings.auto_resume and snapshot.resumable and snapshot.status in RESUMABLE:
+            self.auto_resume([snapshot.id], after_a_death=True)
 
     def _checkpoint(self, live: _Live) -> None:
         """Save a running transfer's progress now and then: a server that is killed leaves a
@@ -584,12 +661,21 @@ class TransferService:
 
     async def close(self) -> None:
         """At shutdown: what is still in flight is recorded as interrupted."""
+        waiting = list(self._waiting.values())
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
         for live in list(self._live.values()):
             await self._save(
                 live.state.interrupt("CastRay stopped while this transfer was in flight")
             )
         self._live.clear()
         self._history_writer.shutdown(wait=True)
+
+
+def _unfinished(transfer: Transfer) -> list[str]:
+    """The recipients that did not complete ``transfer``."""
+    return [r for r, s in transfer.recipients.items() if s.status is not RecipientStatus.COMPLETED]
 
 
 def _log_failure(future: asyncio.Future[None]) -> None:

@@ -257,6 +257,7 @@ function transferCard(tracked) {
     el("div", { class: "transfer-head" },
       el("strong", {}, t.file.name), el("span", {}, fmt.bytes(total)),
       el("span", {}, `${t.mode} from ${t.source_node} by ${t.transport}`), badge(t.status),
+      t.rate_limit ? el("span", { class: "muted rate-limit" }, `≤ ${fmt.rate(t.rate_limit)}`) : null,
       el("span", { class: "muted" }, `${fmt.rate(speed)}${eta}`),
       el("code", { title: "transfer id" }, t.id), cancel, resume),
     t.transport_note ? el("div", { class: "muted note" }, `by ${t.transport}: ${t.transport_note}`) : null,
@@ -573,6 +574,8 @@ async function sendFile(event) {
     const body = { source_node: $("send-source").value, file: $("send-file").value, mode: mode() };
     if (!body.file) throw new Error("Choose a file: pick one from the library, upload or generate one.");
     if ($("send-transport").value) body.transport = $("send-transport").value;
+    const rate = $("send-rate").value.trim();
+    if (rate) body.rate_limit = rate;
     const group = $("send-group").value;
     if (body.mode !== "broadcast") {
       if (group) body.group = group;

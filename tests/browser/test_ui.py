@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import blake3
@@ -49,6 +50,24 @@ def _open(page: Page, server: CastRayServer) -> None:
 
 def _cluster_name(external: RayCluster) -> str:
     return f"ext-{external.address.replace(':', '-')}"
+
+
+def _send_library_file(
+    page: Page,
+    server: CastRayServer,
+    name: str,
+    source: str,
+    recipients: list[str],
+    rate: str | None = None,
+) -> str:
+    """Open the page, pick library file ``name`` and send it (at ``rate`` at most, typed in
+    the form); the new transfer's id."""
+    _open(page, server)
+    page.click("#files-refresh")
+    page.select_option("#send-file", name)
+    if rate is not None:
+        page.fill("#send-rate", rate)
+    return _send(page, source, recipients)
 
 
 def _send(page: Page, source: str, recipients: list[str]) -> str:
@@ -174,10 +193,7 @@ def test_upload_with_progress_then_multicast_to_a_group(
 
 def test_a_transfer_can_be_cancelled_from_its_card(page: Page, server: CastRayServer) -> None:
     tx.generate(server, "too-big.bin", "3GB", "pattern")
-    _open(page, server)
-    page.click("#files-refresh")
-    page.select_option("#send-file", "too-big.bin")
-    transfer_id = _send(page, "node_1", ["node_2"])
+    transfer_id = _send_library_file(page, server, "too-big.bin", "node_1", ["node_2"])
 
     card = page.locator(f".transfer[data-transfer='{transfer_id}']")
     card.locator("button.cancel").click()
@@ -189,15 +205,29 @@ def test_a_transfer_can_be_cancelled_from_its_card(page: Page, server: CastRaySe
         client.delete("/api/files/too-big.bin")
 
 
+def test_a_rate_limit_typed_in_the_form_holds_and_shows_on_the_card(
+    page: Page, server: CastRayServer
+) -> None:
+    tx.generate(server, "paced.bin", "8MiB", "random")
+    transfer_id = _send_library_file(page, server, "paced.bin", "node_1", ["node_2"], "4MiB/s")
+
+    card = page.locator(f".transfer[data-transfer='{transfer_id}']")
+    expect(card.locator(".rate-limit")).to_have_text("≤ 4.0 MiB/s")
+    expect(card).to_have_attribute("data-status", "completed", timeout=60_000)
+    done = tx.get(server, transfer_id)
+    assert done["rate_limit"] == 4 * 1024 * 1024, done
+    seconds = (
+        datetime.fromisoformat(done["finished_at"]) - datetime.fromisoformat(done["started_at"])
+    ).total_seconds()
+    assert seconds >= 2.0 * 0.8, f"8 MiB at 4 MiB/s took {seconds:.1f} s"
+
+
 def test_a_failed_transfer_is_resumed_from_its_card(page: Page, server: CastRayServer) -> None:
     """node_2 damages every chunk it receives, so the transfer fails once its retries are
     spent; mended, a click on Resume completes it under the same id."""
     tx.generate(server, "mend.bin", "12MiB", "random")
     assert tx.post(server, "/api/nodes/node_2/faults", {"corrupt_chunks": 1000}).status_code == 204
-    _open(page, server)
-    page.click("#files-refresh")
-    page.select_option("#send-file", "mend.bin")
-    transfer_id = _send(page, "node_1", ["node_2"])
+    transfer_id = _send_library_file(page, server, "mend.bin", "node_1", ["node_2"])
 
     card = page.locator(f"#finished .transfer[data-transfer='{transfer_id}']")
     expect(card).to_have_attribute("data-status", "failed", timeout=120_000)
@@ -253,11 +283,7 @@ def test_a_finished_transfer_moves_from_in_flight_to_recently_finished(
     page: Page, server: CastRayServer
 ) -> None:
     tx.generate(server, "quick.bin", "2MB", "random")
-    _open(page, server)
-    page.click("#files-refresh")
-    page.select_option("#send-file", "quick.bin")
-
-    transfer_id = _send(page, "node_1", ["node_2"])
+    transfer_id = _send_library_file(page, server, "quick.bin", "node_1", ["node_2"])
 
     finished = page.locator(f"#finished .transfer[data-transfer='{transfer_id}']")
     expect(finished).to_have_attribute("data-status", "completed", timeout=60_000)

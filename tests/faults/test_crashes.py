@@ -17,10 +17,9 @@ import httpx
 import psutil
 import pytest
 
-from castray.agent.journal import Journal, journal_path
 from castray.chunks import file_blake3 as blake3_of
-from castray.chunks import plan_chunks
 from tests.harness import transfers as tx
+from tests.harness.partials import journals, kept_bytes, partials
 from tests.harness.server import CastRayServer, start_server
 from tests.harness.waiting import wait_for
 
@@ -31,43 +30,12 @@ BIG_BYTES = 1 << 30
 """Big enough that a transfer between two endpoints of one machine is caught mid-way."""
 
 
-def partials(data: Path) -> list[Path]:
-    """``find DATA -name '.*.part'``."""
-    return sorted(data.rglob(".*.part"))
-
-
-def journals(data: Path) -> list[Path]:
-    return sorted(data.rglob(".*.resume"))
-
-
-def kept_bytes(data: Path) -> int:
-    """The bytes the partial files' journals list as verified and on disk: what a resume
-    need not send."""
-    total = 0
-    for part in partials(data):
-        kept = Journal.read(journal_path(part))
-        assert kept is not None, f"{part.name} has no resume journal"
-        chunks = plan_chunks(kept.size, kept.chunk_size)
-        total += sum(c.length for c in chunks if kept.verified[c.index])
-    return total
-
-
 def _mid_transfer(server: CastRayServer, at: float = 0.0) -> str:
     """A 1 GiB transfer node_1 -> node_2, returned once more than ``at`` of it (and at least
     one byte) has arrived verified, but not all."""
     tx.generate(server, "big.bin", BIG, "random")
     tid = tx.start(server, source_node="node_1", file="big.bin", recipients=["node_2"])
-    wait_for(
-        lambda: (
-            (t := tx.get(server, tid))["recipients"]["node_2"]["bytes_done"] > at * t["bytes_total"]
-            or t["status"] in tx.FINISHED
-            or None
-        ),
-        120,
-        f"more than {at:.0%} of the file verified at node_2",
-        interval=0.02,
-    )
-    assert tx.get(server, tid)["status"] == "running", "it ended before the fault"
+    tx.wait_under_way(server, tid, "node_2", at)
     return tid
 
 

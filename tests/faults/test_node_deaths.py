@@ -7,16 +7,19 @@ Each test asserts who fails, with which reason, within which bound, and what sta
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from castray.chunks import file_blake3
 from tests.harness import transfers as tx
+from tests.harness.partials import journals, kept_bytes, partials
 from tests.harness.raycluster import RayCluster, Raylet, running_cluster
 from tests.harness.server import CastRayServer, serving
 from tests.harness.waiting import wait_for
@@ -41,7 +44,8 @@ def server(
     cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[CastRayServer]:
     data = tmp_path_factory.mktemp("deaths-server") / "data"
-    with serving(data, "--ray-address", cluster.address, alive=4) as server:
+    auto = {"CASTRAY_AUTO_RESUME": "true"}
+    with serving(data, "--ray-address", cluster.address, alive=4, env=auto) as server:
         tx.generate(server, "big.bin", "1GiB", "random")
         yield server
 
@@ -55,23 +59,16 @@ def raylet(cluster: RayCluster, ip: str) -> Raylet:
 
 
 def crash(cluster: RayCluster, ip: str) -> float:
-    """SIGKILL the node's whole process group (raylet, workers, the endpoint); when."""
-    os.killpg(raylet(cluster, ip).process.pid, signal.SIGKILL)
+    """SIGKILL every process of the node, as a crashed host loses them: its ``ray start``
+    process group and every descendant (Ray may give a worker a process group of its own, and
+    the endpoint's actor must not outlive its raylet); when."""
+    started = raylet(cluster, ip).process.pid
+    processes = [psutil.Process(started), *psutil.Process(started).children(recursive=True)]
+    os.killpg(started, signal.SIGKILL)
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
     return time.monotonic()
-
-
-def _under_way(server: CastRayServer, tid: str, recipient: str) -> None:
-    wait_for(
-        lambda: (
-            (t := tx.get(server, tid))["recipients"][recipient]["bytes_done"] > 0
-            or t["status"] in tx.FINISHED
-            or None
-        ),
-        120,
-        f"the first verified bytes at {recipient}",
-        interval=0.02,
-    )
-    assert tx.get(server, tid)["status"] == "running", "it ended before the fault"
 
 
 def test_a_dead_middle_of_the_chain_fails_alone_and_the_tail_completes(
@@ -84,7 +81,7 @@ def test_a_dead_middle_of_the_chain_fails_alone_and_the_tail_completes(
         mode="multicast",
         recipients=[node(MIDDLE), node(TAIL)],
     )
-    _under_way(server, tid, node(TAIL))
+    tx.wait_under_way(server, tid, node(TAIL))
     crash(cluster, MIDDLE)
 
     done = tx.wait_finished(server, tid, 300)
@@ -101,7 +98,7 @@ def test_a_dead_source_fails_the_transfer_at_once_with_its_own_reason(
 ) -> None:
     """Its recipient is not blamed; it keeps what it verified, for a resume from elsewhere."""
     tid = tx.start(server, source_node=node(SOURCE), file="big.bin", recipients=[node(TAIL)])
-    _under_way(server, tid, node(TAIL))
+    tx.wait_under_way(server, tid, node(TAIL))
     killed_at = crash(cluster, SOURCE)
 
     done = tx.wait_finished(server, tid, 120)
@@ -115,3 +112,31 @@ def test_a_dead_source_fails_the_transfer_at_once_with_its_own_reason(
     assert done["resumable"], done
     storage = server.data_dir / "storage" / node(TAIL)
     assert [name.endswith((".part", ".resume")) for name in tx.leftovers(storage)] == [True] * 2
+
+
+def test_with_auto_resume_a_recipient_whose_node_comes_back_gets_only_the_rest(
+    server: CastRayServer, cluster: RayCluster
+) -> None:
+    """The recipient's host crashes a fifth of the way in; when a raylet joins again at its
+    address, its endpoint comes back with what it verified, and the transfer completes by
+    itself, under its id, sending only what was missing. (Last: it restarts TAIL.)"""
+    tid = tx.start(server, source_node=node(HEAD), file="big.bin", recipients=[node(TAIL)])
+    tx.wait_under_way(server, tid, node(TAIL), at=0.2)
+    crash(cluster, TAIL)
+    failed = tx.wait_finished(server, tid, 120)
+    assert failed["status"] == "failed" and failed["resumable"], failed
+    storage = server.data_dir / "storage" / node(TAIL)
+    missing = failed["bytes_total"] - kept_bytes(storage, tid)
+    assert missing < failed["bytes_total"], "the journal should list the chunks that landed"
+
+    cluster.add_worker(TAIL)
+    done = wait_for(
+        lambda: (t := tx.get(server, tid))["status"] == "completed" and t,
+        180,
+        "the transfer to complete by itself once its recipient's node is back",
+    )
+    assert done["resumes"] == 1, done
+    assert 0 < done["source_bytes_sent"] <= missing * 1.1, (done["source_bytes_sent"], missing)
+    assert file_blake3(Path(done["recipients"][node(TAIL)]["path"])) == done["file"]["blake3"]
+    # Its own partial and journal are gone (the dead source's transfer keeps its own).
+    assert not [p for p in partials(storage) + journals(storage) if tid in p.name]

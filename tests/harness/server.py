@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,11 +28,17 @@ class CastRayServer:
     data_dir: Path
     log: Path
     token: str | None = None
+    ca_cert: Path | None = None
+    """The CA of its certificate, when it serves https."""
 
     def client(self, token: str | None = None) -> httpx.Client:
         token = token or self.token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, verify=self._verify)
+
+    @property
+    def _verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=self.ca_cert) if self.ca_cert else True
 
     def cli(
         self, *args: str, timeout: float = 300, env: dict[str, str] | None = None
@@ -115,9 +122,11 @@ def start_server(
     env: dict[str, str] | None = None,
     token: str | None = None,
     token_file: Path | None = None,
+    ca_cert: Path | None = None,
 ) -> CastRayServer:
     """Start ``castray serve`` and wait until its API answers; the token on the command line,
-    or in ``token_file`` (the way that keeps it out of ``ps``)."""
+    or in ``token_file`` (the way that keeps it out of ``ps``). ``ca_cert``: it serves https
+    (``args`` give its certificate), signed by that CA."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir.parent / f"{data_dir.name}-server.log"
@@ -145,11 +154,13 @@ def start_server(
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
-    server = CastRayServer(process, f"http://127.0.0.1:{port}", data_dir, log, token)
+    scheme = "https" if ca_cert else "http"
+    server = CastRayServer(process, f"{scheme}://127.0.0.1:{port}", data_dir, log, token, ca_cert)
 
     def answering() -> bool:
         server.check_running()
-        return httpx.get(f"{server.url}/api/health", timeout=2).status_code in (200, 401)
+        with server.client() as client:
+            return client.get("/api/health", timeout=2).status_code in (200, 401)
 
     wait_for(answering, STARTUP_TIMEOUT, f"castray serve on port {port}")
     return server

@@ -61,6 +61,25 @@ def wait_finished(server: CastRayServer, transfer_id: str, timeout: float = 180)
     )
 
 
+def wait_under_way(
+    server: CastRayServer, transfer_id: str, recipient: str, at: float = 0.0
+) -> None:
+    """Return once more than ``at`` of the file (and at least one byte) arrived verified at
+    ``recipient``; fail if the transfer ended first (too soon to break it mid-way)."""
+    wait_for(
+        lambda: (
+            (t := get(server, transfer_id))["recipients"][recipient]["bytes_done"]
+            > at * t["bytes_total"]
+            or t["status"] in FINISHED
+            or None
+        ),
+        120,
+        f"more than {at:.0%} of the file verified at {recipient}",
+        interval=0.02,
+    )
+    assert get(server, transfer_id)["status"] == "running", "it ended before the fault"
+
+
 def send(server: CastRayServer, timeout: float = 180, **body: Any) -> dict[str, Any]:
     return wait_finished(server, start(server, **body), timeout)
 

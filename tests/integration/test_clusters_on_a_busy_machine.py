@@ -163,7 +163,12 @@ def test_a_restarted_cluster_reconnects_with_fresh_endpoints_and_carries_files(
         reconnected = _connect(server, cluster.dashboard_url)
         _send_and_check(server, _endpoint(cluster), "node_1", "after-second-restart.bin")
 
-    assert rediscovered["chosen"] == cluster.address, rediscovered["message"]
+    # Discovery reconnects it, unless CastRay did so by itself first (it retries a cluster
+    # that went down until it answers again): either way it is back, under a new session.
+    assert rediscovered["success"], rediscovered["message"]
+    assert rediscovered["chosen"] == cluster.address or (
+        "connected already" in rediscovered["message"]
+    ), rediscovered["message"]
     assert after_discover is not None and after_discover["status"] == "connected"
     assert after_discover["ray"]["session_name"] != session
     assert reconnected.status_code == 200, reconnected.text

@@ -29,6 +29,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayError
 
+from castray import ratelimit
 from castray.agent.outcomes import ChunkOutcome, ChunkStatus
 from castray.agent.reasons import reason
 from castray.agent.transports.feeds import EndpointFeed, Exporter, StreamBroken, StreamFeed
@@ -71,6 +72,8 @@ class RunSpec:
     chunk_size: int
     window: int
     tunables: AgentTunables
+    rate_limit: int = 0
+    """Bytes per second the chunks are sent at, at most; 0: no limit."""
 
 
 class TransferRun:
@@ -96,6 +99,7 @@ class TransferRun:
         self._served: dict[str, int] = defaultdict(int)
         self._size = size
         self._resent = 0
+        self._limit = ratelimit.bucket_for(spec.rate_limit)
 
     @property
     def size(self) -> int:
@@ -174,6 +178,8 @@ class TransferRun:
             chain = self._alive()
             if not chain and not self._exporters:
                 return
+            if self._limit is not None:
+                self._limit.take(chunk.length, self._cancelled.is_set)
             self._send(chunk, chain)
             while self._chunks_in_flight() >= self.spec.window:
                 self._collect()

@@ -74,6 +74,8 @@ class StreamSpec:
     tunables: AgentTunables
     resume: bool = False
     """Take up what an earlier run left: each sink gets only the chunks its journal lacks."""
+    rate_limit: int = 0
+    """Bytes per second each stream is sent at, at most; 0: no limit."""
 
 
 @dataclass
@@ -365,7 +367,13 @@ class StreamRun:
         forward: bool,
     ) -> None:
         ref = supplier.handle.send_stream.remote(
-            self.spec.transfer_id, path, target, self.spec.secret, chunks, forward
+            self.spec.transfer_id,
+            path,
+            target,
+            self.spec.secret,
+            chunks,
+            forward,
+            self.spec.rate_limit,
         )
         self._sends[ref] = supplier.id
 

@@ -1,0 +1,243 @@
+"""What an operator relies on, through real servers over their embedded Ray: Prometheus
+metrics that agree with the transfers' own numbers, behind the API token or public; TLS for
+the API, the CLI and ``/ws``; logs as JSON lines."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from castray.client import Client
+from tests.harness import transfers as tx
+from tests.harness.certs import Certs, make_certs
+from tests.harness.server import CastRayServer, serving, start_server
+from tests.harness.waiting import wait_for
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+TOKEN = "operator-token-0123456789"
+MIB = 1024 * 1024
+TOLERANCE = 0.2
+"""A rate limit is kept within 20 % (a token bucket of 0.1 s; the rest is start and commit)."""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CastRayServer]:
+    data = tmp_path_factory.mktemp("operating") / "data"
+    env = {"CASTRAY_ENDPOINT_EGRESS_LIMIT": "20MiB/s"}
+    with serving(data, "--demo-nodes", "2", alive=3, token=TOKEN, env=env) as server:
+        tx.generate(server, "forty.bin", "40MiB", "random")
+        yield server
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(server: CastRayServer) -> Samples:
+    """``GET /metrics``, parsed by Prometheus' own parser: every sample by name and labels."""
+    with server.client() as client:
+        response = client.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_metrics_need_the_token(server: CastRayServer) -> None:
+    refused = httpx.get(f"{server.url}/metrics", timeout=10)
+    assert refused.status_code == 401
+    assert "token" in refused.json()["detail"]
+
+
+def test_metrics_agree_with_a_transfer_and_the_status(server: CastRayServer) -> None:
+    before = scrape(server)
+    data = tx.random_bytes(3_000_000)
+    tx.upload_bytes(server, "metered.bin", data)
+    done = tx.send(server, source_node="node_1", file="metered.bin", recipients=["node_2"])
+    assert done["status"] == "completed", done
+
+    nodes = server.nodes()
+    after = wait_for(
+        lambda: (
+            (s := scrape(server))
+            and value(s, "castray_endpoint_bytes_received_total", endpoint="node_2", cluster="home")
+            == nodes["node_2"]["counters"]["bytes_received"]
+            and s
+        ),
+        30,
+        "the endpoint counters in /metrics",
+    )
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("castray_transfers_total", mode="unicast", status="completed") == 1
+    assert delta("castray_endpoint_bytes_sent_total", endpoint="node_1", cluster="home") == len(
+        data
+    )
+    assert delta("castray_endpoint_bytes_received_total", endpoint="node_2", cluster="home") == len(
+        data
+    )
+    assert delta("castray_transfer_duration_seconds_count", mode="unicast") == 1
+    assert delta("castray_transfer_throughput_bytes_per_second_count", mode="unicast") == 1
+    assert delta(
+        "castray_transfer_throughput_bytes_per_second_sum", mode="unicast"
+    ) == pytest.approx(done["throughput_bps"])
+    assert delta("castray_chunks_resent_total") == done["chunks_resent"]
+    alive = sum(1 for n in nodes.values() if n["status"] == "alive")
+    assert value(after, "castray_endpoints", cluster="home", state="alive") == alive
+    assert value(after, "castray_clusters", state="connected", external="false") == 1
+
+
+def _seconds(transfer: dict[str, Any]) -> float:
+    started = datetime.fromisoformat(transfer["started_at"])
+    return (datetime.fromisoformat(transfer["finished_at"]) - started).total_seconds()
+
+
+@pytest.mark.parametrize("transport", ["stream", "object-store"])
+def test_a_rate_limit_holds_on_every_transport(server: CastRayServer, transport: str) -> None:
+    """40 MiB at 10 MiB/s takes 4 s, whichever way the bytes go (the endpoints' own limit
+    here is 20 MiB/s, so the transfer's is the one that binds)."""
+    done = tx.send(
+        server,
+        source_node="node_1",
+        file="forty.bin",
+        recipients=["node_2"],
+        transport=transport,
+        rate_limit="10MiB/s",
+    )
+    assert done["status"] == "completed", done
+    assert done["transport"] == transport and done["rate_limit"] == 10 * MIB
+    assert 4.0 * (1 - TOLERANCE) <= _seconds(done) <= 4.0 * (1 + TOLERANCE), _seconds(done)
+
+
+def test_an_endpoint_limit_is_shared_by_its_transfers(server: CastRayServer) -> None:
+    """Two 40 MiB transfers at once from one endpoint limited to 20 MiB/s: 80 MiB in 4 s
+    (each alone at the limit would be done in 2 s)."""
+    ids = [
+        tx.start(server, source_node="node_1", file="forty.bin", recipients=[to])
+        for to in ("node_2", "home-127.0.0.1")
+    ]
+    done = [tx.wait_finished(server, tid, 120) for tid in ids]
+    assert [d["status"] for d in done] == ["completed"] * 2, done
+    first = min(datetime.fromisoformat(d["started_at"]) for d in done)
+    last = max(datetime.fromisoformat(d["finished_at"]) for d in done)
+    seconds = (last - first).total_seconds()
+    assert 4.0 * (1 - TOLERANCE) <= seconds <= 4.0 * (1 + TOLERANCE), seconds
+
+
+def test_a_rate_that_cannot_be_read_is_refused_and_starts_nothing(server: CastRayServer) -> None:
+    with server.client() as client:
+        before = client.get("/api/transfers").json()["total"]
+        refused = client.post(
+            "/api/transfers",
+            json={
+                "source_node": "node_1",
+                "file": "forty.bin",
+                "recipients": ["node_2"],
+                "rate_limit": "fast",
+            },
+        )
+        after = client.get("/api/transfers").json()["total"]
+    assert refused.status_code == 422, refused.text
+    assert "50MB/s" in refused.json()["detail"]
+    assert after == before
+
+
+def test_websocket_clients_are_counted(server: CastRayServer) -> None:
+    from websockets.sync.client import connect
+
+    url = server.url.replace("http://", "ws://") + "/ws"
+    with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+        ws.recv(timeout=10)  # the snapshot: subscribed
+        during = scrape(server)
+    assert value(during, "castray_websocket_clients") >= 1
+    after = wait_for(
+        lambda: (s := scrape(server)) and value(s, "castray_websocket_clients") == 0 and s,
+        10,
+        "the closed WebSocket to be forgotten",
+    )
+    assert value(after, "castray_events_dropped_total") == 0
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CastRayServer, Certs]]:
+    """Over https with a certificate of a private CA, metrics public, logs as JSON lines."""
+    root = tmp_path_factory.mktemp("tls")
+    certs = make_certs(root / "certs")
+    server = start_server(
+        root / "data",
+        "--demo-nodes",
+        "2",
+        "--tls-cert",
+        str(certs.cert),
+        "--tls-key",
+        str(certs.key),
+        "--log-format",
+        "json",
+        env={"CASTRAY_METRICS_PUBLIC": "true"},
+        token=TOKEN,
+        ca_cert=certs.ca,
+    )
+    try:
+        server.wait_alive(3)
+        yield server, certs
+    finally:
+        server.stop()
+    server.check_log_clean()
+
+
+def test_tls_serves_the_api_the_cli_and_wss_to_who_trusts_its_ca(
+    tls_server: tuple[CastRayServer, Certs],
+) -> None:
+    server, certs = tls_server
+    assert server.url.startswith("https://")
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{server.url}/api/health", timeout=10)  # the system store does not know it
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(server.url.replace("https://", "http://") + "/api/health", timeout=10)
+
+    trusted = server.cli("--ca-cert", str(certs.ca), "status", "--json")
+    untrusted = server.cli("status")
+    with Client(server.url, TOKEN, ca_cert=certs.ca) as client, client.events() as events:
+        snapshot = events.snapshot  # the stream opened over wss:// and began as it should
+
+    assert trusted.returncode == 0, trusted.stderr
+    assert json.loads(trusted.stdout)["active_nodes"] >= 3
+    assert untrusted.returncode == 1
+    assert "certificate" in untrusted.stderr.lower(), untrusted.stderr
+    assert len(untrusted.stderr.strip().splitlines()) == 1, untrusted.stderr
+    assert {n.id for n in snapshot.nodes} >= {"node_1", "node_2"}
+
+
+def test_metrics_can_be_public_and_logs_are_json_lines_with_ids(
+    tls_server: tuple[CastRayServer, Certs],
+) -> None:
+    server, _ = tls_server
+    with server.client() as client:
+        client.headers.pop("Authorization")  # no token: an anonymous scraper
+        public = client.get("/metrics")
+        api = client.get("/api/status")
+    assert public.status_code == 200 and "castray_transfers" in public.text
+    assert api.status_code == 401, "metrics_public opens /metrics only"
+
+    tx.upload_bytes(server, "logged.bin", b"a line per transfer")
+    done = tx.send(server, source_node="node_1", file="logged.bin", recipients=["node_2"])
+    lines = [line for line in server.log.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+    about = [r for r in records if r.get("transfer_id") == done["id"]]
+    assert any("completed" in r["message"] for r in about), about
