@@ -15,7 +15,9 @@ over ``--reps`` repetitions (medians, with the range):
 - broadcast of that file to both workers with ``stream``, against the ``stream`` unicast of
   the same repetitions, and the source's egress (its ``bytes_sent`` counter) over the size;
 - a 4 GiB ``stream`` unicast: peak RSS of each endpoint actor and peak object-store use;
-- 1,000 files of 64 KiB, unicast, on each transport: files per second.
+- 1,000 files of 64 KiB, unicast, on each transport: files per second;
+- 10,000 files of 4 KiB in 100 sub-folders sent as one folder, on each transport: files per
+  second (issue #15: >= 2,000), the tree unpacked and in place at the recipient.
 
 Targets (issue #12): stream >= 0.9x the bare pipe and >= 2x object-store (stretch: faster
 than rsync); broadcast <= 1.3x the stream unicast; egress 1.0x; <= 256 MiB RSS per endpoint;
@@ -42,6 +44,7 @@ from typing import Any
 import httpx
 import psutil
 
+from castray.client import Client
 from tests.harness import transfers as tx
 from tests.harness.raycluster import RayCluster, running_cluster
 from tests.harness.server import CastRayServer, start_server
@@ -365,12 +368,40 @@ def small_files(server: CastRayServer, count: int, transport: str) -> float:
     return count / (last - started)
 
 
+def folder_files(server: CastRayServer, root: Path, count: int, transport: str) -> float:
+    """Files per second of ``count`` files of 4 KiB in 100 sub-folders sent as one folder,
+    from the transfer's start to its last recipient's unpacked tree (server clock); the upload
+    is not counted."""
+    name = f"tree-{count}"
+    if not (root / name).exists():
+        payload = os.urandom(4096)
+        for i in range(count):
+            path = root / name / f"d{i % 100:02d}" / f"f{i:05d}.bin"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(payload)
+        with Client(server.url) as client:
+            client.upload_folder(root / name)
+    done = tx.send(
+        server,
+        source_node=SRC,
+        file=f"{name}/",
+        recipients=[DST_A],
+        transport=transport,
+        timeout=600,
+    )
+    assert done["status"] == "completed" and done["folder_files"] == count, done
+    return count / _seconds(done)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each contender")
     parser.add_argument("--big", default="4GB", help="size of the memory-bound unicast")
     parser.add_argument("--small-files", type=int, default=1000)
-    parser.add_argument("--parts", default="one-gib,egress,big,small", help="what to measure")
+    parser.add_argument("--folder-files", type=int, default=10_000)
+    parser.add_argument(
+        "--parts", default="one-gib,egress,big,small,folder", help="what to measure"
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
 
@@ -399,11 +430,30 @@ def main() -> None:
                                 "target >= 150" if transport == "stream" else "",
                             )
                         )
+                if "folder" in parts:
+                    rows += measure_folder(server, root, args.folder_files, args.reps)
             finally:
                 server.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
         print_table(rows)
+
+
+def measure_folder(server: CastRayServer, root: Path, count: int, reps: int) -> Rows:
+    """The folder on each transport, alternated over ``reps``."""
+    runs = alternate(
+        {t: (lambda t=t: folder_files(server, root, count, t)) for t in ("stream", "object-store")},
+        reps,
+    )
+    return [
+        (
+            f"{count:,} x 4 KiB as one folder: {transport}",
+            f"{statistics.median(rates):.0f} files/s",
+            f"{min(rates):.0f}-{max(rates):.0f}"
+            + ("; target >= 2000" if transport == "stream" else ""),
+        )
+        for transport, rates in runs.items()
+    ]
 
 
 def print_table(rows: Rows) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,15 @@ import httpx
 from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from castray.errors import CastRayError, ServerUnreachable, Unauthorized, error_from_code
+from castray import folders
+from castray.errors import (
+    BadUpload,
+    CastRayError,
+    InvalidRequest,
+    ServerUnreachable,
+    Unauthorized,
+    error_from_code,
+)
 from castray.models import (
     ConnectResult,
     DisconnectResult,
@@ -31,6 +40,7 @@ from castray.models import (
     NodeList,
     SnapshotEvent,
     StatusResponse,
+    StorageReport,
     Transfer,
     TransferAccepted,
     TransferPage,
@@ -126,6 +136,32 @@ class Client:
             files = {"file": (path.name, handle, "application/octet-stream")}
             body = self._call("POST", "/api/upload", files=files, timeout=None)
         return UploadResult.model_validate(body)
+
+    def upload_folder(self, folder: Path) -> UploadResult:
+        """Store a local folder in the server's library as ``NAME/`` (its contents bundled,
+        relative paths only; a symbolic link that leaves it is refused here already)."""
+        with tempfile.TemporaryDirectory(prefix="castray-folder-") as scratch:
+            bundle = Path(scratch) / "bundle.tar"
+            try:
+                folders.pack(folder, bundle)
+            except BadUpload as exc:
+                raise InvalidRequest(f"cannot send {folder}: {exc.message}") from None
+            with bundle.open("rb") as handle:
+                body = self._call(
+                    "POST",
+                    "/api/upload-folder",
+                    params={"name": folder.resolve().name},
+                    content=iter(lambda: handle.read(1 << 20), b""),
+                    headers={"Content-Type": "application/x-tar"},
+                    timeout=None,
+                )
+        return UploadResult.model_validate(body)
+
+    def storage(self) -> StorageReport:
+        return StorageReport.model_validate(self._call("GET", "/api/storage"))
+
+    def sweep_storage(self) -> StorageReport:
+        return StorageReport.model_validate(self._call("POST", "/api/storage/sweep"))
 
     def send(
         self,

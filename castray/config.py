@@ -7,10 +7,18 @@ variables (and Ray's own ``RAY_ADDRESS``), a TOML config file, the defaults belo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,7 +28,7 @@ from pydantic_settings import (
 
 from castray.errors import InvalidRequest
 from castray.models import Transport
-from castray.sizes import parse_rate
+from castray.sizes import parse_duration, parse_rate, parse_size
 
 
 def default_data_dir() -> Path:
@@ -200,6 +208,21 @@ class Settings(BaseSettings):
         description="Bytes per second each endpoint receives at most, shared by all its "
         "transfers (0: no limit).",
     )
+    received_retention: float = Field(
+        0,
+        ge=0,
+        description='Received copies older than this are removed ("7d", "12h", seconds; 0: '
+        "kept for ever).",
+    )
+    storage_quota_bytes: int = Field(
+        0,
+        ge=0,
+        description='Bytes of received copies each endpoint keeps at most ("50GB"; 0: no '
+        "quota): the oldest go first.",
+    )
+    storage_sweep_interval: float = Field(
+        60.0, gt=0, description="Seconds between sweeps by received_retention and the quota."
+    )
     auto_resume: bool = Field(
         False,
         description="Resume interrupted transfers when the server starts (once their source "
@@ -236,11 +259,20 @@ class Settings(BaseSettings):
     def _blank_address_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("endpoint_egress_limit", "endpoint_ingress_limit", mode="before")
+    @field_validator(
+        "endpoint_egress_limit",
+        "endpoint_ingress_limit",
+        "received_retention",
+        "storage_quota_bytes",
+        mode="before",
+    )
     @classmethod
-    def _rate(cls, value: Any) -> Any:
+    def _in_words(cls, value: Any, info: ValidationInfo) -> Any:
+        """``"50MB/s"``, ``"7d"``, ``"50GB"`` as users write them, or plain numbers."""
+        if not isinstance(value, str):
+            return value
         try:
-            return parse_rate(value) if isinstance(value, str) else value
+            return _READERS[str(info.field_name)](value)
         except InvalidRequest as exc:
             raise ValueError(exc.message) from None
 
@@ -303,6 +335,14 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+_READERS: dict[str, Callable[[str], float | int]] = {
+    "endpoint_egress_limit": parse_rate,
+    "endpoint_ingress_limit": parse_rate,
+    "received_retention": parse_duration,
+    "storage_quota_bytes": parse_size,
+}
 
 
 def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:

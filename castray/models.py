@@ -178,12 +178,14 @@ class ErrorResponse(BaseModel):
 
 
 class LibraryFile(Snapshot):
-    """A file in the library, ready to send."""
+    """A file in the library, ready to send; or a folder (its name ends with ``/``), sent
+    as one transfer."""
 
     name: str
     size: int
     blake3: str
     modified: datetime
+    files: int | None = Field(None, description="A folder's files; None for a file.")
 
 
 class UploadResult(Snapshot):
@@ -293,6 +295,7 @@ class FileInfo(Snapshot):
 class RecipientState(Snapshot):
     status: RecipientStatus
     bytes_done: int = 0
+    files_done: int | None = Field(None, description="Of a folder: its files arrived whole.")
     path: str | None = None
     error: str | None = None
 
@@ -331,6 +334,9 @@ class Transfer(Snapshot):
         "rest; DELETE removes them.",
     )
     resumes: int = Field(0, description="How many times it was resumed.")
+    folder_files: int | None = Field(
+        None, description="A folder (its file name ends with '/'): how many files it holds."
+    )
     rate_limit: int | None = Field(
         None, description="Bytes per second the source sends at most, when limited."
     )
@@ -506,6 +512,40 @@ class DiscoveryResult(Snapshot):
 # ---- the event catalogue (``/ws``) ------------------------------------------------------
 
 
+class CopyRemoval(Snapshot):
+    """A received copy a storage sweep removed (``received_retention``,
+    ``storage_quota_bytes``)."""
+
+    endpoint: str
+    cluster: str
+    name: str = Field(description="Its path relative to the endpoint's storage directory.")
+    size: int
+    reason: str
+    at: datetime
+
+
+class EndpointStorage(Snapshot):
+    """What one endpoint keeps of what it received."""
+
+    endpoint: str
+    cluster: str
+    files: int
+    bytes: int
+    oldest: datetime | None = None
+
+
+class StorageReport(Snapshot):
+    """``GET /api/storage``: usage per endpoint, the limits, the latest removals."""
+
+    endpoints: list[EndpointStorage]
+    unreachable: list[str] = Field(
+        default_factory=list, description="Endpoints (or clusters) that could not be asked."
+    )
+    received_retention: float | None = Field(None, description="Seconds; none: kept forever.")
+    storage_quota_bytes: int | None = Field(None, description="Per endpoint; none: no quota.")
+    removals: list[CopyRemoval] = Field(default_factory=list, description="Newest first.")
+
+
 class EventType(str, Enum):
     """Every kind of message ``/ws`` sends; each has its payload model below."""
 
@@ -531,6 +571,7 @@ class EventType(str, Enum):
     GROUP_DELETED = "group_deleted"
     FILE_ADDED = "file_added"
     FILE_REMOVED = "file_removed"
+    COPY_REMOVED = "copy_removed"
 
 
 class EventData(Snapshot):
@@ -680,6 +721,13 @@ class FileAddedEvent(EventData):
 class FileRemovedEvent(EventData):
     kind = EventType.FILE_REMOVED
     name: str
+
+
+class CopyRemovedEvent(EventData):
+    """A storage sweep removed an endpoint's received copy (retention or quota)."""
+
+    kind = EventType.COPY_REMOVED
+    removal: CopyRemoval
 
 
 EVENT_PAYLOADS: dict[EventType, type[EventData]] = {

@@ -120,6 +120,9 @@ class StartTransfer(_Message):
     rate_limit: int = Field(
         0, description="Bytes per second the source sends at most; 0: no limit."
     )
+    unpack_to: str | None = Field(
+        None, description="A folder's bundle: each recipient unpacks it into this folder."
+    )
     transport: Transport = Transport.OBJECT_STORE
     stream: StreamPlan | None = None
     exports: list[tuple[str, int]] = Field(
@@ -143,6 +146,7 @@ class ImportTransfer(_Message):
     chunk_size: int
     window: int
     rate_limit: int = 0
+    unpack_to: str | None = None
     transport: Transport = Transport.OBJECT_STORE
     stream: StreamPlan | None = None
 
@@ -186,6 +190,17 @@ class DiscardPartials(_Message):
     endpoints: list[str]
 
 
+class SweepStorage(_Message):
+    """Each alive endpoint removes its received copies older than ``retention`` seconds, then
+    its oldest ones past ``quota`` bytes (0: no such limit), and says what it keeps
+    (``remove`` false: it only counts)."""
+
+    op: Literal["sweep_storage"] = "sweep_storage"
+    retention: float = 0.0
+    quota: int = 0
+    remove: bool = True
+
+
 class DeliverMessage(_Message):
     """Hand a message to each recipient endpoint's actor; the reply says who got it."""
 
@@ -223,6 +238,7 @@ Operation = Annotated[
     | ProbeFile
     | CancelTransfer
     | DiscardPartials
+    | SweepStorage
     | DeliverMessage
     | ReadMessages
     | InjectFaults,
@@ -243,6 +259,30 @@ class Discarded(_Message):
     """Partial files removed."""
     unreachable: list[str] = []
     """Endpoints that could not be asked (dead): their retention sweep removes them later."""
+
+
+class Removal(_Message):
+    """A received copy a storage sweep removed."""
+
+    name: str
+    """Its path relative to the endpoint's storage directory."""
+    size: int
+    reason: str
+
+
+class StorageUsage(_Message):
+    """What one endpoint keeps after a sweep, and what the sweep removed."""
+
+    files: int
+    bytes: int
+    oldest: float | None = None
+    """The oldest copy's modification time (Unix seconds)."""
+    removed: list[Removal] = []
+
+
+class StorageSwept(_Message):
+    endpoints: dict[str, StorageUsage]
+    unreachable: list[str] = []
 
 
 class Done(_Message):

@@ -64,3 +64,20 @@ def parse_rate(rate: str | int) -> int:
 
 def rate_in_words(bytes_per_second: int) -> str:
     return f"{binary_size(bytes_per_second)}/s"
+
+
+_DURATION = re.compile(r"\s*(\d{1,12}(?:\.\d{1,9})?)\s*([smhdw]?)\s*", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(duration: str | float) -> float:
+    """Seconds from ``3600``, ``"90s"``, ``"30m"``, ``"12h"``, ``"7d"`` or ``"2w"``."""
+    if isinstance(duration, int | float):
+        return float(duration)
+    match = _DURATION.fullmatch(duration)
+    if match is None:
+        raise InvalidRequest(
+            f"cannot read duration {duration!r}: use seconds, or a number with s, m, h, d or w "
+            '(as in "7d")'
+        )
+    return float(match[1]) * _SECONDS[match[2].lower()]

@@ -27,8 +27,8 @@ import os
 import shutil
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +37,11 @@ import blake3
 import numpy as np
 import ray
 
-from castray import ratelimit
-from castray.agent import journal, streams
+from castray import folders, ratelimit
+from castray.agent import journal, storage, streams
 from castray.agent.outcomes import ChunkOutcome, ChunkStatus, CommitOutcome, EndpointFacts
 from castray.chunks import HASH_THREADS, file_blake3
+from castray.protocol import StorageUsage
 from castray.sizes import binary_size
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class _Source:
     file: Any
     size: int
     running: _Running | None
+    path: Path | None = None
 
 
 @dataclass
@@ -95,6 +97,9 @@ class Endpoint:
             ray.util.get_node_ip_address(), options.data_ports, options.connect_timeout
         )
         self._sending: dict[str, streams.Stopper] = {}
+        self._lock = threading.Lock()
+        self._streaming: Counter[Path] = Counter()
+        """Files being sent by stream right now: a storage sweep spares them."""
         # Shared by all of this endpoint's transfers: together they keep to the limits.
         self._egress = ratelimit.bucket_for(options.egress_limit)
         self._ingress = ratelimit.bucket_for(options.ingress_limit)
@@ -120,7 +125,8 @@ class Endpoint:
         resolved = self._source_path(path)
         handle = resolved.open("rb")
         size = os.fstat(handle.fileno()).st_size
-        self._sources[transfer_id] = _Source(handle, size, _Running() if hash_whole else None)
+        running = _Running() if hash_whole else None
+        self._sources[transfer_id] = _Source(handle, size, running, resolved)
         return size
 
     def file_size(self, path: str) -> int:
@@ -332,7 +338,7 @@ class Endpoint:
         else:
             source = self._source_path(path)
         stop = self._sending.setdefault(transfer_id, streams.Stopper())
-        with source.open("rb") as file:
+        with self._sending_file(source), source.open("rb") as file:
             return streams.send(
                 file,
                 target,
@@ -345,6 +351,38 @@ class Endpoint:
                 stop,
                 ratelimit.buckets(ratelimit.bucket_for(rate), self._egress),
             )
+
+    @ray.method(concurrency_group="commit")
+    def unpack_folder(self, transfer_id: str, bundle: str, folder: str) -> str:
+        """Unpack a folder's verified bundle into ``folder`` here, each file committed
+        atomically, and remove the bundle; the folder's path."""
+        target = self.storage_dir / folders.check_folder_name(folder)
+        try:
+            folders.unpack(
+                Path(bundle), target, self.storage_dir / f".{folder}.{transfer_id}.unpack"
+            )
+        finally:
+            Path(bundle).unlink(missing_ok=True)
+        return str(target)
+
+    @contextlib.contextmanager
+    def _sending_file(self, path: Path) -> Iterator[None]:
+        with self._lock:
+            self._streaming[path] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._streaming[path] -= 1
+
+    @ray.method(concurrency_group="control")
+    def sweep_storage(self, retention: float, quota: int, remove: bool) -> StorageUsage:
+        """Remove received copies past ``retention`` seconds, then the oldest past ``quota``
+        bytes, sparing what is being sent; what is kept and what went (see ``storage``)."""
+        with self._lock:
+            in_use = {p for p, n in self._streaming.items() if n > 0}
+        in_use |= {s.path for s in list(self._sources.values()) if s.path is not None}
+        return storage.sweep(self.storage_dir, retention, quota, in_use, remove)
 
     @ray.method(concurrency_group="stream")
     def sever(self, transfer_id: str, upstream: bool, downstream: bool) -> None:

@@ -175,6 +175,11 @@ class Fleet:
             _kill(deployed.handle)
         self._emit(EndpointRemoved(endpoint_id=endpoint_id))
 
+    def alive(self) -> list[str]:
+        """The ids of the endpoints that answer (not starting, not dead)."""
+        with self._lock:
+            return [e for e, d in self._endpoints.items() if d.state.status is NodeStatus.ALIVE]
+
     def handle(self, endpoint_id: str) -> Any:
         """The actor of an alive endpoint of this cluster."""
         with self._lock:

@@ -60,6 +60,8 @@ from castray.protocol import (
     Request,
     Shutdown,
     StartTransfer,
+    StorageSwept,
+    SweepStorage,
     TransferFinished,
     TransferMessage,
     TransferOpened,
@@ -175,6 +177,8 @@ class Agent:
             config.tunables.transfer_threads, thread_name_prefix="transfer"
         )
         self._transfers: dict[str, Run] = {}
+        self._unpack: dict[str, str] = {}
+        """Transfers of a folder's bundle: the folder each recipient unpacks it into."""
         self._starting: dict[int, Run] = {}
 
     def run(self) -> None:
@@ -284,6 +288,8 @@ class Agent:
             return Done()
         if isinstance(body, DiscardPartials):
             return self._discard(body)
+        if isinstance(body, SweepStorage):
+            return self._sweep_storage(body)
         if isinstance(body, DeliverMessage):
             return self._deliver(body)
         if isinstance(body, ReadMessages):
@@ -320,6 +326,8 @@ class Agent:
             feed.abort()
             raise AgentFailure(f"cannot reach the agent of a recipient cluster: {exc}") from exc
         self._starting[request_id] = run
+        if spec.unpack_to is not None:
+            self._unpack[spec.transfer_id] = spec.unpack_to
         return size
 
     def _open_stream(self, request_id: int, spec: StartTransfer | ImportTransfer) -> int:
@@ -355,6 +363,8 @@ class Agent:
         )
         run.open()
         self._starting[request_id] = run
+        if spec.unpack_to is not None:
+            self._unpack[spec.transfer_id] = spec.unpack_to
         return plan.size
 
     def _member(self, endpoint_id: str, kind: Any) -> Any:
@@ -398,10 +408,16 @@ class Agent:
             size=spec.size,
         )
         self._starting[request_id] = run
+        if spec.unpack_to is not None:
+            self._unpack[spec.transfer_id] = spec.unpack_to
         return feed.address
 
     def _on_transfer_message(self, message: TransferMessage) -> None:
-        """Counts verified work on the endpoints, then passes the message on."""
+        """Counts verified work on the endpoints (a folder's bundle unpacked first), then
+        passes the message on."""
+        folder = self._unpack.get(message.transfer_id)
+        if isinstance(message, RecipientFinished) and message.ok and folder is not None:
+            message = self._unpacked(message, folder)
         if isinstance(message, RecipientFinished):
             run = self._transfers.get(message.transfer_id)
             if message.ok and run is not None:
@@ -410,6 +426,7 @@ class Agent:
                 self._fleet.count(message.recipient, transfers_failed=1)
         if isinstance(message, TransferFinished):
             self._transfers.pop(message.transfer_id, None)
+            self._unpack.pop(message.transfer_id, None)
             for endpoint_id, served in message.bytes_served.items():
                 self._fleet.count(endpoint_id, bytes_sent=served)
         self._wire.send(message)
@@ -424,6 +441,39 @@ class Agent:
             except Exception:  # noqa: BLE001 - a dead endpoint is reported, not raised
                 unreachable.append(endpoint_id)
         return Discarded(removed=removed, unreachable=unreachable)
+
+    def _unpacked(self, finished: RecipientFinished, folder: str) -> RecipientFinished:
+        """The recipient unpacks the bundle it verified into ``folder``; its outcome."""
+        from castray.agent.reasons import reason
+
+        try:
+            handle = self._fleet.handle(finished.recipient)
+            path = ray_get(
+                handle.unpack_folder.remote(finished.transfer_id, finished.path, folder), 3600
+            )
+        except Exception as exc:  # noqa: BLE001 - the recipient fails with the reason
+            return finished.model_copy(
+                update={"ok": False, "path": None, "error": f"could not unpack: {reason(exc)}"}
+            )
+        return finished.model_copy(update={"path": path})
+
+    def _sweep_storage(self, body: SweepStorage) -> StorageSwept:
+        """Every alive endpoint sweeps its storage at once; a dead one is only named."""
+        refs, unreachable = {}, []
+        for endpoint_id in self._fleet.alive():
+            try:
+                handle = self._fleet.handle(endpoint_id)
+            except CastRayError:
+                unreachable.append(endpoint_id)
+                continue
+            refs[endpoint_id] = handle.sweep_storage.remote(body.retention, body.quota, body.remove)
+        swept = {}
+        for endpoint_id, ref in refs.items():
+            try:
+                swept[endpoint_id] = ray_get(ref)
+            except Exception:  # noqa: BLE001 - a dead endpoint is reported, not raised
+                unreachable.append(endpoint_id)
+        return StorageSwept(endpoints=swept, unreachable=unreachable)
 
     def _deliver(self, body: DeliverMessage) -> Delivered:
         from castray.agent.reasons import reason

@@ -23,6 +23,7 @@ from castray.cli.output import err, in_cli_words, out, print_table
 from castray.client import Client
 from castray.config import load_settings
 from castray.errors import CastRayError
+from castray.sizes import binary_size
 
 app = typer.Typer(
     help="CastRay: move files and messages between the nodes of Ray clusters.",
@@ -185,6 +186,47 @@ def nodes(
     print_table(
         ["id", "cluster", "address", "status", "kind", "received", "sent"], rows, whole=(0, 1, 2)
     )
+
+
+@app.command()
+def storage(
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    json_out: JsonOption = False,
+    sweep: Annotated[
+        bool,
+        typer.Option("--sweep", help="Sweep now by received_retention and storage_quota_bytes."),
+    ] = False,
+) -> None:
+    """What each endpoint keeps of what it received, the limits, and the latest removals."""
+    with Client(server, token) as client:
+        report = client.sweep_storage() if sweep else client.storage()
+    if json_out:
+        out.print_json(report.model_dump_json())
+        return
+    rows = [
+        [
+            e.endpoint,
+            e.cluster,
+            str(e.files),
+            binary_size(e.bytes),
+            f"{e.oldest:%Y-%m-%d %H:%M}" if e.oldest else "-",
+        ]
+        for e in report.endpoints
+    ]
+    print_table(["endpoint", "cluster", "files", "size", "oldest (UTC)"], rows, whole=(0, 1))
+    retention = f"{report.received_retention:g} s" if report.received_retention else "none"
+    quota = binary_size(report.storage_quota_bytes) if report.storage_quota_bytes else "none"
+    out.print(f"retention: {retention}; quota per endpoint: {quota}", highlight=False)
+    if report.unreachable:
+        err.print(f"could not ask: {', '.join(report.unreachable)}", highlight=False)
+    for removal in report.removals[:10]:
+        out.print(
+            f"removed {removal.at:%Y-%m-%d %H:%M} {removal.endpoint}/{removal.name} "
+            f"({binary_size(removal.size)}): {removal.reason}",
+            highlight=False,
+            markup=False,
+        )
 
 
 @app.command()

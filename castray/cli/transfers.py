@@ -196,8 +196,13 @@ def _start(
 
 
 def _library_name(client: Client, file: str, quiet: bool) -> str:
-    """Upload a local file unless the library has it already (same name, same BLAKE3)."""
+    """Upload a local file unless the library has it already (same name, same BLAKE3); a
+    local folder is uploaded whole, as ``NAME/``."""
     path = Path(file).expanduser()
+    if path.is_dir():
+        if not quiet:
+            err.print(f"uploading folder {path} …", highlight=False, markup=False)
+        return client.upload_folder(path).file
     if not path.is_file():
         return file
     known = {f.name: f.blake3 for f in client.files()}

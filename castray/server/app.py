@@ -44,10 +44,12 @@ from castray.server.routes import (
     metrics,
     nodes,
     status,
+    storage,
     transfers,
     ui,
     ws,
 )
+from castray.server.storage import StorageService
 from castray.server.supervisor import Supervisor
 from castray.server.transfers import TransferService
 
@@ -101,15 +103,19 @@ def create_app(settings: Settings) -> FastAPI:
         cluster_service = ClusterService(settings, registry, supervisor, events, tokens)
         supervisor.subscribe(cluster_service)
         app.state.clusters = cluster_service
+        storage_service = StorageService(settings, registry, supervisor, history, events)
+        app.state.storage = storage_service
         app.state.started_at = time.monotonic()
         await supervisor.start()
         autopilot.start()
+        storage_service.start()
         if settings.auto_resume:
             transfer_service.auto_resume(history.resumable_interrupted())
         try:
             yield
         finally:
             await autopilot.stop()
+            await storage_service.stop()
             await asyncio.to_thread(generator.close)
             await transfer_service.close()
             await cluster_service.stop()
@@ -126,7 +132,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.stopping = asyncio.Event()
     api = [Depends(require_token)]
     # clusters before nodes: /api/nodes/external must not be taken for a node id.
-    for module in (status, clusters, nodes, messages, files, generator, transfers, groups):
+    for module in (status, clusters, nodes, messages, files, generator, transfers, groups, storage):
         app.include_router(module.router, prefix="/api", dependencies=api)
     app.include_router(metrics.router, dependencies=[] if settings.metrics_public else api)
     ui.mount(app)

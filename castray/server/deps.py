@@ -20,6 +20,7 @@ from castray.server.library import Library
 from castray.server.limits import WriteSlots
 from castray.server.messages import MessageService
 from castray.server.registry import Registry
+from castray.server.storage import StorageService
 from castray.server.supervisor import Supervisor
 from castray.server.transfers import TransferService
 
@@ -47,6 +48,7 @@ ClustersDep = Annotated[ClusterService, Depends(_from_state("clusters"))]
 GeneratorDep = Annotated[Generator, Depends(_from_state("generator"))]
 FaultsDep = Annotated[FaultInjector, Depends(_from_state("faults"))]
 WriteSlotsDep = Annotated[WriteSlots, Depends(_from_state("write_slots"))]
+StorageDep = Annotated[StorageService, Depends(_from_state("storage"))]
 
 
 def token_matches(settings: Settings, given: str | None) -> bool:

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from castray.models import Group, Transfer, TransferStatus, Transport
+from castray.models import CopyRemoval, Group, Transfer, TransferStatus, Transport
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS transfers (
@@ -22,6 +22,10 @@ CREATE TABLE IF NOT EXISTS transfers (
 CREATE INDEX IF NOT EXISTS transfers_by_time ON transfers (created_at DESC);
 CREATE TABLE IF NOT EXISTS groups (
     name TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS removals (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     body TEXT NOT NULL
 );
 """
@@ -106,6 +110,22 @@ class History:
             ).fetchall()
         found = [Transfer.model_validate_json(body) for (body,) in rows]
         return [t.id for t in sorted(found, key=lambda t: t.created_at) if t.resumable]
+
+    # ---- storage sweeps ----------------------------------------------------------------
+
+    def save_removals(self, removals: list[CopyRemoval]) -> None:
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO removals (body) VALUES (?)", [(r.model_dump_json(),) for r in removals]
+            )
+
+    def removals(self, limit: int) -> list[CopyRemoval]:
+        """The latest removals by a storage sweep, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT body FROM removals ORDER BY seq DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [CopyRemoval.model_validate_json(r[0]) for r in rows]
 
     # ---- groups ----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ method here does disk I/O: call it from a worker thread, never on the event loop
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import threading
@@ -21,11 +22,15 @@ from pathlib import Path
 
 import blake3
 
+from castray import folders
 from castray.chunks import HASH_THREADS, file_blake3
 from castray.errors import BadFileName, FileMissing, FileTooLarge
 from castray.models import EventData, FileAddedEvent, FileRemovedEvent, LibraryFile
 
 PART_SUFFIX = ".part"
+FOLDERS = ".folders"
+"""Where folders are kept, each as its bundle ``NAME.tar`` and index ``NAME.json``; a folder's
+library name is ``NAME/``."""
 
 OnChange = Callable[[EventData], None]
 """Told ``FileAddedEvent`` or ``FileRemovedEvent``; called from the worker thread that made
@@ -82,10 +87,17 @@ class Library:
         self._lock = threading.Lock()
         self._on_change = on_change or (lambda event: None)
 
+    def _location(self, name: str) -> Path:
+        """Where file ``name`` is, or the bundle of folder ``name`` (``NAME/``)."""
+        if name.endswith("/"):
+            return self.root / FOLDERS / f"{check_file_name(name[:-1])}.tar"
+        return self.root / check_file_name(name)
+
     def path(self, name: str) -> Path:
-        """Where a library file is; raises ``FileMissing`` when it is not there. Only regular
-        files count: a symbolic link put in the library could point anywhere."""
-        path = self.root / check_file_name(name)
+        """Where a library file (or a folder's bundle) is; raises ``FileMissing`` when it is
+        not there. Only regular files count: a symbolic link put in the library could point
+        anywhere."""
+        path = self._location(name)
         try:
             regular = stat.S_ISREG(path.lstat().st_mode)
         except OSError:
@@ -109,10 +121,23 @@ class Library:
             size=status.st_size,
             blake3=self._digest(name, path, status),
             modified=datetime.fromtimestamp(status.st_mtime, timezone.utc),
+            files=self.folder(name).files if name.endswith("/") else None,
         )
+
+    def folder(self, name: str) -> folders.FolderIndex:
+        """What folder ``name`` (``NAME/``) holds."""
+        index = self.path(name).with_suffix(".json")
+        try:
+            known = json.loads(index.read_text())
+        except (OSError, ValueError):
+            raise FileMissing(f"folder {name!r} has no index; upload it again") from None
+        return folders.FolderIndex(known["files"], known["bytes"], tuple(known["ends"]))
 
     def list(self) -> list[LibraryFile]:
         names = sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))
+        kept = self.root / FOLDERS
+        if kept.is_dir():
+            names += sorted(f"{p.stem}/" for p in kept.glob("*.tar") if not p.name.startswith("."))
         files = []
         for name in names:
             with contextlib.suppress(FileMissing, BadFileName):
@@ -120,17 +145,21 @@ class Library:
         return files
 
     def delete(self, name: str) -> None:
-        self.path(name).unlink()
+        path = self.path(name)
+        path.unlink()
+        if name.endswith("/"):
+            path.with_suffix(".json").unlink(missing_ok=True)
         with self._lock:
             self._digests.pop(name, None)
             self._manifests.pop(name, None)
         self._on_change(FileRemovedEvent(name=name))
 
     def create(self, name: str, limit: int | None = None) -> LibraryWriter:
-        """Start a new library file; it appears under ``name`` only once committed."""
-        check_file_name(name)
-        self.root.mkdir(parents=True, exist_ok=True)
-        temp = self.root / f".{name}.{uuid.uuid4().hex}{PART_SUFFIX}"
+        """Start a new library file, or a folder's bundle (``NAME/``); it appears under
+        ``name`` only once committed (a bundle once every member is checked)."""
+        final = self._location(name)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = final.parent / f".{final.name}.{uuid.uuid4().hex}{PART_SUFFIX}"
         return LibraryWriter(self, name, temp, limit)
 
     def manifest(self, name: str) -> Manifest:
@@ -152,7 +181,12 @@ class Library:
         """Rename and remember the digests as one step, so that of two uploads of one name
         the one renamed last is the file and its digests the ones cached (the last to finish
         wins)."""
-        final = self.root / name
+        final = self._location(name)
+        if name.endswith("/"):
+            indexed = folders.index(temp)  # refuses what must not be in a folder
+            final.with_suffix(".json").write_text(
+                json.dumps({"files": indexed.files, "bytes": indexed.bytes, "ends": indexed.ends})
+            )
         with self._lock:
             temp.replace(final)
             status = final.stat()

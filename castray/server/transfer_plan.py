@@ -7,6 +7,7 @@ import itertools
 from dataclasses import dataclass, field, replace
 
 from castray.errors import NodeUnavailable
+from castray.folders import BUNDLE_SUFFIX, FolderIndex
 from castray.models import Node, NodeStatus, TransferCreate, TransferMode, Transport
 from castray.server.registry import Registry
 from castray.server.targets import resolve_recipients
@@ -27,6 +28,21 @@ class LocatedFile:
     """The file's name in the library, when it is a library file."""
     manifest: tuple[str, ...] | None = None
     """Each chunk's BLAKE3 (hex), once known: what stream receivers check against."""
+    folder: FolderIndex | None = None
+    """A library folder (``name`` is ``NAME/``): its bundle is sent, and unpacked by each
+    recipient into ``NAME``."""
+
+    @property
+    def received_as(self) -> str:
+        """The name the recipients store it under: the file's, or the bundle's until it is
+        unpacked."""
+        if self.folder is None:
+            return self.name
+        return f".{self.name.rstrip('/')}{BUNDLE_SUFFIX}"
+
+    @property
+    def unpack_to(self) -> str | None:
+        return self.name.rstrip("/") if self.folder is not None else None
 
 
 @dataclass(frozen=True)

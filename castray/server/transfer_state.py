@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
+from castray.folders import FolderIndex
 from castray.models import (
     FileInfo,
     RecipientCompletedEvent,
@@ -61,6 +62,8 @@ class TransferState:
     transfer: Transfer
     parts: int
     finished_parts: list[TransferFinished] = field(default_factory=list)
+    folder: FolderIndex | None = None
+    """Of a folder: where each file ends in its bundle, for progress in files."""
 
     @classmethod
     def start(cls, plan: TransferPlan, now: datetime) -> TransferState:
@@ -80,8 +83,9 @@ class TransferState:
             transport_note=plan.transport_note,
             source_file=plan.file.library_name or plan.file.path,
             rate_limit=plan.rate_limit or None,
+            folder_files=plan.file.folder.files if plan.file.folder else None,
         )
-        return cls(transfer, parts=len(plan.clusters))
+        return cls(transfer, parts=len(plan.clusters), folder=plan.file.folder)
 
     @classmethod
     def resumed(cls, earlier: Transfer, plan: TransferPlan, now: datetime) -> TransferState:
@@ -106,7 +110,7 @@ class TransferState:
                 "source_bytes_sent": 0,
             }
         )
-        return cls(transfer, parts=len(plan.clusters))
+        return cls(transfer, parts=len(plan.clusters), folder=plan.file.folder)
 
     @property
     def finished(self) -> bool:
@@ -133,7 +137,11 @@ class TransferState:
                 continue
             moved = _moved(state.status, RecipientStatus.RUNNING, RECIPIENT_NEXT)
             recipients[rid] = state.model_copy(
-                update={"bytes_done": done, "status": moved if done else state.status}
+                update={
+                    "bytes_done": done,
+                    "status": moved if done else state.status,
+                    "files_done": self.folder.files_within(done) if self.folder else None,
+                }
             )
         status = self.transfer.status
         if any(message.bytes_done.values()):
@@ -157,7 +165,10 @@ class TransferState:
             return None
         if message.ok:
             state = RecipientState(
-                status=wanted, bytes_done=self.transfer.bytes_total, path=message.path
+                status=wanted,
+                bytes_done=self.transfer.bytes_total,
+                path=message.path,
+                files_done=self.transfer.folder_files,
             )
         else:
             state = RecipientState(

@@ -107,6 +107,7 @@ class _CommonSpec(TypedDict):
     chunk_size: int
     window: int
     rate_limit: int
+    unpack_to: str | None
 
 
 @dataclass
@@ -420,7 +421,8 @@ class TransferService:
         """What every part of a transfer is told, whatever its transport."""
         return {
             "transfer_id": plan.transfer_id,
-            "file_name": plan.file.name,
+            "file_name": plan.file.received_as,
+            "unpack_to": plan.file.unpack_to,
             "expected_blake3": plan.file.blake3,
             "chunk_size": self._settings.chunk_size,
             "window": self._settings.transfer_window,
@@ -574,7 +576,15 @@ class TransferService:
         if self._library.has(file):
             described = self._library.describe(file)
             path = str(self._library.path(file))
-            return LocatedFile(path, file, described.size, described.blake3, library_name=file)
+            folder = self._library.folder(file) if file.endswith("/") else None
+            return LocatedFile(
+                path, file, described.size, described.blake3, library_name=file, folder=folder
+            )
+        if file.endswith("/"):
+            raise FileMissing(
+                f"no folder {file!r} in the library: upload it first ('castray send ./DIR' "
+                "does, or POST /api/upload-folder)"
+            )
         relative = PurePosixPath(file)
         if relative.is_absolute() or ".." in relative.parts or not relative.parts:
             raise FileMissing(

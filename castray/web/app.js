@@ -247,7 +247,8 @@ function transferCard(tracked) {
       el("div", { class: `bar ${r.status}`, role: "progressbar", "aria-label": `${rid} progress`,
         "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": Math.round(fraction * 100) },
       el("div", { style: `width:${(fraction * 100).toFixed(1)}%` })),
-      el("span", { class: "percent" }, `${Math.round(fraction * 100)}%`),
+      el("span", { class: "percent" }, `${Math.round(fraction * 100)}%` +
+        (r.files_done != null ? ` · ${r.files_done} files` : "")),
       el("span", {}, r.status === "running" ? fmt.rate(rSpeed) : fmt.bytes(r.bytes_done)),
       el("span", {}, rEta ? `ETA ${rEta}` : ""),
       el("span", {}, badge(r.status)),
@@ -256,6 +257,7 @@ function transferCard(tracked) {
   return el("div", { class: "transfer", dataset: { transfer: t.id, status: t.status } },
     el("div", { class: "transfer-head" },
       el("strong", {}, t.file.name), el("span", {}, fmt.bytes(total)),
+      t.folder_files != null ? el("span", { class: "folder-files" }, `folder of ${t.folder_files} files`) : null,
       el("span", {}, `${t.mode} from ${t.source_node} by ${t.transport}`), badge(t.status),
       t.rate_limit ? el("span", { class: "muted rate-limit" }, `≤ ${fmt.rate(t.rate_limit)}`) : null,
       el("span", { class: "muted" }, `${fmt.rate(speed)}${eta}`),

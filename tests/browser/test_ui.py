@@ -11,6 +11,7 @@ import blake3
 import pytest
 from playwright.sync_api import Page, expect
 
+from castray.client import Client
 from tests.harness import transfers as tx
 from tests.harness.raycluster import RayCluster, running_cluster
 from tests.harness.server import CastRayServer, serving
@@ -220,6 +221,26 @@ def test_a_rate_limit_typed_in_the_form_holds_and_shows_on_the_card(
         datetime.fromisoformat(done["finished_at"]) - datetime.fromisoformat(done["started_at"])
     ).total_seconds()
     assert seconds >= 2.0 * 0.8, f"8 MiB at 4 MiB/s took {seconds:.1f} s"
+
+
+def test_a_folder_is_one_card_with_its_file_count(
+    page: Page, server: CastRayServer, tmp_path: Path
+) -> None:
+    for n in range(40):
+        (tmp_path / "trip" / ("day-2" if n % 2 else "day-1")).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "trip" / ("day-2" if n % 2 else "day-1") / f"{n}.txt").write_text(f"note {n}")
+    with Client(server.url) as client:
+        assert client.upload_folder(tmp_path / "trip").file == "trip/"
+    transfer_id = _send_library_file(page, server, "trip/", "node_1", ["node_2"])
+
+    card = page.locator(f".transfer[data-transfer='{transfer_id}']")
+    expect(card).to_have_count(1)
+    expect(card.locator(".folder-files")).to_have_text("folder of 40 files")
+    expect(card).to_have_attribute("data-status", "completed", timeout=60_000)
+    expect(card.locator(".recipient .percent")).to_have_text("100% · 40 files")
+    landed = server.data_dir / "storage" / "node_2" / "trip"
+    assert sorted(p.name for p in landed.iterdir()) == ["day-1", "day-2"]
+    assert (landed / "day-2" / "39.txt").read_text() == "note 39"
 
 
 def test_a_failed_transfer_is_resumed_from_its_card(page: Page, server: CastRayServer) -> None:

@@ -4,9 +4,14 @@ the API, the CLI and ``/ws``; logs as JSON lines."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import tarfile
+import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,7 +35,12 @@ TOLERANCE = 0.2
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CastRayServer]:
     data = tmp_path_factory.mktemp("operating") / "data"
-    env = {"CASTRAY_ENDPOINT_EGRESS_LIMIT": "20MiB/s"}
+    env = {
+        "CASTRAY_ENDPOINT_EGRESS_LIMIT": "20MiB/s",
+        "CASTRAY_RECEIVED_RETENTION": "1h",
+        "CASTRAY_STORAGE_QUOTA_BYTES": "30MiB",
+        "CASTRAY_STORAGE_SWEEP_INTERVAL": "3600",  # this module sweeps when it asks
+    }
     with serving(data, "--demo-nodes", "2", alive=3, token=TOKEN, env=env) as server:
         tx.generate(server, "forty.bin", "40MiB", "random")
         yield server
@@ -157,6 +167,133 @@ def test_a_rate_that_cannot_be_read_is_refused_and_starts_nothing(server: CastRa
     assert after == before
 
 
+def _album(root: Path, count: int) -> dict[str, bytes]:
+    """A tree of small files, some in sub-folders."""
+    files = {
+        f"{'raw/' if n % 3 == 0 else ''}{'2026/' if n % 5 == 0 else ''}img-{n:04}.jpg": (
+            f"photo {n} ".encode() * (n % 50 + 1)
+        )
+        for n in range(count)
+    }
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return files
+
+
+def test_a_folder_goes_as_one_transfer_and_arrives_as_the_same_tree(
+    server: CastRayServer, tmp_path: Path
+) -> None:
+    files = _album(tmp_path / "album", 300)
+    sent = server.cli(
+        "send", str(tmp_path / "album"), "--from", "node_1", "--to", "node_2", "--json"
+    )
+
+    assert sent.returncode == 0, sent.stderr
+    done = json.loads(sent.stdout)
+    assert done["status"] == "completed", done
+    assert (done["file"]["name"], done["folder_files"]) == ("album/", 300)
+    recipient = done["recipients"]["node_2"]
+    assert recipient["files_done"] == 300
+    landed = Path(recipient["path"])
+    assert landed == server.data_dir / "storage" / "node_2" / "album"
+    for name, data in files.items():
+        assert (landed / name).read_bytes() == data, name
+    assert sorted(str(p.relative_to(landed)) for p in landed.rglob("*") if p.is_file()) == sorted(
+        files
+    )
+    hidden = [p.name for p in landed.parent.iterdir() if p.name.startswith(".")]
+    assert hidden == [], "no bundle, staging or partial file is left"
+    with server.client() as client:
+        listed = {f["name"]: f for f in client.get("/api/files").json()}
+    assert listed["album/"]["files"] == 300
+
+
+def test_a_folder_that_would_leave_its_tree_is_refused_and_nothing_is_kept(
+    server: CastRayServer, tmp_path: Path
+) -> None:
+    bundle = io.BytesIO()
+    with tarfile.open(fileobj=bundle, mode="w") as tar:
+        info = tarfile.TarInfo("../../outside.txt")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    with server.client() as client:
+        refused = client.post(
+            "/api/upload-folder", params={"name": "evil"}, content=bundle.getvalue()
+        )
+        listed = {f["name"] for f in client.get("/api/files").json()}
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "secret").symlink_to("/etc/hostname")
+    by_cli = server.cli("send", str(tmp_path / "linked"), "--from", "node_1", "--to", "node_2")
+
+    assert refused.status_code == 400, refused.text
+    assert "'..'" in refused.json()["detail"]
+    assert "evil/" not in listed
+    assert list((server.data_dir / "library" / ".folders").glob(".*")) == []
+    assert by_cli.returncode == 1
+    (error,) = [line for line in by_cli.stderr.splitlines() if line.startswith("error:")]
+    assert "outside the folder" in error, by_cli.stderr
+
+
+def _age(path: Path, hours: float) -> None:
+    then = time.time() - hours * 3600
+    os.utime(path, (then, then))
+
+
+def test_a_sweep_removes_by_age_then_by_quota_and_spares_a_copy_being_sent(
+    server: CastRayServer,
+) -> None:
+    """Endpoint ``keeper`` holds three 20 MiB copies; retention is 1 h, the quota 30 MiB. The
+    oldest copy is past the retention; of the other two, the older is being sent on, so the
+    quota takes the newer one. Each removal is an event and a history row."""
+    assert tx.post(server, "/api/nodes", {"node_id": "keeper"}).status_code == 201
+    for name in ("k1.bin", "k2.bin", "k3.bin"):
+        tx.generate(server, name, "20MiB", "random")
+        done = tx.send(server, source_node="node_1", file=name, recipients=["keeper"])
+        assert done["status"] == "completed", done
+    store = server.data_dir / "storage" / "keeper"
+    for name, hours in (("k1.bin", 3), ("k2.bin", 0.5), ("k3.bin", 0.3)):
+        _age(store / name, hours)
+    # "./k2.bin": keeper's own copy (a bare "k2.bin" names the library's file).
+    sending = tx.start(
+        server,
+        source_node="keeper",
+        file="./k2.bin",
+        recipients=["node_2"],
+        rate_limit="1MiB/s",
+    )
+    tx.wait_under_way(server, sending, "node_2")
+
+    with Client(server.url, TOKEN) as client, client.events() as events:
+        swept = client.sweep_storage()
+        seen = [events.next(timeout=10) for _ in swept.removals]
+    with server.client() as http:
+        http.delete(f"/api/transfers/{sending}")
+    report = server.cli("storage", "--json")
+    printed = server.cli("storage", env={"COLUMNS": "120"})
+
+    mine = {r.name: r.reason for r in swept.removals if r.endpoint == "keeper"}
+    assert set(mine) == {"k1.bin", "k3.bin"}, mine
+    assert "received_retention" in mine["k1.bin"] and "storage_quota_bytes" in mine["k3.bin"]
+    assert sorted(p.name for p in store.iterdir() if not p.name.startswith(".")) == ["k2.bin"]
+    removed_events = {
+        (e.data.removal.endpoint, e.data.removal.name)
+        for e in seen
+        if e is not None and e.type == "copy_removed"
+    }
+    assert {("keeper", "k1.bin"), ("keeper", "k3.bin")} <= removed_events
+    assert report.returncode == 0, report.stderr
+    listed = json.loads(report.stdout)
+    keeper = next(e for e in listed["endpoints"] if e["endpoint"] == "keeper")
+    assert (keeper["files"], keeper["bytes"]) == (1, 20 * MIB)
+    assert {(r["endpoint"], r["name"]) for r in listed["removals"]} >= {
+        ("keeper", "k1.bin"),
+        ("keeper", "k3.bin"),
+    }
+    assert listed["storage_quota_bytes"] == 30 * MIB and listed["received_retention"] == 3600
+    assert "keeper" in printed.stdout and "20.0 MiB" in printed.stdout, printed.stdout
+
+
 def test_websocket_clients_are_counted(server: CastRayServer) -> None:
     from websockets.sync.client import connect
 
@@ -188,7 +325,11 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CastR
         str(certs.key),
         "--log-format",
         "json",
-        env={"CASTRAY_METRICS_PUBLIC": "true"},
+        env={
+            "CASTRAY_METRICS_PUBLIC": "true",
+            "CASTRAY_RECEIVED_RETENTION": "1h",
+            "CASTRAY_STORAGE_SWEEP_INTERVAL": "0.5",
+        },
         token=TOKEN,
         ca_cert=certs.ca,
     )
@@ -241,3 +382,26 @@ def test_metrics_can_be_public_and_logs_are_json_lines_with_ids(
     assert {"time", "level", "logger", "message"} <= set(records[0])
     about = [r for r in records if r.get("transfer_id") == done["id"]]
     assert any("completed" in r["message"] for r in about), about
+
+
+def test_the_periodic_sweep_removes_an_expired_copy_by_itself(
+    tls_server: tuple[CastRayServer, Certs],
+) -> None:
+    server, _ = tls_server
+    tx.upload_bytes(server, "aging.bin", b"kept for an hour")
+    done = tx.send(server, source_node="node_1", file="aging.bin", recipients=["node_2"])
+    copy = Path(done["recipients"]["node_2"]["path"])
+    _age(copy, 2)
+
+    wait_for(lambda: not copy.exists(), 30, "the expired copy to be swept")
+    logged = wait_for(
+        lambda: [
+            r
+            for r in map(json.loads, server.log.read_text().splitlines())
+            if r.get("endpoint") == "node_2" and "aging.bin" in r["message"]
+        ],
+        10,
+        "the removal in the log",
+    )
+    assert "received_retention" in logged[0]["message"]
+    assert (server.data_dir / "library" / "aging.bin").exists(), "the library is not swept"

@@ -49,6 +49,41 @@ async def upload(
             await asyncio.to_thread(stored.abort)
 
 
+@router.post(
+    "/upload-folder",
+    status_code=status.HTTP_201_CREATED,
+    responses={code: {"model": ErrorResponse} for code in (400, 408, 413, 429)},
+)
+async def upload_folder(
+    request: Request,
+    name: str,
+    library: LibraryDep,
+    settings: SettingsDep,
+    slots: WriteSlotsDep,
+) -> UploadResult:
+    """Store a folder: the body is an uncompressed tar stream of its contents (relative
+    paths; ``castray send ./DIR`` makes one). It is listed as ``NAME/`` and sent as one
+    transfer. Absolute paths, ``..`` and symbolic links that leave the folder are refused
+    (400), and then nothing is kept."""
+    limit = settings.upload_limit_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise FileTooLarge(f"the upload is larger than the limit of {limit} bytes")
+    async with slots.slot("upload"):
+        writer = await asyncio.to_thread(library.create, f"{name}/", limit)
+        try:
+            stopping: asyncio.Event = request.app.state.stopping
+            async for piece in _arriving(request, settings.upload_idle_timeout, stopping):
+                await asyncio.to_thread(writer.write, piece)
+            digest = await asyncio.to_thread(writer.commit)
+            return UploadResult(file=writer.name, size=writer.size, blake3=digest)
+        except ClientDisconnect:
+            log.info("a folder upload was cut off by its client; nothing of it was kept")
+            raise BadUpload("the upload was cut off before its end") from None
+        finally:
+            await asyncio.to_thread(writer.discard)
+
+
 async def _arriving(request: Request, idle: float, stopping: asyncio.Event) -> AsyncIterator[bytes]:
     """The request body as it arrives; a body that stops arriving for ``idle`` s is a 408,
     and a stop of the server ends it too."""
@@ -79,12 +114,13 @@ async def list_files(library: LibraryDep) -> list[LibraryFile]:
     return await asyncio.to_thread(library.list)
 
 
-@router.get("/files/{name}", response_class=FileResponse)
+@router.get("/files/{name:path}", response_class=FileResponse)
 async def download(name: str, library: LibraryDep) -> FileResponse:
     path: Path = await asyncio.to_thread(library.path, name)
-    return FileResponse(path, filename=name, media_type="application/octet-stream")
+    filename = f"{name[:-1]}.tar" if name.endswith("/") else name  # a folder: its bundle
+    return FileResponse(path, filename=filename, media_type="application/octet-stream")
 
 
-@router.delete("/files/{name}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/files/{name:path}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_file(name: str, library: LibraryDep) -> None:
     await asyncio.to_thread(library.delete, name)

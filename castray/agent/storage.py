@@ -1,0 +1,95 @@
+"""What an endpoint keeps: its received copies, counted, and swept by age and by quota.
+
+A received copy is a regular file in the endpoint's storage directory (or under a folder of
+it), whose name does not start with a dot: partial files and resume journals (``.name.id.part``,
+``.name.id.resume``) belong to transfers and are never counted or removed here, and neither
+is a file the endpoint is sending right now.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from castray.protocol import Removal, StorageUsage
+
+
+@dataclass(frozen=True)
+class _Copy:
+    path: Path
+    size: int
+    mtime: float
+
+
+def _copies(root: Path) -> Iterator[_Copy]:
+    """Received copies under ``root``; hidden names and whatever is under them are skipped."""
+    if not root.is_dir():
+        return
+    for entry in root.iterdir():
+        if entry.name.startswith("."):
+            continue
+        if entry.is_symlink():
+            continue
+        if entry.is_dir():
+            yield from _copies(entry)
+        elif entry.is_file():
+            stat = entry.stat()
+            yield _Copy(entry, stat.st_size, stat.st_mtime)
+
+
+def sweep(
+    root: Path,
+    retention: float,
+    quota: int,
+    in_use: set[Path],
+    remove: bool = True,
+    now: float | None = None,
+) -> StorageUsage:
+    """Remove the copies older than ``retention`` seconds, then the oldest ones until the
+    rest fit in ``quota`` bytes (0: no such limit), sparing ``in_use``; what is left, and
+    what went. ``remove=False`` only counts."""
+    now = time.time() if now is None else now
+    in_use = {p.resolve() for p in in_use}
+    copies = sorted(_copies(root), key=lambda c: c.mtime)
+    total = sum(c.size for c in copies)
+    removed: list[Removal] = []
+    if remove:
+        for copy in copies:
+            if copy.path.resolve() in in_use:
+                continue
+            if retention > 0 and now - copy.mtime > retention:
+                why = f"older than received_retention ({retention:g} s)"
+            elif quota > 0 and total > quota:
+                why = f"the endpoint's copies were over storage_quota_bytes ({quota})"
+            else:
+                continue
+            try:
+                copy.path.unlink()
+            except FileNotFoundError:
+                continue
+            total -= copy.size
+            removed.append(
+                Removal(name=str(copy.path.relative_to(root)), size=copy.size, reason=why)
+            )
+        _prune_empty_folders(root)
+    gone = {r.name for r in removed}
+    kept = [c for c in copies if str(c.path.relative_to(root)) not in gone]
+    return StorageUsage(
+        files=len(kept),
+        bytes=sum(c.size for c in kept),
+        oldest=min((c.mtime for c in kept), default=None),
+        removed=removed,
+    )
+
+
+def _prune_empty_folders(root: Path) -> None:
+    """Folders a sweep emptied (of a directory transfer) go too; the root stays."""
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        if any(part.startswith(".") for part in folder.relative_to(root).parts):
+            continue
+        try:
+            folder.rmdir()
+        except OSError:
+            continue  # not empty
