@@ -97,6 +97,7 @@ class Endpoint:
             ray.util.get_node_ip_address(), options.data_ports, options.connect_timeout
         )
         self._sending: dict[str, streams.Stopper] = {}
+        self._metrics = _RayMetrics(endpoint_id, options.cluster)
         self._lock = threading.Lock()
         self._streaming: Counter[Path] = Counter()
         """Files being sent by stream right now: a storage sweep spares them."""
@@ -144,6 +145,7 @@ class Endpoint:
             raise OSError(f"file shrank while being sent: wanted {length} bytes at {offset}")
         if source.running is not None:
             source.running.feed(offset, data)
+        self._metrics.sent.inc(length)
         return data, blake3.blake3(data.data).hexdigest()
 
     def close_source(self, transfer_id: str) -> str | None:
@@ -231,17 +233,24 @@ class Endpoint:
                 return CommitOutcome(False, error="not every chunk arrived verified")
             stream.close(keep_fd=True)
             journal.journal_path(stream.temp).unlink(missing_ok=True)
-            return _commit(stream.fd, stream.temp, stream.final, stream.whole_digest, expected)
+            done = _commit(stream.fd, stream.temp, stream.final, stream.whole_digest, expected)
+            return self._received(done, stream.size)
         sink = self._sinks.pop(transfer_id, None)
         if sink is None:
             return CommitOutcome(False, error="the transfer is not open here")
-        return _commit(
+        done = _commit(
             sink.fd,
             sink.temp,
             sink.final,
             lambda: sink.running.digest(sink.size) or file_blake3(sink.temp),
             expected,
         )
+        return self._received(done, sink.size)
+
+    def _received(self, done: CommitOutcome, size: int) -> CommitOutcome:
+        if done.ok:
+            self._metrics.received.inc(size)
+        return done
 
     # ---- the stream transport ---------------------------------------------------------
 
@@ -339,7 +348,7 @@ class Endpoint:
             source = self._source_path(path)
         stop = self._sending.setdefault(transfer_id, streams.Stopper())
         with self._sending_file(source), source.open("rb") as file:
-            return streams.send(
+            sent = streams.send(
                 file,
                 target,
                 transfer_id,
@@ -351,6 +360,8 @@ class Endpoint:
                 stop,
                 ratelimit.buckets(ratelimit.bucket_for(rate), self._egress),
             )
+        self._metrics.sent.inc(sent)
+        return sent
 
     @ray.method(concurrency_group="commit")
     def unpack_folder(self, transfer_id: str, bundle: str, folder: str) -> str:
@@ -501,8 +512,27 @@ class EndpointOptions:
     """Seconds a resumable partial file is kept, counted from its last write."""
     egress_limit: int = 0
     """Bytes per second all of this endpoint's sending shares, at most; 0: no limit."""
+    cluster: str = ""
+    """The CastRay cluster it belongs to: a tag of its Ray metrics."""
     ingress_limit: int = 0
     """Bytes per second all of this endpoint's receiving shares, at most; 0: no limit."""
+
+
+class _RayMetrics:
+    """This endpoint's byte counters as Ray metrics: a Ray cluster scraped by Prometheus shows
+    them on each node's metrics port, as ``ray_castray_endpoint_bytes_*_total``."""
+
+    def __init__(self, endpoint_id: str, cluster: str) -> None:
+        from ray.util.metrics import Counter as RayCounter
+
+        tags = {"endpoint": endpoint_id, "cluster": cluster}
+        keys = ("endpoint", "cluster")
+        self.sent = RayCounter(
+            "castray_endpoint_bytes_sent", "Bytes this endpoint sent.", keys
+        ).set_default_tags(tags)
+        self.received = RayCounter(
+            "castray_endpoint_bytes_received", "Verified bytes this endpoint received.", keys
+        ).set_default_tags(tags)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ class Fleet:
             orphan_timeout=tunables.orphan_timeout,
             partial_retention=tunables.partial_retention,
             egress_limit=tunables.endpoint_egress_limit,
+            cluster=cluster,
             ingress_limit=tunables.endpoint_ingress_limit,
         )
         self._emit = emit

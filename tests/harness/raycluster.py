@@ -36,6 +36,9 @@ class Raylet:
     ip: str
     process: subprocess.Popen[bytes]
     log: Path
+    metrics_port: int = 0
+    """Where this node exports Ray's metrics (and CastRay's, from its endpoints) for
+    Prometheus: ``http://IP:PORT/metrics``."""
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM the raylet's process group, SIGKILL what is left after ``grace``."""
@@ -193,6 +196,7 @@ class RayCluster:
         if self.run_as is not None:
             os.chown(temp_dir, self.run_as.uid, self.run_as.gid)
         log = self.root / f"raylet-{ip}.log"
+        metrics_port = free_port()
         command = [
             *(self.run_as.ray if self.run_as is not None else self.ray),
             "start",
@@ -202,6 +206,7 @@ class RayCluster:
             f"--temp-dir={temp_dir}",
             f"--num-cpus={num_cpus}",
             f"--dashboard-agent-listen-port={free_port()}",
+            f"--metrics-export-port={metrics_port}",
             f"--object-store-memory={self.object_store_bytes}",
             *extra,
         ]
@@ -219,7 +224,7 @@ class RayCluster:
                 # clone made by mktemp is 0700): the dashboard's subprocesses failed there.
                 cwd=temp_dir if self.run_as is not None else None,
             )
-        raylet = Raylet(ip=ip, process=process, log=log)
+        raylet = Raylet(ip=ip, process=process, log=log, metrics_port=metrics_port)
         self.raylets.append(raylet)
         return raylet
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import transfers as tx
 from tests.harness.raycluster import RayCluster, running_cluster
@@ -152,6 +153,45 @@ def test_external_endpoints_send_and_receive_within_their_cluster(
 
     assert done["status"] == "completed", done
     assert Path(done["recipients"][f"{name}-{A_WORKER}"]["path"]).read_bytes() == data
+
+
+def test_each_nodes_ray_metrics_port_shows_its_endpoints_counters(
+    server: CastRayServer, cluster_a: RayCluster
+) -> None:
+    """Prometheus scraping a Ray cluster finds CastRay's series next to Ray's own, on the node
+    where each endpoint runs, agreeing with the server's counters."""
+    name = f"ext-{cluster_a.address.replace(':', '-')}"
+    worker = next(r for r in cluster_a.raylets if r.ip == A_WORKER)
+    endpoint = f"{name}-{A_WORKER}"
+    connected = _call(
+        server, "POST", "/api/cluster/connect-external", json={"cluster_address": cluster_a.address}
+    )
+    assert connected.status_code == 200, connected.text
+    tx.upload_bytes(server, "metered-ext.bin", tx.random_bytes(200_000))
+    done = tx.send(
+        server, source_node=f"{name}-{A_HEAD}", file="metered-ext.bin", recipients=[endpoint]
+    )
+    assert done["status"] == "completed", done
+
+    def exported() -> float | None:
+        text = httpx.get(f"http://{A_WORKER}:{worker.metrics_port}/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if (
+                    sample.name == "ray_castray_endpoint_bytes_received_total"
+                    and sample.labels.get("endpoint") == endpoint
+                ):
+                    return sample.value
+        return None
+
+    received = server.nodes()[endpoint]["counters"]["bytes_received"]
+    assert received >= 200_000
+    wait_for(
+        lambda: exported() == received,
+        60,
+        f"the node's Ray metrics to show {endpoint} received {received} bytes",
+        interval=1,
+    )
 
 
 @pytest.mark.parametrize(
