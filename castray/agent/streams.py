@@ -289,10 +289,9 @@ class StreamSink:
         got = 0
         try:
             while got < length:
-                wanted = min(PIECE, length - got)
+                n = conn.recv_into(view[got:], min(PIECE, length - got))
                 if self.ingress is not None:
-                    self.ingress.take(wanted)
-                n = conn.recv_into(view[got:], wanted)
+                    self.ingress.take(n)  # what came: a read may bring less than it asks
                 if n == 0:
                     raise StreamError("the sender closed the stream in the middle of a chunk")
                 piece = view[got : got + n]

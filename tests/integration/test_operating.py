@@ -329,6 +329,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CastR
             "CASTRAY_METRICS_PUBLIC": "true",
             "CASTRAY_RECEIVED_RETENTION": "1h",
             "CASTRAY_STORAGE_SWEEP_INTERVAL": "0.5",
+            "CASTRAY_ENDPOINT_INGRESS_LIMIT": "5MiB/s",
         },
         token=TOKEN,
         ca_cert=certs.ca,
@@ -405,3 +406,21 @@ def test_the_periodic_sweep_removes_an_expired_copy_by_itself(
     )
     assert "received_retention" in logged[0]["message"]
     assert (server.data_dir / "library" / "aging.bin").exists(), "the library is not swept"
+
+
+@pytest.mark.parametrize("transport", ["stream", "object-store"])
+def test_an_ingress_limit_paces_what_an_endpoint_receives(
+    tls_server: tuple[CastRayServer, Certs], transport: str
+) -> None:
+    """Every endpoint of this server receives at most 5 MiB/s: 10 MiB take 2 s."""
+    server, _ = tls_server
+    tx.generate(server, f"inbound-{transport}.bin", "10MiB", "random")
+    done = tx.send(
+        server,
+        source_node="node_1",
+        file=f"inbound-{transport}.bin",
+        recipients=["node_2"],
+        transport=transport,
+    )
+    assert done["status"] == "completed", done
+    assert 2.0 * (1 - TOLERANCE) <= _seconds(done) <= 2.0 * (1 + TOLERANCE), _seconds(done)
