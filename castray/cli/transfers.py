@@ -43,7 +43,7 @@ from castray.models import (
     TransferStatus,
     Transport,
 )
-from castray.sizes import binary_size
+from castray.sizes import binary_size, parse_rate
 
 POLL_EVERY = 1.0
 """Seconds without a word about our transfer after which its state is fetched over REST."""
@@ -92,6 +92,8 @@ def send(
     recipients = [r.strip() for r in to.split(",") if r.strip()] if to else None
     if sum(map(bool, (recipients, group, everyone))) != 1:
         raise InvalidRequest("say who receives the file: exactly one of --to, --group or --all")
+    if rate is not None:
+        parse_rate(rate)  # a typo is told before anything is uploaded
     with Client(server, token) as client:
         name = _library_name(client, file, quiet=json_out)
         earlier = _unfinished(client, source, name, recipients)
@@ -278,8 +280,9 @@ def _print_outcome(transfer: Transfer) -> None:
             markup=False,
         )
     speed = f", {transfer.throughput_bps / 1e6:.1f} MB/s" if transfer.throughput_bps else ""
+    files = f"{transfer.folder_files} files, " if transfer.folder_files is not None else ""
     out.print(
-        f"{transfer.status.value}: {transfer.file.name} ({transfer.bytes_total} bytes) "
+        f"{transfer.status.value}: {transfer.file.name} ({files}{transfer.bytes_total} bytes) "
         f"from {transfer.source_node} by {transfer.transport.value}{speed}; "
         "every copy BLAKE3-verified"
         if transfer.status is TransferStatus.COMPLETED
