@@ -7,14 +7,10 @@ Each test asserts who fails, with which reason, within which bound, and what sta
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from castray.chunks import file_blake3
@@ -59,15 +55,8 @@ def raylet(cluster: RayCluster, ip: str) -> Raylet:
 
 
 def crash(cluster: RayCluster, ip: str) -> float:
-    """SIGKILL every process of the node, as a crashed host loses them: its ``ray start``
-    process group and every descendant (Ray may give a worker a process group of its own, and
-    the endpoint's actor must not outlive its raylet); when."""
-    started = raylet(cluster, ip).process.pid
-    processes = [psutil.Process(started), *psutil.Process(started).children(recursive=True)]
-    os.killpg(started, signal.SIGKILL)
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
+    """SIGKILL every process of the node (raylet, workers, the endpoint); when."""
+    raylet(cluster, ip).crash()
     return time.monotonic()
 
 

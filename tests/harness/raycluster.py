@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from tests.harness.waiting import free_port, wait_for
 
@@ -41,9 +42,12 @@ class Raylet:
     Prometheus: ``http://IP:PORT/metrics``."""
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM the raylet's process group, SIGKILL what is left after ``grace``."""
+        """SIGTERM the raylet's process group, SIGKILL what is left after ``grace``, and every
+        process it started (Ray may give a worker a process group of its own: an endpoint's
+        actor must not outlive its node)."""
         if self.process.poll() is not None:
             return
+        descendants = _descendants(self.process.pid)
         _signal_group(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(grace)
@@ -51,7 +55,12 @@ class Raylet:
             _signal_group(self.process.pid, signal.SIGKILL)
             self.process.wait()
         # Children may outlive the leader briefly; make sure the group is gone.
-        _signal_group(self.process.pid, signal.SIGKILL)
+        _kill_all(self.process.pid, descendants)
+
+    def crash(self) -> None:
+        """SIGKILL every process of the node at once, as a crashed host loses them."""
+        _kill_all(self.process.pid, _descendants(self.process.pid))
+        self.process.wait()
 
 
 @dataclass(frozen=True)
@@ -272,6 +281,20 @@ def running_cluster(
         yield cluster
     finally:
         cluster.stop()
+
+
+def _kill_all(group: int, processes: list[psutil.Process]) -> None:
+    _signal_group(group, signal.SIGKILL)
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
