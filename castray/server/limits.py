@@ -18,6 +18,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from castray.errors import FileTooLarge, TooManyRequests
 
 _BODIES_WITH_OWN_LIMIT = ("multipart/form-data",)
+_PATHS_WITH_OWN_LIMIT = frozenset({"/api/upload-folder"})
+"""A folder's tar stream: ``upload_limit_bytes`` bounds it, as it does a file upload."""
 
 
 class JsonBodyLimit:
@@ -33,7 +35,10 @@ class JsonBodyLimit:
             return
         headers = dict(scope["headers"])
         content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
-        if content_type.startswith(_BODIES_WITH_OWN_LIMIT):
+        if (
+            content_type.startswith(_BODIES_WITH_OWN_LIMIT)
+            or scope["path"] in _PATHS_WITH_OWN_LIMIT
+        ):
             await self._app(scope, receive, send)
             return
         declared = headers.get(b"content-length", b"")
@@ -66,7 +71,8 @@ class JsonBodyLimit:
     def _message(self) -> str:
         return (
             f"the request body is larger than {self._limit} bytes, the most this server takes "
-            "(CASTRAY_MAX_JSON_BYTES); send files with POST /api/upload"
+            "(CASTRAY_MAX_JSON_BYTES); send files with POST /api/upload, folders with POST "
+            "/api/upload-folder"
         )
 
     async def _refuse(self, send: Send) -> None:

@@ -168,13 +168,15 @@ def test_a_rate_that_cannot_be_read_is_refused_and_starts_nothing(server: CastRa
 
 
 def _album(root: Path, count: int) -> dict[str, bytes]:
-    """A tree of small files, some in sub-folders."""
+    """A tree of small files, some in sub-folders, and one of 3 MiB (a folder is bigger
+    than the limit of a JSON body)."""
     files = {
         f"{'raw/' if n % 3 == 0 else ''}{'2026/' if n % 5 == 0 else ''}img-{n:04}.jpg": (
             f"photo {n} ".encode() * (n % 50 + 1)
         )
         for n in range(count)
     }
+    files["clips/trip.mp4"] = tx.random_bytes(3 * MIB)
     for name, data in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
@@ -192,9 +194,9 @@ def test_a_folder_goes_as_one_transfer_and_arrives_as_the_same_tree(
     assert sent.returncode == 0, sent.stderr
     done = json.loads(sent.stdout)
     assert done["status"] == "completed", done
-    assert (done["file"]["name"], done["folder_files"]) == ("album/", 300)
+    assert (done["file"]["name"], done["folder_files"]) == ("album/", 301)
     recipient = done["recipients"]["node_2"]
-    assert recipient["files_done"] == 300
+    assert recipient["files_done"] == 301
     landed = Path(recipient["path"])
     assert landed == server.data_dir / "storage" / "node_2" / "album"
     for name, data in files.items():
@@ -206,7 +208,7 @@ def test_a_folder_goes_as_one_transfer_and_arrives_as_the_same_tree(
     assert hidden == [], "no bundle, staging or partial file is left"
     with server.client() as client:
         listed = {f["name"]: f for f in client.get("/api/files").json()}
-    assert listed["album/"]["files"] == 300
+    assert listed["album/"]["files"] == 301
 
 
 def test_a_folder_that_would_leave_its_tree_is_refused_and_nothing_is_kept(
