@@ -195,7 +195,7 @@ def alternate(contenders: dict[str, Callable[[], float]], reps: int) -> dict[str
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
             subprocess.run(["sync"], check=True)
             samples[name].append(contenders[name]())
-            print(f"  rep {rep + 1}: {name}: {samples[name][-1]:.2f} s", file=sys.stderr)
+            print(f"  rep {rep + 1}: {name}: {samples[name][-1]:.2f}", file=sys.stderr)
     return samples
 
 
@@ -439,21 +439,47 @@ def main() -> None:
         print_table(rows)
 
 
+def bare_files(root: Path, count: int) -> float:
+    """The yardstick: files per second this disk creates, ``count`` files of 4 KiB written
+    with open/write/close into 100 fresh folders, then one sync of the file system (what an
+    unpack does, without the bundle, the checks and the renames)."""
+    target = root / f"bare-{time.monotonic_ns()}"
+    payload = os.urandom(4096)
+    started = time.monotonic()
+    for i in range(count):
+        path = target / f"d{i % 100:02d}" / f"f{i:05d}.bin"
+        if i < 100:
+            path.parent.mkdir(parents=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, payload)
+        os.close(fd)
+    subprocess.run(["sync", "-f", str(target)], check=True)
+    seconds = time.monotonic() - started
+    shutil.rmtree(target)
+    return count / seconds
+
+
 def measure_folder(server: CastRayServer, root: Path, count: int, reps: int) -> Rows:
-    """The folder on each transport, alternated over ``reps``."""
-    runs = alternate(
-        {t: (lambda t=t: folder_files(server, root, count, t)) for t in ("stream", "object-store")},
-        reps,
-    )
-    return [
-        (
-            f"{count:,} x 4 KiB as one folder: {transport}",
-            f"{statistics.median(rates):.0f} files/s",
-            f"{min(rates):.0f}-{max(rates):.0f}"
-            + ("; target >= 2000" if transport == "stream" else ""),
+    """The folder on each transport, alternated over ``reps`` with the bare creation of as
+    many files on the same disk."""
+    bare_name = "bare: create the files"
+    contenders: dict[str, Callable[[], float]] = {bare_name: lambda: bare_files(root, count)}
+    for transport in ("stream", "object-store"):
+        contenders[transport] = lambda t=transport: folder_files(server, root, count, t)
+    runs = alternate(contenders, reps)
+    bare = statistics.median(runs.pop(bare_name))
+    rows = [(f"{count:,} x 4 KiB: bare file creation", f"{bare:.0f} files/s", "the disk's own")]
+    for transport, rates in runs.items():
+        median = statistics.median(rates)
+        target = "; target >= 2000" if transport == "stream" else ""
+        rows.append(
+            (
+                f"{count:,} x 4 KiB as one folder: {transport}",
+                f"{median:.0f} files/s",
+                f"{min(rates):.0f}-{max(rates):.0f}; {median / bare:.2f}x bare{target}",
+            )
         )
-        for transport, rates in runs.items()
-    ]
+    return rows
 
 
 def print_table(rows: Rows) -> None:
