@@ -145,7 +145,7 @@ class Endpoint:
             raise OSError(f"file shrank while being sent: wanted {length} bytes at {offset}")
         if source.running is not None:
             source.running.feed(offset, data)
-        self._metrics.sent.inc(length)
+        self._metrics.count_sent(length)
         return data, blake3.blake3(data.data).hexdigest()
 
     def close_source(self, transfer_id: str) -> str | None:
@@ -249,7 +249,7 @@ class Endpoint:
 
     def _received(self, done: CommitOutcome, size: int) -> CommitOutcome:
         if done.ok:
-            self._metrics.received.inc(size)
+            self._metrics.count_received(size)
         return done
 
     # ---- the stream transport ---------------------------------------------------------
@@ -360,7 +360,7 @@ class Endpoint:
                 stop,
                 ratelimit.buckets(ratelimit.bucket_for(rate), self._egress),
             )
-        self._metrics.sent.inc(sent)
+        self._metrics.count_sent(sent)
         return sent
 
     @ray.method(concurrency_group="commit")
@@ -533,6 +533,15 @@ class _RayMetrics:
         self.received = RayCounter(
             "castray_endpoint_bytes_received", "Verified bytes this endpoint received.", keys
         ).set_default_tags(tags)
+
+    # Ray's counters refuse an increment of 0 (an empty file): it is no bytes anyway.
+    def count_sent(self, count: int) -> None:
+        if count > 0:
+            self.sent.inc(count)
+
+    def count_received(self, count: int) -> None:
+        if count > 0:
+            self.received.inc(count)
 
 
 @dataclass(frozen=True)
