@@ -120,6 +120,7 @@ def unpack(bundle: Path, target: Path, staging: Path) -> int:
     staging.mkdir(parents=True)
     placed: list[str] = []
     folders: list[str] = []
+    files = 0
     made: set[Path] = {staging}
     try:
         with tarfile.open(bundle, "r:") as tar:
@@ -127,6 +128,7 @@ def unpack(bundle: Path, target: Path, staging: Path) -> int:
                 check_member(member)
                 _extract(tar, member, staging, made)
                 (folders if member.isdir() else placed).append(member.name)
+                files += member.isfile()
         _sync_filesystem(staging)
         if not target.exists():
             staging.replace(target)  # all of it appears at once
@@ -140,7 +142,7 @@ def unpack(bundle: Path, target: Path, staging: Path) -> int:
         _fsync_dirs(target, placed)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return sum(1 for name in placed if not (target / name).is_symlink())
+    return files
 
 
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path, made: set[Path]) -> None:

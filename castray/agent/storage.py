@@ -8,6 +8,7 @@ is a file the endpoint is sending right now.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,37 +52,38 @@ def sweep(
     rest fit in ``quota`` bytes (0: no such limit), sparing ``in_use``; what is left, and
     what went. ``remove=False`` only counts."""
     now = time.time() if now is None else now
+    root = root.resolve()  # the copies' paths then compare with ``in_use`` as they are
     in_use = {p.resolve() for p in in_use}
     copies = sorted(_copies(root), key=lambda c: c.mtime)
     total = sum(c.size for c in copies)
+    kept: list[_Copy] = []
     removed: list[Removal] = []
-    if remove:
-        for copy in copies:
-            if copy.path.resolve() in in_use:
-                continue
-            if retention > 0 and now - copy.mtime > retention:
-                why = f"older than received_retention ({retention:g} s)"
-            elif quota > 0 and total > quota:
-                why = f"the endpoint's copies were over storage_quota_bytes ({quota})"
-            else:
-                continue
-            try:
-                copy.path.unlink()
-            except FileNotFoundError:
-                continue
-            total -= copy.size
-            removed.append(
-                Removal(name=str(copy.path.relative_to(root)), size=copy.size, reason=why)
-            )
+    for copy in copies:
+        why = _why_remove(copy, now, retention, quota, total) if remove else None
+        if why is None or copy.path in in_use:
+            kept.append(copy)
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            copy.path.unlink()
+        total -= copy.size
+        removed.append(Removal(name=str(copy.path.relative_to(root)), size=copy.size, reason=why))
+    if removed:
         _prune_empty_folders(root)
-    gone = {r.name for r in removed}
-    kept = [c for c in copies if str(c.path.relative_to(root)) not in gone]
     return StorageUsage(
         files=len(kept),
         bytes=sum(c.size for c in kept),
         oldest=min((c.mtime for c in kept), default=None),
         removed=removed,
     )
+
+
+def _why_remove(copy: _Copy, now: float, retention: float, quota: int, total: int) -> str | None:
+    """Why ``copy`` goes (the copies older than it are gone already), or None."""
+    if retention > 0 and now - copy.mtime > retention:
+        return f"older than received_retention ({retention:g} s)"
+    if quota > 0 and total > quota:
+        return f"the endpoint's copies were over storage_quota_bytes ({quota})"
+    return None
 
 
 def _prune_empty_folders(root: Path) -> None:

@@ -252,32 +252,35 @@ class ClusterService:
             while True:
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, HEAL_MAX_DELAY)
-                wanted = self._wanted.get(name)
-                if wanted is None or _connected(self._by_name(name)):
+                if await self._healed(name):
                     return
-                address, token = wanted
-                try:
-                    parsed = parse_address(address)
-                    target = await self._resolve(parsed, token)
-                except CastRayError as exc:
-                    log.debug(
-                        "cluster %s does not answer yet: %s", name, exc, extra=about(cluster=name)
-                    )
-                    continue
-                if target.name != name:
-                    continue  # the address leads elsewhere now; keep waiting for this cluster
-                async with self._locks[name]:
-                    if self._wanted.get(name) != wanted or _connected(self._by_name(name)):
-                        return
-                    try:
-                        await self._connect(parsed, target)
-                    except CastRayError as exc:
-                        self._keep_listed(name, f"could not reconnect: {exc}; trying again")
-                        continue
-                log.info("cluster %s answers again: reconnected", name, extra=about(cluster=name))
-                return
         finally:
             self._healing.pop(name, None)
+
+    async def _healed(self, name: str) -> bool:
+        """One try at reconnecting ``name``: True once it is connected or no longer wanted."""
+        wanted = self._wanted.get(name)
+        if wanted is None or _connected(self._by_name(name)):
+            return True
+        address, token = wanted
+        try:
+            parsed = parse_address(address)
+            target = await self._resolve(parsed, token)
+        except CastRayError as exc:
+            log.debug("cluster %s does not answer yet: %s", name, exc, extra=about(cluster=name))
+            return False
+        if target.name != name:
+            return False  # the address leads elsewhere now; keep waiting for this cluster
+        async with self._locks[name]:
+            if self._wanted.get(name) != wanted or _connected(self._by_name(name)):
+                return True
+            try:
+                await self._connect(parsed, target)
+            except CastRayError as exc:
+                self._keep_listed(name, f"could not reconnect: {exc}; trying again")
+                return False
+        log.info("cluster %s answers again: reconnected", name, extra=about(cluster=name))
+        return True
 
     def _keep_listed(self, name: str, detail: str) -> None:
         """A wanted cluster stays listed, ``lost``, while it is being reconnected."""

@@ -9,6 +9,7 @@ the registry and the hub at scrape time, so it can never drift from what the API
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -118,25 +119,22 @@ class _StateCollector(Collector):
         endpoints = GaugeMetricFamily(
             "castray_endpoints", "Endpoints by cluster and state.", labels=("cluster", "state")
         )
-        for cluster in self._registry.clusters():
+        clusters = self._registry.clusters()
+        by_state = Tally((n.cluster, n.status) for n in nodes)
+        for cluster in clusters:
             for node_state in NodeStatus:
-                count = sum(
-                    1 for n in nodes if n.cluster == cluster.name and n.status is node_state
+                endpoints.add_metric(
+                    (cluster.name, node_state.value), by_state[cluster.name, node_state]
                 )
-                endpoints.add_metric((cluster.name, node_state.value), count)
         yield endpoints
-        clusters = GaugeMetricFamily(
+        states = Tally((c.status, c.is_external) for c in clusters)
+        family = GaugeMetricFamily(
             "castray_clusters", "Clusters by state.", labels=("state", "external")
         )
         for state in ClusterStatus:
             for external in (False, True):
-                count = sum(
-                    1
-                    for c in self._registry.clusters()
-                    if c.status is state and c.is_external is external
-                )
-                clusters.add_metric((state.value, str(external).lower()), count)
-        yield clusters
+                family.add_metric((state.value, str(external).lower()), states[state, external])
+        yield family
         yield GaugeMetricFamily(
             "castray_websocket_clients",
             "WebSocket clients subscribed to /ws.",

@@ -69,14 +69,8 @@ class StorageService:
     async def report(self) -> StorageReport:
         """Usage per endpoint as the endpoints count it now, and the latest removals."""
         endpoints, unreachable, _ = await self._ask(SweepStorage(remove=False))
-        settings = self._settings
-        return StorageReport(
-            endpoints=endpoints,
-            unreachable=unreachable,
-            received_retention=settings.received_retention or None,
-            storage_quota_bytes=settings.storage_quota_bytes or None,
-            removals=await asyncio.to_thread(self._history.removals, REMOVALS_SHOWN),
-        )
+        latest = await asyncio.to_thread(self._history.removals, REMOVALS_SHOWN)
+        return self._report(endpoints, unreachable, latest)
 
     async def sweep(self) -> StorageReport:
         """Sweep now; what is kept, and the removals of this sweep."""
@@ -96,12 +90,18 @@ class StorageService:
                 extra=about(endpoint=removal.endpoint, cluster=removal.cluster),
             )
             self._events.publish(CopyRemovedEvent(removal=removal))
+        return self._report(endpoints, unreachable, list(reversed(removals)))
+
+    def _report(
+        self, endpoints: list[EndpointStorage], unreachable: list[str], removals: list[CopyRemoval]
+    ) -> StorageReport:
+        settings = self._settings
         return StorageReport(
             endpoints=endpoints,
             unreachable=unreachable,
             received_retention=settings.received_retention or None,
             storage_quota_bytes=settings.storage_quota_bytes or None,
-            removals=list(reversed(removals)),
+            removals=removals,
         )
 
     async def _sweep_forever(self) -> None:
