@@ -32,6 +32,11 @@ ABORT_GRACE = 0.5
 """Seconds endpoints get to drop their partial files when the agent stops (it must exit
 within main.EXIT_GRACE)."""
 
+REJOIN_SETTLE_SECONDS = 60.0
+"""How long a raylet that joins at the address of an endpoint not yet known dead waits for that
+endpoint to be settled: dead (the host came back: it keeps the endpoint's id), or answering (a
+second raylet on that host: an id of its own). Ray takes up to ~30 s to see a crashed node."""
+
 Emit = Callable[[EndpointUpdate | EndpointRemoved], None]
 
 
@@ -50,6 +55,8 @@ class _Deployed:
     handle: Any
     probe: Any = None
     probed_at: float = field(default_factory=time.monotonic)
+    answered_sent_at: float = float("-inf")
+    """When the last probe it answered was sent: it was alive after that moment."""
     died: str | None = None
     """Why it is dead, once it is."""
 
@@ -85,6 +92,8 @@ class Fleet:
         self._endpoints: dict[str, _Deployed] = {}
         self._alive_nodes: dict[str, RayNode] = {}
         self._seen_nodes: set[str] = set()
+        self._rejoining: dict[str, float] = {}
+        """New Ray nodes at an address whose endpoint is not settled yet: since when."""
 
     # ---- the main loop's look at the cluster ----------------------------------------
 
@@ -95,17 +104,37 @@ class Fleet:
         alive = {n["NodeID"]: n for n in nodes if n.get("Alive")}
         with self._lock:
             self._alive_nodes = alive
-            for node_id, node in alive.items():
-                if node_id not in self._seen_nodes:
-                    self._seen_nodes.add(node_id)
-                    self._deploy_auto(node)
+            # Deaths first: a host that rejoined keeps its endpoint's id only if the endpoint
+            # it had is known dead when its new raylet is deployed on.
             for deployed in list(self._endpoints.values()):
                 if deployed.state.status is not NodeStatus.DEAD and (
                     deployed.state.ray_node_id not in alive
                 ):
                     self._mark_dead(deployed, "its Ray node left the cluster")
             self._collect_probes()
+            for node_id, node in alive.items():
+                if node_id not in self._seen_nodes and self._settled(node):
+                    self._seen_nodes.add(node_id)
+                    self._rejoining.pop(node_id, None)
+                    self._deploy_auto(node)
         return self._cluster_state(nodes, alive, available)
+
+    def _settled(self, node: RayNode) -> bool:
+        """Whether a new Ray node can get its endpoint now: nothing else claims its address,
+        or what does is dead, or answered since (then the node is a second raylet on that
+        host), or Ray had ``REJOIN_SETTLE_SECONDS`` to say. Meanwhile the endpoint is asked:
+        a crashed actor's probe fails at once with a refused connection."""
+        taken = self._endpoints.get(self._auto_id(node))
+        if taken is None or taken.state.status is NodeStatus.DEAD:
+            return True
+        now = time.monotonic()
+        since = self._rejoining.setdefault(node["NodeID"], now)
+        if taken.answered_sent_at >= since or now - since >= REJOIN_SETTLE_SECONDS:
+            return True
+        if taken.probe is None and taken.state.status is NodeStatus.ALIVE:
+            taken.probe = taken.handle.describe.remote()
+            taken.probed_at = now
+        return False
 
     def _cluster_state(
         self,
@@ -142,6 +171,7 @@ class Fleet:
                 except RayError as exc:
                     self._mark_dead(deployed, f"its actor stopped answering: {exc}")
                     continue
+                deployed.answered_sent_at = deployed.probed_at
                 if deployed.state.status is NodeStatus.STARTING:
                     self._set(
                         deployed,
@@ -256,9 +286,11 @@ class Fleet:
             )
         return found
 
+    def _auto_id(self, node: RayNode) -> str:
+        return f"{self._cluster}-{node['NodeManagerAddress']}"
+
     def _deploy_auto(self, node: RayNode) -> None:
-        address = node["NodeManagerAddress"]
-        endpoint_id = f"{self._cluster}-{address}"
+        endpoint_id = self._auto_id(node)
         taken = self._endpoints.get(endpoint_id)
         if taken is not None and taken.state.status is not NodeStatus.DEAD:
             # Two live raylets on one IP: keep ids distinct and still readable.

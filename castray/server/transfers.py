@@ -240,6 +240,12 @@ class TransferService:
                     extra=about(transfer_id=transfer_id),
                 )
                 return
+        log.warning(
+            "transfer %s not resumed: its nodes were alive but not ready after %d tries",
+            transfer_id,
+            AUTO_RESUME_ATTEMPTS,
+            extra=about(transfer_id=transfer_id),
+        )
 
     def _all_alive(self, endpoint_ids: list[str]) -> bool:
         registry = self._registry

@@ -158,13 +158,19 @@ class RayCluster:
 
     def add_worker(self, ip: str, num_cpus: int = 1) -> Raylet:
         """Join a worker and wait for it; on a busy machine a raylet can time out joining,
-        so a second try follows a first that did not make it."""
-        before = self.alive_nodes()
+        so a second try follows a first that did not make it. (It waits for a new alive node
+        at ``ip``, not for one more alive node: one that crashed a moment ago may still count
+        as alive, until Ray marks it dead as the new one joins.)"""
+        before = self._alive_ids()
         for attempt in (1, 2):
             raylet = self._start(ip, [f"--address={self.address}"], num_cpus)
             try:
                 wait_for(
-                    lambda: self.alive_nodes() > before,
+                    lambda: any(
+                        n["node_ip"] == ip and n["node_id"] not in before
+                        for n in self.list_nodes()
+                        if n["state"] == "ALIVE"
+                    ),
                     START_TIMEOUT,
                     f"worker {ip} to join {self.address}",
                 )
@@ -180,6 +186,9 @@ class RayCluster:
     def alive_nodes(self) -> int:
         """Alive nodes as Ray's State API (what ``ray list nodes`` uses) reports them."""
         return sum(1 for node in self.list_nodes() if node["state"] == "ALIVE")
+
+    def _alive_ids(self) -> set[str]:
+        return {n["node_id"] for n in self.list_nodes() if n["state"] == "ALIVE"}
 
     def list_nodes(self) -> list[dict[str, Any]]:
         response = httpx.get(f"{self.dashboard_url}/api/v0/nodes", headers=self._auth(), timeout=5)
