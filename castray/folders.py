@@ -24,9 +24,9 @@ from pathlib import Path, PurePosixPath
 from castray.errors import BadUpload
 
 BUNDLE_SUFFIX = ".castray-folder"
+"""The name a bundle has on a recipient until it is unpacked (after a leading dot)."""
 COPY_PIECE = 1024 * 1024
 """Bytes of a file copied out of a bundle at a time."""
-"""The name a bundle has on a recipient until it is unpacked (after a leading dot)."""
 
 
 @dataclass(frozen=True)

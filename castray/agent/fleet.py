@@ -206,10 +206,14 @@ class Fleet:
             _kill(deployed.handle)
         self._emit(EndpointRemoved(endpoint_id=endpoint_id))
 
-    def alive(self) -> list[str]:
-        """The ids of the endpoints that answer (not starting, not dead)."""
+    def alive_handles(self) -> dict[str, Any]:
+        """The actors of the endpoints that answer (not starting, not dead), by id."""
         with self._lock:
-            return [e for e, d in self._endpoints.items() if d.state.status is NodeStatus.ALIVE]
+            return {
+                e: d.handle
+                for e, d in self._endpoints.items()
+                if d.state.status is NodeStatus.ALIVE
+            }
 
     def handle(self, endpoint_id: str) -> Any:
         """The actor of an alive endpoint of this cluster."""
@@ -252,13 +256,9 @@ class Fleet:
     def abort_partials(self, grace: float = ABORT_GRACE) -> None:
         """Have every endpoint drop its partial files, waiting ``grace`` seconds at most (the
         agent is stopping: an actor killed while it receives would leave its ``.part``)."""
-        with self._lock:
-            if not ray.is_initialized():
-                return
-            alive = [
-                d.handle for d in self._endpoints.values() if d.state.status is NodeStatus.ALIVE
-            ]
-        aborts = [handle.abort_all.remote() for handle in alive]
+        if not ray.is_initialized():
+            return
+        aborts = [handle.abort_all.remote() for handle in self.alive_handles().values()]
         if aborts:
             ray.wait(aborts, num_returns=len(aborts), timeout=grace)
 

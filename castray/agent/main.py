@@ -325,10 +325,15 @@ class Agent:
         except OSError as exc:
             feed.abort()
             raise AgentFailure(f"cannot reach the agent of a recipient cluster: {exc}") from exc
+        self._opened(request_id, spec, run)
+        return size
+
+    def _opened(self, request_id: int, spec: StartTransfer | ImportTransfer, run: Run) -> None:
+        """A transfer's part is open here: it runs once its reply is sent (and a folder's
+        bundle is unpacked by each recipient that verified it)."""
         self._starting[request_id] = run
         if spec.unpack_to is not None:
             self._unpack[spec.transfer_id] = spec.unpack_to
-        return size
 
     def _open_stream(self, request_id: int, spec: StartTransfer | ImportTransfer) -> int:
         """Open this part's sinks on their data ports; the source (if here) starts sending
@@ -362,9 +367,7 @@ class Agent:
             self._fleet.death,
         )
         run.open()
-        self._starting[request_id] = run
-        if spec.unpack_to is not None:
-            self._unpack[spec.transfer_id] = spec.unpack_to
+        self._opened(request_id, spec, run)
         return plan.size
 
     def _member(self, endpoint_id: str, kind: Any) -> Any:
@@ -407,9 +410,7 @@ class Agent:
             self._on_transfer_message,
             size=spec.size,
         )
-        self._starting[request_id] = run
-        if spec.unpack_to is not None:
-            self._unpack[spec.transfer_id] = spec.unpack_to
+        self._opened(request_id, spec, run)
         return feed.address
 
     def _on_transfer_message(self, message: TransferMessage) -> None:
@@ -459,15 +460,11 @@ class Agent:
 
     def _sweep_storage(self, body: SweepStorage) -> StorageSwept:
         """Every alive endpoint sweeps its storage at once; a dead one is only named."""
-        refs, unreachable = {}, []
-        for endpoint_id in self._fleet.alive():
-            try:
-                handle = self._fleet.handle(endpoint_id)
-            except CastRayError:
-                unreachable.append(endpoint_id)
-                continue
-            refs[endpoint_id] = handle.sweep_storage.remote(body.retention, body.quota, body.remove)
-        swept = {}
+        refs = {
+            endpoint_id: handle.sweep_storage.remote(body.retention, body.quota, body.remove)
+            for endpoint_id, handle in self._fleet.alive_handles().items()
+        }
+        swept, unreachable = {}, []
         for endpoint_id, ref in refs.items():
             try:
                 swept[endpoint_id] = ray_get(ref)

@@ -36,12 +36,12 @@ class LocatedFile:
     def received_as(self) -> str:
         """The name the recipients store it under: the file's, or the bundle's until it is
         unpacked."""
-        if self.folder is None:
-            return self.name
-        return f".{self.name.rstrip('/')}{BUNDLE_SUFFIX}"
+        folder = self.unpack_to
+        return self.name if folder is None else f".{folder}{BUNDLE_SUFFIX}"
 
     @property
     def unpack_to(self) -> str | None:
+        """The folder each recipient unpacks the bundle into; None for a file."""
         return self.name.rstrip("/") if self.folder is not None else None
 
 
