@@ -18,6 +18,8 @@ from ray.exceptions import (
     RayTaskError,
 )
 
+from castray.errors import CastRayError
+
 _RAY_REASONS: list[tuple[type[BaseException], str]] = [
     (GetTimeoutError, "it did not answer in time"),
     (NodeDiedError, "its Ray node died"),
@@ -29,8 +31,11 @@ _RAY_REASONS: list[tuple[type[BaseException], str]] = [
 
 
 def cause_of(exc: BaseException) -> BaseException:
-    """The user's exception inside a Ray task error (an ``OSError`` raised by an actor, say)."""
+    """The user's exception inside a Ray task error (an ``OSError`` raised by an actor, say).
+    One of ours comes back as it was raised: its message is the words a user reads."""
     if isinstance(exc, RayTaskError):
+        if isinstance(exc.cause, CastRayError):
+            return exc.cause
         try:
             cause: BaseException = exc.as_instanceof_cause()
         except Exception:  # noqa: BLE001 - an exception Ray cannot rebuild stays Ray's
@@ -42,6 +47,8 @@ def cause_of(exc: BaseException) -> BaseException:
 def reason(exc: BaseException) -> str:
     """One line on why ``exc`` happened, without tracebacks or paths of the installation."""
     cause = cause_of(exc)
+    if isinstance(cause, CastRayError):
+        return cause.message
     if isinstance(cause, OSError):
         # Ray rebuilds an actor's OSError with the original as its only argument.
         inner = cause.args[0] if cause.args and isinstance(cause.args[0], OSError) else cause
