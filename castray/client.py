@@ -120,9 +120,15 @@ class Client:
         return ExternalInfo.model_validate(self._call("GET", "/api/cluster/external-info"))
 
     def generate(
-        self, size: str, content_type: str = "random", name: str | None = None
+        self,
+        size: str,
+        content_type: str = "random",
+        name: str | None = None,
+        overwrite: bool = False,
     ) -> GeneratedFile:
-        body = {"size": size, "content_type": content_type, "name": name}
+        """A generated library file; one of the same name is replaced only with ``overwrite``
+        (``FileExists`` otherwise)."""
+        body = {"size": size, "content_type": content_type, "name": name, "overwrite": overwrite}
         return GeneratedFile.model_validate(
             self._call("POST", "/api/file-generator/create", json=body)
         )

@@ -189,17 +189,33 @@ class LibraryFile(Snapshot):
 
 
 class UploadResult(Snapshot):
-    """``POST /api/upload``: the stored file."""
+    """``POST /api/upload``: the stored file; ``replaced`` when it took the place of a library
+    file of the same name (as ``cp`` does; transfers already reading that one keep reading
+    it whole)."""
 
     file: str
     size: int
     blake3: str
+    replaced: bool = False
 
 
 class ContentType(str, Enum):
     TEXT = "text"
     RANDOM = "random"
     PATTERN = "pattern"
+
+
+class FaultInjection(BaseModel):
+    """Test hook (``POST /api/nodes/{id}/faults``, only with ``enable_fault_injection``): what
+    the endpoint is to get wrong from now on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    corrupt_chunks: int = Field(0, ge=0, le=1000, description="Flip a byte in the next N chunks.")
+    refuse_data_connections: bool | None = Field(
+        None, description="Drop every data connection (false: accept them again)."
+    )
+    close_data_port: bool = Field(False, description="Close the data port, as if it died.")
 
 
 class GenerateRequest(BaseModel):
@@ -210,6 +226,9 @@ class GenerateRequest(BaseModel):
     size: str | int = Field(description='Bytes, or a number with a unit: "10KB", "55.5MB", "1GiB".')
     content_type: ContentType = ContentType.RANDOM
     name: str | None = None
+    overwrite: bool = Field(
+        False, description="Replace a library file of that name (refused with 409 otherwise)."
+    )
 
 
 class GeneratedFile(Snapshot):
@@ -468,13 +487,17 @@ class ConnectResult(Snapshot):
 
 class DiscoverExternalResult(Snapshot):
     """The manual's ``POST /api/cluster/discover-external`` answer; ``chosen`` is the GCS
-    address of the cluster this call connected, ``reason`` why it was that one."""
+    address of the cluster this call connected (or found connected), ``reason`` why it was
+    that one. ``success`` is false when nothing was chosen; then ``candidates`` lists the GCS
+    addresses of the clusters to pick from, and ``message`` says how."""
 
     success: bool
     message: str
     discovered_clusters: list[DiscoveredCluster]
     chosen: str | None = None
+    cluster: str | None = Field(None, description="CastRay's name of the chosen cluster.")
     reason: str | None = None
+    candidates: list[str] = Field(default_factory=list)
     connected_cluster: str | None
     external_nodes: dict[str, Node]
 

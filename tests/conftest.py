@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +29,17 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CastRa
     args = ("--demo-nodes", str(DEMO_NODES))
     with serving(root / "data", *args, alive=1 + DEMO_NODES, env={"HOME": str(home)}) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def ray_tmpdir() -> Iterator[Path]:
+    """Ray's default temp dir for one test module (``RAY_TMPDIR``): where a cluster started as
+    the user's manual starts one (``ray start --head``, no ``--temp-dir``) records itself as the
+    last one ``ray start`` started; give a server the same ``RAY_TMPDIR`` and its discovery
+    reads that record, not the machine's. Short: Ray's socket paths must stay below 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="castray-rt-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

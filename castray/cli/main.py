@@ -235,20 +235,26 @@ def demo(
     token: TokenOption = None,
     size: Annotated[str, typer.Option(help="Size of the generated demo file.")] = "10MB",
 ) -> None:
-    """Discover and connect external clusters, then send a file to every external node."""
+    """Discover and connect the external cluster Ray's own rule names (RAY_ADDRESS, else the
+    last 'ray start', else the only one), then send a file to each of its nodes; with several
+    clusters and nothing to tell them apart, connect and send nothing."""
     with Client(server, token) as client:
         found = client.discover_and_connect()
         out.print(f"[bold]1. discover[/]: {escape(found.message)}")
-        if not found.success:
+        if not found.success or found.cluster is None:
             raise typer.Exit(code=1)
         info = client.external_info()
-        cli_clusters.print_connected(info.clusters)
-        targets = sorted(n.id for n in info.external_nodes.values() if n.status.value == "alive")
+        cli_clusters.print_connected([c for c in info.clusters if c.name == found.cluster])
+        targets = sorted(
+            n.id
+            for n in info.external_nodes.values()
+            if n.cluster == found.cluster and n.status.value == "alive"
+        )
         out.print(f"[bold]2. external nodes[/]: {', '.join(targets) or 'none alive'}")
         if not targets:
             raise typer.Exit(code=1)
         source = _home_source(client)
-        made = client.generate(size, "random", f"castray-demo-{size}.bin")
+        made = client.generate(size, "random", f"castray-demo-{size}.bin", overwrite=True)
         digest = made.blake3[:16]
         out.print(
             f"[bold]3. send[/] {escape(made.file)} ({made.size} B, BLAKE3 {digest}…) from {source}"

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import httpx
 
 from castray.config import Settings
-from castray.errors import CastRayError, Conflict, InvalidRequest, NotFound
+from castray.errors import CastRayError, ClusterUnreachable, Conflict, InvalidRequest, NotFound
 from castray.models import (
     ClusterDiscoveredEvent,
     ClusterInfo,
@@ -51,7 +51,7 @@ from castray.ray_address import (
     version_mismatch,
 )
 from castray.server import local_clusters
-from castray.server.discovery import Choice, choose, discover
+from castray.server.discovery import Choice, NoChoice, choose, discover, recorded_address
 from castray.server.events import EventHub
 from castray.server.local_clusters import LocalCluster
 from castray.server.logs import about
@@ -65,6 +65,9 @@ HEAL_FIRST_DELAY = 1.0
 """Seconds before the first attempt to reconnect a cluster that went down; doubling after."""
 HEAL_MAX_DELAY = 15.0
 """Seconds between attempts to reconnect a cluster that stays down, at most."""
+UNREACHABLE_ANSWER_PROBES = 2
+"""An unreachable address is answered no sooner than this many probe timeouts (a dashboard
+probe and a gRPC probe): what a port that is open but not Ray's takes anyway."""
 
 
 @dataclass(frozen=True)
@@ -154,21 +157,32 @@ class ClusterService:
 
     async def discover_and_connect(
         self,
-    ) -> tuple[list[DiscoveredCluster], Choice | None, ClusterInfo | None]:
-        """Connect the cluster the user most likely means (see ``discovery.choose``)."""
+    ) -> tuple[list[DiscoveredCluster], Choice | NoChoice, ClusterInfo | None]:
+        """Connect the cluster Ray's own rule names (see ``discovery.choose``), or nothing."""
         local = await asyncio.to_thread(local_clusters.scan)
         found = await self._discover(local)
-        choice = choose(found, self._named_by_ray_address(local))
-        if choice is None:
-            return found, None, None
+        named, named_cluster = self._named_by_ray_address(local)
+        recorded = await asyncio.to_thread(recorded_address)
+        recorded_cluster = self._find_local(local, recorded) if recorded else None
+        choice = choose(found, named, named_cluster, recorded_cluster)
+        if isinstance(choice, NoChoice):
+            log.info("discovery connected nothing: %s", choice.reason)
+            return found, choice, None
         log.info("discovery chose %s: %s", choice.cluster.gcs_address, choice.reason)
         return found, choice, await self.connect(choice.cluster.gcs_address, None)
 
     async def connect(self, address: str, ray_token: str | None) -> ClusterInfo:
         """Connect an external cluster, or answer the one already connected; errors say what
-        was tried."""
+        was tried. "Nothing answers as Ray there" takes as long whatever the port's state
+        (refused, silent, or something else listening), so that connect is no port scanner."""
         parsed = parse_address(address)
-        target = await self._resolve(parsed, ray_token)
+        started = asyncio.get_running_loop().time()
+        try:
+            target = await self._resolve(parsed, ray_token)
+        except ClusterUnreachable:
+            floor = UNREACHABLE_ANSWER_PROBES * self._settings.probe_timeout
+            await asyncio.sleep(max(0.0, started + floor - asyncio.get_running_loop().time()))
+            raise
         async with self._locks[target.name]:
             try:
                 connected = await self._connect(parsed, target)
@@ -328,13 +342,27 @@ class ClusterService:
             return home.session_name == cluster.session_name
         return same_endpoint(home.address, cluster.gcs_address)
 
-    def _named_by_ray_address(self, local: dict[str, LocalCluster]) -> LocalCluster | None:
-        """The cluster on this machine that ``RAY_ADDRESS`` names, if it is one."""
+    def _named_by_ray_address(
+        self, local: dict[str, LocalCluster]
+    ) -> tuple[str | None, LocalCluster | None]:
+        """``RAY_ADDRESS``, and the cluster on this machine it points at; ignored when unset,
+        ``auto``, or when it names CastRay's own home (it was taken for that)."""
         named = os.environ.get("RAY_ADDRESS", "").strip()
         if not named or named in ("auto", "local"):
-            return None
+            return None, None
+        cluster = self._find_local(local, named)
+        if cluster is not None and self._is_home(cluster):
+            return None, None
+        return named, cluster
+
+    @staticmethod
+    def _find_local(local: dict[str, LocalCluster], address: str) -> LocalCluster | None:
+        """The cluster on this machine at ``address`` (a GCS ``host:port`` as Ray records it,
+        or what a user typed), if any."""
+        if address in local:
+            return local[address]
         try:
-            return local_clusters.find(local, parse_address(named))
+            return local_clusters.find(local, parse_address(address))
         except InvalidRequest:
             return None
 

@@ -3,18 +3,26 @@ most likely means.
 
 The processes on this machine name every live cluster (``local_clusters``); each dashboard is
 then asked, in parallel and briefly, for its Ray version, its authentication mode and its
-nodes. When asked to connect one, discovery chooses like Ray's own tools do: the cluster
-``RAY_ADDRESS`` names, then the most recently started of the clusters run by CastRay's own
-user ("the latest cluster", as ``ray status`` puts it). A cluster run by another user is
-listed, with its owner, but never chosen: it is connected only when a user asks by address.
+nodes. When asked to connect one, discovery chooses exactly as Ray's own tools do
+(``canonicalize_bootstrap_address_or_die`` in ``ray/_private/services.py``): the cluster
+``RAY_ADDRESS`` names; else the cluster the last ``ray start`` recorded (``ray_current_cluster``
+in Ray's temp dir), when it is alive and CastRay can join it; else the only cluster CastRay can
+join, if there is exactly one. Otherwise it connects nothing and says which clusters there are
+and how to pick one: on a machine where several clusters of one user run (a shared account, a
+CI runner), guessing would join someone else's. A cluster run by another user is listed, with
+its owner, but never chosen: it is connected only when a user asks by address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -111,25 +119,106 @@ async def discover(
         )
 
 
-def choose(found: list[DiscoveredCluster], named: LocalCluster | None) -> Choice | None:
-    """The cluster to connect: ``RAY_ADDRESS``'s (``named``), else the newest of the user's
-    own clusters that is not connected and can be joined; never another user's."""
-    joinable = [c for c in found if c.own and not c.connected and _joinable(c)]
-    if named is not None:
-        for cluster in joinable:
-            if cluster.gcs_address == named.gcs_address:
-                return Choice(cluster, "it is the cluster RAY_ADDRESS names")
-    if not joinable:
+@dataclass(frozen=True)
+class NoChoice:
+    """Why discovery connects nothing, with the clusters a user may pick from."""
+
+    reason: str
+    candidates: list[DiscoveredCluster]
+
+
+HOW_TO_PICK = (
+    'pick one: POST /api/cluster/connect-external {"cluster_address": "<GCS or dashboard>"} '
+    "('castray clusters connect ADDRESS'), or start CastRay with RAY_ADDRESS=<GCS address>"
+)
+
+
+def recorded_address() -> str | None:
+    """The GCS address Ray recorded for the cluster the last ``ray start`` on this machine
+    started (``<temp>/ray/ray_current_cluster``, found as Ray finds its default temp dir)."""
+    if "RAY_TMPDIR" in os.environ:
+        base = os.environ["RAY_TMPDIR"]
+    elif sys.platform.startswith("linux") and "TMPDIR" in os.environ:
+        base = os.environ["TMPDIR"]
+    elif sys.platform.startswith(("linux", "darwin")):
+        base = "/tmp"  # noqa: S108 - where Ray itself looks, whatever tempfile says
+    else:
+        base = tempfile.gettempdir()
+    try:
+        text = (Path(base) / "ray" / "ray_current_cluster").read_text(encoding="utf-8").strip()
+    except OSError:
         return None
-    newest = joinable[0]
-    started = f" (started {newest.started_at:%H:%M:%S} UTC)" if newest.started_at else ""
-    if newest is next(c for c in found if c.own):
-        return Choice(newest, f"it is the most recently started of your Ray clusters{started}")
-    return Choice(
-        newest,
-        "it is the most recently started of your Ray clusters that CastRay can join and has "
-        f"not connected yet{started}",
+    return text or None
+
+
+def choose(
+    found: list[DiscoveredCluster],
+    named: str | None,
+    named_cluster: LocalCluster | None,
+    recorded: LocalCluster | None,
+) -> Choice | NoChoice:
+    """The cluster to connect, by Ray's own rule (see the module docstring): ``named`` is
+    ``RAY_ADDRESS`` (and ``named_cluster`` the cluster it points at), ``recorded`` the cluster
+    of the last ``ray start``. Clusters already connected count: the answer may be one."""
+    joinable = [c for c in found if c.own and _joinable(c)]
+    if named is not None:
+        return _named(found, joinable, named, named_cluster)
+    if recorded is not None:
+        for cluster in joinable:
+            if cluster.gcs_address == recorded.gcs_address:
+                return Choice(
+                    cluster,
+                    "it is the cluster the last 'ray start' on this machine started, as Ray "
+                    f"recorded it (the one 'ray status' uses){_started(cluster)}",
+                )
+    if len(joinable) == 1:
+        return Choice(
+            joinable[0],
+            f"it is the only Ray cluster of yours CastRay can join{_started(joinable[0])}",
+        )
+    if not joinable:
+        return NoChoice(
+            f"found {len(found)} Ray cluster(s), none of yours that CastRay can join without "
+            "being told (see each cluster's detail); connect one with POST "
+            "/api/cluster/connect-external",
+            [],
+        )
+    listed = "; ".join(_describe(c) for c in joinable)
+    return NoChoice(
+        f"found {len(joinable)} Ray clusters of yours that CastRay can join ({listed}), and "
+        "neither RAY_ADDRESS nor Ray's record of the last 'ray start' says which is meant; "
+        "nothing was connected: " + HOW_TO_PICK,
+        joinable,
     )
+
+
+def _named(
+    found: list[DiscoveredCluster],
+    joinable: list[DiscoveredCluster],
+    named: str,
+    cluster: LocalCluster | None,
+) -> Choice | NoChoice:
+    """``RAY_ADDRESS`` decides alone, as it does for Ray: no other cluster is guessed."""
+    match = next((c for c in found if cluster and c.gcs_address == cluster.gcs_address), None)
+    if match is None:
+        why = f"RAY_ADDRESS is {named!r}, which names no Ray cluster running on this machine"
+    elif match not in joinable:
+        owner = "" if match.own else f" (run by {match.owner or 'another user'})"
+        detail = match.detail or "CastRay cannot join it"
+        why = f"RAY_ADDRESS names the cluster at {match.gcs_address}{owner}: {detail}"
+    else:
+        return Choice(match, "it is the cluster RAY_ADDRESS names")
+    return NoChoice(f"{why}; nothing was connected: " + HOW_TO_PICK, joinable)
+
+
+def _started(cluster: DiscoveredCluster) -> str:
+    return f" (started {cluster.started_at:%H:%M:%S} UTC)" if cluster.started_at else ""
+
+
+def _describe(cluster: DiscoveredCluster) -> str:
+    started = f", started {cluster.started_at:%Y-%m-%d %H:%M:%S} UTC" if cluster.started_at else ""
+    dashboard = f", dashboard {cluster.dashboard_url}" if cluster.dashboard_url else ""
+    return f"GCS {cluster.gcs_address}{dashboard}, run by {cluster.owner or '?'}{started}"
 
 
 def _joinable(cluster: DiscoveredCluster) -> bool:

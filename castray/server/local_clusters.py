@@ -6,6 +6,11 @@ Ray records each running cluster in the command lines of its processes: a raylet
 serves and its port. Reading those finds every live cluster whatever its ports or temp dir,
 never a stale session of one that has stopped, and tells who runs it (the processes' user),
 since when (its oldest raylet's start) and with which Ray (the install the raylet runs from).
+Which addresses reach a cluster is read from the sockets its processes listen on (the GCS,
+the dashboard, the Ray Client server): an address a user types points at a cluster only if it
+reaches one of those exactly (the same IP, or a socket listening on all of this machine's
+addresses), never "the same port on some local address" (another local user may listen on
+127.0.0.81 at the port a dashboard has on 127.0.0.80, and must not be taken for it).
 Reading process tables blocks: call ``scan`` from a worker thread.
 """
 
@@ -28,7 +33,6 @@ from castray.ray_address import (
     RayAddress,
     clean_version,
     is_this_machine,
-    same_endpoint,
     split_host_port,
 )
 
@@ -48,6 +52,10 @@ class LocalCluster:
     owner_uid: int | None = None
     started_at: float = float("inf")
     ray_version: str | None = None
+    pids: set[int] = field(default_factory=set)
+    """Its processes on this machine: raylets, GCS, dashboard, Ray Client servers."""
+    listening: set[tuple[str, int]] = field(default_factory=set)
+    """The (IP, port) its processes listen on; ``0.0.0.0`` or ``::`` for all addresses."""
 
     @property
     def owner(self) -> str | None:
@@ -71,14 +79,30 @@ class LocalCluster:
         return datetime.fromtimestamp(self.started_at, timezone.utc)
 
     def serves(self, address: RayAddress) -> bool:
-        """Whether the address a user typed points at this cluster."""
-        if address.kind is AddressKind.CLIENT:
-            return address.port in self.client_ports and is_this_machine(address.bare_host)
-        if self.dashboard and same_endpoint(address.host_port, self.dashboard):
-            return True
-        return address.kind is AddressKind.HOST_PORT and same_endpoint(
-            address.host_port, self.gcs_address
-        )
+        """Whether the address a user typed (its host resolved to an IP) reaches this
+        cluster's dashboard, GCS or Ray Client server: a socket of the cluster listens at that
+        very address, or on all addresses of this machine. Without its sockets (they could not
+        be read), only the addresses its command lines record count, exactly."""
+        ports = self._ports_for(address.kind)
+        if address.port not in ports:
+            return False
+        ip = address.bare_host
+        if self.listening:
+            return any(
+                port == address.port
+                and (host == ip or (host in ("0.0.0.0", "::") and is_this_machine(ip)))
+                for host, port in self.listening
+            )
+        recorded = [self.dashboard, self.gcs_address]
+        return any(r is not None and split_host_port(r) == (ip, address.port) for r in recorded)
+
+    def _ports_for(self, kind: AddressKind) -> set[int]:
+        if kind is AddressKind.CLIENT:
+            return set(self.client_ports)
+        ports = {split_host_port(self.dashboard)[1]} if self.dashboard else set()
+        if kind is AddressKind.HOST_PORT:
+            ports.add(split_host_port(self.gcs_address)[1])
+        return ports
 
 
 def _flag(command: str, *names: str) -> str | None:
@@ -92,10 +116,12 @@ def _flag(command: str, *names: str) -> str | None:
 
 
 def scan() -> dict[str, LocalCluster]:
-    """Live clusters on this machine, by GCS address (reads process command lines)."""
+    """Live clusters on this machine, by GCS address (reads process command lines, and the
+    sockets of the user's own processes)."""
     found: dict[str, LocalCluster] = {}
-    clients: list[tuple[str, int]] = []
-    attrs = ["name", "cmdline", "uids", "create_time"]
+    clients: list[tuple[str, int, int]] = []
+    by_session: dict[str, set[int]] = {}
+    attrs = ["pid", "name", "cmdline", "uids", "create_time"]
     for process in psutil.process_iter(attrs):
         args = process.info.get("cmdline") or []
         if not args:
@@ -106,11 +132,36 @@ def scan() -> dict[str, LocalCluster]:
         elif "ray.util.client.server" in args:
             gcs, client_port = _flag(command, "--address"), _flag(command, "--port")
             if gcs and client_port and client_port.isdigit():
-                clients.append((gcs, int(client_port)))
-    for gcs, port in clients:
+                clients.append((gcs, int(client_port), process.info["pid"]))
+        elif args[0].endswith("/gcs_server") or "dashboard/dashboard.py" in command:
+            session = _flag(command, "--session-name") or _session_of(
+                _flag(command, "--session-dir")
+            )
+            if session:
+                by_session.setdefault(session, set()).add(process.info["pid"])
+    for gcs, port, pid in clients:
         if gcs in found:
             found[gcs].client_ports.add(port)
+            found[gcs].pids.add(pid)
+    for cluster in found.values():
+        cluster.pids |= by_session.get(cluster.session_name or "", set())
+        cluster.listening = _listening(cluster.pids)
     return found
+
+
+def _session_of(session_dir: str | None) -> str | None:
+    return Path(session_dir).name if session_dir else None
+
+
+def _listening(pids: set[int]) -> set[tuple[str, int]]:
+    """The TCP addresses these processes listen on (those of other users cannot be read)."""
+    listening: set[tuple[str, int]] = set()
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            for conn in psutil.Process(pid).net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr:
+                    listening.add((str(conn.laddr.ip), int(conn.laddr.port)))
+    return listening
 
 
 def _add_raylet(
@@ -128,6 +179,7 @@ def _add_raylet(
         ip = _flag(command, "--node_ip_address", "--node-ip-address")
         if ip:
             cluster.node_ips.add(ip)
+        cluster.pids.add(info["pid"])
         created = info.get("create_time")
         if isinstance(created, float) and created < cluster.started_at:
             cluster.started_at = created

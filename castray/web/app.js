@@ -15,6 +15,7 @@ function el(tag, attrs = {}, ...children) {
     if (key === "class") node.className = value;
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key === "style") node.style.cssText = value; // CSSOM: allowed by the page's CSP
     else node.setAttribute(key, value === true ? "" : value);
   }
   node.append(...children.flat().filter((c) => c !== null && c !== undefined));
@@ -495,7 +496,8 @@ async function discover() {
     state.discovered = result.discovered_clusters;
     schedule("clusters");
     refreshClusters();
-    notify(result.message, result.success ? "info" : "error");
+    // Nothing chosen among several clusters is not an error: the list shows them to pick from.
+    notify(result.message, result.success || result.candidates.length ? "info" : "error");
   });
 }
 

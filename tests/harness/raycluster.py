@@ -90,6 +90,11 @@ class RayCluster:
     ray: list[str] = field(default_factory=lambda: [RAY])
     """The command that runs Ray's CLI (another release's, for instance)."""
     run_as: RunAs | None = None
+    ray_tmpdir: Path | None = None
+    """Start the head as the manual's ``ray start --head`` does, with no ``--temp-dir``: Ray
+    then uses its default temp dir (``RAY_TMPDIR/ray``, private to the test) and records the
+    cluster there as the last one started, where Ray's tools and CastRay's discovery look
+    (give the server the same ``RAY_TMPDIR``)."""
     raylets: list[Raylet] = field(default_factory=list)
     _temp_dirs: list[Path] = field(default_factory=list)
 
@@ -122,6 +127,8 @@ class RayCluster:
         else:
             env["RAY_AUTH_MODE"] = "token"
             env["RAY_AUTH_TOKEN"] = self.auth_token
+        if self.ray_tmpdir is not None:
+            env["RAY_TMPDIR"] = str(self.ray_tmpdir)
         return env | self.ray_env
 
     def start_head(self, num_cpus: int = 1) -> RayCluster:
@@ -209,7 +216,13 @@ class RayCluster:
 
     def _start(self, ip: str, extra: list[str], num_cpus: int) -> Raylet:
         # Ray's socket paths live under the temp dir and must stay below 108 bytes.
-        temp_dir = Path(tempfile.mkdtemp(prefix=f"castray-test-{ip}-"))
+        recorded = self.ray_tmpdir is not None and "--head" in extra
+        if recorded:
+            assert self.ray_tmpdir is not None
+            temp_dir = self.ray_tmpdir / "ray"
+            temp_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            temp_dir = Path(tempfile.mkdtemp(prefix=f"castray-test-{ip}-"))
         self._temp_dirs.append(temp_dir)
         if self.run_as is not None:
             os.chown(temp_dir, self.run_as.uid, self.run_as.gid)
@@ -221,7 +234,7 @@ class RayCluster:
             "--block",
             "--disable-usage-stats",
             f"--node-ip-address={ip}",
-            f"--temp-dir={temp_dir}",
+            *([] if recorded else [f"--temp-dir={temp_dir}"]),
             f"--num-cpus={num_cpus}",
             f"--dashboard-agent-listen-port={free_port()}",
             f"--metrics-export-port={metrics_port}",

@@ -1,5 +1,6 @@
-"""The manual on a machine where other Ray clusters run too: discovery picks the cluster the
-user means, a restarted cluster reconnects, ``ray://`` works, one cluster has one name."""
+"""The manual on a machine where other Ray clusters run too: discovery picks the cluster Ray's
+own rule names or nothing, a restarted cluster reconnects, ``ray://`` works, one cluster has
+one name."""
 
 from __future__ import annotations
 
@@ -30,11 +31,12 @@ OTHER_RAY_RELEASE = "2.40.0"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CastRayServer]:
-    """CastRay over its embedded home, with a private HOME (so ``~/.ray`` can be checked)."""
+def server(tmp_path_factory: pytest.TempPathFactory, ray_tmpdir: Path) -> Iterator[CastRayServer]:
+    """CastRay over its embedded home, with a private HOME (so ``~/.ray`` can be checked),
+    reading Ray's record of the last ``ray start`` in the module's own temp dir."""
     root = tmp_path_factory.mktemp("busy-server")
     (root / "home").mkdir()
-    env = {"HOME": str(root / "home")}
+    env = {"HOME": str(root / "home"), "RAY_TMPDIR": str(ray_tmpdir)}
     with serving(root / "data", "--demo-nodes", "1", alive=2, env=env) as server:
         yield server
 
@@ -88,34 +90,57 @@ def _send_and_check(server: CastRayServer, source: str, recipient: str, name: st
     assert Path(done["recipients"][recipient]["path"]).read_bytes() == data
 
 
-def test_discovery_connects_the_cluster_started_last_and_says_why(
+def test_discovery_connects_the_manuals_cluster_not_the_one_started_after_it(
+    server: CastRayServer, tmp_path: Path, ray_tmpdir: Path
+) -> None:
+    """The manual's ``ray start --head --dashboard-port=...``, then another cluster of the same
+    user with its own ports and temp dir: discovery connects the manual's, the one Ray recorded
+    for the last ``ray start`` (as ``ray status`` and ``ray.init()`` would use it)."""
+    _disconnect_all(server)
+    with (
+        running_cluster(tmp_path / "manual", OLDER, ray_tmpdir=ray_tmpdir) as manual,
+        running_cluster(tmp_path / "newer", NEWER) as newer,
+    ):
+        first = _discover_external(server)
+        info = _call(server, "GET", "/api/cluster/external-info").json()
+        _disconnect_all(server)
+
+    assert first["success"] is True, first["message"]
+    assert first["chosen"] == manual.address
+    assert first["cluster"] == _name(manual)
+    assert "last 'ray start'" in first["reason"]
+    assert manual.address in first["message"] and first["reason"] in first["message"]
+    assert first["connected_cluster"] == f"{OLDER}:{manual.dashboard_port}"
+    assert [c["name"] for c in info["clusters"]] == [_name(manual)]
+    listed = {c["gcs_address"]: c for c in first["discovered_clusters"]}
+    assert listed[newer.address]["own"] is True
+    assert listed[newer.address]["connected"] is False
+    assert listed[newer.address]["owner"] == "root" or os.geteuid() != 0
+    assert listed[newer.address]["started_at"] > listed[manual.address]["started_at"]
+
+
+def test_with_several_clusters_and_no_record_discovery_connects_nothing_and_lists_them(
     server: CastRayServer, tmp_path: Path
 ) -> None:
     _disconnect_all(server)
     with (
-        running_cluster(tmp_path / "older", OLDER) as older,
-        running_cluster(tmp_path / "newer", NEWER) as newer,
+        running_cluster(tmp_path / "one", OLDER) as one,
+        running_cluster(tmp_path / "two", NEWER) as two,
     ):
-        first = _discover_external(server)
-        second = _discover_external(server)
+        answer = _discover_external(server)
         info = _call(server, "GET", "/api/cluster/external-info").json()
+        picked = _connect(server, two.address)
         _disconnect_all(server)
 
-    assert first["success"] is True
-    assert first["chosen"] == newer.address
-    assert "most recently started" in first["reason"]
-    assert newer.address in first["message"] and first["reason"] in first["message"]
-    assert first["connected_cluster"] == f"{NEWER}:{newer.dashboard_port}"
-    assert second["chosen"] == older.address
-    assert "not connected yet" in second["reason"]
-    # connected_cluster names the cluster connected most recently.
-    assert second["connected_cluster"] == f"{OLDER}:{older.dashboard_port}"
-    assert info["connected_cluster"] == f"{OLDER}:{older.dashboard_port}"
-    assert {c["name"] for c in info["clusters"]} == {_name(older), _name(newer)}
-    listed = {c["gcs_address"]: c for c in first["discovered_clusters"]}
-    assert listed[newer.address]["own"] is True
-    assert listed[newer.address]["owner"] == "root" or os.geteuid() != 0
-    assert listed[newer.address]["started_at"] > listed[older.address]["started_at"]
+    assert answer["success"] is False
+    assert answer["chosen"] is None and answer["cluster"] is None
+    assert {one.address, two.address} <= set(answer["candidates"])
+    message = answer["message"]
+    assert "nothing was connected" in message
+    assert "connect-external" in message and "RAY_ADDRESS" in message
+    assert one.address in message and two.address in message
+    assert info["clusters"] == [] and info["is_connected"] is False
+    assert picked.status_code == 200, picked.text
 
 
 def test_a_cluster_of_another_user_is_listed_and_never_connected_by_discovery(
@@ -150,7 +175,7 @@ def test_a_restarted_cluster_reconnects_with_fresh_endpoints_and_carries_files(
         _kill_and_see_it_dead(server, cluster)
         cluster.start_head()  # the manual: "restart the Ray cluster and retry"
 
-        rediscovered = _discover_external(server)
+        rediscovered = _connect(server, cluster.address)
         after_discover = _cluster_info(server, _name(cluster))
         _send_and_check(server, "node_1", _endpoint(cluster), "after-restart.bin")
         cluster.kill()
@@ -163,12 +188,10 @@ def test_a_restarted_cluster_reconnects_with_fresh_endpoints_and_carries_files(
         reconnected = _connect(server, cluster.dashboard_url)
         _send_and_check(server, _endpoint(cluster), "node_1", "after-second-restart.bin")
 
-    # Discovery reconnects it, unless CastRay did so by itself first (it retries a cluster
-    # that went down until it answers again): either way it is back, under a new session.
-    assert rediscovered["success"], rediscovered["message"]
-    assert rediscovered["chosen"] == cluster.address or (
-        "connected already" in rediscovered["message"]
-    ), rediscovered["message"]
+    # Connecting again reconnects it, unless CastRay did so by itself first (it retries a
+    # cluster that went down until it answers again): either way it is back, new session.
+    assert rediscovered.status_code == 200, rediscovered.text
+    assert rediscovered.json()["cluster"]["name"] == _name(cluster)
     assert after_discover is not None and after_discover["status"] == "connected"
     assert after_discover["ray"]["session_name"] != session
     assert reconnected.status_code == 200, reconnected.text

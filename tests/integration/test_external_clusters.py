@@ -23,8 +23,10 @@ RAY_TOKEN = "0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
-def cluster_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    with running_cluster(tmp_path_factory.mktemp("ext-a"), A_HEAD, A_WORKER) as ray:
+def cluster_a(tmp_path_factory: pytest.TempPathFactory, ray_tmpdir: Path) -> Iterator[RayCluster]:
+    """The manual's cluster (``ray start --head``, Ray's own temp dir), with a worker."""
+    root = tmp_path_factory.mktemp("ext-a")
+    with running_cluster(root, A_HEAD, A_WORKER, ray_tmpdir=ray_tmpdir) as ray:
         yield ray
 
 
@@ -36,14 +38,17 @@ def cluster_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
 
 @pytest.fixture(scope="module")
 def server(
-    cluster_a: RayCluster, cluster_b: RayCluster, tmp_path_factory: pytest.TempPathFactory
+    cluster_a: RayCluster,
+    cluster_b: RayCluster,
+    ray_tmpdir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[CastRayServer]:
-    """An embedded-home CastRay whose HOME holds no Ray token (so token tests are exact)."""
+    """An embedded-home CastRay whose HOME holds no Ray token (so token tests are exact), that
+    looks for Ray's record of the last ``ray start`` where the manual's cluster left it."""
     root = tmp_path_factory.mktemp("ext-server")
     (root / "home").mkdir()
-    with serving(
-        root / "data", "--demo-nodes", "1", alive=2, env={"HOME": str(root / "home")}
-    ) as server:
+    env = {"HOME": str(root / "home"), "RAY_TMPDIR": str(ray_tmpdir)}
+    with serving(root / "data", "--demo-nodes", "1", alive=2, env=env) as server:
         yield server
 
 
@@ -60,6 +65,21 @@ def _connect_single_node(server: CastRayServer, cluster: RayCluster) -> str:
     assert connected.status_code == 200, connected.text
     (endpoint,) = connected.json()["external_nodes"]
     return str(endpoint)
+
+
+def _connect(server: CastRayServer, cluster: RayCluster) -> dict[str, Any]:
+    answer = _call(
+        server, "POST", "/api/cluster/connect-external", json={"cluster_address": cluster.address}
+    )
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+@pytest.fixture
+def both(server: CastRayServer, cluster_a: RayCluster, cluster_b: RayCluster) -> None:
+    """Both clusters connected (connecting is idempotent): a test needs no earlier one."""
+    _connect(server, cluster_a)
+    _connect(server, cluster_b)
 
 
 def _alive_ray_nodes(cluster: RayCluster) -> int:
@@ -86,18 +106,24 @@ def test_discovery_lists_other_clusters_and_never_home(
 def test_the_manuals_discover_then_inspect_steps(
     server: CastRayServer, cluster_a: RayCluster, cluster_b: RayCluster
 ) -> None:
-    """Step 4 twice ("press again for the next"): the cluster started last comes first."""
+    """Step 4 connects the cluster the manual started (the one Ray recorded for the last 'ray
+    start'), not the other one started after it; again, it answers that one, connected; the
+    other is connected by its address, as the manual's "manual connection" shows."""
     first = _call(server, "POST", "/api/cluster/discover-external")
     second = _call(server, "POST", "/api/cluster/discover-external")
+    _connect(server, cluster_b)
 
     assert first.status_code == 200, first.text
     assert first.json()["success"] is True
-    assert first.json()["chosen"] == cluster_b.address
+    assert first.json()["chosen"] == cluster_a.address
+    assert "last 'ray start'" in first.json()["reason"]
+    assert second.json()["success"] is True
     assert second.json()["chosen"] == cluster_a.address
+    assert "connected already" in second.json()["message"]
     assert second.json()["connected_cluster"] == f"{A_HEAD}:{cluster_a.dashboard_port}"
     info = _call(server, "GET", "/api/cluster/external-info").json()
     assert info["is_connected"] is True
-    assert info["connected_cluster"] == f"{A_HEAD}:{cluster_a.dashboard_port}"
+    assert info["connected_cluster"] == f"{B_HEAD}:{cluster_b.dashboard_port}"
     assert {n["address"] for n in info["external_nodes"].values()} == {A_HEAD, A_WORKER, B_HEAD}
     listed = _call(server, "GET", "/api/nodes/external").json()
     assert listed["success"] is True
@@ -137,11 +163,11 @@ def test_connect_by_any_address_form_is_idempotent(
     assert len(names) == 1
     assert [n["address"] for n in by_gcs.json()["external_nodes"].values()] == [B_HEAD]
     clusters = _call(server, "GET", "/api/cluster/external-info").json()["clusters"]
-    assert len(clusters) == 2
+    assert [c["name"] for c in clusters].count(names.pop()) == 1
 
 
 def test_external_endpoints_send_and_receive_within_their_cluster(
-    server: CastRayServer, cluster_a: RayCluster
+    server: CastRayServer, cluster_a: RayCluster, both: None
 ) -> None:
     name = f"ext-{cluster_a.address.replace(':', '-')}"
     data = tx.random_bytes(300_000)
@@ -206,6 +232,7 @@ def test_each_nodes_ray_metrics_port_shows_its_endpoints_counters(
 )
 @pytest.mark.parametrize("transport", ["stream", "object-store"])
 def test_transfers_cross_cluster_boundaries_byte_for_byte(
+    both: None,
     server: CastRayServer,
     cluster_a: RayCluster,
     cluster_b: RayCluster,
@@ -243,7 +270,7 @@ def test_transfers_cross_cluster_boundaries_byte_for_byte(
 
 
 def test_a_file_received_in_one_cluster_can_be_sent_on_to_another(
-    server: CastRayServer, cluster_a: RayCluster, cluster_b: RayCluster
+    server: CastRayServer, cluster_a: RayCluster, cluster_b: RayCluster, both: None
 ) -> None:
     a = f"ext-{cluster_a.address.replace(':', '-')}-{A_WORKER}"
     b = f"ext-{cluster_b.address.replace(':', '-')}-{B_HEAD}"
@@ -257,9 +284,12 @@ def test_a_file_received_in_one_cluster_can_be_sent_on_to_another(
     assert Path(done["recipients"][b]["path"]).read_bytes() == data
 
 
-def test_the_cli_lists_and_the_demo_sends_to_every_external_node(
-    server: CastRayServer, cluster_a: RayCluster
+def test_the_cli_lists_and_the_demo_sends_only_to_the_cluster_rays_rule_names(
+    server: CastRayServer, cluster_a: RayCluster, cluster_b: RayCluster
 ) -> None:
+    _connect(server, cluster_b)  # connected, but not the cluster Ray's rule names
+    b_endpoint = f"ext-{cluster_b.address.replace(':', '-')}-{B_HEAD}"
+    b_received = server.nodes()[b_endpoint]["counters"]["bytes_received"]
     connected = server.cli("clusters", "connect", cluster_a.address)  # idempotent
     discovered = server.cli("clusters", "discover", "--json")
     info = server.cli("clusters", "info")
@@ -275,8 +305,10 @@ def test_the_cli_lists_and_the_demo_sends_to_every_external_node(
     assert nodes and all(n["is_external"] for n in nodes)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "every copy BLAKE3-verified: True" in demo.stdout
+    a_name = f"ext-{cluster_a.address.replace(':', '-')}"
     for node in nodes:
-        assert node["id"] in demo.stdout
+        assert (node["id"] in demo.stdout) is (node["cluster"] == a_name), demo.stdout
+    assert server.nodes()[b_endpoint]["counters"]["bytes_received"] == b_received
 
 
 def test_the_cli_reports_errors_in_one_line(server: CastRayServer) -> None:
@@ -324,11 +356,16 @@ def test_an_http_server_that_is_not_ray_is_refused_like_any_address_without_ray(
 def test_disconnect_one_then_all_then_rediscover(
     server: CastRayServer, cluster_a: RayCluster, cluster_b: RayCluster
 ) -> None:
+    _connect(server, cluster_a)
+    _connect(server, cluster_b)
+    before = len(_call(server, "GET", "/api/cluster/external-info").json()["clusters"])
     one = _call(
         server, "DELETE", "/api/cluster/disconnect-external", params={"cluster": cluster_b.address}
     )
     assert one.status_code == 200, one.text
-    assert len(_call(server, "GET", "/api/cluster/external-info").json()["clusters"]) == 1
+    after = _call(server, "GET", "/api/cluster/external-info").json()["clusters"]
+    assert len(after) == before - 1
+    assert f"ext-{cluster_b.address.replace(':', '-')}" not in {c["name"] for c in after}
 
     everything = _call(server, "DELETE", "/api/cluster/disconnect-external")
     nothing = _call(server, "DELETE", "/api/cluster/disconnect-external")
@@ -344,8 +381,9 @@ def test_disconnect_one_then_all_then_rediscover(
     }
     assert server.status()["external_nodes_count"] == 0
     again = _call(server, "POST", "/api/cluster/discover-external").json()
-    assert again["success"] is True
-    assert again["external_nodes"]
+    assert again["success"] is True, again["message"]
+    assert again["chosen"] == cluster_a.address
+    assert {n["cluster"] for n in again["external_nodes"].values()} == {again["cluster"]}
 
 
 @pytest.fixture(scope="module")

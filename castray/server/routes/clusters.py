@@ -20,7 +20,7 @@ from castray.models import (
 )
 from castray.server.clusters import ClusterService
 from castray.server.deps import ClustersDep
-from castray.server.discovery import others_note
+from castray.server.discovery import Choice, NoChoice, others_note
 
 router = APIRouter(tags=["external clusters"])
 
@@ -44,32 +44,34 @@ async def discover(clusters: ClustersDep) -> DiscoveryResult:
 
 @router.post("/cluster/discover-external")
 async def discover_external(clusters: ClustersDep) -> DiscoverExternalResult:
-    """Find the Ray clusters on this machine and connect the one the user most likely means:
-    the one ``RAY_ADDRESS`` names, else the most recently started of the user's own clusters
-    not yet connected. Other users' clusters are listed, never connected here."""
+    """Find the Ray clusters on this machine and connect the one Ray's own tools would use:
+    the one ``RAY_ADDRESS`` names, else the one the last ``ray start`` recorded, else the only
+    one CastRay can join. With several and nothing to tell them apart, nothing is connected
+    (``success`` false) and ``candidates`` lists them. Other users' clusters are listed, never
+    connected here."""
     found, choice, connected = await clusters.discover_and_connect()
-    any_connected = any(c.status is ClusterStatus.CONNECTED for c in clusters.external_clusters())
-    if not found:
-        message = NONE_RUNNING
-    elif choice is not None and connected is not None:
+    if isinstance(choice, Choice) and connected is not None:
         gcs = choice.cluster.gcs_address
-        message = f"connected external cluster {connected.name} (GCS {gcs}): {choice.reason}"
-    elif any_connected and any(c.own and c.connected for c in found):
-        message = "every Ray cluster of yours with an answering dashboard is connected already"
-    elif not any(c.own for c in found):
-        message = f"found {len(found)} Ray cluster(s), none run by you"
-    else:
-        message = (
-            f"found {len(found)} cluster(s), none that CastRay can join without being told: "
-            "see each cluster's detail, and connect one with POST /api/cluster/connect-external"
+        done = (
+            "external cluster {} (GCS {}) was connected already"
+            if choice.cluster.connected
+            else "connected external cluster {} (GCS {})"
         )
+        message = f"{done.format(connected.name, gcs)}: {choice.reason}"
+        chosen, reason, candidates = gcs, choice.reason, []
+    else:
+        assert isinstance(choice, NoChoice)
+        message = NONE_RUNNING if not found else choice.reason
+        chosen, reason, candidates = None, None, [c.gcs_address for c in choice.candidates]
     message += others_note(found)
     return DiscoverExternalResult(
-        success=connected is not None or any_connected,
+        success=connected is not None,
         message=message,
         discovered_clusters=found,
-        chosen=choice.cluster.gcs_address if choice else None,
-        reason=choice.reason if choice else None,
+        chosen=chosen,
+        cluster=connected.name if connected is not None else None,
+        reason=reason,
+        candidates=candidates,
         connected_cluster=clusters.latest_dashboard(),
         external_nodes=_nodes_of(clusters),
     )
