@@ -25,6 +25,13 @@ def receive(host: str, out: str) -> None:
     listener = socket.create_server((host, 0))
     print(listener.getsockname()[1], flush=True)
     conn, _ = listener.accept()
+    seconds, digest, size = take(conn, out)
+    print(f"{seconds} {digest} {size}", flush=True)
+
+
+def take(conn: socket.socket, out: str) -> tuple[float, str, int]:
+    """Receive a whole stream into ``out`` as the bare pipe does: seconds from now to the
+    fsync, the BLAKE3, the bytes."""
     started = time.perf_counter()
     buffer = bytearray(BUFFER)
     view = memoryview(buffer)
@@ -40,7 +47,7 @@ def receive(host: str, out: str) -> None:
         offset += n
     os.fsync(fd)
     os.close(fd)
-    print(f"{time.perf_counter() - started} {hasher.hexdigest()} {offset}", flush=True)
+    return time.perf_counter() - started, str(hasher.hexdigest()), offset
 
 
 def send(source_host: str, target: str, path: str) -> None:

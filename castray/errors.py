@@ -26,6 +26,8 @@ into the same class.
     │   └── GroupNotFound            no group with that name
     ├── Conflict                409
     │   ├── NodeExists               an endpoint with that id exists already
+    │   ├── FileExists               a library file of that name exists (and was not to be
+    │   │                            replaced)
     │   ├── VersionMismatch          a cluster runs another Ray version than CastRay
     │   └── NodeUnavailable          the endpoint is dead or not yet alive
     ├── ClusterUnavailable      503  the cluster's agent is starting, lost or gone
@@ -96,6 +98,12 @@ class Conflict(CastRayError):
 
     status_code = 409
     code = "conflict"
+
+
+class FileExists(Conflict):
+    """A library file of that name exists, and the request did not ask to replace it."""
+
+    code = "file_exists"
 
 
 class NodeExists(Conflict):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from castray.models import (
     EndpointState,
+    FaultInjection,
     RayClusterState,
     ReceivedMessage,
     SentMessage,
@@ -29,7 +30,7 @@ class _Message(BaseModel):
 class AgentTunables(_Message):
     """The agent's knobs, set from the server's ``Settings`` (see README's configuration)."""
 
-    transfer_threads: int = 32
+    transfer_threads: int = 256
     chunk_retries: int = 3
     progress_interval: float = 0.25
     stall_timeout: float = 120.0
@@ -125,8 +126,10 @@ class StartTransfer(_Message):
     )
     transport: Transport = Transport.OBJECT_STORE
     stream: StreamPlan | None = None
-    exports: list[tuple[str, int]] = Field(
-        default_factory=list, description="Agents of other clusters to stream each chunk to."
+    exports: list[tuple[str, int, str]] = Field(
+        default_factory=list,
+        description="Agents of other clusters to stream each chunk to: host, port, and the "
+        "secret (hex) that stream must open with.",
     )
 
 
@@ -217,14 +220,11 @@ class ReadMessages(_Message):
 
 
 class InjectFaults(_Message):
-    """Fault injection for tests: the endpoint flips a byte in its next ``corrupt_chunks``
-    chunks; with ``refuse_data_connections`` set, its data port drops every connection (or,
-    when false, accepts them again)."""
+    """Fault injection for tests: what the endpoint is to get wrong (see the model)."""
 
     op: Literal["inject_faults"] = "inject_faults"
     endpoint_id: str
-    corrupt_chunks: int = 0
-    refuse_data_connections: bool | None = None
+    faults: FaultInjection
 
 
 Operation = Annotated[
@@ -303,10 +303,12 @@ class TransferOpened(_Message):
 
 
 class ImportListening(_Message):
-    """``ImportTransfer``: where the source cluster's agent streams to."""
+    """``ImportTransfer``: where the source cluster's agent streams to, and the secret (hex)
+    its stream must open with (any other connection is dropped)."""
 
     host: str
     port: int
+    secret: str
 
 
 class FileSize(_Message):

@@ -46,6 +46,9 @@ from castray.sizes import binary_size
 
 log = logging.getLogger(__name__)
 
+STOP_KEPT_SECONDS = 3600.0
+"""How long a transfer's stop is remembered here, for its sends that start late."""
+
 
 @dataclass
 class _Running:
@@ -70,6 +73,8 @@ class _Source:
     size: int
     running: _Running | None
     path: Path | None = None
+    used_at: float = field(default_factory=time.monotonic)
+    """When a send last started or ended with it (a held source nobody uses is let go)."""
 
 
 @dataclass
@@ -109,7 +114,10 @@ class Endpoint:
 
     @ray.method(concurrency_group="control")
     def describe(self) -> EndpointFacts:
-        """Where this endpoint really runs; proves the actor is up."""
+        """Where this endpoint really runs; proves the actor is up, and its data port too (a
+        port that died fails the probe: transfers must not be sent to it)."""
+        if self._port.dead is not None:
+            raise OSError(errno.EPIPE, f"endpoint {self.endpoint_id}: {self._port.dead}")
         return EndpointFacts(
             endpoint_id=self.endpoint_id,
             ray_node_id=ray.get_runtime_context().get_node_id(),
@@ -129,6 +137,28 @@ class Endpoint:
         running = _Running() if hash_whole else None
         self._sources[transfer_id] = _Source(handle, size, running, resolved)
         return size
+
+    @ray.method(concurrency_group="stream")
+    def hold_source(self, transfer_id: str, path: str) -> int:
+        """Open the file a stream transfer sends and keep it open until the transfer ends
+        (``release_source``): every send and repair of the transfer reads that very file, so
+        a file replaced under its name meanwhile (a new upload) is never seen. Its size."""
+        resolved = self._source_path(path)
+        handle = resolved.open("rb")
+        size = os.fstat(handle.fileno()).st_size
+        self._sources[transfer_id] = _Source(handle, size, None, resolved)
+        self._sending[transfer_id] = streams.Stopper()  # a new run: an earlier stop is over
+        return size
+
+    @ray.method(concurrency_group="stream")
+    def release_source(self, transfer_id: str) -> None:
+        """The transfer ended: close the file it held open."""
+        self._release(transfer_id)
+
+    def _release(self, transfer_id: str) -> None:
+        source = self._sources.pop(transfer_id, None)
+        if source is not None:
+            source.file.close()
 
     def file_size(self, path: str) -> int:
         """Size of a file this endpoint could send."""
@@ -233,7 +263,9 @@ class Endpoint:
                 return CommitOutcome(False, error="not every chunk arrived verified")
             stream.close(keep_fd=True)
             journal.journal_path(stream.temp).unlink(missing_ok=True)
-            done = _commit(stream.fd, stream.temp, stream.final, stream.whole_digest, expected)
+            done = _commit(
+                stream.fd, stream.temp, stream.final, stream.whole_digest, expected, stream.size
+            )
             return self._received(done, stream.size)
         sink = self._sinks.pop(transfer_id, None)
         if sink is None:
@@ -244,6 +276,7 @@ class Endpoint:
             sink.final,
             lambda: sink.running.digest(sink.size) or file_blake3(sink.temp),
             expected,
+            sink.size,
         )
         return self._received(done, sink.size)
 
@@ -285,6 +318,7 @@ class Endpoint:
         earlier run of it left here); the final path, and the verified bytes taken up."""
         # An earlier run's sink still open here (its end never reached this node) hands over.
         self._drop_stream_sink(transfer_id, keep=True)
+        self._sending[transfer_id] = streams.Stopper()  # a new run: an earlier stop is over
         sink = streams.StreamSink(
             transfer_id=transfer_id,
             temp=self.storage_dir / f".{name}.{transfer_id}.part",
@@ -339,15 +373,21 @@ class Endpoint:
         file at ``path``, or (None) what this endpoint received of the transfer so far (a
         survivor sends on what its downstream lacks), at ``rate`` bytes per second at most
         (0: no limit) within the endpoint's egress limit. The bytes sent."""
-        if path is None:
+        held = self._sources.get(transfer_id) if path is not None else None
+        opened: contextlib.AbstractContextManager[Any]
+        if held is not None and held.path is not None:
+            source, opened = held.path, contextlib.nullcontext(held.file)
+            held.used_at = time.monotonic()
+        elif path is None:
             sink = self._port.sink(transfer_id)
             if sink is None:
                 raise FileNotFoundError(f"transfer {transfer_id} is not open here")
-            source = sink.temp
+            source, opened = sink.temp, sink.temp.open("rb")
         else:
             source = self._source_path(path)
+            opened = source.open("rb")
         stop = self._sending.setdefault(transfer_id, streams.Stopper())
-        with self._sending_file(source), source.open("rb") as file:
+        with self._sending_file(source), opened as file:
             sent = streams.send(
                 file,
                 target,
@@ -360,6 +400,8 @@ class Endpoint:
                 stop,
                 ratelimit.buckets(ratelimit.bucket_for(rate), self._egress),
             )
+        if held is not None:
+            held.used_at = time.monotonic()
         self._metrics.count_sent(sent)
         return sent
 
@@ -405,9 +447,10 @@ class Endpoint:
 
     @ray.method(concurrency_group="stream")
     def stop_sending(self, transfer_id: str) -> None:
-        stop = self._sending.pop(transfer_id, None)
-        if stop is not None:
-            stop.set()
+        """End the transfer's streams from here at once, a stream waiting on a rate limit too,
+        and any that starts later (a call that waited for a thread): the stop stays set until
+        a new run of the transfer opens here."""
+        self._sending.setdefault(transfer_id, streams.Stopper()).set()
 
     def _take_corruption(self) -> bool:
         if self._corrupt_next > 0:
@@ -426,18 +469,19 @@ class Endpoint:
         if sink is not None:
             self._discard(sink)
         self._drop_stream_sink(transfer_id, keep)
-        stop = self._sending.pop(transfer_id, None)
-        if stop is not None:
-            stop.set()
+        self._sending.setdefault(transfer_id, streams.Stopper()).set()
 
     @ray.method(concurrency_group="control")
     def abort_all(self) -> int:
         """Stop every transfer here (the server is stopping: this actor is about to be
         killed). Stream sinks keep their partial files, journaled, for a resume; nothing else
         half-written stays. The transfers stopped."""
-        transfer_ids = {*self._sinks, *(tid for tid, _ in self._port.sinks()), *self._sending}
+        running = (t for t, stop in self._sending.items() if not stop.is_set())
+        transfer_ids = {*self._sinks, *(tid for tid, _ in self._port.sinks()), *running}
         for transfer_id in transfer_ids:
             self._abort(transfer_id, keep=True)
+        for transfer_id in list(self._sources):
+            self._release(transfer_id)
         return len(transfer_ids)
 
     @ray.method(concurrency_group="stream")
@@ -462,6 +506,8 @@ class Endpoint:
         timeout = self._options.orphan_timeout
         while True:
             time.sleep(min(5.0, timeout / 4))
+            self._release_idle_sources()
+            self._forget_old_stops()
             for transfer_id, sink in self._port.sinks():
                 idle = time.monotonic() - sink.last_contact
                 if idle > timeout:
@@ -474,18 +520,48 @@ class Endpoint:
                     )
                     self._drop_stream_sink(transfer_id, keep=True)
 
+    def _release_idle_sources(self) -> None:
+        """A held source of a transfer whose agent went away (no ``release_source`` will
+        come) is closed once no send used it for longer than a transfer may stall."""
+        idle_for = 2 * max(self._options.orphan_timeout, self._options.stall_timeout)
+        now = time.monotonic()
+        with self._lock:
+            busy = {p for p, n in self._streaming.items() if n > 0}
+        for transfer_id, source in list(self._sources.items()):
+            if (
+                source.running is None
+                and source.path not in busy
+                and now - source.used_at > idle_for
+            ):
+                log.warning("transfer %s: its source file was held unused; closed", transfer_id)
+                self._release(transfer_id)
+
+    def _forget_old_stops(self) -> None:
+        """A stop is kept for late sends of its transfer; an hour later none can come."""
+        now = time.monotonic()
+        for transfer_id, stop in list(self._sending.items()):
+            if stop.stopped_at is not None and now - stop.stopped_at > STOP_KEPT_SECONDS:
+                self._sending.pop(transfer_id, None)
+
     def _discard(self, sink: _Sink) -> None:
         with contextlib.suppress(OSError):
             os.close(sink.fd)
         sink.temp.unlink(missing_ok=True)
 
     @ray.method(concurrency_group="control")
-    def inject_faults(self, corrupt_chunks: int, refuse_data_connections: bool | None) -> None:
+    def inject_faults(
+        self,
+        corrupt_chunks: int,
+        refuse_data_connections: bool | None,
+        close_data_port: bool = False,
+    ) -> None:
         """Fault injection for tests: flip a byte in the next ``corrupt_chunks`` received
-        chunks; refuse (or accept again) every data connection."""
+        chunks; refuse (or accept again) every data connection; close the data port."""
         self._corrupt_next = corrupt_chunks
         if refuse_data_connections is not None:
             self._port.refusing = refuse_data_connections
+        if close_data_port:
+            self._port.close()
 
     # ---- messages ------------------------------------------------------------------
 
@@ -572,18 +648,22 @@ def manifest_of(path: Path, chunk_size: int) -> Manifest:
 
 
 def _commit(
-    fd: int, temp: Path, final: Path, digest: Callable[[], str], expected: str
+    fd: int, temp: Path, final: Path, digest: Callable[[], str], expected: str, size: int
 ) -> CommitOutcome:
-    """fsync the file, check its whole BLAKE3, rename it into place, fsync the directory;
-    on any failure nothing stays."""
+    """fsync the file, check its size and whole BLAKE3, rename it into place, fsync the
+    directory; on any failure nothing stays."""
     try:
         os.fsync(fd)
+        written = os.fstat(fd).st_size
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.close(fd)
         temp.unlink(missing_ok=True)
         return CommitOutcome(False, error=f"fsync failed: {exc.strerror or exc}")
     os.close(fd)
+    if written != size:
+        temp.unlink(missing_ok=True)
+        return CommitOutcome(False, error=f"the file is {written} bytes, not {size}")
     actual = digest()
     if actual != expected:
         temp.unlink(missing_ok=True)
@@ -605,9 +685,10 @@ def _fsync_dir(directory: Path) -> None:
 _ACTOR_OPTIONS: dict[str, Any] = {
     "num_cpus": 0,
     "max_restarts": 0,
-    # "send": one thread per outgoing stream. A stream that waits for a thread here is one
-    # its recipients see stall (15 unicasts at once from one node failed with 8 of them).
-    "concurrency_groups": {"commit": 4, "control": 4, "stream": 4, "send": 64, "watch": 64},
+    # "send": one thread per outgoing stream, "watch": one per status call waiting for a sink
+    # to settle. A stream that waits for a thread here is one its recipients see stall (15
+    # unicasts at once from one node failed with 8 of them): as many as an agent drives.
+    "concurrency_groups": {"commit": 4, "control": 4, "stream": 4, "send": 256, "watch": 256},
 }
 EndpointActor: Any = ray.remote(**_ACTOR_OPTIONS)(Endpoint)
 

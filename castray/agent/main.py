@@ -25,6 +25,7 @@ from castray.errors import (
     CastRayError,
     FileMissing,
     InvalidRequest,
+    TooManyRequests,
     TransferNotFound,
 )
 from castray.models import Transport
@@ -173,9 +174,9 @@ class Agent:
         self._wire = wire
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="request")
-        self._transfer_pool = ThreadPoolExecutor(
-            config.tunables.transfer_threads, thread_name_prefix="transfer"
-        )
+        self._runners: set[threading.Thread] = set()
+        """Each transfer's part runs on a thread of its own, started at once: a slow transfer
+        never holds up another (the number at once is capped instead, see ``_admit``)."""
         self._transfers: dict[str, Run] = {}
         self._unpack: dict[str, str] = {}
         """Transfers of a folder's bundle: the folder each recipient unpacks it into."""
@@ -198,7 +199,8 @@ class Agent:
         # First, while there is time (the agent exits within EXIT_GRACE): no partial files.
         self._fleet.abort_partials()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._transfer_pool.shutdown(wait=True, cancel_futures=True)
+        for runner in list(self._runners):
+            runner.join(EXIT_GRACE)
         self._fleet.close()
         import ray
 
@@ -240,7 +242,26 @@ class Agent:
         started = self._starting.pop(request.id, None)
         if started is not None and reply.error_code is None:
             self._transfers[started.spec.transfer_id] = started
-            self._transfer_pool.submit(started.run)
+            runner = threading.Thread(
+                target=self._run, args=(started,), name=f"transfer-{started.spec.transfer_id}"
+            )
+            self._runners.add(runner)
+            runner.start()
+
+    def _run(self, run: Run) -> None:
+        try:
+            run.run()
+        finally:
+            self._runners.discard(threading.current_thread())
+
+    def _admit(self) -> None:
+        """Refuse a transfer past the cap of those this agent drives at once."""
+        cap = self._config.tunables.transfer_threads
+        if len(self._transfers) + len(self._starting) >= cap:
+            raise TooManyRequests(
+                f"cluster {self._config.cluster} runs {cap} transfers at once, the most one "
+                "agent drives (CASTRAY_AGENT_TRANSFER_THREADS); try again when one ends"
+            )
 
     def _dispatch(self, request_id: int, body: Operation) -> BaseModel:
         """Carry out one operation; its reply model (see ``protocol``)."""
@@ -251,6 +272,8 @@ class Agent:
         if isinstance(body, RemoveEndpoint):
             self._fleet.remove(body.endpoint_id)
             return Done()
+        if isinstance(body, StartTransfer | ImportTransfer):
+            self._admit()
         if isinstance(body, StartTransfer):
             if body.transport is Transport.STREAM:
                 return TransferOpened(size=self._open_stream(request_id, body))
@@ -259,8 +282,8 @@ class Agent:
             if body.transport is Transport.STREAM:
                 self._open_stream(request_id, body)
                 return Done()
-            host, port = self._open_import(request_id, body)
-            return ImportListening(host=host, port=port)
+            host, port, secret = self._open_import(request_id, body)
+            return ImportListening(host=host, port=port, secret=secret.hex())
         if isinstance(body, ReadManifest):
             handle = self._fleet.handle(body.endpoint_id)
             try:
@@ -297,7 +320,7 @@ class Agent:
             return MessagesRead(messages=ray_get(handle.messages.remote(body.count)))
         if isinstance(body, InjectFaults):
             handle = self._fleet.handle(body.endpoint_id)
-            ray_get(handle.inject_faults.remote(body.corrupt_chunks, body.refuse_data_connections))
+            ray_get(handle.inject_faults.remote(body.faults))
             return Done()
         raise CastRayError(f"unknown operation {body.op!r}")
 
@@ -321,7 +344,12 @@ class Agent:
             raise _file_error(exc, spec.path, spec.source) from exc
         try:
             timeout = self._config.tunables.stream_timeout
-            run.export_to([Exporter(host, port, timeout) for host, port in spec.exports])
+            run.export_to(
+                [
+                    Exporter(spec.transfer_id, host, port, bytes.fromhex(secret), timeout)
+                    for host, port, secret in spec.exports
+                ]
+            )
         except OSError as exc:
             feed.abort()
             raise AgentFailure(f"cannot reach the agent of a recipient cluster: {exc}") from exc
@@ -366,7 +394,12 @@ class Agent:
             self._on_transfer_message,
             self._fleet.death,
         )
-        run.open()
+        try:
+            run.open()
+        except Exception as exc:  # the source's error decides the answer
+            if isinstance(spec, StartTransfer):
+                raise _file_error(exc, spec.path, spec.source) from exc
+            raise
         self._opened(request_id, spec, run)
         return plan.size
 
@@ -396,13 +429,16 @@ class Agent:
                 failures[key] = why
         return failures
 
-    def _open_import(self, request_id: int, spec: ImportTransfer) -> tuple[str, int]:
-        """Listen for the source cluster's stream; the run starts once the reply is sent."""
+    def _open_import(self, request_id: int, spec: ImportTransfer) -> tuple[str, int, bytes]:
+        """Listen for the source cluster's stream, which must open with the secret made here;
+        the run starts once the reply is sent. Where to stream to, and that secret."""
         from castray.agent.transports.feeds import StreamFeed
         from castray.agent.transports.object_store import RunSpec, TransferRun
 
         recipients = [(rid, self._fleet.handle(rid)) for rid in spec.recipients]
-        feed = StreamFeed.listen(IMPORT_HOST, spec.source, self._config.tunables.stream_timeout)
+        feed = StreamFeed.listen(
+            IMPORT_HOST, spec.transfer_id, spec.source, self._config.tunables.stream_timeout
+        )
         run = TransferRun(
             _run_spec(RunSpec, spec, self._config.tunables),
             feed,
@@ -411,7 +447,8 @@ class Agent:
             size=spec.size,
         )
         self._opened(request_id, spec, run)
-        return feed.address
+        host, port = feed.address
+        return host, port, feed.secret
 
     def _on_transfer_message(self, message: TransferMessage) -> None:
         """Counts verified work on the endpoints (a folder's bundle unpacked first), then

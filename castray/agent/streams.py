@@ -11,7 +11,11 @@ Wire format (integers big-endian):
     end    a frame with index END and nothing after it
 
 A connection that does not open with the hello of a sink open here, and that sink's secret,
-is dropped and logged: no other process can inject bytes into a transfer or read one.
+is dropped and logged (at most a few lines a minute). The secret travels in the clear on the
+control plane's and the data port's links: it stops a process that cannot see those from
+injecting bytes into a transfer or reading one, not an observer on the network path (run the
+data ports on a private network, or under WireGuard, where that matters). Every frame must
+sit where its chunk index says, with its chunk's length, or the stream is dropped.
 
 A sink receives into a few reusable chunk buffers (bounded memory whatever the file size),
 forwards each piece downstream as it arrives, and hashes it at once, while it is still in the
@@ -35,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import blake3
 
@@ -60,6 +64,13 @@ BUFFERS = 4
 """Chunk buffers per sink: what a sink holds in memory, whatever the file's size."""
 JOURNAL_INTERVAL = 1.0
 """Seconds between a sink's journal writes (each after an fdatasync of its partial file)."""
+MAX_GREETING = 256
+"""Connections a data port lets wait for their hello at once; more are closed at once."""
+MAX_GREETING_PER_PEER = 32
+"""Of those, from one IP address: one host's flood of silent connections cannot keep the
+other endpoints out."""
+REFUSALS_LOGGED = 10
+"""Refused data connections logged one by one per minute; the rest are counted."""
 
 
 class StreamError(Exception):
@@ -276,8 +287,12 @@ class StreamSink:
     def _receive_chunk(
         self, conn: socket.socket, down: socket.socket | None, index: int, offset: int, length: int
     ) -> None:
-        if index >= len(self.manifest) or length > self.chunk_size:
-            raise StreamError(f"a frame for chunk {index} of {length} bytes is not of this file")
+        expected = min(self.chunk_size, self.size - index * self.chunk_size)
+        if index >= len(self.manifest) or offset != index * self.chunk_size or length != expected:
+            raise StreamError(
+                f"a frame for chunk {index} at byte {offset} of {length} bytes is not where "
+                "that chunk is in this file"
+            )
         buffer = self._free.get(timeout=self.stall_timeout)
         view = memoryview(buffer)[:length]
         in_order = offset == self._whole_upto
@@ -500,17 +515,29 @@ class DataPort:
 
     def __init__(self, host: str, ports: tuple[int, int] | None, hello_timeout: float) -> None:
         self._listener = _bind(host, ports)
+        bound, port = self._listener.getsockname()[:2]
+        self.address = f"[{bound}]:{port}" if ":" in bound else f"{bound}:{port}"
         self._sinks: dict[str, StreamSink] = {}
         self._lock = threading.Lock()
         self._hello_timeout = hello_timeout
+        self._waiting: dict[str, int] = {}
+        """Connections waiting for their hello, by peer IP."""
+        self._refusals_since = time.monotonic()
+        self._refusals_shown = self._refusals_hidden = 0
         self.refusing = False
         """Fault injection: drop every connection, as a firewall between the nodes would."""
+        self._closing = False
+        self.dead: str | None = None
+        """Why the port no longer accepts (its listener closed): the endpoint then fails its
+        probes, and transfers go elsewhere instead of hanging."""
         threading.Thread(target=self._accept_loop, name="data-port", daemon=True).start()
 
-    @property
-    def address(self) -> str:
-        host, port = self._listener.getsockname()[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    def close(self) -> None:
+        """Stop accepting (fault injection: a data port that died)."""
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
 
     def register(self, sink: StreamSink) -> None:
         with self._lock:
@@ -529,47 +556,115 @@ class DataPort:
             return self._sinks.get(transfer_id)
 
     def _accept_loop(self) -> None:
+        """Accept until the listener is closed; nothing else ends it (a thread that cannot
+        start, a full file table). A connection past ``MAX_GREETING`` waiting for its hello
+        is closed at once."""
         while True:
             try:
                 conn, peer = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(
-                target=self._greet, args=(conn, peer), name="data-conn", daemon=True
-            ).start()
+            except OSError as exc:
+                if self._closing or self._listener.fileno() == -1:
+                    self.dead = "its data port was closed"
+                    return
+                log.warning("the data port could not accept a connection: %s", exc)
+                time.sleep(0.1)  # a full file table: let connections end
+                continue
+            if not self._admit(peer[0]):
+                self._refused(peer, "too many connections waiting for their hello")
+                conn.close()
+                continue
+            try:
+                threading.Thread(
+                    target=self._greet, args=(conn, peer), name="data-conn", daemon=True
+                ).start()
+            except RuntimeError as exc:  # no thread to be had
+                self._greeted(peer[0])
+                self._refused(peer, f"no thread to serve it ({exc})")
+                conn.close()
+            except Exception:  # the loop must outlive anything one connection does
+                self._greeted(peer[0])
+                log.exception("the data port dropped a connection from %s", _peer(peer))
+                conn.close()
+
+    def _admit(self, ip: str) -> bool:
+        """Room for one more connection waiting for its hello, in all and from ``ip``."""
+        with self._lock:
+            waiting = self._waiting.get(ip, 0)
+            if sum(self._waiting.values()) >= MAX_GREETING or waiting >= MAX_GREETING_PER_PEER:
+                return False
+            self._waiting[ip] = waiting + 1
+            return True
+
+    def _greeted(self, ip: str) -> None:
+        with self._lock:
+            self._waiting[ip] -= 1
+            if not self._waiting[ip]:
+                del self._waiting[ip]
 
     def _greet(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        """Read the connection's hello, then hand it to its sink (on this thread)."""
+        try:
+            greeted = self._hello(conn, peer)
+        finally:
+            self._greeted(peer[0])
+        if greeted is not None:
+            sink, flags = greeted
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sink.receive(conn, forward=bool(flags & FORWARD))
+
+    def _hello(self, conn: socket.socket, peer: tuple[str, int]) -> tuple[StreamSink, int] | None:
+        """The sink a connection's hello names, with its flags; None (the connection closed,
+        and logged) when it names none, or not with that sink's secret."""
         if self.refusing:
             conn.close()
-            return
+            return None
         conn.settimeout(self._hello_timeout)
         raw = bytearray(HELLO.size)
         try:
             _recv_exact(conn, memoryview(raw))
-        except (OSError, StreamError):
+        except (OSError, StreamError) as exc:
+            why = "it closed before its hello" if isinstance(exc, StreamError) else "no hello"
+            self._refused(peer, f"{why} (within {self._hello_timeout:g} s)")
             conn.close()
-            return
+            return None
         magic, version, flags, tid, secret = HELLO.unpack(raw)
         if magic != MAGIC or version != VERSION:
-            log.warning("dropped a data connection from %s: not CastRay's stream protocol", peer[0])
+            self._refused(peer, "not CastRay's stream protocol (or another version of it)")
             conn.close()
-            return
+            return None
         if flags & PROBE:
             with contextlib.suppress(OSError):
                 conn.sendall(MAGIC)
             conn.close()
-            return
+            return None
         sink = self.sink(tid.decode("ascii", "replace").strip())
         if sink is None or not hmac.compare_digest(secret, sink.secret):
-            log.warning(
-                "dropped a data connection from %s: it did not present the secret of a "
-                "transfer open here",
-                peer[0],
-            )
+            self._refused(peer, "it did not present the secret of a transfer open here")
             conn.close()
-            return
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sink.receive(conn, forward=bool(flags & FORWARD))
+            return None
+        return sink, flags
+
+    def _refused(self, peer: tuple[str, int], why: str) -> None:
+        """Log a refused connection, with its address and why: a few a minute one by one,
+        then how many more, so that a flood cannot fill the log."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._refusals_since > 60:
+                if self._refusals_hidden:
+                    log.warning(
+                        "the data port refused %d more connections in the last minute",
+                        self._refusals_hidden,
+                    )
+                self._refusals_since, self._refusals_shown, self._refusals_hidden = now, 0, 0
+            show = self._refusals_shown < REFUSALS_LOGGED
+            if show:
+                self._refusals_shown += 1
+            else:
+                self._refusals_hidden += 1
+        if show:
+            log.warning(
+                "data port %s refused a connection from %s: %s", self.address, _peer(peer), why
+            )
 
 
 def _bind(host: str, ports: tuple[int, int] | None) -> socket.socket:
@@ -601,12 +696,14 @@ class Stopper:
         self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._socks: set[socket.socket] = set()
+        self.stopped_at: float | None = None
 
     def is_set(self) -> bool:
         return self._stopped.is_set()
 
     def set(self) -> None:
         with self._lock:
+            self.stopped_at = self.stopped_at or time.monotonic()
             self._stopped.set()
             socks = list(self._socks)
         for sock in socks:
@@ -668,6 +765,13 @@ def send(
 
 def all_chunks(size: int, chunk_size: int) -> list[tuple[int, int, int]]:
     return [(c.index, c.offset, c.length) for c in plan_chunks(size, chunk_size)]
+
+
+def _peer(peer: tuple[str, int] | Any) -> str:
+    try:
+        return f"{peer[0]}:{peer[1]}"
+    except (IndexError, TypeError):
+        return str(peer)
 
 
 def _reason(exc: BaseException) -> str:

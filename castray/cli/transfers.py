@@ -212,7 +212,14 @@ def _library_name(client: Client, file: str, quiet: bool) -> str:
         return path.name
     if not quiet:
         err.print(f"uploading {path} …", highlight=False, markup=False)
-    return client.upload(path).file
+    stored = client.upload(path)
+    if stored.replaced and not quiet:
+        err.print(
+            f"replaced the library's earlier {stored.file} (a different file of that name)",
+            highlight=False,
+            markup=False,
+        )
+    return stored.file
 
 
 def _follow(client: Client, stream: EventStream, transfer_id: str, show: bool) -> Transfer:
@@ -352,13 +359,17 @@ def generate(
         str, typer.Option("--type", help="random, text or pattern.")
     ] = "random",
     name: Annotated[str | None, typer.Option(help="File name in the library.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a library file of that name.")
+    ] = False,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Create a test file in the server's library."""
+    """Create a test file in the server's library (a file of that name is kept, unless
+    --overwrite)."""
     with Client(server, token) as client:
-        made = client.generate(size, content_type, name)
+        made = client.generate(size, content_type, name, overwrite)
     print_json_or(
         json_out,
         made.model_dump_json(),

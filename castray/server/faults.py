@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from castray.config import Settings
 from castray.errors import NotFound
+from castray.models import FaultInjection
 from castray.protocol import Done, InjectFaults
 from castray.server.gateway import AgentGateway
 from castray.server.registry import Registry
@@ -19,11 +20,8 @@ class FaultInjector:
         self._registry = registry
         self._agents = agents
 
-    async def inject(
-        self, node_id: str, corrupt_chunks: int, refuse_data_connections: bool | None
-    ) -> None:
-        """The node flips a byte in each of the next ``corrupt_chunks`` chunks it receives;
-        its data port refuses every connection while ``refuse_data_connections`` holds."""
+    async def inject(self, node_id: str, faults: FaultInjection) -> None:
+        """The node gets wrong what ``faults`` says, from now on."""
         if not self._enabled:
             raise NotFound(
                 "fault injection is off; start CastRay with CASTRAY_ENABLE_FAULT_INJECTION=1"
@@ -31,10 +29,6 @@ class FaultInjector:
         node = self._registry.node(node_id)
         await self._agents.request(
             node.cluster,
-            InjectFaults(
-                endpoint_id=node_id,
-                corrupt_chunks=corrupt_chunks,
-                refuse_data_connections=refuse_data_connections,
-            ),
+            InjectFaults(endpoint_id=node_id, faults=faults),
             Done,
         )

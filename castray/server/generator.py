@@ -16,6 +16,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from castray.config import Settings
 from castray.errors import InsufficientStorage, InvalidRequest, Stopped
@@ -45,13 +46,15 @@ def generate(
     content_type: ContentType,
     name: str | None,
     stop: threading.Event | None = None,
+    overwrite: bool = False,
 ) -> GeneratedFile:
     """Write a new library file of ``size`` bytes of ``content_type`` content; ``stop`` ends
-    it early (``Stopped``), leaving nothing."""
+    it early (``Stopped``), leaving nothing. A file of that name is replaced only with
+    ``overwrite`` (``FileExists`` otherwise, before a byte is written and again at the end)."""
     name = name or f"generated_{content_type.value}_{size}_{int(time.time() * 1000)}.bin"
     started = time.perf_counter()
     blocks = _blocks(content_type)
-    writer = library.create(name)
+    writer = library.create(name, replace=overwrite)
     try:
         remaining = size
         while remaining > 0:
@@ -86,9 +89,10 @@ class Generator:
         self._running: set[threading.Event] = set()
 
     async def create(
-        self, size: str | int, content_type: ContentType, name: str | None
+        self, size: str | int, content_type: ContentType, name: str | None, overwrite: bool = False
     ) -> GeneratedFile:
-        """Generate a library file; cancelling the caller stops the generation."""
+        """Generate a library file (one of the same name is replaced only with ``overwrite``);
+        cancelling the caller stops the generation."""
         count = parse_size(size)
         limit = self._settings.generator_max_bytes
         if count > limit:
@@ -98,6 +102,8 @@ class Generator:
             )
         if name is not None:
             check_file_name(name)
+            if not overwrite:  # before a byte is written (the commit checks again)
+                await asyncio.to_thread(self._library.check_name_free, name)
         async with self._slots.slot("generation"):
             await self._check_free_space(count)
             stop = threading.Event()
@@ -105,7 +111,13 @@ class Generator:
             loop = asyncio.get_running_loop()
             try:
                 return await loop.run_in_executor(
-                    self._threads, generate, self._library, count, content_type, name, stop
+                    self._threads,
+                    partial(generate, overwrite=overwrite),
+                    self._library,
+                    count,
+                    content_type,
+                    name,
+                    stop,
                 )
             finally:
                 stop.set()  # a cancelled caller leaves a thread that must end too

@@ -13,7 +13,6 @@ import json
 import os
 import stat
 import threading
-import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,8 +23,9 @@ import blake3
 
 from castray import folders
 from castray.chunks import HASH_THREADS, file_blake3
-from castray.errors import BadFileName, FileMissing, FileTooLarge
+from castray.errors import BadFileName, FileExists, FileMissing, FileTooLarge
 from castray.models import EventData, FileAddedEvent, FileRemovedEvent, LibraryFile
+from castray.names import printable
 
 PART_SUFFIX = ".part"
 FOLDERS = ".folders"
@@ -40,9 +40,6 @@ the change."""
 MAX_NAME_BYTES = 216
 """Longest file name in UTF-8 bytes: its temporary form ``.NAME.<32 hex>.part`` must still fit
 the 255 bytes a file system allows for a name."""
-_INVISIBLE = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}
-"""Unicode categories of controls, format characters (bidirectional overrides among them),
-private, unassigned and line/paragraph separators: names that hide what they are."""
 
 
 def check_file_name(name: str) -> str:
@@ -56,9 +53,7 @@ def check_file_name(name: str) -> str:
         or "\\" in name
         or ".." in name
         or name.startswith(".")
-        or name != name.strip()
-        or unicodedata.normalize("NFC", name) != name
-        or any(_hidden(c) for c in name)
+        or not printable(name)
     )
     if bad:
         raise BadFileName(
@@ -67,11 +62,6 @@ def check_file_name(name: str) -> str:
             f"at most {MAX_NAME_BYTES} bytes in UTF-8"
         )
     return name
-
-
-def _hidden(char: str) -> bool:
-    category = unicodedata.category(char)
-    return category in _INVISIBLE or (category == "Zs" and char != " ")
 
 
 class Library:
@@ -154,13 +144,24 @@ class Library:
             self._manifests.pop(name, None)
         self._on_change(FileRemovedEvent(name=name))
 
-    def create(self, name: str, limit: int | None = None) -> LibraryWriter:
+    def create(self, name: str, limit: int | None = None, replace: bool = True) -> LibraryWriter:
         """Start a new library file, or a folder's bundle (``NAME/``); it appears under
-        ``name`` only once committed (a bundle once every member is checked)."""
+        ``name`` only once committed (a bundle once every member is checked). Without
+        ``replace``, a file of that name, there now or by the commit, is a ``FileExists``."""
         final = self._location(name)
+        if not replace:
+            self.check_name_free(name)
         final.parent.mkdir(parents=True, exist_ok=True)
         temp = final.parent / f".{final.name}.{uuid.uuid4().hex}{PART_SUFFIX}"
-        return LibraryWriter(self, name, temp, limit)
+        return LibraryWriter(self, name, temp, limit, replace)
+
+    def check_name_free(self, name: str) -> None:
+        """``FileExists`` when the library has a file (or folder) of that name."""
+        if os.path.lexists(self._location(name)):
+            raise FileExists(
+                f"the library has a file named {name!r} already: choose another name, or ask "
+                "to replace it (overwrite: true; the CLI's --overwrite)"
+            )
 
     def manifest(self, name: str) -> Manifest:
         """The file's chunks' BLAKE3 (at ``chunk_size``) and its whole BLAKE3: known since it
@@ -177,10 +178,14 @@ class Library:
             self._digests[name] = (status.st_size, status.st_mtime_ns, whole)
         return Manifest(status.st_size, chunks, whole)
 
-    def _committed(self, name: str, temp: Path, digest: str, chunks: Sequence[str]) -> None:
+    def _committed(
+        self, name: str, temp: Path, digest: str, chunks: Sequence[str], replace: bool
+    ) -> bool:
         """Rename and remember the digests as one step, so that of two uploads of one name
         the one renamed last is the file and its digests the ones cached (the last to finish
-        wins)."""
+        wins). Without ``replace``, the name is taken only if it is free (one atomic link).
+        Whether a file of that name was replaced. A transfer reading the replaced file holds
+        it open, so it keeps reading the old bytes whole."""
         final = self._location(name)
         if name.endswith("/"):
             indexed = folders.index(temp)  # refuses what must not be in a folder
@@ -188,11 +193,20 @@ class Library:
                 json.dumps({"files": indexed.files, "bytes": indexed.bytes, "ends": indexed.ends})
             )
         with self._lock:
-            temp.replace(final)
+            replaced = os.path.lexists(final)
+            if replace:
+                temp.replace(final)
+            else:
+                try:
+                    os.link(temp, final)
+                except FileExistsError:
+                    self.check_name_free(name)
+                temp.unlink()
             status = final.stat()
             self._digests[name] = (status.st_size, status.st_mtime_ns, digest)
             self._manifests[name] = (status.st_size, status.st_mtime_ns, [*chunks])
         self._on_change(FileAddedEvent(file=self.describe(name)))
+        return replaced
 
     def _digest(self, name: str, path: Path, status: os.stat_result) -> str:
         with self._lock:
@@ -235,8 +249,12 @@ def _hash_chunks(path: Path, chunk_size: int) -> tuple[list[str], str]:
 class LibraryWriter:
     """Appends to a temporary file, hashing as it goes, within a size limit."""
 
-    def __init__(self, library: Library, name: str, temp: Path, limit: int | None) -> None:
+    def __init__(
+        self, library: Library, name: str, temp: Path, limit: int | None, replace: bool = True
+    ) -> None:
         self.name = name
+        self.replaced = False
+        self._replace = replace
         self._library = library
         self._temp = temp
         self._file = temp.open("wb")
@@ -280,7 +298,9 @@ class LibraryWriter:
             self.digest = str(self._hasher.hexdigest())
             if self._chunk_filled:
                 self._chunks.append(str(self._chunk.hexdigest()))
-            self._library._committed(self.name, self._temp, self.digest, self._chunks)
+            self.replaced = self._library._committed(
+                self.name, self._temp, self.digest, self._chunks, self._replace
+            )
         finally:
             self.discard()
         return self.digest

@@ -409,7 +409,7 @@ class TransferService:
                 ),
                 ImportListening,
             )
-            exports.append((listening.host, listening.port))
+            exports.append((listening.host, listening.port, listening.secret))
         opened = await self._agents.request(
             plan.source.cluster,
             StartTransfer(

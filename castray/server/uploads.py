@@ -115,7 +115,9 @@ class MultipartUpload:
         if self._writer is not None and self._result is None:
             writer = self._writer
             digest = writer.commit()
-            self._result = UploadResult(file=writer.name, size=writer.size, blake3=digest)
+            self._result = UploadResult(
+                file=writer.name, size=writer.size, blake3=digest, replaced=writer.replaced
+            )
 
 
 def _first_line(exc: Exception) -> str:

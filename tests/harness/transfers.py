@@ -30,7 +30,7 @@ def generate(server: CastRayServer, name: str, size: str, content_type: str) -> 
     with server.client() as client:
         response = client.post(
             "/api/file-generator/create",
-            json={"size": size, "content_type": content_type, "name": name},
+            json={"size": size, "content_type": content_type, "name": name, "overwrite": True},
             timeout=600,
         )
     assert response.status_code == 201, response.text

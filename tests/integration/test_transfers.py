@@ -159,6 +159,37 @@ def test_a_chunk_corrupted_in_flight_is_detected_and_sent_again(
     assert _path(server, DST_B, "flaky.bin").read_bytes() == data
 
 
+def test_a_library_file_replaced_mid_transfer_is_never_seen_by_that_transfer(
+    server: CastRayServer, transport: str
+) -> None:
+    """An upload of the same name lands while a transfer reads the file, and the recipient
+    needs a chunk again afterwards (it arrived damaged): the transfer reads the file it
+    began with, to the end, and the recipient gets that one, verified."""
+    old, new = tx.random_bytes(4 * CHUNK), tx.random_bytes(4 * CHUNK)
+    tx.upload_bytes(server, "swapped.bin", old)
+    with server.client() as client:
+        faulty = client.post(f"/api/nodes/{DST_B}/faults", json={"corrupt_chunks": 1})
+    assert faulty.status_code == 204
+    transfer_id = tx.start(
+        server,
+        source_node=SRC,
+        file="swapped.bin",
+        recipients=[DST_B],
+        transport=transport,
+        rate_limit="64KB/s",
+    )
+    tx.wait_under_way(server, transfer_id, DST_B)
+
+    replaced = tx.upload_bytes(server, "swapped.bin", new)
+    done = tx.wait_finished(server, transfer_id)
+
+    assert replaced["replaced"] is True
+    assert done["status"] == "completed", done
+    assert done["chunks_resent"] == 1
+    assert done["file"]["blake3"] == blake3.blake3(old).hexdigest()
+    assert _path(server, DST_B, "swapped.bin").read_bytes() == old
+
+
 def test_a_file_in_the_source_storage_can_be_sent_on(server: CastRayServer, transport: str) -> None:
     data = tx.random_bytes(CHUNK + 7)
     tx.upload_bytes(server, "hop.bin", data)

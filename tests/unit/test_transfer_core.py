@@ -337,7 +337,7 @@ class FakeAgents:
             LinksProbed: LinksProbed(failures=self._links_down),
             ManifestRead: ManifestRead(size=777, manifest=["cd" * 32], blake3="ef" * 32),
             FileSize: FileSize(size=777),
-            ImportListening: ImportListening(host="127.0.0.1", port=4242),
+            ImportListening: ImportListening(host="127.0.0.1", port=4242, secret="ab" * 32),
             TransferOpened: TransferOpened(size=1000),
             Done: Done(),
         }
@@ -389,7 +389,7 @@ def test_the_service_launches_imports_before_the_source_and_follows_to_the_end(
     start = agents.asked[1][1]
     assert isinstance(start, StartTransfer)
     assert start.recipients == ["a1", "a2", "b2"]
-    assert start.exports == [("127.0.0.1", 4242)]
+    assert start.exports == [("127.0.0.1", 4242, "ab" * 32)]
     assert kinds[0] == "transfer_started"
     assert kinds[-1] == "transfer_finished"
     assert kinds.count("recipient_completed") == 4

@@ -3,24 +3,36 @@
 Within a cluster the feed is the source endpoint: each chunk is read on its node into the
 object store. Across clusters the source cluster's agent also sends each chunk, once, over a
 TCP stream to the agent of every other cluster with recipients; there the chunk is put into
-that cluster's object store and goes down the local chain as usual. A frame is the chunk's
-offset, length and BLAKE3, then its bytes; a final frame carries the whole file's BLAKE3.
+that cluster's object store and goes down the local chain as usual. The stream opens with the
+data ports' hello: the transfer's id and a secret the importing agent made and handed out on
+the control plane only; a connection that does not is dropped and logged, and the listener
+waits on for the right one. A frame is the chunk's offset, length and BLAKE3, then its bytes;
+a final frame carries the whole file's BLAKE3.
 """
 
 from __future__ import annotations
 
+import hmac
+import logging
+import os
 import socket
 import struct
+import time
 from typing import Any
 
 import blake3
 import numpy as np
 import ray
 
+from castray.agent.streams import HELLO, MAGIC, VERSION, hello
 from castray.chunks import Chunk
+
+log = logging.getLogger(__name__)
 
 FRAME = struct.Struct("!QQ32s")
 END = 2**64 - 1
+HELLO_TIMEOUT = 5.0
+"""Seconds a connection to an importing agent gets to present its hello."""
 
 
 class StreamBroken(Exception):
@@ -66,8 +78,13 @@ class EndpointFeed:
 class StreamFeed:
     """Chunks arriving from another cluster's agent, kept until every recipient has them."""
 
-    def __init__(self, listener: socket.socket, supplier: str, timeout: float) -> None:
+    def __init__(
+        self, listener: socket.socket, transfer_id: str, supplier: str, timeout: float
+    ) -> None:
         self.supplier = supplier
+        self.secret = os.urandom(32)
+        """What the source cluster's stream must open with (handed out on the control plane)."""
+        self._transfer_id = transfer_id
         self._timeout = timeout
         self._listener = listener
         self._conn: socket.socket | None = None
@@ -75,12 +92,11 @@ class StreamFeed:
         self._whole: str | None = None
 
     @classmethod
-    def listen(cls, host: str, supplier: str, timeout: float) -> StreamFeed:
+    def listen(cls, host: str, transfer_id: str, supplier: str, timeout: float) -> StreamFeed:
         """Listen for the source cluster's agent; it gets ``timeout`` seconds to connect, and
         the stream as long to stay silent."""
         listener = socket.create_server((host, 0))
-        listener.settimeout(timeout)
-        return cls(listener, supplier, timeout)
+        return cls(listener, transfer_id, supplier, timeout)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -119,13 +135,51 @@ class StreamFeed:
                 sock.close()
 
     def _connection(self) -> socket.socket:
-        if self._conn is None:
+        """The source cluster's stream: the first connection that opens with this transfer's
+        hello and secret (others are dropped and logged), within the timeout."""
+        deadline = time.monotonic() + self._timeout
+        while self._conn is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StreamBroken("the source cluster's agent never connected")
+            self._listener.settimeout(left)
             try:
-                self._conn, _ = self._listener.accept()
+                conn, peer = self._listener.accept()
             except TimeoutError as exc:
                 raise StreamBroken("the source cluster's agent never connected") from exc
-            self._conn.settimeout(self._timeout)
+            if self._greets(conn):
+                conn.settimeout(self._timeout)
+                self._conn = conn
+            else:
+                log.warning(
+                    "transfer %s: dropped a connection from %s:%s to the stream between "
+                    "clusters: it did not open with this transfer's secret",
+                    self._transfer_id,
+                    *peer[:2],
+                )
+                conn.close()
         return self._conn
+
+    def _greets(self, conn: socket.socket) -> bool:
+        conn.settimeout(HELLO_TIMEOUT)
+        raw = bytearray(HELLO.size)
+        view = memoryview(raw)
+        got = 0
+        try:
+            while got < len(raw):
+                n = conn.recv_into(view[got:])
+                if not n:
+                    return False
+                got += n
+        except OSError:
+            return False
+        magic, version, _, tid, secret = HELLO.unpack(raw)
+        return (
+            magic == MAGIC
+            and version == VERSION
+            and tid.decode("ascii", "replace").strip() == self._transfer_id[:16]
+            and hmac.compare_digest(secret, self.secret)
+        )
 
     def _frame(self) -> tuple[int, int, str]:
         header = bytearray(FRAME.size)
@@ -149,11 +203,15 @@ class StreamFeed:
 
 
 class Exporter:
-    """The sending end: pushes each chunk once to another cluster's agent."""
+    """The sending end: pushes each chunk once to another cluster's agent, after the hello
+    that agent's secret makes."""
 
-    def __init__(self, host: str, port: int, timeout: float) -> None:
+    def __init__(
+        self, transfer_id: str, host: str, port: int, secret: bytes, timeout: float
+    ) -> None:
         self.address = f"{host}:{port}"
         self._sock = socket.create_connection((host, port), timeout=timeout)
+        self._sock.sendall(hello(transfer_id, secret, 0))
 
     def send(self, offset: int, data: np.ndarray, digest: str) -> None:
         self._sock.sendall(FRAME.pack(offset, len(data), bytes.fromhex(digest)))

@@ -140,8 +140,16 @@ class StreamRun:
         self._cancelled.set()
 
     def open(self) -> None:
-        """Open every recipient's sink, each linked to the next (the run starts after)."""
+        """Hold the source file open for the whole run (a file replaced under its name is
+        never read), then open every recipient's sink, each linked to the next (the run
+        starts after). Raises the source's error (its file is gone, say)."""
         tid = self.spec.transfer_id
+        source = self.spec.source
+        if source is not None and self.spec.source_path is not None:
+            ray.get(
+                source.handle.hold_source.remote(tid, self.spec.source_path),
+                timeout=self.spec.tunables.control_timeout,
+            )
         refs = {}
         for position, recipient in enumerate(self._recipients):
             refs[recipient.member.id] = recipient.member.handle.open_stream_sink.remote(
@@ -538,6 +546,8 @@ class StreamRun:
             suppliers.append(self.spec.source)
         for supplier in suppliers:
             supplier.handle.stop_sending.remote(tid)
+        if self.spec.source is not None:
+            self.spec.source.handle.release_source.remote(tid)
         for recipient in self._recipients:
             if recipient.path is None:
                 recipient.member.handle.abort_sink.remote(tid, not cancelled)

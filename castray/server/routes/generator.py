@@ -79,11 +79,12 @@ async def info(library: LibraryDep) -> GeneratorInfo:
 @router.post(
     "/create",
     status_code=status.HTTP_201_CREATED,
-    responses={code: {"model": ErrorResponse} for code in (400, 422, 429, 503, 507)},
+    responses={code: {"model": ErrorResponse} for code in (400, 409, 422, 429, 503, 507)},
 )
 async def create(body: GenerateRequest, generator: GeneratorDep, request: Request) -> GeneratedFile:
     """Generate a file (streamed to disk: any size fits in little memory; bounded by
-    CASTRAY_GENERATOR_MAX_BYTES and the disk's free space); stops if the client goes away."""
+    CASTRAY_GENERATOR_MAX_BYTES and the disk's free space); stops if the client goes away.
+    A library file of the same name is replaced only with ``overwrite`` (409 otherwise)."""
     return await _generate(generator, body, request)
 
 
@@ -128,7 +129,9 @@ async def delete_generated(name: str, library: LibraryDep) -> None:
 
 async def _generate(generator: Generator, body: GenerateRequest, request: Request) -> GeneratedFile:
     """Generate, watching the client: one that goes away stops its generation."""
-    work = asyncio.ensure_future(generator.create(body.size, body.content_type, body.name))
+    work = asyncio.ensure_future(
+        generator.create(body.size, body.content_type, body.name, body.overwrite)
+    )
     while True:
         done, _ = await asyncio.wait({work}, timeout=DISCONNECT_CHECK_EVERY)
         if done:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, status
-from pydantic import BaseModel, ConfigDict, Field
 
-from castray.models import ErrorResponse, Node, NodeCreate, NodeList
+from castray.models import ErrorResponse, FaultInjection, Node, NodeCreate, NodeList
 from castray.server.deps import FaultsDep, RegistryDep, SupervisorDep
 
 router = APIRouter(prefix="/nodes", tags=["nodes"])
@@ -31,20 +30,10 @@ async def create_node(body: NodeCreate, supervisor: SupervisorDep) -> Node:
     return await supervisor.create_node(body.node_id, body.ray_node_id)
 
 
-class Faults(BaseModel):
-    """Test hook: flip a byte in the next ``corrupt_chunks`` chunks this node receives;
-    make its data port refuse every connection (``refuse_data_connections``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    corrupt_chunks: int = Field(0, ge=0, le=1000)
-    refuse_data_connections: bool | None = None
-
-
 @router.post("/{node_id}/faults", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
-async def inject_faults(node_id: str, body: Faults, faults: FaultsDep) -> None:
+async def inject_faults(node_id: str, body: FaultInjection, faults: FaultsDep) -> None:
     """Only with ``CASTRAY_ENABLE_FAULT_INJECTION=1``; lets tests prove chunks are verified."""
-    await faults.inject(node_id, body.corrupt_chunks, body.refuse_data_connections)
+    await faults.inject(node_id, body)
 
 
 @router.get("/{node_id}", responses=_ERRORS)
