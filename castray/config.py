@@ -28,7 +28,13 @@ from pydantic_settings import (
 
 from castray.errors import InvalidRequest
 from castray.models import Transport
-from castray.sizes import parse_duration, parse_rate, parse_size
+from castray.sizes import (
+    MIN_RATE_LIMIT,
+    parse_duration,
+    parse_rate,
+    parse_rate_limit,
+    parse_size,
+)
 
 
 def default_data_dir() -> Path:
@@ -133,6 +139,24 @@ class Settings(BaseSettings):
     upload_idle_timeout: float = Field(
         60.0, gt=0, description="Seconds an upload may send nothing before it is dropped (408)."
     )
+    http_header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection gets to send a request's headers (and an idle "
+        "keep-alive connection to send the next request); then it is closed.",
+    )
+    http_max_connections: int = Field(
+        1000,
+        ge=16,
+        description="HTTP and WebSocket connections open at once; one more is closed at once "
+        "(kept below the process's file limit).",
+    )
+    upload_min_rate: int = Field(
+        1024,
+        ge=0,
+        description="Bytes per second an upload must average over each upload_idle_timeout "
+        "window, or be dropped (408): a trickle cannot hold a writer slot ('1KB/s'; 0: no floor).",
+    )
     generator_max_bytes: int = Field(
         16 * 1024**3, ge=0, description="Largest file the generator makes (422 beyond)."
     )
@@ -158,11 +182,11 @@ class Settings(BaseSettings):
     )
 
     agent_transfer_threads: int = Field(
-        32,
+        256,
         ge=1,
-        le=64,
-        description="Transfers one agent drives at once; more wait their turn (at most 64: an "
-        "endpoint streams 64 at once).",
+        le=1024,
+        description="Transfers one agent drives at once, each on a thread of its own (a slow "
+        "one holds up no other); one more is refused (429) until one ends.",
     )
     chunk_retries: int = Field(
         3, ge=0, le=100, description="Times one chunk is sent again to one recipient."
@@ -262,6 +286,7 @@ class Settings(BaseSettings):
     @field_validator(
         "endpoint_egress_limit",
         "endpoint_ingress_limit",
+        "upload_min_rate",
         "received_retention",
         "storage_quota_bytes",
         mode="before",
@@ -275,6 +300,16 @@ class Settings(BaseSettings):
             return _READERS[str(info.field_name)](value)
         except InvalidRequest as exc:
             raise ValueError(exc.message) from None
+
+    @field_validator("endpoint_egress_limit", "endpoint_ingress_limit")
+    @classmethod
+    def _not_too_slow(cls, value: int) -> int:
+        if 0 < value < MIN_RATE_LIMIT:
+            raise ValueError(
+                f"a limit below {MIN_RATE_LIMIT} bytes per second (64KB/s) holds "
+                "senders for hours; use at least that, or 0 for none"
+            )
+        return value
 
     @field_validator("token", mode="before")
     @classmethod
@@ -338,8 +373,9 @@ class Settings(BaseSettings):
 
 
 _READERS: dict[str, Callable[[str], float | int]] = {
-    "endpoint_egress_limit": parse_rate,
-    "endpoint_ingress_limit": parse_rate,
+    "endpoint_egress_limit": parse_rate_limit,
+    "endpoint_ingress_limit": parse_rate_limit,
+    "upload_min_rate": parse_rate,
     "received_retention": parse_duration,
     "storage_quota_bytes": parse_size,
 }

@@ -62,6 +62,22 @@ def parse_rate(rate: str | int) -> int:
         ) from None
 
 
+MIN_RATE_LIMIT = 64 * 1024
+"""The slowest rate a limit may set (bytes per second): slower, one 8 MiB chunk takes over two
+minutes, a stream holds its sender for hours, and a stall cannot be told from a limit."""
+
+
+def parse_rate_limit(rate: str | int) -> int:
+    """A rate limit: as ``parse_rate``, 0 for none, else at least ``MIN_RATE_LIMIT``."""
+    value = parse_rate(rate)
+    if 0 < value < MIN_RATE_LIMIT:
+        raise InvalidRequest(
+            f'rate limit {rate!r} is below the slowest allowed, 64 KiB/s ("64KB/s"): '
+            "a slower one would hold a sender for hours; use at least that, or no limit"
+        )
+    return value
+
+
 def rate_in_words(bytes_per_second: int) -> str:
     return f"{binary_size(bytes_per_second)}/s"
 

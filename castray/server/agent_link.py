@@ -38,14 +38,19 @@ LINE_LIMIT = 16 * 1024 * 1024
 
 RAY_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 """Ray's token settings: an agent gets only those its cluster may see, never the server's own."""
+SERVER_SECRETS = ("CASTRAY_TOKEN", "CASTRAY_TOKEN_FILE")
+"""The API token (and where it is): an agent, and every Ray worker it starts, has no use for
+it, and a Ray worker's environment is visible to whatever runs in it."""
 
 R = TypeVar("R", bound=BaseModel)
 OnMessage = Callable[[AgentMessage], None]
 OnExit = Callable[[int | None], None]
 
 
-def _without_ray_auth(environ: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in environ.items() if k not in RAY_AUTH_VARIABLES}
+def _agent_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without Ray's token settings nor the API token."""
+    dropped = {*RAY_AUTH_VARIABLES, *SERVER_SECRETS}
+    return {k: v for k, v in environ.items() if k not in dropped}
 
 
 class AgentLink:
@@ -81,7 +86,7 @@ class AgentLink:
                 stderr=log_out,
                 limit=LINE_LIMIT,
                 start_new_session=True,
-                env={**_without_ray_auth(os.environ), **env},
+                env={**_agent_environment(os.environ), **env},
             )
         self._reader = asyncio.create_task(self._read(), name=f"agent-{self.config.cluster}")
 

@@ -27,6 +27,7 @@ from castray.server.events import EventHub
 from castray.server.faults import FaultInjector
 from castray.server.generator import Generator
 from castray.server.groups import GroupService
+from castray.server.headers import SecurityHeaders
 from castray.server.history import History
 from castray.server.library import Library
 from castray.server.limits import JsonBodyLimit, WriteSlots
@@ -122,11 +123,15 @@ def create_app(settings: Settings) -> FastAPI:
             await supervisor.stop()
             history.close()
 
+    gated = settings.token is not None  # then the schema needs the token too; no /docs page
     app = FastAPI(
         title="CastRay",
         version=__version__,
         summary="Move files and messages between the nodes of Ray clusters.",
         lifespan=lifespan,
+        openapi_url=None if gated else "/openapi.json",
+        docs_url=None if gated else "/docs",
+        redoc_url=None if gated else "/redoc",
     )
     # Set the moment a stop is asked for (see runner.py), before requests in flight end.
     app.state.stopping = asyncio.Event()
@@ -139,8 +144,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ws.router)
     _add_error_handlers(app)
     _describe_errors_in_openapi(app)
+    if gated:
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=api)
+        async def schema() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
     app.add_middleware(JsonBodyLimit, limit=settings.max_json_bytes)
     app.add_middleware(OriginGuard, policy=OriginPolicy(settings))
+    app.add_middleware(SecurityHeaders)
     return app
 
 

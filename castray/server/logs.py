@@ -1,8 +1,9 @@
 """The server's logs: one format, and no secret in them.
 
 The web page and scripts may put the API token in a ``/ws?token=...`` URL, and uvicorn logs
-every WebSocket connection with its URL at INFO; a filter on the root handlers masks any
-``token=`` value (and bearer credentials) before a line is written, whoever logged it.
+every WebSocket connection with its URL at INFO; at debug level it traces the frames, the
+page's ``{"type": "auth", "token": ...}`` among them. A filter on the root handlers masks
+every token value (and bearer credentials) before a line is written, whoever logged it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ LogFormat = Literal["text", "json"]
 ID_FIELDS = ("transfer_id", "cluster", "endpoint")
 """Fields a log call may give in ``extra`` (see ``about``); JSON lines carry them as fields."""
 
-_SECRETS = re.compile(r"((?:token|ray_token)=)[^&\s\"']+|(Bearer\s+)[^\s\"']+", re.IGNORECASE)
+_SECRETS = re.compile(
+    r"""((?:ray_)?token\\?["']?\s*[:=]\s*\\?["']?)[^"'\\&\s,}]+|(Bearer\s+)[^\s"']+""",
+    re.IGNORECASE,
+)
+"""A token's value wherever a line shows one: ``token=...`` in a URL or an environment, a
+``"token": "..."`` in a JSON message (the page's first /ws message, as a debug trace of
+WebSocket frames shows it, escaped or not), or a bearer credential."""
 
 
 def redact(text: str) -> str:
@@ -34,6 +41,21 @@ class RedactSecrets(logging.Filter):
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        return True
+
+
+class PeerMistakes(logging.Filter):
+    """A client's protocol mistake is the client's, not an error of the server: uvicorn logs
+    an invalid UTF-8 WebSocket frame with a traceback each time (a flood of them would fill the
+    log); it becomes one warning line."""
+
+    _MISTAKES = ("Invalid UTF-8 sequence received from client",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.getMessage().startswith(self._MISTAKES):
+            record.exc_info = record.exc_text = None
+            record.msg, record.args = f"{record.getMessage()}: closed it (1007)", None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 
@@ -73,6 +95,7 @@ def configure_logging(level: str, log_format: LogFormat = "text") -> None:
         handler.setFormatter(JsonLines())
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.addFilter(PeerMistakes())
     handler.addFilter(RedactSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -19,6 +19,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from castray.config import Settings
+from castray.server.http_guard import FD_RESERVE, guarded_protocol, raise_fd_limit
+
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+"""TLS 1.2 suites offered: forward secret and authenticated only (no CBC, no RSA key
+exchange); TLS 1.3 chooses its own, all modern."""
 
 
 class _Server(uvicorn.Server):
@@ -33,14 +38,19 @@ class _Server(uvicorn.Server):
 
 def serve(app: FastAPI, settings: Settings) -> None:
     """Run until stopped (Ctrl+C or SIGTERM)."""
+    files = raise_fd_limit()
+    max_connections = min(settings.http_max_connections, max(16, files - FD_RESERVE))
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=guarded_protocol(settings.http_header_timeout, max_connections),
+        timeout_keep_alive=math.ceil(settings.http_header_timeout),
         log_level=settings.log_level,
         log_config=None,
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
+        ssl_ciphers=TLS_CIPHERS,
         # One log line per request costs more than answering /api/status; debug shows them.
         access_log=settings.log_level == "debug",
         # Connections that will not close delay a stop by this much at most.

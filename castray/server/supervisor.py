@@ -105,6 +105,8 @@ class Supervisor:
         self._fatal: dict[str, tuple[str, str]] = {}
         self._home_failures = 0
         self._home_started = 0.0
+        self._creating: set[str] = set()
+        """Named endpoints being created: they count against ``max_endpoints`` already."""
 
     def subscribe(self, listener: AgentListener) -> None:
         """Tell ``listener`` what agents report about transfers and when a cluster goes down."""
@@ -379,15 +381,25 @@ class Supervisor:
     # ---- requests ------------------------------------------------------------------------
 
     async def create_node(self, node_id: str, ray_node_id: str | None) -> Node:
-        """Deploy a named endpoint in the home cluster and wait briefly for it to answer."""
-        if self._registry.has_node(node_id):
+        """Deploy a named endpoint in the home cluster and wait briefly for it to answer.
+
+        The limit is checked and a place reserved in one step (no await between them), so
+        creations at once cannot all pass the check."""
+        if self._registry.has_node(node_id) or node_id in self._creating:
             raise NodeExists(f"node {node_id!r} exists already; choose another id")
         limit = self._settings.max_endpoints
-        if len(self._registry.nodes()) >= limit:
+        if len({n.id for n in self._registry.nodes()} | self._creating) >= limit:
             raise Conflict(
                 f"this server runs {limit} endpoints, the most it deploys "
                 "(CASTRAY_MAX_ENDPOINTS; each is a Ray worker process); delete one first"
             )
+        self._creating.add(node_id)
+        try:
+            return await self._create_node(node_id, ray_node_id)
+        finally:
+            self._creating.discard(node_id)
+
+    async def _create_node(self, node_id: str, ray_node_id: str | None) -> Node:
         created = (
             await self.request(
                 HOME, CreateEndpoint(endpoint_id=node_id, ray_node_id=ray_node_id), EndpointCreated

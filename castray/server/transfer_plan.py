@@ -11,7 +11,7 @@ from castray.folders import BUNDLE_SUFFIX, FolderIndex
 from castray.models import Node, NodeStatus, TransferCreate, TransferMode, Transport
 from castray.server.registry import Registry
 from castray.server.targets import resolve_recipients
-from castray.sizes import parse_rate
+from castray.sizes import parse_rate_limit
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def plan_transfer(
         local=chain_order(local),
         remote={cluster: chain_order(nodes) for cluster, nodes in remote.items()},
         transport=request.transport or transport,
-        rate_limit=parse_rate(request.rate_limit) if request.rate_limit is not None else 0,
+        rate_limit=(parse_rate_limit(request.rate_limit) if request.rate_limit is not None else 0),
     )
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
+import ssl
 import tarfile
 import time
 from collections.abc import Iterator
@@ -365,6 +367,27 @@ def test_tls_serves_the_api_the_cli_and_wss_to_who_trusts_its_ca(
     assert "certificate" in untrusted.stderr.lower(), untrusted.stderr
     assert len(untrusted.stderr.strip().splitlines()) == 1, untrusted.stderr
     assert {n.id for n in snapshot.nodes} >= {"node_1", "node_2"}
+
+
+def test_tls_refuses_old_cbc_suites_and_the_schema_needs_the_token(
+    tls_server: tuple[CastRayServer, Certs],
+) -> None:
+    server, certs = tls_server
+    host, port = server.url.removeprefix("https://").split(":")
+    old = ssl.create_default_context(cafile=str(certs.ca))
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    old.set_ciphers("ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA:AES128-SHA")
+    with pytest.raises(ssl.SSLError), socket.create_connection((host, int(port)), 10) as raw:
+        old.wrap_socket(raw, server_hostname=host)
+
+    with server.client() as client:
+        schema = client.get("/openapi.json")
+        client.headers.pop("Authorization")
+        anonymous = client.get("/openapi.json")
+        docs = client.get("/docs")
+    assert schema.status_code == 200 and "paths" in schema.json()
+    assert anonymous.status_code == 401
+    assert docs.status_code == 404
 
 
 def test_metrics_can_be_public_and_logs_are_json_lines_with_ids(
