@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,15 @@ def plan_chunks(size: int, chunk_size: int) -> list[Chunk]:
         Chunk(index, offset, min(chunk_size, size - offset))
         for index, offset in enumerate(range(0, size, chunk_size))
     ]
+
+
+FileIdentity = tuple[int, int, int, int]
+"""What says a file is still the one it was: size, mtime and ctime (ns), inode. A write in
+place changes the ctime even when the mtime is put back; a replacement changes the inode."""
+
+
+def identity_of(status: os.stat_result) -> FileIdentity:
+    return (status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns)
 
 
 def file_blake3(path: Path) -> str:

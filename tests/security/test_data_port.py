@@ -15,10 +15,11 @@ from pathlib import Path
 import blake3
 import pytest
 
-from castray.agent import streams
-from castray.agent.streams import END, FRAME, DataPort, StreamSink, hello
+from castray.agent import dataplane as streams
+from castray.agent.dataplane import END, FRAME, DataPort, StreamSink, hello
 from castray.agent.transports.feeds import Exporter, StreamFeed
 from castray.chunks import plan_chunks
+from tests.harness.sinks import open_sink
 from tests.harness.waiting import wait_for
 
 CHUNK = 64 * 1024
@@ -34,22 +35,7 @@ def port() -> Iterator[DataPort]:
 
 
 def _sink(tmp_path: Path, data: bytes) -> StreamSink:
-    chunks = plan_chunks(len(data), CHUNK)
-    sink = StreamSink(
-        transfer_id=TID,
-        temp=tmp_path / ".f.part",
-        final=tmp_path / "f",
-        size=len(data),
-        chunk_size=CHUNK,
-        manifest=[blake3.blake3(data[c.offset : c.offset + c.length]).digest() for c in chunks],
-        secret=SECRET,
-        downstream=None,
-        stall_timeout=5.0,
-        connect_timeout=1.0,
-        blake3=blake3.blake3(data).hexdigest(),
-    )
-    sink.open()
-    return sink
+    return open_sink(tmp_path, data, CHUNK, TID, SECRET, stall_timeout=5.0, connect_timeout=1.0)
 
 
 def _send(port: DataPort, frames: list[tuple[int, int, bytes]], end: bool = True) -> None:
@@ -132,7 +118,7 @@ def test_the_accept_loop_survives_a_thread_that_cannot_start(
         original(self)
 
     monkeypatch.setattr(threading.Thread, "start", start)
-    with caplog.at_level(logging.WARNING, logger="castray.agent.streams"):
+    with caplog.at_level(logging.WARNING, logger="castray.agent.dataplane"):
         with socket.create_connection(("127.0.0.1", int(port.address.rsplit(":", 1)[1])), 2) as s:
             s.settimeout(2)
             assert s.recv(1) == b""  # closed at once
@@ -147,7 +133,7 @@ def test_a_flood_of_silent_connections_is_capped_and_logged_and_others_still_get
     once, and an endpoint at another address still gets in."""
     host, _, number = port.address.rpartition(":")
     silent = []
-    with caplog.at_level(logging.WARNING, logger="castray.agent.streams"):
+    with caplog.at_level(logging.WARNING, logger="castray.agent.dataplane"):
         try:
             for _ in range(streams.MAX_GREETING_PER_PEER + 20):
                 silent.append(socket.create_connection((host, int(number)), 2, ("127.0.0.5", 0)))
@@ -186,7 +172,7 @@ def test_a_wrong_secret_is_refused_with_the_peers_address(
     port.register(sink)
     try:
         with (
-            caplog.at_level(logging.WARNING, logger="castray.agent.streams"),
+            caplog.at_level(logging.WARNING, logger="castray.agent.dataplane"),
             streams.connect(port.address, 2) as sock,
         ):
             sock.sendall(hello(TID, bytes(32), 0))

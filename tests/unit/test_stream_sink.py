@@ -13,7 +13,7 @@ from pathlib import Path
 import blake3
 
 from castray.agent import journal
-from castray.agent.streams import END, FRAME, StreamSink
+from castray.agent.dataplane import END, FRAME, StreamSink
 from castray.chunks import plan_chunks
 
 CHUNK = 64 * 1024

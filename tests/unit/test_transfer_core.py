@@ -221,11 +221,13 @@ def test_a_finished_recipient_ignores_late_progress_and_a_second_finish() -> Non
     state.progress(_progress(a1=500))
 
     completed = state.recipient_finished(
-        RecipientFinished(transfer_id="t", recipient="a1", ok=True, path="/s/a1/f.bin")
+        RecipientFinished(transfer_id="t", recipient="a1", ok=True, path="/s/a1/f.bin"),
+        T0 + timedelta(seconds=1),
     )
     state.progress(_progress(a1=10))
     again = state.recipient_finished(
-        RecipientFinished(transfer_id="t", recipient="a1", ok=False, error="late")
+        RecipientFinished(transfer_id="t", recipient="a1", ok=False, error="late"),
+        T0 + timedelta(seconds=1),
     )
 
     assert completed is not None and completed.recipient_state.status is RecipientStatus.COMPLETED
@@ -239,7 +241,8 @@ def test_a_failed_recipient_keeps_the_bytes_it_had_and_the_reason() -> None:
     state.progress(_progress(a1=300))
 
     failed = state.recipient_finished(
-        RecipientFinished(transfer_id="t", recipient="a1", ok=False, error="disk full")
+        RecipientFinished(transfer_id="t", recipient="a1", ok=False, error="disk full"),
+        T0 + timedelta(seconds=1),
     )
 
     assert failed is not None
@@ -262,7 +265,9 @@ def test_the_end_follows_from_the_recipients(
     state = _state("a1", "a2")
     state.progress(_progress(a1=100, a2=100))
     for rid in completed:
-        state.recipient_finished(RecipientFinished(transfer_id="t", recipient=rid, ok=True))
+        state.recipient_finished(
+            RecipientFinished(transfer_id="t", recipient=rid, ok=True), T0 + timedelta(seconds=1)
+        )
 
     final = state.finish(_finished(**outcome), T0 + timedelta(seconds=2))
 
@@ -277,9 +282,12 @@ def test_the_end_follows_from_the_recipients(
 
 def test_a_transfer_with_failed_recipients_says_why_in_its_own_error() -> None:
     state = _state("a1", "a2", "b2")
-    state.recipient_finished(RecipientFinished(transfer_id="t", recipient="a1", ok=True))
     state.recipient_finished(
-        RecipientFinished(transfer_id="t", recipient="a2", ok=False, error="disk full")
+        RecipientFinished(transfer_id="t", recipient="a1", ok=True), T0 + timedelta(seconds=1)
+    )
+    state.recipient_finished(
+        RecipientFinished(transfer_id="t", recipient="a2", ok=False, error="disk full"),
+        T0 + timedelta(seconds=1),
     )
 
     final = state.finish(_finished(), T0)
@@ -304,7 +312,7 @@ def test_an_ended_transfer_changes_no_more() -> None:
     final = state.finish(_finished(cancelled=True), T0)
 
     assert state.progress(_progress(a1=10)) is None
-    assert state.interrupt("stopping").status is TransferStatus.CANCELLED
+    assert state.interrupt("stopping", T0).status is TransferStatus.CANCELLED
     assert state.finish(_finished(), T0).status is TransferStatus.CANCELLED
     assert state.transfer == final
 
@@ -313,7 +321,7 @@ def test_a_transfer_in_flight_when_castray_stops_is_interrupted() -> None:
     state = _state("a1")
     state.progress(_progress(a1=1))
 
-    assert state.interrupt("CastRay stopped").status is TransferStatus.INTERRUPTED
+    assert state.interrupt("CastRay stopped", T0).status is TransferStatus.INTERRUPTED
 
 
 # ---- the service over an in-memory gateway ----------------------------------------------------

@@ -24,7 +24,7 @@ import blake3
 import numpy as np
 import ray
 
-from castray.agent.streams import HELLO, MAGIC, VERSION, hello
+from castray.agent.dataplane.wire import HELLO, MAGIC, VERSION, hello
 from castray.chunks import Chunk
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,24 @@ class StreamBroken(Exception):
 class EndpointFeed:
     """Chunks read by the source endpoint's actor on its own node."""
 
-    def __init__(self, transfer_id: str, source_id: str, handle: Any, path: str) -> None:
+    def __init__(
+        self,
+        transfer_id: str,
+        source_id: str,
+        handle: Any,
+        path: str,
+        identity: tuple[int, int, int, int] | None = None,
+    ) -> None:
         self.supplier = source_id
         self._transfer_id = transfer_id
         self._handle = handle
         self._path = path
+        self._identity = identity
 
     def open(self, hash_whole: bool, timeout: float) -> int:
-        ref = self._handle.open_source.remote(self._transfer_id, self._path, hash_whole)
+        ref = self._handle.open_source.remote(
+            self._transfer_id, self._path, hash_whole, self._identity
+        )
         try:
             return int(ray.get(ref, timeout=timeout))
         except ray.exceptions.RayTaskError as exc:

@@ -31,9 +31,10 @@ from ray.exceptions import GetTimeoutError, RayError
 
 from castray import ratelimit
 from castray.agent.outcomes import ChunkOutcome, ChunkStatus
-from castray.agent.reasons import reason
+from castray.agent.reasons import cause_of, reason
 from castray.agent.transports.feeds import EndpointFeed, Exporter, StreamBroken, StreamFeed
 from castray.chunks import Chunk, plan_chunks
+from castray.errors import CastRayError, SourceChanged
 from castray.protocol import (
     AgentTunables,
     RecipientFinished,
@@ -44,6 +45,9 @@ from castray.protocol import (
 
 log = logging.getLogger(__name__)
 
+LOST_RETRIES_FACTOR = 4
+"""A chunk lost on the way (not damaged) is sent again this many times ``chunk_retries``."""
+
 
 @dataclass
 class _Recipient:
@@ -53,6 +57,9 @@ class _Recipient:
     failed: str | None = None
     path: str | None = None
     attempts: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    """Chunks lost on the way to it (an upstream failed), by index: sent again."""
+    damaged: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    """Chunks that arrived damaged, by index: sent again, ``chunk_retries`` times at most."""
 
 
 @dataclass
@@ -99,6 +106,8 @@ class TransferRun:
         self._served: dict[str, int] = defaultdict(int)
         self._size = size
         self._resent = 0
+        self._damaged = 0
+        self._error_passes = True
         self._limit = ratelimit.bucket_for(spec.rate_limit)
 
     @property
@@ -136,6 +145,10 @@ class TransferRun:
         except StreamBroken as exc:
             error = str(exc)
             log.warning("transfer %s: %s", self.spec.transfer_id, error)
+        except CastRayError as exc:  # the source changed, say: that does not pass
+            error = exc.message
+            self._error_passes = False
+            log.warning("transfer %s: %s", self.spec.transfer_id, error)
         except (RayError, OSError) as exc:
             error = f"the source failed: {exc}"
             log.warning("transfer %s: %s", self.spec.transfer_id, error)
@@ -154,6 +167,7 @@ class TransferRun:
                     error=error,
                     bytes_served=dict(self._served),
                     chunks_resent=self._resent,
+                    chunks_damaged=self._damaged,
                 )
             )
 
@@ -181,7 +195,7 @@ class TransferRun:
             if self._limit is not None:
                 self._limit.take(chunk.length, self._cancelled.is_set)
             self._send(chunk, chain)
-            while self._chunks_in_flight() >= self.spec.window:
+            while self._chunks_in_flight() >= self.spec.window and not self._cancelled.is_set():
                 self._collect()
             if time.monotonic() - last_report >= self.spec.tunables.progress_interval:
                 self._report_progress()
@@ -261,6 +275,9 @@ class TransferRun:
 
     def _collect(self) -> None:
         """Wait for some chunk acknowledgements and act on them."""
+        if not self._inflight:  # nothing to wait for: a caller must not spin on it
+            self._outstanding.clear()
+            return
         ready, _ = ray.wait(
             list(self._inflight), num_returns=1, timeout=self.spec.tunables.stall_timeout
         )
@@ -283,41 +300,65 @@ class TransferRun:
         try:
             outcome: ChunkOutcome = ray.get(ref)
         except RayError as exc:
+            if isinstance(cause_of(exc), SourceChanged):
+                raise cause_of(exc) from None  # the whole transfer ends with it
             if not _answers(recipient.handle):
-                self._fail(recipient, f"its actor or node died: {reason(exc)}")
+                self._fail(recipient, f"its actor or node died: {reason(exc)}", transient=True)
                 return
             outcome = ChunkOutcome(ChunkStatus.UPSTREAM_MISSING)
         if outcome.status is ChunkStatus.OK:
             recipient.bytes_done += outcome.bytes
             self._served[flight.supplier] += outcome.bytes
         elif outcome.status in (ChunkStatus.CORRUPT, ChunkStatus.UPSTREAM_MISSING):
-            self._retry(flight.chunk, recipient, outcome.status.value)
+            self._retry(flight.chunk, recipient, outcome.status is ChunkStatus.CORRUPT)
         else:
             self._fail(recipient, outcome.error or outcome.status.value)
 
-    def _retry(self, chunk: Chunk, recipient: _Recipient, why: str) -> None:
-        recipient.attempts[chunk.index] += 1
-        if recipient.attempts[chunk.index] > self.spec.tunables.chunk_retries:
+    def _retry(self, chunk: Chunk, recipient: _Recipient, damaged: bool) -> None:
+        """Send a chunk again from the source: one that arrived damaged counts against
+        ``chunk_retries``; one lost upstream (a receiver before it failed) is not this
+        recipient's failing, and gets more tries."""
+        retries = self.spec.tunables.chunk_retries
+        counts = recipient.damaged if damaged else recipient.attempts
+        counts[chunk.index] += 1
+        if damaged and counts[chunk.index] > retries:
+            self._fail(
+                recipient, f"chunk {chunk.index} failed its check {counts[chunk.index]} times"
+            )
+            return
+        if not damaged and counts[chunk.index] > LOST_RETRIES_FACTOR * max(retries, 1):
             self._fail(
                 recipient,
-                f"chunk {chunk.index} still {why} after {self.spec.tunables.chunk_retries} retries",
+                f"chunk {chunk.index} never reached it: {counts[chunk.index]} "
+                "sends of it were lost on the way",
             )
             return
         self._resent += 1
+        self._damaged += damaged
         log.info(
-            "transfer %s: chunk %d to %s was %s; sending it again from the source",
+            "transfer %s: chunk %d to %s %s; sending it again from the source",
             self.spec.transfer_id,
             chunk.index,
             recipient.id,
-            why,
+            "arrived damaged" if damaged else "was lost upstream",
         )
         self._send(chunk, [recipient], retry=True)
 
     def _give_up_stalled(self) -> None:
+        """Nothing was acknowledged for ``stall_timeout``: the recipients waited on fail, and
+        their chunks in flight are forgotten (the window with them, or the run would wait on
+        nothing, spinning)."""
         waiting = {flight.recipient.id: flight.recipient for flight in self._inflight.values()}
         for recipient in waiting.values():
-            self._fail(recipient, f"no chunk arrived for {self.spec.tunables.stall_timeout:g} s")
+            self._fail(
+                recipient,
+                f"no chunk arrived for {self.spec.tunables.stall_timeout:g} s",
+                transient=True,
+            )
+        for flight in self._inflight.values():
+            self._feed.release(flight.chunk)
         self._inflight.clear()
+        self._outstanding.clear()
 
     # ---- bookkeeping -----------------------------------------------------------------
 
@@ -327,7 +368,9 @@ class TransferRun:
     def _chunks_in_flight(self) -> int:
         return sum(1 for count in self._outstanding.values() if count > 0)
 
-    def _fail(self, recipient: _Recipient, reason: str) -> None:
+    def _fail(self, recipient: _Recipient, reason: str, transient: bool = False) -> None:
+        """``transient``: the reason passes (a death, a stall, a broken stream between
+        clusters): ``auto_resume`` may take the transfer up again."""
         if recipient.failed is not None:
             return
         recipient.failed = reason
@@ -336,7 +379,11 @@ class TransferRun:
         recipient.handle.abort_sink.remote(self.spec.transfer_id)
         self._emit(
             RecipientFinished(
-                transfer_id=self.spec.transfer_id, recipient=recipient.id, ok=False, error=reason
+                transfer_id=self.spec.transfer_id,
+                recipient=recipient.id,
+                ok=False,
+                error=reason,
+                transient=transient,
             )
         )
 
@@ -345,7 +392,7 @@ class TransferRun:
             if recipient.failed is None and recipient.path is None:
                 recipient.handle.abort_sink.remote(self.spec.transfer_id)
                 if not self._cancelled.is_set():
-                    self._fail(recipient, reason)
+                    self._fail(recipient, reason, transient=self._error_passes)
         self._feed.abort()
 
     def _report_progress(self) -> None:

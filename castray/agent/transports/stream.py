@@ -17,23 +17,33 @@ dies or cannot write is failed with its reason; the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayError
+from ray.exceptions import GetTimeoutError, RayError, RayTaskError
 
+from castray.agent.dataplane import all_chunks
 from castray.agent.outcomes import CommitOutcome
-from castray.agent.reasons import reason
-from castray.agent.streams import SinkStatus, all_chunks
-from castray.chunks import plan_chunks
+from castray.agent.reasons import cause_of, reason
+from castray.agent.transports.pace import Pace, slow_one, try_head
+from castray.agent.transports.stream_parts import (
+    Member,
+    Recipient,
+    Repair,
+    Send,
+    StreamSpec,
+    answers,
+    runs_to_repair,
+    supplier_for,
+)
+from castray.errors import SourceChanged
 from castray.protocol import (
-    AgentTunables,
     RecipientFinished,
     TransferFinished,
     TransferMessage,
@@ -42,72 +52,17 @@ from castray.protocol import (
 
 log = logging.getLogger(__name__)
 
+FAST = 4 * 1024 * 1024
+"""Bytes per second above which a recipient's progress is asked for every progress interval."""
+SLOW_POLL = 2.0
+"""Seconds a status call waits on a recipient whose bytes trickle."""
+ADAPT_EVERY = 2.0
+"""Seconds between looks at each recipient's pace (to move a slow one to the chain's end)."""
+ADAPT_AFTER = 3.0
+"""Seconds before the first look: streams have started and paces settled."""
 SOURCE_PROBE_TIMEOUT = 2.0
 """Seconds the source gets to answer once the stream it sent failed in its actor: a live one
 answers its control group at once, and the transfer waits on nothing else."""
-
-
-@dataclass(frozen=True)
-class Member:
-    """A recipient as the run knows it: id, actor, data address."""
-
-    id: str
-    handle: Any
-    data_address: str
-
-
-@dataclass(frozen=True)
-class StreamSpec:
-    transfer_id: str
-    file_name: str
-    size: int
-    chunk_size: int
-    manifest: list[bytes]
-    expected_blake3: str
-    secret: bytes
-    recipients: list[Member]
-    source: Member | None
-    """The source endpoint, when it is in this cluster."""
-    source_path: str | None
-    downstream: str | None
-    """Where the last recipient passes the stream on: the next cluster's first recipient."""
-    tunables: AgentTunables
-    resume: bool = False
-    """Take up what an earlier run left: each sink gets only the chunks its journal lacks."""
-    rate_limit: int = 0
-    """Bytes per second each stream is sent at, at most; 0: no limit."""
-
-
-@dataclass
-class _Recipient:
-    member: Member
-    status: SinkStatus | None = None
-    failed: str | None = None
-    committing: Any = None
-    asking: Any = None
-    """Its status call in flight (one at a time), and since when."""
-    asked_at: float = 0.0
-    path: str | None = None
-    streams_before_repair: int | None = None
-    """While a repair is on its way: how many streams the sink had seen when it was sent."""
-    attempts: dict[int, int] = field(default_factory=lambda: defaultdict(int))
-
-    @property
-    def needs_repair(self) -> bool:
-        """Its streams ended with chunks missing, and no repair is on its way."""
-        status = self.status
-        if not self.open or self.committing is not None or status is None:
-            return False
-        if self.streams_before_repair is not None:
-            if status.streams_seen <= self.streams_before_repair:
-                return False
-            self.streams_before_repair = None
-        return (status.ended or status.broken is not None) and bool(status.missing)
-
-    @property
-    def open(self) -> bool:
-        """Still to end (not failed, not committed)."""
-        return self.failed is None and self.path is None
 
 
 class StreamRun:
@@ -124,13 +79,22 @@ class StreamRun:
         self._death = death
         """Why an endpoint is dead, as its cluster's agent saw it (None while alive)."""
         self._source_asked_at = 0.0
-        self._recipients = [_Recipient(m) for m in spec.recipients]
+        self._recipients = [Recipient(m) for m in spec.recipients]
         self._cancelled = threading.Event()
-        self._sends: dict[Any, str] = {}
-        """Streams being sent: their Ray refs, and who sends them."""
+        self._sends: dict[Any, Send] = {}
+        """Streams being sent: their Ray refs, who sends them, to whom."""
         self._served: dict[str, int] = defaultdict(int)
         self._resent = 0
+        self._resumed = 0
+        self._repairs: list[Repair] = []
+        """Repairs waiting for their recipients to be re-linked before they are sent."""
+        self._unfit: set[str] = set()
+        """Suppliers whose repair stream failed: another holder is asked first next time."""
         self._error: str | None = None
+        self._error_passes = True
+        """Whether what ended the run passes (the source died) or not (its file changed)."""
+        self._paced_at = time.monotonic() + ADAPT_AFTER - ADAPT_EVERY
+        self._head_tried = False
 
     @property
     def size(self) -> int:
@@ -147,7 +111,9 @@ class StreamRun:
         source = self.spec.source
         if source is not None and self.spec.source_path is not None:
             ray.get(
-                source.handle.hold_source.remote(tid, self.spec.source_path),
+                source.handle.hold_source.remote(
+                    tid, self.spec.source_path, self.spec.source_identity
+                ),
                 timeout=self.spec.tunables.control_timeout,
             )
         refs = {}
@@ -162,12 +128,25 @@ class StreamRun:
                 self._next_address(position),
                 self.spec.expected_blake3,
                 self.spec.resume,
+                self.spec.await_stream,
             )
         for recipient in self._recipients:
             try:
-                ray.get(refs[recipient.member.id], timeout=self.spec.tunables.control_timeout)
-            except (RayError, GetTimeoutError) as exc:
-                self._fail(recipient, f"could not create the file: {reason(exc)}")
+                _, kept = ray.get(
+                    refs[recipient.member.id], timeout=self.spec.tunables.control_timeout
+                )
+            except RayTaskError as exc:  # the endpoint refused it (no room, say): nothing kept
+                self._fail(recipient, f"could not create the file: {reason(exc)}", refused=True)
+                continue
+            except (RayError, GetTimeoutError) as exc:  # its actor or node did not answer
+                self._fail(
+                    recipient,
+                    f"could not create the file: its endpoint did not answer ({reason(exc)})",
+                    transient=True,
+                )
+                continue
+            recipient.kept = int(kept)
+            recipient.resuming = self.spec.resume
         self._relink_around_failed()
 
     def run(self) -> None:
@@ -185,6 +164,15 @@ class StreamRun:
                     head,
                     all_chunks(self.spec.size, self.spec.chunk_size),
                     forward=True,
+                )
+            elif self.spec.source is not None and self.spec.send_on and self.spec.downstream:
+                # A resume: what recipients of other clusters lack goes to them straight.
+                wanted = set(self.spec.send_on)
+                every = all_chunks(self.spec.size, self.spec.chunk_size)
+                chunks = [c for c in every if c[0] in wanted]
+                self._resumed += len(chunks)
+                self._send(
+                    self.spec.source, self.spec.source_path, self.spec.downstream, chunks, True
                 )
             self._watch()
         except Exception as exc:
@@ -205,6 +193,7 @@ class StreamRun:
             if self._error is not None:
                 return
             self._read_statuses()
+            self._adapt()
             self._collect_commits()
             for recipient in self._recipients:
                 self._act_on(recipient)
@@ -220,8 +209,112 @@ class StreamRun:
             elif time.monotonic() - progress_at > tunables.stall_timeout:
                 for recipient in self._recipients:
                     if recipient.open and recipient.committing is None:
-                        self._fail(recipient, f"no byte arrived for {tunables.stall_timeout:g} s")
+                        self._fail(
+                            recipient,
+                            f"no byte arrived for {tunables.stall_timeout:g} s",
+                            transient=True,
+                        )
             self._pause()
+
+    def _adapt(self) -> None:
+        """Every ``ADAPT_EVERY`` seconds: measure each recipient's pace, and move one that
+        holds up those after it to the end of the chain (``pace.slow_one``): the one before it
+        then feeds the one after it, from the chunk that one lacks, and the last one feeds it,
+        at its own pace. Nothing is sent twice, and the source's stream is not touched."""
+        now = time.monotonic()
+        seconds = now - self._paced_at
+        if seconds < ADAPT_EVERY:
+            return
+        self._paced_at = now
+        for recipient in self._recipients:
+            received = recipient.status.received_bytes if recipient.status else 0
+            recipient.rate = (received - recipient.seen_bytes) / seconds
+            recipient.seen_bytes = received
+        chain = [r for r in self._recipients if r.open]
+        paces = [Pace(r.member.id, r.rate, self._unsettled(r), r.moved) for r in chain]
+        slow = slow_one(paces)
+        if slow is not None:
+            self._move_to_end(next(r for r in chain if r.member.id == slow), chain)
+        elif self._head_movable(chain) and try_head(paces, chain[0].seen_bytes / self.size):
+            self._move_head(chain)
+
+    def _move_to_end(self, slow: Recipient, chain: list[Recipient]) -> None:
+        position = chain.index(slow)
+        before, after, last = chain[position - 1], chain[position + 1], chain[-1]
+        tid, chunk = self.spec.transfer_id, self.spec.chunk_size
+        log.info(
+            "transfer %s: %s takes %.1f MB/s against %.1f MB/s before it; it goes to the end "
+            "of the chain, fed by %s",
+            tid,
+            slow.member.id,
+            slow.rate / 1e6,
+            before.rate / 1e6,
+            last.member.id,
+        )
+        self._recipients.remove(slow)
+        self._recipients.append(slow)
+        lacks = lambda r: (r.status.verified_bytes if r.status else 0) // chunk  # noqa: E731
+        before.member.handle.redirect.remote(tid, after.member.data_address, lacks(after))
+        slow.member.handle.redirect.remote(tid, None, 0)
+        last.member.handle.redirect.remote(tid, slow.member.data_address, lacks(slow))
+        # Their old streams break and new ones come: no repair before the new ones end.
+        for moved in (after, slow):
+            if moved.status is not None:
+                moved.streams_before_repair = moved.status.streams_seen + 1
+        slow.moved = True
+
+    def _head_movable(self, chain: list[Recipient]) -> bool:
+        """The head is fed by this run's source stream (not a resume's repairs, nor another
+        cluster), and it was never tried at the end."""
+        return (
+            self.spec.source is not None
+            and not self.spec.resume
+            and not self._head_tried
+            and len(chain) >= 2
+            and chain[0] is self._recipients[0]
+        )
+
+    def _move_head(self, chain: list[Recipient]) -> None:
+        """Move the head to the end: it stops passing the stream on, the source's stream
+        moves to the one after it (from the chunk that one lacks), and the last one feeds
+        it (from the chunk it lacks), at its own pace."""
+        self._head_tried = True
+        head, after, last = chain[0], chain[1], chain[-1]
+        tid, chunk = self.spec.transfer_id, self.spec.chunk_size
+        source = self.spec.source
+        assert source is not None
+        lacks = lambda r: (r.status.verified_bytes if r.status else 0) // chunk  # noqa: E731
+        try:
+            ray.get(head.member.handle.redirect.remote(tid, None, 0), timeout=SOURCE_PROBE_TIMEOUT)
+            moved = ray.get(
+                source.handle.move_stream.remote(
+                    tid, head.member.data_address, after.member.data_address, lacks(after)
+                ),
+                timeout=SOURCE_PROBE_TIMEOUT,
+            )
+        except (RayError, GetTimeoutError) as exc:
+            log.info("transfer %s: could not try another head: %s", tid, reason(exc))
+            moved = False
+        if not moved:  # the source's stream ended meanwhile: the head goes on as it was
+            head.member.handle.redirect.remote(tid, after.member.data_address, lacks(after))
+            return
+        log.info(
+            "transfer %s: the head %s takes %.1f MB/s and the next keeps up: %s is fed by the "
+            "source now, and %s by %s",
+            tid,
+            head.member.id,
+            head.rate / 1e6,
+            after.member.id,
+            head.member.id,
+            last.member.id,
+        )
+        self._recipients.remove(head)
+        self._recipients.append(head)
+        last.member.handle.redirect.remote(tid, head.member.data_address, lacks(head))
+        for moved_one in (after, head):
+            if moved_one.status is not None:
+                moved_one.streams_before_repair = moved_one.status.streams_seen + 1
+        head.moved = True
 
     def _pause(self) -> None:
         """Until the next look: a commit that ends, or the sinks' own wait for a change (the
@@ -234,7 +327,7 @@ class StreamRun:
             self._cancelled.wait(interval)
 
     @staticmethod
-    def _unsettled(recipient: _Recipient) -> bool:
+    def _unsettled(recipient: Recipient) -> bool:
         """An open sink still receiving: its next status call waits for it to settle."""
         status = recipient.status
         return (
@@ -253,7 +346,7 @@ class StreamRun:
         now = time.monotonic()
         for recipient in self._recipients:
             if recipient.open and recipient.asking is None:
-                wait = tunables.progress_interval if self._unsettled(recipient) else 0.0
+                wait = self._poll_wait(recipient) if self._unsettled(recipient) else 0.0
                 recipient.asking = recipient.member.handle.sink_status.remote(
                     self.spec.transfer_id, wait
                 )
@@ -271,7 +364,7 @@ class StreamRun:
                 status = ray.get(ref)
             except RayError as exc:
                 if recipient.open:
-                    self._fail(recipient, f"its actor or node died: {reason(exc)}")
+                    self._fail(recipient, f"its actor or node died: {reason(exc)}", transient=True)
                 continue
             if status is not None and recipient.open:
                 recipient.status = status
@@ -283,6 +376,13 @@ class StreamRun:
                     f"it did not answer for {tunables.peer_timeout:g} s: its host is cut off "
                     "or its node is lost",
                 )
+
+    def _poll_wait(self, recipient: Recipient) -> float:
+        """How long a status call may wait for the sink to settle: a progress interval while
+        bytes flow fast, longer when they trickle (a slow transfer then costs a call every
+        couple of seconds, not four a second; a sink that settles answers at once anyway)."""
+        interval = self.spec.tunables.progress_interval
+        return interval if recipient.rate >= FAST else max(interval, SLOW_POLL)
 
     def _check_deaths(self) -> None:
         """The source dead ends the transfer with that reason (its recipients are not to
@@ -298,7 +398,7 @@ class StreamRun:
         broke = any(r.open and r.status and r.status.broken for r in self._recipients)
         if source is not None and broke and now - self._source_asked_at > SOURCE_PROBE_TIMEOUT:
             self._source_asked_at = now
-            if not _answers(source.handle, SOURCE_PROBE_TIMEOUT):
+            if not answers(source.handle, SOURCE_PROBE_TIMEOUT):
                 self._error = (
                     f"the source {source.id} died: it stopped answering when its stream broke"
                 )
@@ -307,36 +407,44 @@ class StreamRun:
             if recipient.open and (why := self._death(recipient.member.id)) is not None:
                 self._cut_off(recipient, f"its endpoint died: {why}")
 
-    def _cut_off(self, recipient: _Recipient, why: str) -> None:
+    def _cut_off(self, recipient: Recipient, why: str, transient: bool = True) -> None:
         """Fail a recipient that stopped answering or died, and take it out of the chain: its
         upstream stops passing the stream to it (it would block there), its downstream drops
         the stream from it (it would wait there); what the downstream lacks is then repaired."""
         position = self._recipients.index(recipient)
-        self._fail(recipient, why)
+        self._fail(recipient, why, transient=transient)
         tid = self.spec.transfer_id
         before = [r for r in self._recipients[:position] if r.failed is None]
         if before:
             before[-1].member.handle.sever.remote(tid, False, True)
-        elif self.spec.source is not None:
-            self.spec.source.handle.stop_sending.remote(tid)
+        elif self.spec.source is not None:  # it was the head: only the stream to it ends
+            self.spec.source.handle.stop_sending.remote(tid, recipient.member.data_address)
         after = [r for r in self._recipients[position + 1 :] if r.open]
         if after:
             after[0].member.handle.sever.remote(tid, True, False)
         self._relink_around_failed()
 
-    def _act_on(self, recipient: _Recipient) -> None:
+    def _act_on(self, recipient: Recipient) -> None:
         status = recipient.status
         if status is None or recipient.path is not None:
             return
         if status.error is not None and recipient.failed is None:
-            # Its own copy failed; it still passes the stream on until the stream ends.
-            self._fail(recipient, status.error, abort=False)
+            if self._feeds_anyone(recipient):
+                # Its own copy failed; it still passes the stream on until the stream ends.
+                self._fail(recipient, status.error, abort=False)
+            else:  # nobody needs what it gets: its upstream stops sending it at once
+                self._cut_off(recipient, status.error, transient=False)
             return
         settled = status.ended or status.broken is not None
         if recipient.open and settled and not status.missing and recipient.committing is None:
             recipient.committing = recipient.member.handle.commit_sink.remote(
                 self.spec.transfer_id, self.spec.expected_blake3
             )
+
+    def _feeds_anyone(self, recipient: Recipient) -> bool:
+        position = self._recipients.index(recipient)
+        later = any(r.open for r in self._recipients[position + 1 :])
+        return later or self.spec.downstream is not None
 
     def _collect_commits(self) -> None:
         for recipient in self._recipients:
@@ -361,6 +469,7 @@ class StreamRun:
                     recipient=recipient.member.id,
                     ok=True,
                     path=outcome.path,
+                    kept_bytes=recipient.kept,
                 )
             )
 
@@ -373,6 +482,7 @@ class StreamRun:
         target: str,
         chunks: list[tuple[int, int, int]],
         forward: bool,
+        to: list[Recipient] | None = None,
     ) -> None:
         ref = supplier.handle.send_stream.remote(
             self.spec.transfer_id,
@@ -383,114 +493,133 @@ class StreamRun:
             forward,
             self.spec.rate_limit,
         )
-        self._sends[ref] = supplier.id
+        self._sends[ref] = Send(supplier.id, to or [])
 
     def _collect_sends(self) -> None:
+        """Streams that ended: a source that died ends the transfer; a repair stream that
+        failed is planned again at once, from another holder if there is one (its recipients
+        may never have seen it start, and would otherwise wait for the stall timeout)."""
         if not self._sends:
             return
         ready, _ = ray.wait(list(self._sends), num_returns=len(self._sends), timeout=0)
         for ref in ready:
-            supplier = self._sends.pop(ref)
+            sent = self._sends.pop(ref)
             try:
-                self._served[supplier] += int(ray.get(ref))
+                self._served[sent.supplier] += int(ray.get(ref))
+                continue
             except RayError as exc:
-                source = self.spec.source
-                if (
-                    source is not None
-                    and supplier == source.id
-                    and not _answers(source.handle, SOURCE_PROBE_TIMEOUT)
-                ):
-                    self._error = f"the source {supplier} died: {reason(exc)}"
+                why = reason(exc)
+                if isinstance(cause_of(exc), SourceChanged):
+                    self._error, self._error_passes = why, False
                     return
-                log.info(
-                    "transfer %s: a stream from %s ended early: %s",
-                    self.spec.transfer_id,
-                    supplier,
-                    reason(exc),
-                )
+            source = self.spec.source
+            if (
+                source is not None
+                and sent.supplier == source.id
+                and not answers(source.handle, SOURCE_PROBE_TIMEOUT)
+            ):
+                self._error = f"the source {sent.supplier} died: {why}"
+                return
+            log.info(
+                "transfer %s: a stream from %s ended early: %s",
+                self.spec.transfer_id,
+                sent.supplier,
+                why,
+            )
+            if sent.targets:
+                self._unfit.add(sent.supplier)
+                now = time.monotonic()
+                for recipient in sent.targets:
+                    recipient.streams_before_repair = None
+                    recipient.failed_repairs += 1
+                    recipient.repair_after = now + min(8.0, 2.0 ** (recipient.failed_repairs - 1))
 
     def _repair(self) -> None:
         """Runs of consecutive open recipients whose streams ended with chunks missing get one
-        repair stream each, re-linked around whoever is in between."""
-        for run in self._runs_to_repair():
-            missing = sorted({i for r in run for i in r.status.missing})  # type: ignore[union-attr]
+        repair stream each, re-linked around whoever is in between. Never waits: the
+        re-links are asked for now, and the stream is sent once they are done
+        (``_send_repairs``). A chunk that keeps arriving damaged fails its recipient after
+        ``chunk_retries`` checks; chunks missing because a stream broke upstream are not
+        retries (only repairs that bring nothing new, in a row, are)."""
+        self._send_repairs()
+        retries = self.spec.tunables.chunk_retries
+        for run in runs_to_repair(self._recipients):
             for recipient in run:
-                for index in recipient.status.missing:  # type: ignore[union-attr]
-                    recipient.attempts[index] += 1
-            spent = [
-                r
-                for r in run
-                if any(n > self.spec.tunables.chunk_retries for n in r.attempts.values())
-            ]
-            for recipient in spent:
-                worst = max(recipient.attempts, key=recipient.attempts.__getitem__)
-                self._fail(
-                    recipient,
-                    f"chunk {worst} still missing after {self.spec.tunables.chunk_retries} retries",
-                )
+                status = recipient.status
+                assert status is not None
+                worst = max(status.damaged, key=lambda d: d[1], default=None)
+                if worst is not None and worst[1] > retries:
+                    self._fail(recipient, f"chunk {worst[0]} failed its check {worst[1]} times")
+                    continue
+                if status.verified_bytes > recipient.verified_at_repair:
+                    recipient.fruitless = recipient.failed_repairs = 0
+                elif recipient.failed_repairs == 0:  # a repair reached it and brought nothing
+                    recipient.fruitless += 1
+                if recipient.fruitless > retries:
+                    self._fail(
+                        recipient,
+                        f"chunk {status.missing[0]} still missing after {recipient.fruitless} "
+                        "attempts to send it (the stream to it kept breaking)",
+                    )
             run = [r for r in run if r.open]
             if not run:
                 continue
-            supplier, path = self._supplier_for(run[0], missing)
+            missing = set().union(*(r.status.missing for r in run if r.status))
+            supplier, path = supplier_for(self.spec, self._recipients, run[0], missing, self._unfit)
+            self._unfit.clear()
             if supplier is None:
                 for recipient in run:
                     self._fail(
                         recipient, "chunks are missing that no one in this cluster has left to send"
                     )
                 continue
+            relinks = []
             for position, recipient in enumerate(run):
                 nxt = run[position + 1].member.data_address if position + 1 < len(run) else None
-                ray.get(
-                    recipient.member.handle.relink.remote(self.spec.transfer_id, nxt),
-                    timeout=self.spec.tunables.control_timeout,
-                )
+                relinks.append(recipient.member.handle.relink.remote(self.spec.transfer_id, nxt))
                 recipient.streams_before_repair = recipient.status.streams_seen  # type: ignore[union-attr]
-            chunks = [
-                c for c in _chunks(self.spec.size, self.spec.chunk_size) if c[0] in set(missing)
-            ]
-            self._resent += len(chunks)
+                recipient.verified_at_repair = recipient.status.verified_bytes  # type: ignore[union-attr]
+            every = all_chunks(self.spec.size, self.spec.chunk_size)
+            chunks = [c for c in every if c[0] in missing]
+            resumed = all(r.resuming for r in run)
+            for recipient in run:
+                recipient.resuming = False
+            if resumed:
+                self._resumed += len(chunks)
+            else:
+                self._resent += len(chunks)
             log.info(
-                "transfer %s: sending %d chunk(s) again from %s to %s",
+                "transfer %s: %s %d chunk(s) from %s to %s",
                 self.spec.transfer_id,
+                "resuming with" if resumed else "sending again",
                 len(chunks),
                 supplier.id,
                 ", ".join(r.member.id for r in run),
             )
-            self._send(supplier, path, run[0].member.data_address, chunks, forward=True)
+            self._repairs.append(Repair(run, supplier, path, chunks, relinks))
+        self._send_repairs()
 
-    def _runs_to_repair(self) -> list[list[_Recipient]]:
-        """Consecutive recipients that need repair; a failed one between them is skipped over
-        (re-linked around), one that is fine or committed ends a run."""
-        runs: list[list[_Recipient]] = []
-        current: list[_Recipient] = []
-        for recipient in self._recipients:
-            if recipient.needs_repair:
-                current.append(recipient)
-            elif recipient.failed is None and current:
-                runs.append(current)
-                current = []
-        if current:
-            runs.append(current)
-        return runs
-
-    def _supplier_for(
-        self, head: _Recipient, chunks: list[int]
-    ) -> tuple[Member | None, str | None]:
-        """The source, else the nearest recipient upstream of ``head`` that has ``chunks``."""
-        if self.spec.source is not None:
-            return self.spec.source, self.spec.source_path
-        position = self._recipients.index(head)
-        for upstream in reversed(self._recipients[:position]):
-            if upstream.path is not None:
-                return upstream.member, upstream.path
-            status = upstream.status
-            if (
-                status is not None
-                and upstream.failed is None
-                and not set(chunks) & set(status.missing)
-            ):
-                return upstream.member, None
-        return None, None
+    def _send_repairs(self) -> None:
+        """Send each repair whose re-links are done; a recipient whose re-link failed (its
+        actor died) fails alone, and its run is planned again."""
+        for repair in list(self._repairs):
+            ready, _ = ray.wait(repair.relinks, num_returns=len(repair.relinks), timeout=0)
+            if len(ready) < len(repair.relinks):
+                continue
+            self._repairs.remove(repair)
+            broken = False
+            for recipient, ref in zip(repair.run, repair.relinks, strict=True):
+                try:
+                    ray.get(ref)
+                except RayError as exc:
+                    self._cut_off(recipient, f"its actor or node died: {reason(exc)}")
+                    broken = True
+            if broken or not all(r.open for r in repair.run):
+                for recipient in repair.run:
+                    recipient.streams_before_repair = None
+                continue
+            head = repair.run[0].member.data_address
+            self._send(repair.supplier, repair.path, head, repair.chunks, True, repair.run)
 
     # ---- bookkeeping -------------------------------------------------------------------
 
@@ -505,10 +634,19 @@ class StreamRun:
                     self.spec.transfer_id, self._next_address(position)
                 )
 
-    def _open_members(self) -> list[_Recipient]:
+    def _open_members(self) -> list[Recipient]:
         return [r for r in self._recipients if r.failed is None]
 
-    def _fail(self, recipient: _Recipient, why: str, abort: bool = True) -> None:
+    def _fail(
+        self,
+        recipient: Recipient,
+        why: str,
+        abort: bool = True,
+        transient: bool = False,
+        refused: bool = False,
+    ) -> None:
+        """``transient``: the reason passes (cut off, a death, a stall), so ``auto_resume``
+        may take it up again; a full disk or a chunk that keeps failing its check does not."""
         if recipient.failed is not None or recipient.path is not None:
             return
         recipient.failed = why
@@ -521,6 +659,9 @@ class StreamRun:
                 recipient=recipient.member.id,
                 ok=False,
                 error=why,
+                transient=transient,
+                kept_bytes=recipient.kept,
+                refused=refused,
             )
         )
 
@@ -548,6 +689,7 @@ class StreamRun:
             supplier.handle.stop_sending.remote(tid)
         if self.spec.source is not None:
             self.spec.source.handle.release_source.remote(tid)
+        self._count_sent(suppliers)
         for recipient in self._recipients:
             if recipient.path is None:
                 recipient.member.handle.abort_sink.remote(tid, not cancelled)
@@ -556,6 +698,7 @@ class StreamRun:
                         recipient,
                         self._error or "the transfer ended before this copy was whole",
                         abort=False,
+                        transient=self._error_passes,
                     )
             if recipient.status is not None:
                 self._served[recipient.member.id] += recipient.status.forwarded_bytes
@@ -569,18 +712,17 @@ class StreamRun:
                 error=self._error,
                 bytes_served=dict(self._served),
                 chunks_resent=self._resent,
+                chunks_resumed=self._resumed,
+                chunks_damaged=sum(r.status.corrupt_chunks for r in self._recipients if r.status),
             )
         )
 
-
-def _chunks(size: int, chunk_size: int) -> list[tuple[int, int, int]]:
-    return [(c.index, c.offset, c.length) for c in plan_chunks(size, chunk_size)]
-
-
-def _answers(handle: Any, timeout: float) -> bool:
-    """Whether an actor still answers (tells its own death from a broken stream)."""
-    try:
-        ray.get(handle.describe.remote(), timeout=timeout)
-    except (RayError, GetTimeoutError):
-        return False
-    return True
+    def _count_sent(self, suppliers: list[Member]) -> None:
+        """What each supplier's streams sent, a stream that failed half-way included (a
+        stream's own answer counts only once it ended well): asked at the end, briefly."""
+        tid = self.spec.transfer_id
+        asked = {s.handle.sent_of.remote(tid): s.id for s in suppliers}
+        ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=SOURCE_PROBE_TIMEOUT)
+        for ref in ready:
+            with contextlib.suppress(RayError):
+                self._served[asked[ref]] = max(self._served[asked[ref]], int(ray.get(ref)))

@@ -1,0 +1,325 @@
+"""Does a slow member hold back the others, and what does a broadcast cost the CPU? Uneven
+links in a many-host lab (``castray lab``: network namespaces, each host's link shaped).
+
+Run as root from the repository root: ``.venv/bin/python -m benchmarks.lab_uneven``
+(``--help``; the plot needs ``pip install -e '.[bench]'``).
+
+One lab of 16 hosts at ``--rate`` (100 Mbit/s) is made once; each scenario reshapes links,
+and its contenders are alternated over ``--reps`` repetitions (medians):
+
+- **one slow host** (hosts 1..8, host 4, the middle of the natural chain, at ``--slow``):
+  a broadcast to hosts 2..8 beside one unicast host 1 to host 2 (a fast link). Each
+  recipient's completion time (its own ``finished_at`` from the transfer's creation) over
+  the unicast's; the slow one's over its own bound (size / slow rate); the source's egress
+  (its ``bytes_sent`` counter) over the file;
+- **two slow hosts** (3 and 6): the same;
+- **16 equal hosts**: broadcast to hosts 2..16 over one unicast;
+- **CPU at 16 hosts** (every link at ``--cpu-rate``, 10 Mbit/s): the machine's core-seconds
+  per delivered GiB during a broadcast, above the idle lab's, against the same figure for a
+  bulk unicast over an unshaped link in the same run; and the CPU use of N-1 unicasts
+  against the idle lab's.
+
+Targets (issue #24): fast recipients <= 1.3x one unicast, the slow one <= 1.2x its bound,
+egress <= 1.5x; 16 equal hosts <= 1.3x; broadcast CPU per GiB <= 1.5x the bulk unicast's;
+N-1 unicasts within 10 points of the idle lab's CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import psutil
+
+from benchmarks.lab_broadcast import egress, seconds_of, unicasts
+from castray.lab import lab as lab_ops
+from castray.lab.shaping import LinkShape
+from castray.lab.state import LabState
+from tests.harness import transfers as tx
+from tests.harness.lab import LabServer
+
+MIB = 1024**2
+GIB = 1024**3
+FILE = "lab-uneven.bin"
+CPU_FILE = "lab-uneven-cpu.bin"
+BULK_FILE = "lab-uneven-bulk.bin"
+UNSHAPED = LinkShape.parse("10gbit")
+CORES = psutil.cpu_count() or 1
+
+Rows = list[tuple[str, str, str]]
+
+
+def reshape(lab: LabState, shapes: dict[int, LinkShape]) -> None:
+    for host, shape in shapes.items():
+        lab_ops.reshape(lab, f"h{host}", shape)
+
+
+def broadcast(server: LabServer, file: str, hosts: list[int]) -> dict[str, Any]:
+    done = tx.send(
+        server,
+        timeout=1800,
+        source_node=server.node_id(1),
+        file=file,
+        recipients=[server.node_id(h) for h in hosts],
+        transport="stream",
+    )
+    assert done["status"] == "completed", done
+    return done
+
+
+def finish_times(server: LabServer, done: dict[str, Any], hosts: list[int]) -> dict[int, float]:
+    """Each recipient's seconds from the transfer's creation to its verified copy."""
+    start = datetime.fromisoformat(done["created_at"])
+    ends = {h: done["recipients"][server.node_id(h)]["finished_at"] for h in hosts}
+    return {h: (datetime.fromisoformat(end) - start).total_seconds() for h, end in ends.items()}
+
+
+def busy_seconds() -> float:
+    """The machine's core-seconds of work so far (all cores, everything but idle and wait)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def slow_scenario(
+    server: LabServer,
+    lab: LabState,
+    slow: list[int],
+    args: argparse.Namespace,
+) -> Rows:
+    fast_shape, slow_shape = LinkShape.parse(args.rate), LinkShape.parse(args.slow)
+    hosts = list(range(2, 9))
+    size = args.size * MIB
+    reshape(lab, {h: slow_shape for h in slow})
+    unicast: list[float] = []
+    per_host: dict[int, list[float]] = defaultdict(list)
+    ratio: list[float] = []
+    try:
+        for rep in range(args.reps):
+            order = ["unicast", "broadcast"] if rep % 2 == 0 else ["broadcast", "unicast"]
+            for name in order:
+                if name == "unicast":
+                    unicast.append(unicasts(server, [2]))
+                    continue
+                before = egress(server)
+                done = broadcast(server, FILE, hosts)
+                ratio.append((egress(server) - before) / size)
+                for host, seconds in finish_times(server, done, hosts).items():
+                    per_host[host].append(seconds)
+            say(f"slow {slow} rep {rep + 1}: unicast {unicast[-1]:.1f} s, " + _times(per_host))
+    finally:
+        reshape(lab, {h: fast_shape for h in slow})
+    one = statistics.median(unicast)
+    bound = slow_shape.transfer_seconds(size)
+    medians = {h: statistics.median(per_host[h]) for h in hosts}
+    plot(medians, slow, one, bound, args, f"{args.png.removesuffix('.png')}-{len(slow)}.png")
+    fast = {h: m for h, m in medians.items() if h not in slow}
+    worst = max(fast, key=lambda h: fast[h])
+    label = " and ".join(f"h{h}" for h in slow)
+    rows: Rows = [
+        (f"{label} slow: one unicast h1->h2", f"{one:.1f} s", "yardstick"),
+        (
+            f"{label} slow: fast recipients / one unicast",
+            f"{min(fast.values()) / one:.2f}x to {fast[worst] / one:.2f}x (h{worst})",
+            "<= 1.3x",
+        ),
+    ]
+    for host in slow:
+        taken = medians[host]
+        rows.append(
+            (
+                f"{label} slow: h{host} / its bound ({bound:.0f} s)",
+                f"{taken / bound:.2f}x",
+                "<= 1.2x",
+            )
+        )
+    rows.append(
+        (f"{label} slow: source egress / file", f"{statistics.median(ratio):.2f}x", "<= 1.5x")
+    )
+    return rows
+
+
+def equal_scenario(server: LabServer, args: argparse.Namespace) -> Rows:
+    hosts = list(range(2, 17))
+    runs: dict[str, Callable[[], float]] = {
+        "one unicast": lambda: unicasts(server, [2]),
+        "broadcast": lambda: seconds_of([broadcast(server, FILE, hosts)]),
+    }
+    times = alternate(runs, args.reps, "16 equal")
+    one, wide = statistics.median(times["one unicast"]), statistics.median(times["broadcast"])
+    return [
+        ("16 equal hosts: one unicast", f"{one:.1f} s", "yardstick"),
+        ("16 equal hosts: broadcast / one unicast", f"{wide / one:.2f}x", "<= 1.3x"),
+    ]
+
+
+def cpu_scenario(server: LabServer, lab: LabState, args: argparse.Namespace) -> Rows:
+    """Core-seconds above the idle lab's, per delivered GiB, and CPU use of N-1 unicasts."""
+    slow, fast = LinkShape.parse(args.cpu_rate), LinkShape.parse(args.rate)
+    hosts = list(range(2, 17))
+    reshape(lab, {h: slow for h in range(1, 17)})
+    try:
+        idle = idle_rate(args.idle)
+        say(f"idle lab: {idle * 100 / CORES:.0f}% CPU")
+        per_gib: list[float] = []
+        for rep in range(args.reps):
+            used, seconds = measured(lambda: broadcast(server, CPU_FILE, hosts))
+            delivered = args.cpu_size * MIB * len(hosts) / GIB
+            per_gib.append((used - idle * seconds) / delivered)
+            say(f"broadcast rep {rep + 1}: {seconds:.1f} s, {per_gib[-1]:.1f} core-s/GiB")
+        used, seconds = measured(lambda: unicasts(server, hosts))
+        unicasts_cpu = used / seconds * 100 / CORES
+        say(f"N-1 unicasts: {seconds:.1f} s, {unicasts_cpu:.0f}% CPU")
+        reshape(lab, {1: UNSHAPED, 2: UNSHAPED})
+        bulk: list[float] = []
+        for rep in range(args.reps):
+            used, seconds = measured(lambda: broadcast(server, BULK_FILE, [2]))
+            bulk.append((used - idle * seconds) / (args.bulk_size * MIB / GIB))
+            say(f"bulk unicast rep {rep + 1}: {seconds:.1f} s, {bulk[-1]:.1f} core-s/GiB")
+    finally:
+        reshape(lab, {h: fast for h in range(1, 17)})
+    chain, alone = statistics.median(per_gib), statistics.median(bulk)
+    return [
+        ("16 hosts at 10 Mbit/s: idle lab", f"{idle * 100 / CORES:.0f}% CPU", "the floor"),
+        ("broadcast: core-s per delivered GiB above idle", f"{chain:.1f}", "measured"),
+        ("bulk unshaped unicast: core-s per GiB above idle", f"{alone:.1f}", "measured"),
+        ("broadcast / bulk unicast, per GiB", f"{chain / alone:.2f}x", "<= 1.5x"),
+        (
+            "N-1 unicasts: CPU",
+            f"{unicasts_cpu:.0f}% ({unicasts_cpu - idle * 100 / CORES:+.0f})",
+            "<= +10",
+        ),
+    ]
+
+
+def idle_rate(seconds: float) -> float:
+    """Core-seconds per second the idle lab takes (its raylets, agents and server)."""
+    before, start = busy_seconds(), time.monotonic()
+    time.sleep(seconds)  # a measurement window, not a synchronisation
+    return (busy_seconds() - before) / (time.monotonic() - start)
+
+
+def measured(run: Callable[[], Any]) -> tuple[float, float]:
+    """Core-seconds the machine spent while ``run`` ran, and its wall seconds."""
+    before, start = busy_seconds(), time.monotonic()
+    run()
+    return busy_seconds() - before, time.monotonic() - start
+
+
+def alternate(
+    runs: dict[str, Callable[[], float]], reps: int, label: str
+) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = defaultdict(list)
+    names = list(runs)
+    for rep in range(reps):
+        turn = rep % len(names)
+        for name in names[turn:] + names[:turn]:
+            times[name].append(runs[name]())
+            say(f"{label} rep {rep + 1}: {name}: {times[name][-1]:.1f} s")
+    return times
+
+
+def plot(
+    medians: dict[int, float],
+    slow: list[int],
+    one: float,
+    bound: float,
+    args: argparse.Namespace,
+    png: str,
+) -> None:
+    """Each recipient's completion time, the slow ones marked, beside one unicast's."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        say("no plot: pip install -e '.[bench]' for matplotlib")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    hosts = sorted(medians)
+    colours = ["tab:red" if h in slow else "tab:blue" for h in hosts]
+    ax.bar([f"h{h}" for h in hosts], [medians[h] for h in hosts], color=colours)
+    ax.axhline(one, linestyle="--", color="tab:blue", label=f"one unicast at {args.rate}")
+    ax.axhline(bound, linestyle=":", color="tab:red", label=f"bound at {args.slow}")
+    ax.set_ylabel("seconds to a verified copy (median)")
+    ax.set_title(
+        f"{args.size} MiB from h1 to h2..h8, {args.rate} links, "
+        + " and ".join(f"h{h}" for h in slow)
+        + f" at {args.slow}"
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png)
+    say(f"plot: {png}")
+
+
+def _times(per_host: dict[int, list[float]]) -> str:
+    return ", ".join(f"h{h} {v[-1]:.1f} s" for h, v in sorted(per_host.items()))
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", default="100mbit", help="every host link's rate")
+    parser.add_argument("--slow", default="10mbit", help="a slow host's link rate")
+    parser.add_argument("--cpu-rate", default="10mbit", help="link rate of the CPU scenario")
+    parser.add_argument("--size", default=48, type=int, help="file size, MiB")
+    parser.add_argument("--cpu-size", default=24, type=int, help="CPU scenario's file, MiB")
+    parser.add_argument("--bulk-size", default=1024, type=int, help="bulk unicast's file, MiB")
+    parser.add_argument("--idle", default=20.0, type=float, help="seconds the idle lab is timed")
+    parser.add_argument("--reps", default=3, type=int)
+    parser.add_argument("--name", default="uneven")
+    parser.add_argument("--subnet", default="198.18.61.0/24")
+    parser.add_argument("--port", default=0, type=int)
+    parser.add_argument("--png", default="benchmarks/lab_uneven.png")
+    parser.add_argument(
+        "--parts", default="one-slow,two-slow,equal,cpu", help="scenarios, comma-separated"
+    )
+    args = parser.parse_args()
+    parts = {p.strip() for p in args.parts.split(",")}
+    lab_ops.down(args.name)
+    lab = lab_ops.up(
+        args.name, 16, LinkShape.parse(args.rate), args.subnet, args.port, 384 * MIB, say=say
+    )
+    server = LabServer(args.name, lab.url, lab.directory / "castray")
+    rows: Rows = []
+    try:
+        for name, size in (
+            (FILE, args.size),
+            (CPU_FILE, args.cpu_size),
+            (BULK_FILE, args.bulk_size),
+        ):
+            assert tx.generate(server, name, f"{size}MiB", "random")["size"] == size * MIB
+        if "one-slow" in parts:
+            rows += slow_scenario(server, lab, [4], args)
+        if "two-slow" in parts:
+            rows += slow_scenario(server, lab, [3, 6], args)
+        if "equal" in parts:
+            rows += equal_scenario(server, args)
+        if "cpu" in parts:
+            rows += cpu_scenario(server, lab, args)
+    finally:
+        lab_ops.down(args.name)
+    print(
+        f"\n{args.size} MiB from host 1 (CPU scenario: {args.cpu_size} MiB), links "
+        f"{args.rate}, slow ones {args.slow}; medians of {args.reps} reps\n"
+    )
+    print("| measure | value | target |\n|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        sys.exit("the lab makes network namespaces: run this as root")
+    main()

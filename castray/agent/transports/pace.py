@@ -1,0 +1,76 @@
+"""Who feeds whom in a chain, decided from the pace each recipient takes: pure, no Ray.
+
+A chain passes the stream on from one recipient to the next, each at the next one's own pace
+(``dataplane.forwarding``); so a recipient slower than those before it (a slow link, a slow
+disk, a busy CPU, an ingress limit) paces only the ones after it. Those are better fed by the
+recipient before it, and it is better put at the end of the chain, where it waits on nobody
+and nobody waits on it: fed by the last recipient from its page cache, at its own pace.
+
+``slow_one`` picks the recipient to move, from the rates measured over the last few seconds;
+``try_head`` says when to try the head, whose pace nothing before it in the chain tells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+SLOW = 0.5
+"""A recipient taking less than this share of the best pace before it in the chain is slow."""
+MIN_RATE = 64 * 1024
+"""Bytes per second below which a pace is too small to compare (a stall, not a pace)."""
+FOLLOWS = 0.8
+"""The one after the head taking at least this share of the head's pace is held to it."""
+
+
+@dataclass(frozen=True)
+class Pace:
+    """A recipient of the chain as the last look saw it."""
+
+    id: str
+    rate: float
+    """Bytes per second that arrived over the last look."""
+    receiving: bool
+    """Its stream is still coming (not ended, not committed, not failed)."""
+    moved: bool = False
+    """Moved to the end once already: it is not moved again."""
+
+
+def slow_one(chain: Sequence[Pace]) -> str | None:
+    """The first recipient, in chain order, that takes less than ``SLOW`` of the best pace of
+    those before it while someone after it still receives: moved to the end, the ones after
+    it go as fast as the one before it. None when there is none (the first recipient has no
+    one before it to compare with: its pace is the source's or its own)."""
+    best = 0.0
+    for position, pace in enumerate(chain):
+        later = any(p.receiving for p in chain[position + 1 :])
+        if (
+            position > 0
+            and pace.receiving
+            and not pace.moved
+            and later
+            and best >= MIN_RATE
+            and pace.rate < SLOW * best
+        ):
+            return pace.id
+        if pace.receiving:
+            best = max(best, pace.rate)
+    return None
+
+
+def try_head(chain: Sequence[Pace], done: float) -> bool:
+    """Whether to try the chain's head at its end. The head is fed by the source, so no one
+    before it tells its pace from the source's: when the one after it keeps up with it
+    (it is fed cut-through, it may be able to go faster), moving the head to the end is the
+    one way to know. Tried once per run (a head that was not the bottleneck costs a moment's
+    hiccup), and not when ``done`` (the share of the file the head has) is past 80%."""
+    if len(chain) < 2 or done > 0.8:
+        return False
+    head, after = chain[0], chain[1]
+    return (
+        head.receiving
+        and after.receiving
+        and not head.moved
+        and head.rate >= MIN_RATE
+        and after.rate >= FOLLOWS * head.rate
+    )

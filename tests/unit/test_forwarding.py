@@ -1,0 +1,176 @@
+"""Passing a stream on at the next receiver's own pace (no Ray: real data ports, sockets and
+files): a slow next receiver does not slow the one before it, and a stream can be redirected
+to another receiver mid-way, from the chunk it lacks."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import blake3
+import pytest
+
+from castray import ratelimit
+from castray.agent.dataplane import DataPort, Stopper, StreamSink, send
+from castray.chunks import plan_chunks
+from tests.harness.sinks import open_sink
+from tests.harness.waiting import wait_for
+
+CHUNK = 256 * 1024
+SECRET = os.urandom(32)
+TID = "f" * 16
+
+
+@pytest.fixture
+def ports() -> Iterator[list[DataPort]]:
+    made = [DataPort("127.0.0.1", None, hello_timeout=2.0) for _ in range(3)]
+    yield made
+    for port in made:
+        port.close()
+
+
+def _sink(folder: Path, data: bytes, downstream: str | None, ingress: int = 0) -> StreamSink:
+    folder.mkdir()
+    bucket = ratelimit.bucket_for(ingress)
+    return open_sink(folder, data, CHUNK, TID, SECRET, downstream=downstream, ingress=bucket)
+
+
+def _send_file(tmp_path: Path, data: bytes, target: str) -> None:
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    chunks = [(c.index, c.offset, c.length) for c in plan_chunks(len(data), CHUNK)]
+    with source.open("rb") as file:
+        send(file, target, TID, SECRET, chunks, True, 2.0, 20.0, Stopper())
+
+
+def test_a_slow_next_receiver_does_not_slow_the_one_before_it(
+    tmp_path: Path, ports: list[DataPort]
+) -> None:
+    # 16 MiB at 2 MiB/s: loopback's socket buffers hold up to about 10 MiB of it, so the
+    # slow one takes 3 s at the least, and the fast one a fraction of a second.
+    data = os.urandom(64 * CHUNK)
+    slow = _sink(tmp_path / "slow", data, None, ingress=2 * 1024 * 1024)
+    fast = _sink(tmp_path / "fast", data, ports[1].address)
+    ports[0].register(fast)
+    ports[1].register(slow)
+    try:
+        started = time.monotonic()
+        _send_file(tmp_path, data, ports[0].address)
+        wait_for(lambda: fast.status().ended, 10, "the first receiver to have it all")
+        fast_seconds = time.monotonic() - started
+        assert fast.complete() and fast.whole_digest() == blake3.blake3(data).hexdigest()
+        wait_for(lambda: slow.status().ended, 30, "the slow one to have it all")
+        slow_seconds = time.monotonic() - started
+    finally:
+        fast.close()
+        slow.close()
+    assert slow.complete() and slow.whole_digest() == blake3.blake3(data).hexdigest()
+    assert fast_seconds < slow_seconds / 2, (fast_seconds, slow_seconds)
+    assert fast.forwarded_bytes == len(data)
+
+
+def test_a_stream_redirected_mid_way_sends_the_new_receiver_what_it_lacks(
+    tmp_path: Path, ports: list[DataPort]
+) -> None:
+    data = os.urandom(16 * CHUNK)
+    first = _sink(tmp_path / "first", data, ports[1].address, ingress=2 * 1024 * 1024)
+    second = _sink(tmp_path / "second", data, None)
+    third = _sink(tmp_path / "third", data, None)
+    ports[0].register(first)
+    ports[1].register(second)
+    ports[2].register(third)
+    try:
+        sender = threading.Thread(target=_send_file, args=(tmp_path, data, ports[0].address))
+        sender.start()
+        wait_for(lambda: second.status().verified_bytes >= 4 * CHUNK, 10, "a few chunks on")
+        from_chunk = second.status().verified_bytes // CHUNK
+        first.redirect(ports[2].address, 0)  # the third lacks everything
+        sender.join(30)
+        wait_for(lambda: third.status().ended, 30, "the third to have the stream's end")
+        wait_for(lambda: second.status().ended or second.status().broken, 10, "second settled")
+    finally:
+        for sink in (first, second, third):
+            sink.close()
+    assert third.complete() and third.whole_digest() == blake3.blake3(data).hexdigest()
+    assert from_chunk >= 4
+    assert not second.complete(), "the second was cut off by the redirect"
+
+
+def test_the_sources_stream_moved_mid_way_goes_on_to_the_new_receiver(
+    tmp_path: Path, ports: list[DataPort]
+) -> None:
+    """The chain's head moved to the end: the source's stream carries on to the next one
+    from the chunk it names, and nothing is sent twice before it."""
+    data = os.urandom(16 * CHUNK)
+    head = _sink(tmp_path / "head", data, None, ingress=1024 * 1024)
+    after = _sink(tmp_path / "after", data, None)
+    ports[0].register(head)
+    ports[1].register(after)
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    chunks = [(c.index, c.offset, c.length) for c in plan_chunks(len(data), CHUNK)]
+    stop = Stopper()
+    sent: list[int] = []
+
+    def run() -> None:
+        with source.open("rb") as file:
+            sent.append(send(file, ports[0].address, TID, SECRET, chunks, True, 2.0, 20.0, stop))
+
+    try:
+        sender = threading.Thread(target=run)
+        sender.start()
+        wait_for(lambda: head.status().verified_bytes >= 2 * CHUNK, 10, "a few chunks at the head")
+        assert stop.move(ports[0].address, ports[1].address, 0)
+        sender.join(30)
+        wait_for(lambda: after.status().ended, 30, "the moved stream to end")
+    finally:
+        head.close()
+        after.close()
+    assert after.complete() and after.whole_digest() == blake3.blake3(data).hexdigest()
+    assert not head.complete(), "the head's stream was cut by the move"
+    assert not stop.move(ports[0].address, ports[1].address, 0), "no stream goes there now"
+    assert sent and sent[0] >= len(data), sent
+
+
+def test_two_streams_bringing_the_same_chunks_at_once_leave_no_wrong_byte(
+    tmp_path: Path, ports: list[DataPort]
+) -> None:
+    """A chain re-linked mid-way can bring a chunk by two streams at once; one of them here
+    carries damaged bytes in every chunk. A chunk counts as verified only if its bytes on
+    disk are the right ones, and the file commits with the right BLAKE3 once what is missing
+    came again."""
+    data = os.urandom(16 * CHUNK)
+    damaged = bytearray(data)
+    for chunk in plan_chunks(len(data), CHUNK):
+        damaged[chunk.offset + 100] ^= 0xFF
+    sink = _sink(tmp_path / "both", data, None)
+    ports[0].register(sink)
+    right, wrong = tmp_path / "right.bin", tmp_path / "wrong.bin"
+    right.write_bytes(data)
+    wrong.write_bytes(bytes(damaged))
+    chunks = [(c.index, c.offset, c.length) for c in plan_chunks(len(data), CHUNK)]
+
+    def stream(path: Path, wanted: list[tuple[int, int, int]]) -> None:
+        with path.open("rb") as file:
+            send(file, ports[0].address, TID, SECRET, wanted, False, 2.0, 20.0, Stopper())
+
+    try:
+        both = [threading.Thread(target=stream, args=(p, chunks)) for p in (right, wrong)]
+        for thread in both:
+            thread.start()
+        for thread in both:
+            thread.join(30)
+        settled = wait_for(lambda: (s := sink.status(1.0)).ended and s, 10, "both streams in")
+        on_disk = sink.temp.read_bytes()
+        for index, offset, length in chunks:
+            if index not in settled.missing:
+                assert on_disk[offset : offset + length] == data[offset : offset + length], index
+        stream(right, [c for c in chunks if c[0] in settled.missing])
+        wait_for(lambda: sink.complete() or None, 10, "the missing chunks to come again")
+        assert sink.whole_digest() == blake3.blake3(data).hexdigest()
+        assert sink.temp.read_bytes() == data
+    finally:
+        sink.close()

@@ -1,0 +1,59 @@
+"""Which recipient of a chain is moved to its end, from the paces measured (pure)."""
+
+from __future__ import annotations
+
+from castray.agent.transports.pace import Pace, slow_one, try_head
+
+MB = 1_000_000
+
+
+def _chain(*rates: float, moved: str = "") -> list[Pace]:
+    return [
+        Pace(f"h{i + 2}", rate * MB, True, moved == f"h{i + 2}") for i, rate in enumerate(rates)
+    ]
+
+
+def test_a_slow_recipient_in_the_middle_is_the_one_moved() -> None:
+    """Host 4 at 10 Mbit/s among hosts at 100: it and the ones after it run at its pace."""
+    assert slow_one(_chain(12, 12, 1.2, 1.2, 1.2, 1.2, 1.2)) == "h4"
+
+
+def test_the_first_of_two_slow_ones_goes_first_then_the_second() -> None:
+    first = slow_one(_chain(12, 1.2, 1.2, 1.2, 1.2, 1.2, 1.2))
+    assert first == "h3"
+    # h3 moved to the end: h4 and h5 now run at h2's pace, h6 is the next slow one.
+    after = [*_chain(12, 12, 12, 1.2, 1.2, 1.2), Pace("h3", 1.2 * MB, True, True)]
+    assert slow_one(after) == "h5"
+
+
+def test_an_even_chain_moves_no_one() -> None:
+    assert slow_one(_chain(12, 11, 12, 11.5)) is None
+    assert slow_one(_chain(1.2, 1.2, 1.2)) is None  # the source's pace, or the first one's
+
+
+def test_nobody_is_moved_when_no_one_after_it_waits() -> None:
+    chain = _chain(12, 12, 1.2)
+    assert slow_one(chain) is None  # the slow one is last already
+    finished = [*_chain(12, 1.2), Pace("h4", 0.0, False)]
+    assert slow_one(finished) is None
+
+
+def test_a_recipient_moved_once_is_not_moved_again_and_a_stall_compares_with_nothing() -> None:
+    assert slow_one(_chain(12, 1.2, 1.2, moved="h3")) is None
+    assert slow_one(_chain(0.01, 0.001, 0.001)) is None
+
+
+def test_a_head_the_next_one_keeps_up_with_is_tried_at_the_end() -> None:
+    """h2 at 10 Mbit/s heads a chain of 100 Mbit/s hosts: everyone takes its pace, and
+    only moving it tells whether the source could feed the next one faster."""
+    assert try_head(_chain(1.2, 1.2, 1.2), done=0.1)
+    assert try_head(_chain(12, 11.5), done=0.5)  # even: tried once all the same
+
+
+def test_a_head_is_not_tried_when_it_would_not_tell_or_not_pay() -> None:
+    assert not try_head(_chain(12, 1.2), done=0.1)  # the next one is the slow one
+    assert not try_head(_chain(1.2, 1.2, moved="h2"), done=0.1)  # tried already
+    assert not try_head(_chain(1.2, 1.2), done=0.9)  # nearly done
+    assert not try_head(_chain(0.01, 0.01), done=0.1)  # a stall, not a pace
+    assert not try_head(_chain(1.2), done=0.1)  # alone
+    assert not try_head([Pace("h2", 1.2 * MB, True), Pace("h3", 0.0, False)], done=0.1)
