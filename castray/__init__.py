@@ -2,7 +2,8 @@
 
 For scripts: ``Client`` talks to a running server (``with Client("http://127.0.0.1:8000") as
 c: c.nodes()``), and every failure it reports is a ``CastRayError`` (the tree is in
-``castray.errors``).
+``castray.errors``). Inside a Ray task, ``local_path("model.bin", timeout=600)`` is where this
+node's verified copy of a file CastRay delivered (or keeps pinned) is.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -13,6 +14,7 @@ from castray.errors import (
     ClusterUnavailable,
     ClusterUnreachable,
     Conflict,
+    CopyNotFound,
     FileMissing,
     InvalidRequest,
     NodeNotFound,
@@ -21,6 +23,7 @@ from castray.errors import (
     TransferNotFound,
     Unauthorized,
 )
+from castray.local import local_path
 
 try:
     __version__ = version("castray")
@@ -33,6 +36,7 @@ __all__ = [
     "ClusterUnavailable",
     "ClusterUnreachable",
     "Conflict",
+    "CopyNotFound",
     "EventStream",
     "FileMissing",
     "InvalidRequest",
@@ -42,4 +46,5 @@ __all__ = [
     "TransferNotFound",
     "Unauthorized",
     "__version__",
+    "local_path",
 ]

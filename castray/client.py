@@ -7,11 +7,11 @@ import os
 import ssl
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 from websockets.exceptions import InvalidStatus, WebSocketException
@@ -38,6 +38,10 @@ from castray.models import (
     LiveEvent,
     Node,
     NodeList,
+    Pin,
+    PinCreate,
+    PinList,
+    PinNodes,
     SnapshotEvent,
     StatusResponse,
     StorageReport,
@@ -136,14 +140,18 @@ class Client:
     def files(self) -> list[LibraryFile]:
         return [LibraryFile.model_validate(f) for f in self._call("GET", "/api/files")]
 
-    def upload(self, path: Path) -> UploadResult:
-        """Store a local file in the server's library (under its own name), streamed."""
+    def upload(self, path: Path, sent: Callable[[int], None] | None = None) -> UploadResult:
+        """Store a local file in the server's library (under its own name), streamed;
+        ``sent`` hears how many more bytes went as they go."""
         with path.open("rb") as handle:
-            files = {"file": (path.name, handle, "application/octet-stream")}
+            body_file = _Counted(handle, sent) if sent is not None else handle
+            files = {"file": (path.name, body_file, "application/octet-stream")}
             body = self._call("POST", "/api/upload", files=files, timeout=None)
         return UploadResult.model_validate(body)
 
-    def upload_folder(self, folder: Path) -> UploadResult:
+    def upload_folder(
+        self, folder: Path, sent: Callable[[int], None] | None = None
+    ) -> UploadResult:
         """Store a local folder in the server's library as ``NAME/`` (its contents bundled,
         relative paths only; a symbolic link that leaves it is refused here already)."""
         with tempfile.TemporaryDirectory(prefix="castray-folder-") as scratch:
@@ -153,11 +161,12 @@ class Client:
             except BadUpload as exc:
                 raise InvalidRequest(f"cannot send {folder}: {exc.message}") from None
             with bundle.open("rb") as handle:
+                reader = _Counted(handle, sent)
                 body = self._call(
                     "POST",
                     "/api/upload-folder",
                     params={"name": folder.resolve().name},
-                    content=iter(lambda: handle.read(1 << 20), b""),
+                    content=iter(lambda: reader.read(1 << 20), b""),
                     headers={"Content-Type": "application/x-tar"},
                     timeout=None,
                 )
@@ -224,6 +233,24 @@ class Client:
 
     def delete_group(self, name: str) -> None:
         self._call("DELETE", f"/api/groups/{name}")
+
+    def pin(self, file: str, nodes: PinNodes = "all") -> Pin:
+        """Keep a library file on these nodes, present and future (idempotent)."""
+        body = PinCreate(file=file, nodes=nodes).model_dump(mode="json")
+        return Pin.model_validate(self._call("POST", "/api/pins", json=body))
+
+    def pins(self) -> list[Pin]:
+        return PinList.model_validate(self._call("GET", "/api/pins")).pins
+
+    def get_pin(self, pin_id: str) -> Pin:
+        return Pin.model_validate(self._call("GET", f"/api/pins/{pin_id}"))
+
+    def verify_pin(self, pin_id: str) -> Pin:
+        return Pin.model_validate(self._call("POST", f"/api/pins/{pin_id}/verify"))
+
+    def unpin(self, pin_id: str, remove_copies: bool = False) -> None:
+        params = {"remove_copies": "true"} if remove_copies else None
+        self._call("DELETE", f"/api/pins/{pin_id}", params=params)
 
     @contextmanager
     def events(self) -> Iterator[EventStream]:
@@ -307,3 +334,22 @@ def _error(response: httpx.Response) -> CastRayError:
         return error_from_code(str(body["code"]), str(body["detail"]), unknown=CastRayError)
     except (ValueError, KeyError, TypeError):
         return CastRayError(f"HTTP {response.status_code} from {response.request.url}")
+
+
+class _Counted:
+    """A file read for an upload, telling ``sent`` how many bytes each read took."""
+
+    def __init__(self, handle: BinaryIO, sent: Callable[[int], None] | None) -> None:
+        self._handle = handle
+        self._sent = sent
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        if self._sent is not None and data:
+            self._sent(len(data))
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else (``fileno``, ``seek``, ``tell``: how httpx sizes a body) is the
+        file's."""
+        return getattr(self._handle, name)

@@ -247,6 +247,12 @@ class Settings(BaseSettings):
     storage_sweep_interval: float = Field(
         60.0, gt=0, description="Seconds between sweeps by received_retention and the quota."
     )
+    pin_check_interval: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds between checks that each pinned copy is still as it was verified "
+        "(size and mtime); one that went or changed is sent again.",
+    )
     auto_resume: bool = Field(
         False,
         description="Resume interrupted transfers when the server starts (once their source "

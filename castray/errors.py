@@ -23,11 +23,14 @@ into the same class.
     │   ├── RayNodeNotFound          no alive Ray node with that id in the cluster
     │   ├── FileMissing              no such file in the library or on the source endpoint
     │   ├── TransferNotFound         no transfer with that id
-    │   └── GroupNotFound            no group with that name
+    │   ├── GroupNotFound            no group with that name
+    │   ├── PinNotFound              no pin with that id
+    │   └── CopyNotFound             (in a Ray task) no verified local copy of that file
     ├── Conflict                409
     │   ├── NodeExists               an endpoint with that id exists already
     │   ├── FileExists               a library file of that name exists (and was not to be
     │   │                            replaced)
+    │   ├── SourceChanged            the file being sent changed after its transfer began
     │   ├── VersionMismatch          a cluster runs another Ray version than CastRay
     │   └── NodeUnavailable          the endpoint is dead or not yet alive
     ├── ClusterUnavailable      503  the cluster's agent is starting, lost or gone
@@ -106,6 +109,13 @@ class FileExists(Conflict):
     code = "file_exists"
 
 
+class SourceChanged(Conflict):
+    """The file being sent changed after the transfer began (written in place, or replaced
+    under the path a transfer of a file outside the library reads)."""
+
+    code = "source_changed"
+
+
 class NodeExists(Conflict):
     """An endpoint with that id exists already."""
 
@@ -147,6 +157,18 @@ class GroupNotFound(NotFound):
     """No group with that name."""
 
     code = "group_not_found"
+
+
+class PinNotFound(NotFound):
+    """No pin with that id."""
+
+    code = "pin_not_found"
+
+
+class CopyNotFound(NotFound):
+    """``castray.local_path``: this node holds no verified copy of that file (in time)."""
+
+    code = "copy_not_found"
 
 
 class BadFileName(CastRayError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
@@ -69,14 +69,27 @@ class ClusterStatus(str, Enum):
 
 
 class NodeCounters(Snapshot):
-    """What an endpoint has done; each number counts only completed, verified work."""
+    """What an endpoint has done; each number counts only completed, verified work. They are
+    the node's: they carry on across its actor's restarts and its cluster's reconnects."""
 
     bytes_sent: int = 0
     bytes_received: int = 0
-    transfers_ok: int = 0
-    transfers_failed: int = 0
+    transfers_ok: int = Field(0, description="Transfers it received a verified copy of.")
+    transfers_failed: int = Field(0, description="Transfers it failed to receive.")
+    transfers_sent_ok: int = Field(0, description="Transfers it sent that completed.")
+    transfers_sent_failed: int = Field(
+        0, description="Transfers it sent that ended short of it (failed, partially failed)."
+    )
     messages_sent: int = 0
     messages_received: int = 0
+
+    def plus(self, other: NodeCounters) -> NodeCounters:
+        return NodeCounters(
+            **{
+                name: getattr(self, name) + getattr(other, name)
+                for name in NodeCounters.model_fields
+            }
+        )
 
 
 class EndpointState(Snapshot):
@@ -93,6 +106,15 @@ class EndpointState(Snapshot):
         None, description="Where the endpoint takes data streams (host:port on its node)."
     )
     counters: NodeCounters = Field(default_factory=NodeCounters)
+    detail: str | None = Field(
+        None,
+        description="Why it is dead, or being started again (its actor died on a node that "
+        "lives: it comes back by itself, under the same id, with what it verified).",
+    )
+    restarting: bool = Field(
+        False, description="Its actor died on a node that lives; it is being deployed again."
+    )
+    pid: int | None = Field(None, description="Its actor's process on its node, once alive.")
 
 
 class Node(EndpointState):
@@ -158,12 +180,15 @@ class NodeList(Snapshot):
 
 
 class Health(Snapshot):
-    """``GET /api/health``: ``ok`` (200), or ``degraded`` (503) with what is wrong, so a
-    supervisor (systemd, Kubernetes) sees it: the home cluster lost or unreachable."""
+    """``GET /api/health``: ``ok`` (200) when the home cluster is connected and all its
+    endpoints are alive; else ``starting`` or ``degraded`` (503) with what is wrong, so a
+    supervisor (systemd, Kubernetes) sees it. ``notes``: external clusters that are down
+    (they do not fail health)."""
 
     status: str = "ok"
     version: str
     problems: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
 
 
 class ErrorResponse(BaseModel):
@@ -216,6 +241,12 @@ class FaultInjection(BaseModel):
         None, description="Drop every data connection (false: accept them again)."
     )
     close_data_port: bool = Field(False, description="Close the data port, as if it died.")
+    fail_syncs: int = Field(
+        0, ge=0, le=100, description="Fail the next N syncs of received files (EIO), as a disk."
+    )
+    wedge: bool | None = Field(
+        None, description="Hang on every object-store chunk received (false: stop hanging)."
+    )
 
 
 class GenerateRequest(BaseModel):
@@ -278,6 +309,8 @@ class RecipientStatus(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    """CastRay stopped before its copy was whole (what it verified stays for a resume)."""
 
 
 class TransferCreate(BaseModel):
@@ -317,6 +350,21 @@ class RecipientState(Snapshot):
     files_done: int | None = Field(None, description="Of a folder: its files arrived whole.")
     path: str | None = None
     error: str | None = None
+    finished_at: datetime | None = Field(None, description="When its copy ended, either way.")
+    throughput_bps: float | None = Field(
+        None,
+        description="Bytes that crossed the network to it in the last run, per second of it "
+        "(what an earlier run left it is not counted).",
+    )
+    kept_bytes: int = Field(0, description="Verified bytes it took up from an earlier run.")
+    transient: bool = Field(
+        False,
+        description="It failed for a reason that passes (cut off, its node or the source "
+        "died): auto_resume takes it up again once it answers.",
+    )
+    refused: bool = Field(
+        False, description="It refused the transfer before a byte (no room): nothing to resume."
+    )
 
 
 class Transfer(Snapshot):
@@ -333,7 +381,11 @@ class Transfer(Snapshot):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     throughput_bps: float | None = None
-    chunks_resent: int = Field(0, description="Chunks sent again after a failed check.")
+    chunks_resent: int = Field(
+        0, description="Chunks sent again in repairs (they arrived damaged, or a stream broke)."
+    )
+    chunks_resumed: int = Field(0, description="Chunks resumes sent that earlier runs had not.")
+    chunks_damaged: int = Field(0, description="Chunks that failed their check on arrival.")
     transport: Transport = Transport.STREAM
     transport_note: str | None = Field(
         None, description="Why the transfer did not take the transport asked for."
@@ -366,6 +418,112 @@ class TransferPage(Snapshot):
     total: int
     limit: int
     offset: int
+
+
+# ---- pins ---------------------------------------------------------------------------------
+
+
+class PinGroup(BaseModel):
+    """The members of a group, as the group is now and later."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group: str
+
+
+class PinEndpoints(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoints: list[str] = Field(min_length=1)
+
+
+class PinClusters(BaseModel):
+    """Every endpoint of these clusters, those that join later too."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    clusters: list[str] = Field(min_length=1)
+
+
+PinNodes = Literal["all"] | PinGroup | PinEndpoints | PinClusters
+"""Which nodes a pin keeps a copy on: ``"all"``, ``{"group"}``, ``{"endpoints"}`` or
+``{"clusters"}``; read anew at every look, so nodes that join the set get the file."""
+
+
+def describe_pin_nodes(nodes: PinNodes) -> str:
+    """The nodes of a pin in words, as logs and the CLI say them."""
+    if nodes == "all":
+        return "all nodes"
+    if isinstance(nodes, PinGroup):
+        return f"group {nodes.group}"
+    if isinstance(nodes, PinEndpoints):
+        return ", ".join(nodes.endpoints)
+    return "clusters " + ", ".join(nodes.clusters)
+
+
+class PinCreate(BaseModel):
+    """``POST /api/pins``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = Field(description="A library file (or folder, ``NAME/``).")
+    nodes: PinNodes = "all"
+
+
+class CopyStatus(str, Enum):
+    """A pinned copy on one node."""
+
+    VERIFIED = "verified"
+    """Present, of the pinned version, as it was when verified (size and mtime unchanged)."""
+    PENDING = "pending"
+    """Missing or outdated; a transfer will bring it (joiners are batched for a moment)."""
+    RECEIVING = "receiving"
+    FAILED = "failed"
+    """The last try failed (``error`` says why); tried again at ``retry_at``."""
+    WAITING = "waiting"
+    """The node is not alive now: it gets the file when it is."""
+
+
+class PinnedCopy(Snapshot):
+    status: CopyStatus
+    blake3: str | None = Field(None, description="The version this node holds, once verified.")
+    path: str | None = None
+    error: str | None = None
+    transfer_id: str | None = Field(None, description="The transfer bringing or that brought it.")
+    since: datetime = Field(description="When it entered this status.")
+    retry_at: datetime | None = None
+    tries: int = 0
+
+
+class PinCoverage(Snapshot):
+    """How many of the pin's nodes hold a verified copy of its current version."""
+
+    nodes: int
+    verified: int
+    receiving: int
+    pending: int
+    failed: int
+    waiting: int
+
+
+class Pin(Snapshot):
+    """A library file kept present and verified on a set of nodes, present and future."""
+
+    id: str
+    file: str
+    nodes: PinNodes
+    created_at: datetime
+    blake3: str | None = Field(None, description="The pinned version: the library file's now.")
+    size: int | None = None
+    copies: dict[str, PinnedCopy] = Field(default_factory=dict)
+    coverage: PinCoverage
+    problem: str | None = Field(
+        None, description="Why the pin cannot be kept now (its file left the library, say)."
+    )
+
+
+class PinList(Snapshot):
+    pins: list[Pin]
 
 
 # ---- groups and messages ----------------------------------------------------------------
@@ -595,6 +753,9 @@ class EventType(str, Enum):
     FILE_ADDED = "file_added"
     FILE_REMOVED = "file_removed"
     COPY_REMOVED = "copy_removed"
+    PIN_SAVED = "pin_saved"
+    PIN_REMOVED = "pin_removed"
+    PIN_COVERAGE = "pin_coverage"
 
 
 class EventData(Snapshot):
@@ -665,6 +826,9 @@ class ClusterConnectedEvent(EventData):
 class ClusterDisconnectedEvent(EventData):
     kind = EventType.CLUSTER_DISCONNECTED
     cluster: str
+    reconnecting: bool = Field(
+        False, description="Its agent was stopped to connect it again at once (not by a user)."
+    )
 
 
 class ClusterUnreachableEvent(EventData):
@@ -751,6 +915,25 @@ class CopyRemovedEvent(EventData):
 
     kind = EventType.COPY_REMOVED
     removal: CopyRemoval
+
+
+class PinSavedEvent(EventData):
+    """A pin was made (or its file's new version is pinned)."""
+
+    kind = EventType.PIN_SAVED
+    pin: Pin
+
+
+class PinRemovedEvent(EventData):
+    kind = EventType.PIN_REMOVED
+    pin_id: str
+
+
+class PinCoverageEvent(EventData):
+    """A pinned copy changed status: the pin as it is now."""
+
+    kind = EventType.PIN_COVERAGE
+    pin: Pin
 
 
 EVENT_PAYLOADS: dict[EventType, type[EventData]] = {

@@ -99,6 +99,12 @@ class StreamPlan(_Message):
     downstream: str | None = None
     resume: bool = False
     """Each sink takes up what an earlier run of the transfer left (its resume journal)."""
+    send_on: list[int] = Field(default_factory=list)
+    """A resume's source part: chunks to stream straight to ``downstream`` (what recipients
+    in other clusters lack, as their journals say)."""
+    await_stream: bool = False
+    """A resume's part in another cluster: its sinks wait for the stream from upstream
+    before they count as ended (it brings what they lack)."""
 
 
 class StartTransfer(_Message):
@@ -113,6 +119,11 @@ class StartTransfer(_Message):
     transfer_id: str
     source: str
     path: str
+    source_identity: tuple[int, int, int, int] | None = Field(
+        None,
+        description="The file as its hashes were made of it (size, mtime, inode, ctime): the "
+        "source refuses another (SourceChanged), at its opening and at every chunk.",
+    )
     file_name: str
     recipients: list[str]
     expected_blake3: str | None = None
@@ -152,6 +163,19 @@ class ImportTransfer(_Message):
     unpack_to: str | None = None
     transport: Transport = Transport.OBJECT_STORE
     stream: StreamPlan | None = None
+
+
+class ReadMissing(_Message):
+    """Which chunks each of ``endpoints`` lacks of a transfer it kept part of, as its resume
+    journal says (every chunk, without a journal of that very file)."""
+
+    op: Literal["read_missing"] = "read_missing"
+    transfer_id: str
+    file_name: str
+    endpoints: list[str]
+    size: int
+    chunk_size: int
+    blake3: str
 
 
 class ReadManifest(_Message):
@@ -202,6 +226,18 @@ class SweepStorage(_Message):
     retention: float = 0.0
     quota: int = 0
     remove: bool = True
+    keep: dict[str, list[str]] = {}
+    """Per endpoint: pinned copies the sweep spares (names in its storage directory)."""
+
+
+class TendCopies(_Message):
+    """Pinned copies on each endpoint: ``check`` says each one's BLAKE3 if it is as it was
+    verified (size and mtime unchanged), ``hash`` reads it from disk, ``remove`` deletes it;
+    the reply is a ``CopiesTended``."""
+
+    op: Literal["tend_copies"] = "tend_copies"
+    action: Literal["check", "hash", "remove"]
+    endpoints: dict[str, list[str]]
 
 
 class DeliverMessage(_Message):
@@ -229,6 +265,7 @@ class InjectFaults(_Message):
 
 Operation = Annotated[
     ReadManifest
+    | ReadMissing
     | ProbeLinks
     | CreateEndpoint
     | RemoveEndpoint
@@ -239,6 +276,7 @@ Operation = Annotated[
     | CancelTransfer
     | DiscardPartials
     | SweepStorage
+    | TendCopies
     | DeliverMessage
     | ReadMessages
     | InjectFaults,
@@ -285,6 +323,15 @@ class StorageSwept(_Message):
     unreachable: list[str] = []
 
 
+class CopiesTended(_Message):
+    """``TendCopies``: per endpoint, each copy's BLAKE3 (None: missing or changed); the
+    copies removed; the endpoints that could not be asked (dead)."""
+
+    copies: dict[str, dict[str, str | None]] = {}
+    removed: int = 0
+    unreachable: list[str] = []
+
+
 class Done(_Message):
     """The reply of an operation that answers nothing but that it was done (remove, cancel,
     shutdown, inject)."""
@@ -317,12 +364,20 @@ class FileSize(_Message):
     size: int
 
 
+class MissingRead(_Message):
+    """``ReadMissing``: chunk indices each endpoint lacks."""
+
+    missing: dict[str, list[int]]
+
+
 class ManifestRead(_Message):
-    """``ReadManifest``: the file as its endpoint read it."""
+    """``ReadManifest``: the file as its endpoint read it, and its identity (size, mtime,
+    inode, ctime) then."""
 
     size: int
     manifest: list[str]
     blake3: str
+    identity: tuple[int, int, int, int] | None = None
 
 
 class LinksProbed(_Message):
@@ -398,6 +453,14 @@ class RecipientFinished(_Message):
     ok: bool
     path: str | None = None
     error: str | None = None
+    transient: bool = False
+    """It failed for a reason that passes (its host cut off, its actor or node died, the
+    source died): ``auto_resume`` takes it up again once it answers."""
+    kept_bytes: int = 0
+    """Verified bytes it had from an earlier run (a resume): they did not move in this one."""
+    refused: bool = False
+    """It refused the transfer before a byte (no room, the file could not be created): a
+    resume would be refused again, so nothing is kept for one."""
 
 
 class TransferFinished(_Message):
@@ -411,6 +474,13 @@ class TransferFinished(_Message):
     error: str | None = None
     bytes_served: dict[str, int] = Field(default_factory=dict)
     chunks_resent: int = 0
+    """Chunks sent again in this run: repairs (damaged, or lost when a stream broke)."""
+    chunks_resumed: int = 0
+    """Chunks a resume sent because an earlier run had not."""
+    chunks_damaged: int = 0
+    """Chunks that arrived damaged (failed their BLAKE3 check) at a recipient."""
+    transient: bool = False
+    """The recipients it ends failed for a reason that passes (their cluster went down)."""
 
 
 TransferMessage = TransferProgress | RecipientFinished | TransferFinished

@@ -6,7 +6,7 @@ that node: reading a file being sent, writing, verifying and committing a file b
 received, relaying chunks down a multicast chain, and keeping received messages.
 
 Two transports move a file's bytes. ``stream`` (the default): the endpoint's data port
-takes TCP streams from other endpoints, and its sinks and senders (``streams.py``) do the
+takes TCP streams from other endpoints, and its sinks and senders (``dataplane``) do the
 work on their own threads; Ray carries only the calls that open, link, watch and commit.
 ``object-store``: chunks travel as NumPy ``uint8`` arrays through Ray's object store (Ray
 hands them over without a copy; ``os.pwrite`` and BLAKE3 take them as buffers).
@@ -24,7 +24,6 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import threading
 import time
 from collections import Counter, deque
@@ -38,11 +37,13 @@ import numpy as np
 import ray
 
 from castray import folders, ratelimit
-from castray.agent import journal, storage, streams
+from castray.agent import copies, journal, space, storage
+from castray.agent import dataplane as streams
 from castray.agent.outcomes import ChunkOutcome, ChunkStatus, CommitOutcome, EndpointFacts
-from castray.chunks import HASH_THREADS, file_blake3
+from castray.chunks import HASH_THREADS, FileIdentity, file_blake3, identity_of
+from castray.errors import SourceChanged
+from castray.models import FaultInjection
 from castray.protocol import StorageUsage
-from castray.sizes import binary_size
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,26 @@ class _Source:
     path: Path | None = None
     used_at: float = field(default_factory=time.monotonic)
     """When a send last started or ended with it (a held source nobody uses is let go)."""
+    opened: os.stat_result | None = None
+    """The file as it was opened: each chunk read checks it is still that."""
+
+    def check(self) -> None:
+        """``SourceChanged`` if the open file was written since it was opened: its size or
+        mtime moved, or its ctime did with its link count unchanged (a write whose mtime was
+        put back). A rename over its name, or its removal, changes neither its bytes nor this
+        answer: the transfer goes on reading the file it began with."""
+        if self.opened is None:
+            return
+        now = os.fstat(self.file.fileno())
+        before = self.opened
+        written = (now.st_size, now.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or (
+            now.st_ctime_ns != before.st_ctime_ns and now.st_nlink == before.st_nlink
+        )
+        if written:
+            raise SourceChanged(
+                f"{self.path} changed while it was being sent (written in place): start the "
+                "transfer again once it is written"
+            )
 
 
 @dataclass
@@ -98,6 +119,9 @@ class Endpoint:
         self._sinks: dict[str, _Sink] = {}
         self._messages: deque[dict[str, Any]] = deque(maxlen=options.messages_kept)
         self._corrupt_next = 0
+        self._sync_faults = 0
+        self._wedged = threading.Event()
+        """Fault injection: set while receiving object-store chunks hangs, as a stuck disk."""
         self._port = streams.DataPort(
             ray.util.get_node_ip_address(), options.data_ports, options.connect_timeout
         )
@@ -109,6 +133,8 @@ class Endpoint:
         # Shared by all of this endpoint's transfers: together they keep to the limits.
         self._egress = ratelimit.bucket_for(options.egress_limit)
         self._ingress = ratelimit.bucket_for(options.ingress_limit)
+        self._room = space.Room(self.storage_dir)
+        self._copies = copies.CopyIndex(self.storage_dir)
         journal.sweep(self.storage_dir, options.partial_retention)
         threading.Thread(target=self._reap_orphans, name="orphan-reaper", daemon=True).start()
 
@@ -129,26 +155,38 @@ class Endpoint:
 
     # ---- sending -------------------------------------------------------------------
 
-    def open_source(self, transfer_id: str, path: str, hash_whole: bool) -> int:
-        """Open a file to send: an absolute path, or one relative to this storage dir."""
-        resolved = self._source_path(path)
-        handle = resolved.open("rb")
-        size = os.fstat(handle.fileno()).st_size
-        running = _Running() if hash_whole else None
-        self._sources[transfer_id] = _Source(handle, size, running, resolved)
-        return size
+    def open_source(
+        self, transfer_id: str, path: str, hash_whole: bool, identity: FileIdentity | None = None
+    ) -> int:
+        """Open a file to send (an absolute path, or one relative to this storage dir); it
+        must be the file ``identity`` says, when given (``SourceChanged`` otherwise)."""
+        source = self._open_source(path, identity)
+        source.running = _Running() if hash_whole else None
+        self._sources[transfer_id] = source
+        return source.size
 
     @ray.method(concurrency_group="stream")
-    def hold_source(self, transfer_id: str, path: str) -> int:
+    def hold_source(self, transfer_id: str, path: str, identity: FileIdentity | None = None) -> int:
         """Open the file a stream transfer sends and keep it open until the transfer ends
         (``release_source``): every send and repair of the transfer reads that very file, so
-        a file replaced under its name meanwhile (a new upload) is never seen. Its size."""
+        a file replaced under its name meanwhile (a new upload) is never seen; one changed
+        in place fails the transfer (``SourceChanged``). Its size."""
+        source = self._open_source(path, identity)
+        self._sources[transfer_id] = source
+        self._sending[transfer_id] = streams.Stopper()  # a new run: an earlier stop is over
+        return source.size
+
+    def _open_source(self, path: str, identity: FileIdentity | None) -> _Source:
         resolved = self._source_path(path)
         handle = resolved.open("rb")
-        size = os.fstat(handle.fileno()).st_size
-        self._sources[transfer_id] = _Source(handle, size, None, resolved)
-        self._sending[transfer_id] = streams.Stopper()  # a new run: an earlier stop is over
-        return size
+        status = os.fstat(handle.fileno())
+        if identity is not None and identity_of(status) != tuple(identity):
+            handle.close()
+            raise SourceChanged(
+                f"{path} changed after its hashes were made for this transfer (its size, times "
+                "or inode differ): start the transfer again"
+            )
+        return _Source(handle, status.st_size, None, resolved, opened=status)
 
     @ray.method(concurrency_group="stream")
     def release_source(self, transfer_id: str) -> None:
@@ -171,6 +209,7 @@ class Endpoint:
             self._egress.take(length)
         data = np.empty(length, dtype=np.uint8)
         got = os.preadv(source.file.fileno(), [data.data], offset)
+        source.check()  # after the read: what was read is the file as it was opened
         if got != length:
             raise OSError(f"file shrank while being sent: wanted {length} bytes at {offset}")
         if source.running is not None:
@@ -201,13 +240,14 @@ class Endpoint:
         """Create the temporary file a transfer writes into; returns the final path."""
         final = self.storage_dir / name
         temp = self.storage_dir / f".{name}.{transfer_id}.part"
-        check_free_space(self.storage_dir, name, size)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
+            self._room.take(transfer_id, fd, size, name)  # every block, before a byte comes
             os.ftruncate(fd, size)
         except OSError:
             os.close(fd)
             temp.unlink(missing_ok=True)
+            self._room.give_back(transfer_id)
             raise
         self._sinks[transfer_id] = _Sink(fd, temp, final, size)
         return str(final)
@@ -227,6 +267,8 @@ class Endpoint:
         """
         if data is None:
             return ChunkOutcome(ChunkStatus.UPSTREAM_MISSING), None
+        while self._wedged.is_set():  # fault injection: a disk that stopped taking writes
+            time.sleep(0.1)
         if self._ingress is not None:
             self._ingress.take(len(data))
         sink = self._sinks.get(transfer_id)
@@ -255,18 +297,27 @@ class Endpoint:
         Bytes that came in order were hashed as they arrived; a chunk sent again breaks the
         order, and then the file is read back from disk and hashed whole.
         """
+        self._room.give_back(transfer_id)  # every byte is written by now
         stream = self._port.unregister(transfer_id)
         if stream is not None:
             if not stream.complete():
                 stream.close()
                 stream.temp.unlink(missing_ok=True)
                 return CommitOutcome(False, error="not every chunk arrived verified")
-            stream.close(keep_fd=True)
+            stream.close(keep_fd=True, forwarding=True)  # a slower next one is still fed
+            if stream.error is not None:  # a sync failed at the last moment
+                return CommitOutcome(False, error=stream.error)
             journal.journal_path(stream.temp).unlink(missing_ok=True)
             done = _commit(
-                stream.fd, stream.temp, stream.final, stream.whole_digest, expected, stream.size
+                stream.fd,
+                stream.temp,
+                stream.final,
+                stream.whole_digest,
+                expected,
+                stream.size,
+                self._take_sync_fault,
             )
-            return self._received(done, stream.size)
+            return self._received(done, stream.size, expected)
         sink = self._sinks.pop(transfer_id, None)
         if sink is None:
             return CommitOutcome(False, error="the transfer is not open here")
@@ -277,13 +328,48 @@ class Endpoint:
             lambda: sink.running.digest(sink.size) or file_blake3(sink.temp),
             expected,
             sink.size,
+            self._take_sync_fault,
         )
-        return self._received(done, sink.size)
+        return self._received(done, sink.size, expected)
 
-    def _received(self, done: CommitOutcome, size: int) -> CommitOutcome:
-        if done.ok:
+    def _received(self, done: CommitOutcome, size: int, blake3: str) -> CommitOutcome:
+        if done.ok and done.path is not None:
             self._metrics.count_received(size)
+            self._copies.record(Path(done.path), blake3)
         return done
+
+    # ---- verified copies (pins, castray.local_path) ---------------------------------------
+
+    @ray.method(concurrency_group="control")
+    def local_copy(self, name: str, wait: float = 0.0) -> tuple[str, str] | None:
+        """The path and BLAKE3 of this endpoint's verified copy called ``name`` (as received:
+        a file name, or a folder's), waiting up to ``wait`` seconds (at most 5) for it to be
+        committed; None when there is none as verified."""
+        found = self._copies.wait(name, min(max(wait, 0.0), 5.0))
+        return (str(self.storage_dir / found.name), found.blake3) if found else None
+
+    @ray.method(concurrency_group="control")
+    def verified_copies(self, names: list[str]) -> dict[str, str | None]:
+        """For each name: the BLAKE3 of the verified copy here, if it is as it was verified
+        (same size and mtime); None when it is missing or changed."""
+        return {
+            name: (found.blake3 if (found := self._copies.current(name)) else None)
+            for name in names
+        }
+
+    @ray.method(concurrency_group="commit")
+    def hash_copies(self, names: list[str]) -> dict[str, str | None]:
+        """Each copy's BLAKE3 read from disk now (a pin's verify); None when it is missing."""
+        found: dict[str, str | None] = {}
+        for name in names:
+            path = self.storage_dir / name
+            found[name] = file_blake3(path) if path.is_file() else None
+        return found
+
+    @ray.method(concurrency_group="commit")
+    def remove_copies(self, names: list[str]) -> int:
+        """Remove these received copies (an unpin that removes its copies)."""
+        return self._copies.forget(names)
 
     # ---- the stream transport ---------------------------------------------------------
 
@@ -296,7 +382,20 @@ class Endpoint:
             return str(exc)
         return None
 
-    @ray.method(concurrency_group="stream")
+    @ray.method(concurrency_group="control")
+    def missing_of(
+        self, transfer_id: str, name: str, size: int, chunk_size: int, blake3: str
+    ) -> list[int]:
+        """The chunks this endpoint lacks of a transfer, as its resume journal says (all of
+        them without a journal of that very file)."""
+        part = self.storage_dir / f".{name}.{transfer_id}.part"
+        count = len(streams.all_chunks(size, chunk_size))
+        kept = journal.Journal.read(journal.journal_path(part))
+        if kept is None or not part.exists() or not kept.matches(size, chunk_size, blake3):
+            return list(range(count))
+        return [i for i, ok in enumerate(kept.verified) if not ok]
+
+    @ray.method(concurrency_group="hash")
     def manifest_of(self, path: str, chunk_size: int) -> Manifest:
         """What a receiver checks a file against: its chunks' and its whole BLAKE3 (one read)."""
         return manifest_of(self._source_path(path), chunk_size)
@@ -313,9 +412,11 @@ class Endpoint:
         downstream: str | None,
         blake3: str,
         resume: bool = False,
+        await_stream: bool = False,
     ) -> tuple[str, int]:
         """Get ready to receive a transfer on the data port (``resume``: taking up what an
-        earlier run of it left here); the final path, and the verified bytes taken up."""
+        earlier run of it left here; ``await_stream``: and wait for a stream from upstream
+        before counting as ended); the final path, and the verified bytes taken up."""
         # An earlier run's sink still open here (its end never reached this node) hands over.
         self._drop_stream_sink(transfer_id, keep=True)
         self._sending[transfer_id] = streams.Stopper()  # a new run: an earlier stop is over
@@ -332,13 +433,15 @@ class Endpoint:
             connect_timeout=self._options.connect_timeout,
             blake3=blake3,
             corrupt_next=self._take_corruption,
+            sync_fails=self._take_sync_fault,
             ingress=self._ingress,
         )
-        sink.open(resume)
+        sink.open(resume, await_stream)
         try:
-            check_free_space(self.storage_dir, name, size - sink.resumed_bytes)
+            self._room.take(transfer_id, sink.fd, size, name)  # every block, before a byte
         except OSError:
             sink.close()
+            self._room.give_back(transfer_id)
             if not sink.resumed_bytes:
                 journal.remove(sink.temp)
             raise
@@ -351,12 +454,28 @@ class Endpoint:
         sink = self._port.sink(transfer_id)
         return sink.status(wait) if sink is not None else None
 
-    @ray.method(concurrency_group="stream")
+    @ray.method(concurrency_group="links")
     def relink(self, transfer_id: str, downstream: str | None) -> None:
         """Streams that start from now on are passed on to ``downstream``."""
-        sink = self._port.sink(transfer_id)
+        sink = self._port.passing_on(transfer_id)
         if sink is not None:
             sink.relink(downstream)
+
+    @ray.method(concurrency_group="links")
+    def redirect(self, transfer_id: str, downstream: str | None, from_chunk: int) -> None:
+        """Pass the stream arriving now on to ``downstream`` instead, from chunk
+        ``from_chunk`` on (the chain was reordered: a slow receiver moved to its end)."""
+        sink = self._port.passing_on(transfer_id)
+        if sink is not None:
+            sink.redirect(downstream, from_chunk)
+
+    @ray.method(concurrency_group="links")
+    def move_stream(self, transfer_id: str, target: str, to: str, from_chunk: int) -> bool:
+        """Move this endpoint's stream to ``target`` over to ``to``, from chunk ``from_chunk``
+        on (the chain's head was slow: it moves to the end, the next one is fed from here).
+        False when no stream of the transfer goes to ``target`` any more."""
+        stop = self._sending.get(transfer_id)
+        return stop is not None and stop.move(target, to, from_chunk)
 
     @ray.method(concurrency_group="send")
     def send_stream(
@@ -375,7 +494,9 @@ class Endpoint:
         (0: no limit) within the endpoint's egress limit. The bytes sent."""
         held = self._sources.get(transfer_id) if path is not None else None
         opened: contextlib.AbstractContextManager[Any]
+        check: Callable[[], None] | None = None
         if held is not None and held.path is not None:
+            check = held.check
             source, opened = held.path, contextlib.nullcontext(held.file)
             held.used_at = time.monotonic()
         elif path is None:
@@ -399,6 +520,7 @@ class Endpoint:
                 self._options.stall_timeout,
                 stop,
                 ratelimit.buckets(ratelimit.bucket_for(rate), self._egress),
+                check,
             )
         if held is not None:
             held.used_at = time.monotonic()
@@ -410,12 +532,16 @@ class Endpoint:
         """Unpack a folder's verified bundle into ``folder`` here, each file committed
         atomically, and remove the bundle; the folder's path."""
         target = self.storage_dir / folders.check_folder_name(folder)
+        verified = self._copies.current(Path(bundle).name)
         try:
             folders.unpack(
                 Path(bundle), target, self.storage_dir / f".{folder}.{transfer_id}.unpack"
             )
         finally:
             Path(bundle).unlink(missing_ok=True)
+        if verified is not None:  # the folder is what its verified bundle held
+            self._copies.forget([verified.name])
+            self._copies.record(target, verified.blake3)
         return str(target)
 
     @contextlib.contextmanager
@@ -429,28 +555,52 @@ class Endpoint:
                 self._streaming[path] -= 1
 
     @ray.method(concurrency_group="control")
-    def sweep_storage(self, retention: float, quota: int, remove: bool) -> StorageUsage:
+    def sweep_storage(
+        self, retention: float, quota: int, remove: bool, keep: list[str] | None = None
+    ) -> StorageUsage:
         """Remove received copies past ``retention`` seconds, then the oldest past ``quota``
-        bytes, sparing what is being sent; what is kept and what went (see ``storage``)."""
+        bytes, sparing what is being sent and the pinned copies ``keep`` (names in the storage
+        directory, a folder's name sparing what is under it); what is kept and what went
+        (see ``storage``)."""
         with self._lock:
             in_use = {p for p, n in self._streaming.items() if n > 0}
         in_use |= {s.path for s in list(self._sources.values()) if s.path is not None}
-        return storage.sweep(self.storage_dir, retention, quota, in_use, remove)
+        pinned = {self.storage_dir / name for name in keep or []}
+        return storage.sweep(self.storage_dir, retention, quota, in_use, remove, pinned=pinned)
 
-    @ray.method(concurrency_group="stream")
+    @ray.method(concurrency_group="links")
     def sever(self, transfer_id: str, upstream: bool, downstream: bool) -> None:
         """Drop the transfer's streams from a sender or to a receiver that is gone (cut off,
         or its node lost): they would only stall until the stall timeout."""
-        sink = self._port.sink(transfer_id)
+        sink = self._port.passing_on(transfer_id)
         if sink is not None:
             sink.sever(upstream, downstream)
 
-    @ray.method(concurrency_group="stream")
-    def stop_sending(self, transfer_id: str) -> None:
+    @ray.method(concurrency_group="control")
+    def sent_of(self, transfer_id: str) -> int:
+        """Bytes this endpoint's streams of the transfer sent in its current run, a stream
+        that broke half-way included."""
+        stop = self._sending.get(transfer_id)
+        return stop.sent if stop is not None else 0
+
+    @ray.method(concurrency_group="links")
+    def stop_sending(self, transfer_id: str, target: str | None = None) -> None:
         """End the transfer's streams from here at once, a stream waiting on a rate limit too,
         and any that starts later (a call that waited for a thread): the stop stays set until
-        a new run of the transfer opens here."""
+        a new run of the transfer opens here. With ``target``, only the streams going there
+        (its receiver was cut off): the transfer's repairs from here go on."""
+        if target is not None:
+            stop = self._sending.get(transfer_id)
+            if stop is not None:
+                stop.cut(target)
+            return
         self._sending.setdefault(transfer_id, streams.Stopper()).set()
+
+    def _take_sync_fault(self) -> bool:
+        if self._sync_faults > 0:
+            self._sync_faults -= 1
+            return True
+        return False
 
     def _take_corruption(self) -> bool:
         if self._corrupt_next > 0:
@@ -465,6 +615,10 @@ class Endpoint:
         self._abort(transfer_id, keep)
 
     def _abort(self, transfer_id: str, keep: bool) -> None:
+        self._room.give_back(transfer_id)
+        passing = self._port.passing_on(transfer_id)
+        if passing is not None:  # committed, still feeding a slower receiver: no more
+            passing.sever(upstream=False, downstream=True)
         sink = self._sinks.pop(transfer_id, None)
         if sink is not None:
             self._discard(sink)
@@ -493,8 +647,11 @@ class Endpoint:
         return journal.discard(self.storage_dir, transfer_id)
 
     def _drop_stream_sink(self, transfer_id: str, keep: bool) -> None:
+        """Close a transfer's sink; its partial file and journal stay with ``keep`` and only
+        if it verified something (a resume of nothing would be a new transfer)."""
         stream = self._port.unregister(transfer_id)
         if stream is not None:
+            keep = keep and stream.verified_bytes > 0
             stream.close(journal=keep)
             if not keep:
                 journal.remove(stream.temp)
@@ -549,18 +706,15 @@ class Endpoint:
         sink.temp.unlink(missing_ok=True)
 
     @ray.method(concurrency_group="control")
-    def inject_faults(
-        self,
-        corrupt_chunks: int,
-        refuse_data_connections: bool | None,
-        close_data_port: bool = False,
-    ) -> None:
-        """Fault injection for tests: flip a byte in the next ``corrupt_chunks`` received
-        chunks; refuse (or accept again) every data connection; close the data port."""
-        self._corrupt_next = corrupt_chunks
-        if refuse_data_connections is not None:
-            self._port.refusing = refuse_data_connections
-        if close_data_port:
+    def inject_faults(self, faults: FaultInjection) -> None:
+        """Fault injection for tests: what this endpoint is to get wrong from now on."""
+        self._corrupt_next = faults.corrupt_chunks
+        self._sync_faults = faults.fail_syncs
+        if faults.wedge is not None:
+            (self._wedged.set if faults.wedge else self._wedged.clear)()
+        if faults.refuse_data_connections is not None:
+            self._port.refusing = faults.refuse_data_connections
+        if faults.close_data_port:
             self._port.close()
 
     # ---- messages ------------------------------------------------------------------
@@ -627,15 +781,19 @@ class Manifest:
     size: int
     chunks: list[bytes]
     whole: str
+    identity: FileIdentity | None = None
+    """The file as it was read (None: it changed while it was read)."""
 
 
 def manifest_of(path: Path, chunk_size: int) -> Manifest:
-    """Read ``path`` once, hashing each chunk and the whole."""
+    """Read ``path`` once, hashing each chunk and the whole; ``SourceChanged`` if it changed
+    while it was read."""
     whole = blake3.blake3(max_threads=HASH_THREADS)
     chunks: list[bytes] = []
     buffer = bytearray(chunk_size)
     size = 0
     with path.open("rb", buffering=0) as file:
+        before = identity_of(os.fstat(file.fileno()))
         while True:
             n = file.readinto(buffer)
             if not n:
@@ -644,15 +802,25 @@ def manifest_of(path: Path, chunk_size: int) -> Manifest:
             whole.update(view)
             chunks.append(blake3.blake3(view).digest())
             size += n
-    return Manifest(size, chunks, str(whole.hexdigest()))
+        if identity_of(os.fstat(file.fileno())) != before:
+            raise SourceChanged(f"{path} changed while it was being read: try again")
+    return Manifest(size, chunks, str(whole.hexdigest()), before)
 
 
 def _commit(
-    fd: int, temp: Path, final: Path, digest: Callable[[], str], expected: str, size: int
+    fd: int,
+    temp: Path,
+    final: Path,
+    digest: Callable[[], str],
+    expected: str,
+    size: int,
+    sync_fails: Callable[[], bool] = lambda: False,
 ) -> CommitOutcome:
     """fsync the file, check its size and whole BLAKE3, rename it into place, fsync the
     directory; on any failure nothing stays."""
     try:
+        if sync_fails():
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
         os.fsync(fd)
         written = os.fstat(fd).st_size
     except OSError as exc:
@@ -688,17 +856,16 @@ _ACTOR_OPTIONS: dict[str, Any] = {
     # "send": one thread per outgoing stream, "watch": one per status call waiting for a sink
     # to settle. A stream that waits for a thread here is one its recipients see stall (15
     # unicasts at once from one node failed with 8 of them): as many as an agent drives.
-    "concurrency_groups": {"commit": 4, "control": 4, "stream": 4, "send": 256, "watch": 256},
+    # "links": re-links and stops, quick, never queued behind "hash" (a big file's manifest
+    # can take minutes) or "stream" (opening sinks).
+    "concurrency_groups": {
+        "commit": 4,
+        "control": 4,
+        "stream": 4,
+        "links": 4,
+        "hash": 2,
+        "send": 256,
+        "watch": 256,
+    },
 }
 EndpointActor: Any = ray.remote(**_ACTOR_OPTIONS)(Endpoint)
-
-
-def check_free_space(storage_dir: Path, name: str, size: int) -> None:
-    """Refuse a file the disk cannot hold, before a byte of it is written."""
-    free = shutil.disk_usage(storage_dir).free
-    if free < size:
-        raise OSError(
-            errno.ENOSPC,
-            f"not enough free space for {name}: it needs {binary_size(size)}, the disk has "
-            f"{binary_size(free)} free",
-        )

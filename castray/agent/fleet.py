@@ -10,18 +10,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
 import ray
-from ray.exceptions import RayError
+from ray.exceptions import ActorDiedError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from castray.agent.connect import ClusterIdentity
 from castray.agent.endpoint import EndpointActor, EndpointOptions
+from castray.agent.reasons import reason
 from castray.errors import NodeExists, NodeNotFound, NodeUnavailable, RayNodeNotFound
+from castray.local import NAMESPACE, actor_name
 from castray.models import EndpointState, NodeKind, NodeStatus, RayClusterState
 from castray.protocol import AgentTunables, EndpointRemoved, EndpointUpdate
 
@@ -31,6 +34,25 @@ HEAD_RESOURCE = "node:__internal_head__"
 ABORT_GRACE = 0.5
 """Seconds endpoints get to drop their partial files when the agent stops (it must exit
 within main.EXIT_GRACE)."""
+
+PROBE_TRIES = 3
+"""Probes in a row that fail, without proving the actor dead, before it is called dead (an
+RPC reset right after a network heals is no death)."""
+SILENT_REPLACE_AFTER = 120.0
+"""Seconds an endpoint may stay silent on a node Ray calls alive before its actor is taken
+for hung, killed and deployed again. Until then it is reported dead ("not answering") but
+kept: a host cut off comes back with the same actor once its network heals, and Ray's own
+connections to it may take half a minute after the heal to recover."""
+PROBE_RETRY = 1.0
+"""Seconds before a failed probe is tried again."""
+PROBE_DEADLINE = 10.0
+"""Seconds a probe may go unanswered before it counts as failed (a host cut off)."""
+RESTART_MAX_DELAY = 30.0
+"""Seconds between redeployments of an endpoint whose actor keeps dying on a live node, at
+most (it doubles from 1)."""
+STABLE_AFTER = 60.0
+"""An endpoint that lived this long before it died is redeployed at once, as after a first
+fault."""
 
 REJOIN_SETTLE_SECONDS = 60.0
 """How long a raylet that joins at the address of an endpoint not yet known dead waits for that
@@ -59,6 +81,16 @@ class _Deployed:
     """When the last probe it answered was sent: it was alive after that moment."""
     died: str | None = None
     """Why it is dead, once it is."""
+    failures: int = 0
+    """Probes in a row that failed without proving it dead."""
+    restarts: int = 0
+    """Redeployments in a row on its live node (for the back-off)."""
+    restart_at: float | None = None
+    """When to deploy it again on its node, which lives (None: not to be)."""
+    alive_since: float | None = None
+    silent_since: float | None = None
+    """Since when it has been reported dead for not answering, its actor kept (None: it
+    answers, or Ray proved it dead)."""
 
 
 class Fleet:
@@ -107,9 +139,9 @@ class Fleet:
             # Deaths first: a host that rejoined keeps its endpoint's id only if the endpoint
             # it had is known dead when its new raylet is deployed on.
             for deployed in list(self._endpoints.values()):
-                if deployed.state.status is not NodeStatus.DEAD and (
-                    deployed.state.ray_node_id not in alive
-                ):
+                kept = deployed.state.status is not NodeStatus.DEAD or deployed.silent_since
+                if kept and deployed.state.ray_node_id not in alive:
+                    deployed.silent_since = None
                     self._mark_dead(deployed, "its Ray node left the cluster")
             self._collect_probes()
             for node_id, node in alive.items():
@@ -117,7 +149,26 @@ class Fleet:
                     self._seen_nodes.add(node_id)
                     self._rejoining.pop(node_id, None)
                     self._deploy_auto(node)
+            self._restart_due(alive)
         return self._cluster_state(nodes, alive, available)
+
+    def _restart_due(self, alive: dict[str, RayNode]) -> None:
+        """An endpoint whose actor died (crashed, killed, taken for dead while its host was cut
+        off) on a node that still lives is deployed there again, under its id, with what it
+        verified (its storage and resume journals are where they were)."""
+        now = time.monotonic()
+        for deployed in list(self._endpoints.values()):
+            if deployed.restart_at is None or now < deployed.restart_at:
+                continue
+            deployed.restart_at = None
+            node = alive.get(deployed.state.ray_node_id)
+            if deployed.state.status is NodeStatus.DEAD and node is not None:
+                log.warning(
+                    "endpoint %s: its node lives; deploying it again (%s)",
+                    deployed.state.id,
+                    deployed.died,
+                )
+                self._deploy(deployed.state.id, node, deployed.state.kind, deployed)
 
     def _settled(self, node: RayNode) -> bool:
         """Whether a new Ray node can get its endpoint now: nothing else claims its address,
@@ -125,7 +176,7 @@ class Fleet:
         host), or Ray had ``REJOIN_SETTLE_SECONDS`` to say. Meanwhile the endpoint is asked:
         a crashed actor's probe fails at once with a refused connection."""
         taken = self._endpoints.get(self._auto_id(node))
-        if taken is None or taken.state.status is NodeStatus.DEAD:
+        if taken is None or (taken.state.status is NodeStatus.DEAD and taken.silent_since is None):
             return True
         now = time.monotonic()
         since = self._rejoining.setdefault(node["NodeID"], now)
@@ -159,32 +210,84 @@ class Fleet:
         )
 
     def _collect_probes(self) -> None:
-        """Turn answered probes into status changes; start due probes. Never blocks."""
+        """Turn answered probes into status changes; start due probes. Never blocks.
+
+        A probe that fails proves death only when Ray says the actor died; any other failure
+        (an RPC reset, no answer within ``PROBE_DEADLINE``) is tried again, and only
+        ``PROBE_TRIES`` in a row make the endpoint dead."""
+        now = time.monotonic()
         pending = {d.probe: d for d in self._endpoints.values() if d.probe is not None}
         if pending:
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
             for ref in done:
-                deployed = pending[ref]
+                deployed = pending.pop(ref)
                 deployed.probe = None
                 try:
                     facts = ray.get(ref)
                 except RayError as exc:
-                    self._mark_dead(deployed, f"its actor stopped answering: {exc}")
+                    self._probe_failed(deployed, f"its actor stopped answering: {reason(exc)}", exc)
                     continue
-                deployed.answered_sent_at = deployed.probed_at
-                if deployed.state.status is NodeStatus.STARTING:
-                    self._set(
-                        deployed,
-                        status=NodeStatus.ALIVE,
-                        address=facts.address,
-                        data_address=facts.data_address,
+                self._answered(deployed, facts)
+            for deployed in pending.values():
+                if now - deployed.probed_at > PROBE_DEADLINE:
+                    deployed.probe = None
+                    self._probe_failed(
+                        deployed, f"it did not answer for {PROBE_DEADLINE:g} s (its host cut off?)"
                     )
-        now = time.monotonic()
+        interval = self._tunables.endpoint_probe_interval
         for deployed in self._endpoints.values():
-            due = now - deployed.probed_at >= self._tunables.endpoint_probe_interval
-            if deployed.state.status is NodeStatus.ALIVE and deployed.probe is None and due:
+            wait = PROBE_RETRY if deployed.failures else interval
+            due = now - deployed.probed_at >= wait
+            asked = deployed.state.status is NodeStatus.ALIVE or deployed.silent_since is not None
+            if asked and deployed.probe is None and due:
                 deployed.probe = deployed.handle.describe.remote()
                 deployed.probed_at = now
+
+    def _answered(self, deployed: _Deployed, facts: Any) -> None:
+        deployed.answered_sent_at = deployed.probed_at
+        deployed.failures = 0
+        if deployed.silent_since is not None:
+            log.info("endpoint %s answers again", deployed.state.id)
+            deployed.silent_since = None
+            deployed.died = None
+            self._set(deployed, status=NodeStatus.ALIVE, detail=None, restarting=False)
+        elif deployed.state.status is NodeStatus.STARTING:
+            deployed.alive_since = time.monotonic()
+            self._set(
+                deployed,
+                status=NodeStatus.ALIVE,
+                address=facts.address,
+                data_address=facts.data_address,
+                detail=None,
+                restarting=False,
+                pid=facts.pid,
+            )
+
+    def _probe_failed(self, deployed: _Deployed, why: str, exc: Exception | None = None) -> None:
+        """Ray proving the actor dead kills and redeploys it; probes that merely fail
+        ``PROBE_TRIES`` times in a row report it dead but keep asking it (``silent``), for
+        ``SILENT_REPLACE_AFTER`` at most."""
+        deployed.failures += 1
+        now = time.monotonic()
+        if isinstance(exc, ActorDiedError):
+            self._mark_dead(deployed, why)
+        elif deployed.silent_since is not None:
+            if now - deployed.silent_since >= SILENT_REPLACE_AFTER:
+                deployed.silent_since = None
+                self._mark_dead(deployed, f"{why}; silent for {SILENT_REPLACE_AFTER:g} s")
+        elif deployed.failures >= PROBE_TRIES:
+            log.warning("endpoint %s does not answer: %s; still asking it", deployed.state.id, why)
+            deployed.silent_since = now
+            deployed.died = why
+            self._set(deployed, status=NodeStatus.DEAD, detail=f"{why}; still asking it")
+        else:
+            log.info(
+                "endpoint %s: probe %d of %d failed (%s); trying again",
+                deployed.state.id,
+                deployed.failures,
+                PROBE_TRIES,
+                why,
+            )
 
     # ---- requests ------------------------------------------------------------------
 
@@ -295,15 +398,23 @@ class Fleet:
         if taken is not None and taken.state.status is not NodeStatus.DEAD:
             # Two live raylets on one IP: keep ids distinct and still readable.
             endpoint_id = f"{endpoint_id}-{node['NodeID'][:8]}"
+            taken = None
         elif taken is not None:
             # The same host rejoined under a new Ray node id: keep its stable endpoint id.
             _kill(taken.handle)
-        self._deploy(endpoint_id, node, NodeKind.RAY_NODE)
+        self._deploy(endpoint_id, node, NodeKind.RAY_NODE, taken)
 
-    def _deploy(self, endpoint_id: str, node: RayNode, kind: NodeKind) -> _Deployed:
+    def _deploy(
+        self, endpoint_id: str, node: RayNode, kind: NodeKind, before: _Deployed | None = None
+    ) -> _Deployed:
+        """Deploy an endpoint actor on ``node``; ``before``: the endpoint it takes over (its
+        counters and back-off carry on)."""
         storage_dir = self._storage_root / endpoint_id
         handle = EndpointActor.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+            # Named after its node: castray.local_path in a task finds its node's endpoints.
+            name=actor_name(node["NodeID"], endpoint_id, uuid.uuid4().hex[:8]),
+            namespace=NAMESPACE,
         ).remote(endpoint_id, str(storage_dir), self._endpoint_options)
         state = EndpointState(
             id=endpoint_id,
@@ -316,18 +427,42 @@ class Fleet:
             },
             storage_dir=str(storage_dir),
         )
+        if before is not None:
+            state = state.model_copy(
+                update={
+                    "counters": before.state.counters,
+                    "detail": f"starting again: {before.died}" if before.died else None,
+                    "restarting": before.restart_at is not None or before.state.restarting,
+                }
+            )
         deployed = _Deployed(state=state, handle=handle, probe=handle.describe.remote())
+        if before is not None:
+            deployed.restarts = before.restarts
         self._endpoints[endpoint_id] = deployed
         self._emit(EndpointUpdate(endpoint=state))
         log.info("deploying endpoint %s on Ray node %s", endpoint_id, node["NodeID"])
         return deployed
 
-    def _mark_dead(self, deployed: _Deployed, reason: str) -> None:
-        log.warning("endpoint %s is dead: %s", deployed.state.id, reason)
+    def _mark_dead(self, deployed: _Deployed, why: str) -> None:
+        """It is dead: its actor is killed (one that merely stopped answering must not come
+        back beside its successor); if its node lives, it is deployed again after a back-off
+        that doubles while it keeps dying young."""
+        log.warning("endpoint %s is dead: %s", deployed.state.id, why)
         deployed.probe = None
-        deployed.died = reason
+        deployed.died = why
         _kill(deployed.handle)
-        self._set(deployed, status=NodeStatus.DEAD)
+        now = time.monotonic()
+        if deployed.alive_since is not None and now - deployed.alive_since >= STABLE_AFTER:
+            deployed.restarts = 0
+        if deployed.state.ray_node_id in self._alive_nodes:
+            delay = (
+                0.0 if deployed.restarts == 0 else min(RESTART_MAX_DELAY, 2.0**deployed.restarts)
+            )
+            deployed.restarts += 1
+            deployed.restart_at = now + delay
+            why = f"{why}; deploying it again in {delay:g} s"
+        restarting = deployed.restart_at is not None
+        self._set(deployed, status=NodeStatus.DEAD, detail=why, restarting=restarting)
 
     def _set(self, deployed: _Deployed, **changes: object) -> None:
         deployed.state = deployed.state.model_copy(update=changes)

@@ -67,6 +67,11 @@ class Journal:
         finally:
             os.close(fd)
         aside.replace(path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself is durable
+        finally:
+            os.close(folder)
 
     @classmethod
     def read(cls, path: Path) -> Journal | None:

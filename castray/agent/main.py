@@ -34,6 +34,7 @@ from castray.protocol import (
     AgentTunables,
     CancelTransfer,
     ClusterUpdate,
+    CopiesTended,
     CreateEndpoint,
     Delivered,
     DeliverMessage,
@@ -49,11 +50,13 @@ from castray.protocol import (
     LinksProbed,
     ManifestRead,
     MessagesRead,
+    MissingRead,
     Operation,
     ProbeFile,
     ProbeLinks,
     ReadManifest,
     ReadMessages,
+    ReadMissing,
     Ready,
     RecipientFinished,
     RemoveEndpoint,
@@ -63,6 +66,7 @@ from castray.protocol import (
     StartTransfer,
     StorageSwept,
     SweepStorage,
+    TendCopies,
     TransferFinished,
     TransferMessage,
     TransferOpened,
@@ -294,7 +298,17 @@ class Agent:
                 size=manifest.size,
                 manifest=[digest.hex() for digest in manifest.chunks],
                 blake3=manifest.whole,
+                identity=manifest.identity,
             )
+        if isinstance(body, ReadMissing):
+            refs = {
+                e: self._fleet.handle(e).missing_of.remote(
+                    body.transfer_id, body.file_name, body.size, body.chunk_size, body.blake3
+                )
+                for e in body.endpoints
+            }
+            timeout = self._config.tunables.control_timeout
+            return MissingRead(missing={e: ray_get(ref, timeout) for e, ref in refs.items()})
         if isinstance(body, ProbeLinks):
             return LinksProbed(failures=self._probe_links(body.links))
         if isinstance(body, ProbeFile):
@@ -313,6 +327,8 @@ class Agent:
             return self._discard(body)
         if isinstance(body, SweepStorage):
             return self._sweep_storage(body)
+        if isinstance(body, TendCopies):
+            return self._tend_copies(body)
         if isinstance(body, DeliverMessage):
             return self._deliver(body)
         if isinstance(body, ReadMessages):
@@ -330,7 +346,7 @@ class Agent:
         from castray.agent.transports.object_store import RunSpec, TransferRun
 
         source = self._fleet.handle(spec.source)
-        feed = EndpointFeed(spec.transfer_id, spec.source, source, spec.path)
+        feed = EndpointFeed(spec.transfer_id, spec.source, source, spec.path, spec.source_identity)
         recipients = [(rid, self._fleet.handle(rid)) for rid in spec.recipients]
         run = TransferRun(
             _run_spec(RunSpec, spec, self._config.tunables),
@@ -366,7 +382,8 @@ class Agent:
     def _open_stream(self, request_id: int, spec: StartTransfer | ImportTransfer) -> int:
         """Open this part's sinks on their data ports; the source (if here) starts sending
         once the reply is sent. The file's size."""
-        from castray.agent.transports.stream import Member, StreamRun, StreamSpec
+        from castray.agent.transports.stream import StreamRun
+        from castray.agent.transports.stream_parts import Member, StreamSpec
 
         plan = spec.stream
         if plan is None or spec.expected_blake3 is None:
@@ -390,6 +407,9 @@ class Agent:
                 tunables=self._config.tunables,
                 resume=plan.resume,
                 rate_limit=spec.rate_limit,
+                source_identity=spec.source_identity if isinstance(spec, StartTransfer) else None,
+                send_on=tuple(plan.send_on),
+                await_stream=plan.await_stream,
             ),
             self._on_transfer_message,
             self._fleet.death,
@@ -498,7 +518,9 @@ class Agent:
     def _sweep_storage(self, body: SweepStorage) -> StorageSwept:
         """Every alive endpoint sweeps its storage at once; a dead one is only named."""
         refs = {
-            endpoint_id: handle.sweep_storage.remote(body.retention, body.quota, body.remove)
+            endpoint_id: handle.sweep_storage.remote(
+                body.retention, body.quota, body.remove, body.keep.get(endpoint_id, [])
+            )
             for endpoint_id, handle in self._fleet.alive_handles().items()
         }
         swept, unreachable = {}, []
@@ -508,6 +530,30 @@ class Agent:
             except Exception:  # noqa: BLE001 - a dead endpoint is reported, not raised
                 unreachable.append(endpoint_id)
         return StorageSwept(endpoints=swept, unreachable=unreachable)
+
+    def _tend_copies(self, body: TendCopies) -> CopiesTended:
+        """Ask every endpoint named about its pinned copies at once; a dead one is named."""
+        alive = self._fleet.alive_handles()
+        method = {"check": "verified_copies", "hash": "hash_copies", "remove": "remove_copies"}
+        refs = {
+            endpoint_id: getattr(alive[endpoint_id], method[body.action]).remote(names)
+            for endpoint_id, names in body.endpoints.items()
+            if endpoint_id in alive
+        }
+        unreachable = [e for e in body.endpoints if e not in alive]
+        copies: dict[str, dict[str, str | None]] = {}
+        removed = 0
+        for endpoint_id, ref in refs.items():
+            try:
+                answer = ray_get(ref, 3600 if body.action == "hash" else 60)
+            except Exception:  # noqa: BLE001 - a dead endpoint is reported, not raised
+                unreachable.append(endpoint_id)
+                continue
+            if body.action == "remove":
+                removed += int(answer)
+            else:
+                copies[endpoint_id] = answer
+        return CopiesTended(copies=copies, removed=removed, unreachable=unreachable)
 
     def _deliver(self, body: DeliverMessage) -> Delivered:
         from castray.agent.reasons import reason

@@ -47,20 +47,24 @@ def sweep(
     in_use: set[Path],
     remove: bool = True,
     now: float | None = None,
+    pinned: set[Path] | None = None,
 ) -> StorageUsage:
     """Remove the copies older than ``retention`` seconds, then the oldest ones until the
-    rest fit in ``quota`` bytes (0: no such limit), sparing ``in_use``; what is left, and
-    what went. ``remove=False`` only counts."""
+    rest fit in ``quota`` bytes (0: no such limit), sparing ``in_use`` and what is under
+    ``pinned`` (pinned copies: files, or folders and all they hold); what is left, and what
+    went. ``remove=False`` only counts."""
     now = time.time() if now is None else now
     root = root.resolve()  # the copies' paths then compare with ``in_use`` as they are
     in_use = {p.resolve() for p in in_use}
+    kept_under = {p.resolve() for p in pinned or set()}
     copies = sorted(_copies(root), key=lambda c: c.mtime)
     total = sum(c.size for c in copies)
     kept: list[_Copy] = []
     removed: list[Removal] = []
     for copy in copies:
         why = _why_remove(copy, now, retention, quota, total) if remove else None
-        if why is None or copy.path in in_use:
+        spared = copy.path in in_use or any(copy.path.is_relative_to(p) for p in kept_under)
+        if why is None or spared:
             kept.append(copy)
             continue
         with contextlib.suppress(FileNotFoundError):

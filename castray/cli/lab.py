@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -42,13 +43,24 @@ def up(
     subnet: Annotated[str, typer.Option(help="Inside 198.18.0.0/15.")] = DEFAULT_SUBNET,
     port: Annotated[int, typer.Option(help="CastRay's port on 127.0.0.1.")] = 8000,
     object_store_mb: Annotated[int, typer.Option(help="Ray object store per host, MiB.")] = 512,
+    server_config: Annotated[
+        Path | None,
+        typer.Option(help="A TOML settings file for the lab's CastRay (as serve --config)."),
+    ] = None,
     name: NameOption = DEFAULT_NAME,
 ) -> None:
     """Make the hosts, start a Ray node in each and CastRay in host 1."""
     try:
         shape = LinkShape.parse(rate, delay, loss)
         lab = lab_ops.up(
-            name, hosts, shape, subnet, port, object_store_mb * 1024 * 1024, say=out.print
+            name,
+            hosts,
+            shape,
+            subnet,
+            port,
+            object_store_mb * 1024 * 1024,
+            say=out.print,
+            server_config=server_config,
         )
     except _ERRORS as exc:
         raise _fail(exc) from None

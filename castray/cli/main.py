@@ -17,6 +17,7 @@ from rich.markup import escape
 from castray.cli import clusters as cli_clusters
 from castray.cli import groups as cli_groups
 from castray.cli import lab as cli_lab
+from castray.cli import pins as cli_pins
 from castray.cli import transfers as cli_transfers
 from castray.cli.options import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption
 from castray.cli.output import err, in_cli_words, out, print_table
@@ -58,6 +59,9 @@ for command in (
     cli_transfers.resume,
     cli_transfers.generate,
     cli_transfers.files,
+    cli_pins.pin,
+    cli_pins.pins,
+    cli_pins.unpin,
 ):
     app.command()(command)
 log = logging.getLogger("castray")
@@ -178,13 +182,16 @@ def nodes(
             node.address,
             node.status.value,
             node.kind.value,
-            str(node.counters.bytes_received),
-            str(node.counters.bytes_sent),
+            binary_size(node.counters.bytes_received),
+            binary_size(node.counters.bytes_sent),
         ]
         for node in listed
     ]
     print_table(
-        ["id", "cluster", "address", "status", "kind", "received", "sent"], rows, whole=(0, 1, 2)
+        ["id", "cluster", "address", "status", "kind", "received", "sent"],
+        rows,
+        whole=(0, 3),
+        drop=(4, 6, 5, 1, 2),
     )
 
 

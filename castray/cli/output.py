@@ -3,6 +3,7 @@ and errors in the CLI's own words."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from rich.cells import cell_len
@@ -12,9 +13,6 @@ from rich.text import Text
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-
-NARROWEST_COLUMN = 6
-"""Cells a wrapped column gets at least before the table is printed as records instead."""
 
 _API_HINTS = {
     "GET /api/nodes": "'castray nodes'",
@@ -36,36 +34,75 @@ def print_json_or(json_out: bool, as_json: str, text: str) -> None:
 
 
 def print_table(
-    headers: Sequence[str], rows: Sequence[Sequence[str]], whole: Sequence[int] = (0,)
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    whole: Sequence[int] = (0,),
+    drop: Sequence[int] = (),
 ) -> None:
-    """A table whose ``whole`` columns (ids, addresses) are never cut or wrapped.
+    """A table laid out for the terminal's width, where no cell is ever cut or wrapped: the
+    ``whole`` columns (ids, addresses) always stay; others are left out when they do not fit,
+    those in ``drop`` first, then from the right (a note says which, and ``--json`` has all).
 
-    Other columns wrap; when even that does not fit the terminal, each row is printed as a
-    record, its whole values in full, so a user can always copy what the next command needs.
+    When even the whole columns do not fit, each row is printed as a record: its first whole
+    value on a line, then ``header value`` pairs wrapped between pairs, never inside one.
+
+    Into a pipe or a file (not a terminal, and no ``COLUMNS`` set) every column is printed at
+    its natural width: a script reading the output gets every field on one line.
     """
     widths = [
         max([cell_len(header), *(cell_len(row[i]) for row in rows)])
         for i, header in enumerate(headers)
     ]
-    others = len(headers) - len(whole)
-    needed = sum(widths[i] for i in whole) + NARROWEST_COLUMN * others + 3 * len(headers) + 1
-    if needed <= out.width:
-        columns = [
-            Column(h, no_wrap=True, min_width=widths[i])
-            if i in whole
-            else Column(h, overflow="fold")
-            for i, h in enumerate(headers)
-        ]
-        table = Table(*columns)
+    shown = list(range(len(headers)))
+    limit = out.width
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        limit = max(limit, _table_width(widths, shown))
+    optional = [i for i in drop if i not in whole]
+    optional += [i for i in reversed(shown) if i not in whole and i not in optional]
+    while _table_width(widths, shown) > limit and optional:
+        shown.remove(optional.pop(0))
+    if _table_width(widths, shown) <= limit:
+        table = Table(*(Column(headers[i], no_wrap=True, min_width=widths[i]) for i in shown))
         for row in rows:
-            table.add_row(*(Text(cell) for cell in row))  # names are text, never markup
-        out.print(table)
+            table.add_row(*(Text(row[i]) for i in shown))  # names are text, never markup
+        out.print(table, width=limit)
+        left_out = [headers[i] for i in range(len(headers)) if i not in shown]
+        if left_out:
+            out.print(
+                f"(left out for the width: {', '.join(left_out)}; --json shows every field)",
+                style="dim",
+                highlight=False,
+                markup=False,
+            )
         return
     for row in rows:
-        first, rest = whole[0], [i for i in range(len(headers)) if i != whole[0]]
+        first = whole[0]
         out.print(row[first], style="bold", highlight=False, markup=False)
-        details = ", ".join(f"{headers[i]} {row[i]}" for i in rest if row[i])
-        out.print(f"    {details}", highlight=False, markup=False)
+        pieces = [f"{headers[i]} {row[i]}" for i in range(len(headers)) if i != first and row[i]]
+        for line in _wrap_pieces(pieces, out.width - 4):
+            out.print(f"    {line}", highlight=False, markup=False)
+
+
+def _table_width(widths: Sequence[int], shown: Sequence[int]) -> int:
+    """Cells a rich table of these columns takes: each column, its padding and its rule."""
+    return sum(widths[i] for i in shown) + 3 * len(shown) + 1
+
+
+def _wrap_pieces(pieces: Sequence[str], width: int) -> list[str]:
+    """Lines of ``pieces`` joined by ", ", broken between pieces only (a piece longer than a
+    line gets a line of its own, whole: an id must be copied as it is)."""
+    lines: list[str] = []
+    current = ""
+    for piece in pieces:
+        joined = f"{current}, {piece}" if current else piece
+        if current and cell_len(joined) + 1 > width:
+            lines.append(current + ",")
+            current = piece
+        else:
+            current = joined
+    if current:
+        lines.append(current)
+    return lines
 
 
 def in_cli_words(message: str) -> str:

@@ -11,15 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from rich.progress import Progress, TaskID
 
 from castray.chunks import file_blake3
 from castray.cli.options import (
@@ -30,6 +22,7 @@ from castray.cli.options import (
     TokenOption,
 )
 from castray.cli.output import err, out, print_json_or, print_table
+from castray.cli.progress import transfer_progress
 from castray.client import Client, EventStream
 from castray.errors import FileMissing, InvalidRequest
 from castray.models import (
@@ -204,7 +197,11 @@ def _library_name(client: Client, file: str, quiet: bool) -> str:
     if path.is_dir():
         if not quiet:
             err.print(f"uploading folder {path} …", highlight=False, markup=False)
-        return client.upload_folder(path).file
+        with transfer_progress(err, len(path.name) + 1, disable=quiet) as progress:
+            task = progress.add_task(f"{path.name}/", total=None, status="uploading")
+            stored = client.upload_folder(path, lambda n: progress.advance(task, n))
+            progress.update(task, status="uploaded")
+        return stored.file
     if not path.is_file():
         return file
     known = {f.name: f.blake3 for f in client.files()}
@@ -212,7 +209,10 @@ def _library_name(client: Client, file: str, quiet: bool) -> str:
         return path.name
     if not quiet:
         err.print(f"uploading {path} …", highlight=False, markup=False)
-    stored = client.upload(path)
+    with transfer_progress(err, len(path.name), disable=quiet) as progress:
+        task = progress.add_task(path.name, total=path.stat().st_size, status="uploading")
+        stored = client.upload(path, lambda n: progress.advance(task, n))
+        progress.update(task, status="uploaded")
     if stored.replaced and not quiet:
         err.print(
             f"replaced the library's earlier {stored.file} (a different file of that name)",
@@ -225,16 +225,8 @@ def _library_name(client: Client, file: str, quiet: bool) -> str:
 def _follow(client: Client, stream: EventStream, transfer_id: str, show: bool) -> Transfer:
     """Progress bars fed by /ws events; once a second the REST state settles what they missed."""
     transfer = client.transfer(transfer_id)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=err,
-        disable=not show,
-    ) as progress:
+    label = max((len(rid) for rid in transfer.recipients), default=8)
+    with transfer_progress(err, label, disable=not show) as progress:
         tasks = {rid: progress.add_task(rid, status="") for rid in transfer.recipients}
         _show_all(progress, tasks, transfer)
         synced = time.monotonic()
@@ -336,7 +328,12 @@ def transfers(
         ]
         for t in page.transfers
     ]
-    print_table(["id", "status", "file", "size", "from → to", "MB/s", "created"], rows)
+    print_table(
+        ["id", "status", "file", "size", "from → to", "MB/s", "created"],
+        rows,
+        whole=(0, 1),
+        drop=(6, 5, 4, 3),
+    )
     out.print(f"{len(page.transfers)} of {page.total}", style="dim")
 
 

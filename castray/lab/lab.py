@@ -48,9 +48,13 @@ def up(
     port: int,
     object_store_bytes: int,
     say: Callable[[str], None] = lambda _: None,
+    server_config: Path | None = None,
 ) -> LabState:
-    """Make the lab and start Ray and CastRay in it; on any failure, undo everything."""
+    """Make the lab and start Ray and CastRay in it (with ``server_config``'s settings, a
+    TOML file as ``castray serve --config`` reads); on any failure, undo everything."""
     check_can_run()
+    if server_config is not None and not server_config.is_file():
+        raise LabError(f"the server config {server_config} is not a file")
     if hosts < 2:
         raise LabError("a lab needs at least 2 hosts")
     if load(name) is not None or network.namespaces(name):
@@ -72,6 +76,7 @@ def up(
         directory=directory,
         port=port,
         object_store_bytes=object_store_bytes,
+        server_config=server_config.resolve() if server_config is not None else None,
         hosts=[
             HostState(index=i, namespace=network.host_ns(name, i), address=address, rate_bits=0)
             for i, address in enumerate(addresses, start=1)

@@ -36,13 +36,22 @@ def ray_command() -> str:
     return str(beside) if beside.exists() else "ray"
 
 
+HEALTH_CHECK_FAILURES = 20
+"""Failed health checks (3 s apart, 10 s each at most) before the lab's GCS calls a host's
+node dead, against Ray's 5: a host cut off for a minute is a network fault to recover from,
+and after a heal the GCS's connection to it takes up to half a minute to come back. With
+Ray's 5, a 20 s cut could end in the raylet exiting on its own ("mistakenly marked dead")."""
+
+
 def ray_env(lab: LabState) -> dict[str, str]:
-    """Ray's environment in the lab: token auth with the lab's own token."""
+    """Ray's environment in the lab: token auth with the lab's own token, and a GCS that
+    waits longer before it calls a silent host's node dead."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(
         RAY_USAGE_STATS_ENABLED="0",
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=lab_token(lab),
+        RAY_health_check_failure_threshold=str(HEALTH_CHECK_FAILURES),
     )
     return env
 
@@ -155,6 +164,8 @@ def start_server(lab: LabState) -> None:
         "--port",
         str(lab.port),
     ]
+    if lab.server_config is not None:
+        command += ["--config", str(lab.server_config)]
     with listener, (home / "server.log").open("ab") as out:
         process = subprocess.Popen(
             in_namespace(lab.head.namespace, command),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import tempfile
+import threading
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -18,6 +19,9 @@ LAB_NETWORK = ipaddress.ip_network("198.18.0.0/15")
 """RFC 2544's range for benchmark networks: no lab address is anyone's real address."""
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
+
+
+_SAVING = threading.Lock()
 
 
 class HostState(BaseModel):
@@ -52,6 +56,8 @@ class LabState(BaseModel):
     object_store_bytes: int
     hosts: list[HostState] = Field(default_factory=list)
     server_pgid: int | None = None
+    server_config: Path | None = None
+    """A TOML settings file for the lab's CastRay (``castray serve --config``)."""
 
     @property
     def head(self) -> HostState:
@@ -75,10 +81,12 @@ class LabState(BaseModel):
         raise LookupError(f"lab {self.name!r} has no host {text!r}; its hosts are {names}")
 
     def save(self) -> None:
+        """Write the state atomically; threads that start hosts at once save one at a time."""
         path = self.directory / STATE_FILE
-        temp = path.with_suffix(".tmp")
-        temp.write_text(self.model_dump_json(indent=2), encoding="utf-8")
-        temp.replace(path)
+        with _SAVING:
+            temp = path.with_suffix(".tmp")
+            temp.write_text(self.model_dump_json(indent=2), encoding="utf-8")
+            temp.replace(path)
 
 
 def lab_directory(name: str) -> Path:

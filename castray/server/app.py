@@ -34,6 +34,7 @@ from castray.server.limits import JsonBodyLimit, WriteSlots
 from castray.server.messages import MessageService
 from castray.server.metrics import Metrics
 from castray.server.origins import OriginGuard, OriginPolicy
+from castray.server.pins import PinService
 from castray.server.ray_token import RayTokens
 from castray.server.registry import Registry
 from castray.server.routes import (
@@ -44,6 +45,7 @@ from castray.server.routes import (
     messages,
     metrics,
     nodes,
+    pins,
     status,
     storage,
     transfers,
@@ -101,21 +103,39 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.autopilot = autopilot
         app.state.faults = FaultInjector(settings, registry, supervisor)
         tokens = RayTokens(settings.ray_token_trusted_hosts)
-        cluster_service = ClusterService(settings, registry, supervisor, events, tokens)
+        cluster_service = ClusterService(settings, registry, supervisor, events, tokens, history)
         supervisor.subscribe(cluster_service)
         app.state.clusters = cluster_service
-        storage_service = StorageService(settings, registry, supervisor, history, events)
+        pin_service = PinService(
+            registry,
+            library,
+            transfer_service,
+            supervisor,
+            group_service.members,
+            events,
+            history,
+            settings.pin_check_interval,
+            app.state.metrics.observe_pin_fill,
+        )
+        app.state.pins = pin_service
+        app.state.metrics.watch_pins(pin_service)
+        storage_service = StorageService(
+            settings, registry, supervisor, history, events, pin_service.pinned_names
+        )
         app.state.storage = storage_service
         app.state.started_at = time.monotonic()
         await supervisor.start()
+        cluster_service.restore()
         autopilot.start()
         storage_service.start()
+        pin_service.start()
         if settings.auto_resume:
             transfer_service.auto_resume(history.resumable_interrupted())
         try:
             yield
         finally:
             await autopilot.stop()
+            await pin_service.stop()
             await storage_service.stop()
             await asyncio.to_thread(generator.close)
             await transfer_service.close()
@@ -137,7 +157,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.stopping = asyncio.Event()
     api = [Depends(require_token)]
     # clusters before nodes: /api/nodes/external must not be taken for a node id.
-    for module in (status, clusters, nodes, messages, files, generator, transfers, groups, storage):
+    routed = (status, clusters, nodes, messages, files, generator, transfers, groups, pins, storage)
+    for module in routed:
         app.include_router(module.router, prefix="/api", dependencies=api)
     app.include_router(metrics.router, dependencies=[] if settings.metrics_public else api)
     ui.mount(app)

@@ -53,6 +53,7 @@ from castray.ray_address import (
 from castray.server import local_clusters
 from castray.server.discovery import Choice, NoChoice, choose, discover, recorded_address
 from castray.server.events import EventHub
+from castray.server.history import History
 from castray.server.local_clusters import LocalCluster
 from castray.server.logs import about
 from castray.server.ray_token import RayTokens
@@ -93,7 +94,9 @@ class ClusterService:
         supervisor: Supervisor,
         events: EventHub,
         tokens: RayTokens,
+        history: History | None = None,
     ) -> None:
+        self._history = history
         self._settings = settings
         self._registry = registry
         self._supervisor = supervisor
@@ -190,6 +193,10 @@ class ClusterService:
                 self._wanted.pop(target.name, None)
                 raise
             self._wanted[connected.name] = (str(parsed), ray_token)
+            if self._history is not None:  # reconnected at the next start, until disconnected
+                await asyncio.to_thread(
+                    self._history.save_cluster, connected.name, str(parsed), ray_token
+                )
             return connected
 
     async def _connect(self, parsed: RayAddress, target: _Target) -> ClusterInfo:
@@ -209,7 +216,7 @@ class ClusterService:
                 extra=about(cluster=existing.name),
             )
             name = existing.name
-            await self._supervisor.disconnect(existing.name)
+            await self._supervisor.disconnect(existing.name, reconnecting=True)
         await self._supervisor.connect(
             name,
             target.driver_address,
@@ -235,10 +242,23 @@ class ClusterService:
             raise NotFound(f"no connected {what}; GET /api/cluster/external-info lists them")
         for cluster in clusters:
             self._wanted.pop(cluster.name, None)
+            if self._history is not None:
+                await asyncio.to_thread(self._history.forget_cluster, cluster.name)
             async with self._locks[cluster.name]:
                 await self._supervisor.disconnect(cluster.name)
             self._aliases.pop(cluster.name, None)
         return [c.name for c in clusters]
+
+    def restore(self) -> None:
+        """At a start: the external clusters connected when CastRay last stopped (and not
+        disconnected since) are listed ``lost`` and reconnected by themselves, as soon as
+        they answer: their transfers can then be resumed."""
+        if self._history is None:
+            return
+        for name, address, token in self._history.clusters():
+            self._wanted[name] = (address, token)
+            self._keep_listed(name, "it was connected when CastRay stopped; reconnecting it")
+            self.on_cluster_down(name, "CastRay started again")
 
     # ---- healing -------------------------------------------------------------------------
 
@@ -447,6 +467,12 @@ class ClusterService:
             )
         if not await grpc_answers(address.bare_host, address.port, self._settings.probe_timeout):
             raise unreachable(address)
+        if local is None:
+            # A Ray Client server comes up seconds after its head: it may not have been
+            # listening yet when the machine was looked at, only when it was asked.
+            local = await self._local_cluster(address)
+            if local is not None and self._is_home(local):
+                raise NotFound(f"{address} is CastRay's own home cluster, not an external one")
         known_gcs = local.gcs_address if local is not None else None
         host, port = split_host_port(known_gcs) if known_gcs else (address.bare_host, address.port)
         return _Target(

@@ -19,6 +19,7 @@ from castray.server.groups import GroupService
 from castray.server.library import Library
 from castray.server.limits import WriteSlots
 from castray.server.messages import MessageService
+from castray.server.pins import PinService
 from castray.server.registry import Registry
 from castray.server.storage import StorageService
 from castray.server.supervisor import Supervisor
@@ -49,6 +50,7 @@ GeneratorDep = Annotated[Generator, Depends(_from_state("generator"))]
 FaultsDep = Annotated[FaultInjector, Depends(_from_state("faults"))]
 WriteSlotsDep = Annotated[WriteSlots, Depends(_from_state("write_slots"))]
 StorageDep = Annotated[StorageService, Depends(_from_state("storage"))]
+PinsDep = Annotated[PinService, Depends(_from_state("pins"))]
 
 
 def token_matches(settings: Settings, given: str | None) -> bool:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
-from castray.models import CopyRemoval, Group, Transfer, TransferStatus, Transport
+from castray.models import CopyRemoval, Group, Pin, Transfer, TransferStatus
+from castray.server.transfer_state import interrupted
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS transfers (
@@ -28,6 +30,15 @@ CREATE TABLE IF NOT EXISTS removals (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pins (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clusters (
+    name TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    ray_token TEXT
+);
 """
 
 
@@ -36,6 +47,8 @@ class History:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)  # it may hold a Ray token: the user's alone
+        path.chmod(0o600)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # WAL with NORMAL sync cannot corrupt the database; a power cut may lose the last
@@ -86,17 +99,11 @@ class History:
                 "SELECT body FROM transfers WHERE status IN (?, ?)",
                 (TransferStatus.QUEUED.value, TransferStatus.RUNNING.value),
             ).fetchall()
+        now = datetime.now(timezone.utc)
         for (body,) in rows:
             transfer = Transfer.model_validate_json(body)
             self.save(
-                transfer.model_copy(
-                    update={
-                        "status": TransferStatus.INTERRUPTED,
-                        "error": "CastRay stopped while this transfer was in flight",
-                        # Its stream sinks journal what they verified: a resume takes it up.
-                        "resumable": transfer.transport is Transport.STREAM,
-                    }
-                )
+                interrupted(transfer, "CastRay stopped while this transfer was in flight", now)
             )
         return [Transfer.model_validate_json(body).id for (body,) in rows]
 
@@ -127,6 +134,25 @@ class History:
             ).fetchall()
         return [CopyRemoval.model_validate_json(r[0]) for r in rows]
 
+    # ---- external clusters -----------------------------------------------------------
+
+    def clusters(self) -> list[tuple[str, str, str | None]]:
+        """External clusters connected and not disconnected: name, address, Ray token given."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, address, ray_token FROM clusters").fetchall()
+        return [(str(n), str(a), t) for n, a, t in rows]
+
+    def save_cluster(self, name: str, address: str, ray_token: str | None) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO clusters (name, address, ray_token) VALUES (?, ?, ?)",
+                (name, address, ray_token),
+            )
+
+    def forget_cluster(self, name: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM clusters WHERE name = ?", (name,))
+
     # ---- groups ----------------------------------------------------------------------
 
     def groups(self) -> list[Group]:
@@ -145,3 +171,21 @@ class History:
         with self._lock:
             cursor = self._db.execute("DELETE FROM groups WHERE name = ?", (name,))
         return cursor.rowcount > 0
+
+    # ---- pins ------------------------------------------------------------------------
+
+    def pins(self) -> list[Pin]:
+        with self._lock:
+            rows = self._db.execute("SELECT body FROM pins").fetchall()
+        return [Pin.model_validate_json(r[0]) for r in rows]
+
+    def save_pin(self, pin: Pin) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO pins (id, body) VALUES (?, ?)",
+                (pin.id, pin.model_dump_json()),
+            )
+
+    def delete_pin(self, pin_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM pins WHERE id = ?", (pin_id,))

@@ -22,7 +22,7 @@ from pathlib import Path
 import blake3
 
 from castray import folders
-from castray.chunks import HASH_THREADS, file_blake3
+from castray.chunks import HASH_THREADS, FileIdentity, file_blake3, identity_of
 from castray.errors import BadFileName, FileExists, FileMissing, FileTooLarge
 from castray.models import EventData, FileAddedEvent, FileRemovedEvent, LibraryFile
 from castray.names import printable
@@ -72,8 +72,10 @@ class Library:
     ) -> None:
         self.chunk_size = chunk_size
         self.root = root
-        self._digests: dict[str, tuple[int, int, str]] = {}
-        self._manifests: dict[str, tuple[int, int, list[str]]] = {}
+        self._digests: dict[str, tuple[FileIdentity, str]] = {}
+        self._manifests: dict[str, tuple[FileIdentity, list[str]]] = {}
+        """Known hashes, by name, while the file is the one they were made of (its size,
+        times and inode: a write in place that put the mtime back still moves the ctime)."""
         self._lock = threading.Lock()
         self._on_change = on_change or (lambda event: None)
 
@@ -168,15 +170,17 @@ class Library:
         was written here, or read once and remembered while the file is unchanged."""
         path = self.path(name)
         status = path.stat()
+        identity = identity_of(status)
         with self._lock:
             known = self._manifests.get(name)
-        if known is not None and known[:2] == (status.st_size, status.st_mtime_ns):
-            return Manifest(status.st_size, known[2], self._digest(name, path, status))
+        if known is not None and known[0] == identity:
+            return Manifest(status.st_size, known[1], self._digest(name, path, status), identity)
         chunks, whole = _hash_chunks(path, self.chunk_size)
         with self._lock:
-            self._manifests[name] = (status.st_size, status.st_mtime_ns, chunks)
-            self._digests[name] = (status.st_size, status.st_mtime_ns, whole)
-        return Manifest(status.st_size, chunks, whole)
+            if identity_of(path.stat()) == identity:  # not changed while it was read
+                self._manifests[name] = (identity, chunks)
+                self._digests[name] = (identity, whole)
+        return Manifest(status.st_size, chunks, whole, identity)
 
     def _committed(
         self, name: str, temp: Path, digest: str, chunks: Sequence[str], replace: bool
@@ -202,36 +206,34 @@ class Library:
                 except FileExistsError:
                     self.check_name_free(name)
                 temp.unlink()
-            status = final.stat()
-            self._digests[name] = (status.st_size, status.st_mtime_ns, digest)
-            self._manifests[name] = (status.st_size, status.st_mtime_ns, [*chunks])
+            identity = identity_of(final.stat())
+            self._digests[name] = (identity, digest)
+            self._manifests[name] = (identity, [*chunks])
         self._on_change(FileAddedEvent(file=self.describe(name)))
         return replaced
 
     def _digest(self, name: str, path: Path, status: os.stat_result) -> str:
+        identity = identity_of(status)
         with self._lock:
             known = self._digests.get(name)
-        if known and known[:2] == (status.st_size, status.st_mtime_ns):
-            return known[2]
+        if known and known[0] == identity:
+            return known[1]
         digest = file_blake3(path)
         with self._lock:
-            now = path.stat()  # not replaced while it was hashed:
-            if (now.st_ino, now.st_size, now.st_mtime_ns) == (
-                status.st_ino,
-                status.st_size,
-                status.st_mtime_ns,
-            ):
-                self._digests[name] = (status.st_size, status.st_mtime_ns, digest)
+            if identity_of(path.stat()) == identity:  # not changed while it was hashed
+                self._digests[name] = (identity, digest)
         return digest
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """What a receiver checks a file against: its size, chunks' BLAKE3 (hex), whole BLAKE3."""
+    """What a receiver checks a file against: its size, chunks' BLAKE3 (hex), whole BLAKE3;
+    and the identity of the file they were made of (the source checks it is still that)."""
 
     size: int
     chunks: list[str]
     blake3: str
+    identity: FileIdentity | None = None
 
 
 def _hash_chunks(path: Path, chunk_size: int) -> tuple[list[str], str]:

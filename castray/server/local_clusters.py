@@ -56,6 +56,9 @@ class LocalCluster:
     """Its processes on this machine: raylets, GCS, dashboard, Ray Client servers."""
     listening: set[tuple[str, int]] = field(default_factory=set)
     """The (IP, port) its processes listen on; ``0.0.0.0`` or ``::`` for all addresses."""
+    unreadable: bool = False
+    """The sockets of some of its processes could not be read (another user's, or a
+    container without the right to look): what its command lines record counts too."""
 
     @property
     def owner(self) -> str | None:
@@ -87,14 +90,24 @@ class LocalCluster:
         if address.port not in ports:
             return False
         ip = address.bare_host
-        if self.listening:
-            return any(
-                port == address.port
-                and (host == ip or (host in ("0.0.0.0", "::") and is_this_machine(ip)))
-                for host, port in self.listening
-            )
-        recorded = [self.dashboard, self.gcs_address]
-        return any(r is not None and split_host_port(r) == (ip, address.port) for r in recorded)
+        if any(
+            port == address.port
+            and (host == ip or (host in ("0.0.0.0", "::") and is_this_machine(ip)))
+            for host, port in self.listening
+        ):
+            return True
+        if self.listening and not self.unreadable:
+            return False
+        return (ip, address.port) in self._recorded()
+
+    def _recorded(self) -> set[tuple[str, int]]:
+        """The addresses its command lines name: the dashboard's, the GCS's, and the Ray
+        Client servers' (they run on the head, at the GCS's IP)."""
+        head = split_host_port(self.gcs_address)[0]
+        recorded = {split_host_port(self.gcs_address)} | {(head, p) for p in self.client_ports}
+        if self.dashboard:
+            recorded.add(split_host_port(self.dashboard))
+        return recorded
 
     def _ports_for(self, kind: AddressKind) -> set[int]:
         if kind is AddressKind.CLIENT:
@@ -145,7 +158,7 @@ def scan() -> dict[str, LocalCluster]:
             found[gcs].pids.add(pid)
     for cluster in found.values():
         cluster.pids |= by_session.get(cluster.session_name or "", set())
-        cluster.listening = _listening(cluster.pids)
+        cluster.listening, cluster.unreadable = _listening(cluster.pids)
     return found
 
 
@@ -153,15 +166,28 @@ def _session_of(session_dir: str | None) -> str | None:
     return Path(session_dir).name if session_dir else None
 
 
-def _listening(pids: set[int]) -> set[tuple[str, int]]:
-    """The TCP addresses these processes listen on (those of other users cannot be read)."""
+def _listening(pids: set[int]) -> tuple[set[tuple[str, int]], bool]:
+    """The TCP addresses these processes listen on, and whether the sockets of any could not
+    be read (those of other users, or all of them where /proc hides them)."""
     listening: set[tuple[str, int]] = set()
+    unreadable = False
     for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            for conn in psutil.Process(pid).net_connections(kind="tcp"):
-                if conn.status == psutil.CONN_LISTEN and conn.laddr:
-                    listening.add((str(conn.laddr.ip), int(conn.laddr.port)))
-    return listening
+        try:
+            connections = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.Error:
+            unreadable = True
+            continue
+        for conn in connections:
+            if conn.status == psutil.CONN_LISTEN and conn.laddr:
+                listening.add((_unmapped(str(conn.laddr.ip)), int(conn.laddr.port)))
+    return listening, unreadable
+
+
+def _unmapped(ip: str) -> str:
+    """An IPv4 address as a dual-stack socket shows it (``::ffff:127.0.0.83``), as IPv4."""
+    return ip.removeprefix("::ffff:") if ip.startswith("::ffff:") and "." in ip else ip
 
 
 def _add_raylet(

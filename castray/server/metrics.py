@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -20,6 +21,7 @@ from castray.models import (
     ClusterConnectedEvent,
     ClusterDisconnectedEvent,
     ClusterStatus,
+    CopyStatus,
     EventData,
     NodeStatus,
     TransferFinishedEvent,
@@ -70,8 +72,22 @@ class Metrics:
             ("cluster",),
             registry=self.prometheus,
         )
+        self.pin_fill = Histogram(
+            "castray_pin_fill_seconds",
+            "From a node lacking a pinned file's version (it joined, its copy went, a new "
+            "version came) to its verified copy.",
+            buckets=DURATION_BUCKETS,
+            registry=self.prometheus,
+        )
         self.prometheus.register(_StateCollector(registry, events))
         events.observe(self._observe)
+
+    def observe_pin_fill(self, seconds: float) -> None:
+        self.pin_fill.observe(seconds)
+
+    def watch_pins(self, pins: PinCounts) -> None:
+        """Pinned copies by state, read at scrape time."""
+        self.prometheus.register(_PinCollector(pins))
 
     def render(self) -> bytes:
         return generate_latest(self.prometheus)
@@ -91,7 +107,7 @@ class Metrics:
             if event.cluster in self._connected_before:
                 self.agent_restarts.labels(event.cluster).inc()
             self._connected_before.add(event.cluster)
-        elif isinstance(event, ClusterDisconnectedEvent):
+        elif isinstance(event, ClusterDisconnectedEvent) and not event.reconnecting:
             self._connected_before.discard(event.cluster)  # a user's connect again is no restart
 
 
@@ -145,3 +161,20 @@ class _StateCollector(Collector):
             "Events a WebSocket client that fell behind lost.",
             value=self._events.dropped,
         )
+
+
+class PinCounts(Protocol):
+    def copies_by_status(self) -> dict[CopyStatus, int]: ...
+
+
+class _PinCollector(Collector):
+    def __init__(self, pins: PinCounts) -> None:
+        self._pins = pins
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "castray_pinned_copies", "Pinned copies by state, over every pin.", labels=("state",)
+        )
+        for state, count in self._pins.copies_by_status().items():
+            family.add_metric((state.value,), count)
+        yield family

@@ -24,6 +24,7 @@ from castray.models import (
     EndpointState,
     Node,
     NodeAddedEvent,
+    NodeCounters,
     NodeRemovedEvent,
     NodeStatus,
     NodeStatusEvent,
@@ -59,6 +60,12 @@ class Registry:
         self._owner: dict[str, str] = {}
         self._waiters: set[asyncio.Future[None]] = set()
         self._status_cache: tuple[tuple[int, int], bytes] | None = None
+        self._reported: dict[str, NodeCounters] = {}
+        """Each endpoint's counters as its agent last reported them."""
+        self._carried: dict[str, NodeCounters] = {}
+        """What earlier incarnations of each endpoint counted (an agent that started again,
+        a cluster reconnected, starts from zero), and what the server counts itself: added
+        to what its agent reports, so a node's counters never go down."""
         self.version = 0
 
     # ---- changes -------------------------------------------------------------------
@@ -67,15 +74,16 @@ class Registry:
         self._clusters[name] = _Cluster(name=name, is_home=is_home, is_external=is_external)
         self._bump()
 
-    def remove_cluster(self, name: str) -> None:
-        """Forget a cluster and its endpoints (after a disconnect)."""
+    def remove_cluster(self, name: str, reconnecting: bool = False) -> None:
+        """Forget a cluster and its endpoints (after a disconnect; ``reconnecting``: to connect
+        it again at once)."""
         cluster = self._clusters.pop(name, None)
         if cluster is None:
             return
         for endpoint_id in cluster.endpoints:
             self._owner.pop(endpoint_id, None)
             self._events.publish(NodeRemovedEvent(node_id=endpoint_id, cluster=name))
-        self._events.publish(ClusterDisconnectedEvent(cluster=name))
+        self._events.publish(ClusterDisconnectedEvent(cluster=name, reconnecting=reconnecting))
         self._bump()
 
     def has_cluster(self, name: str) -> bool:
@@ -122,6 +130,7 @@ class Registry:
         cluster = self._clusters.get(cluster_name)
         if cluster is None:
             return
+        endpoint = endpoint.model_copy(update={"counters": self._carry(endpoint)})
         before = cluster.endpoints.get(endpoint.id)
         cluster.endpoints[endpoint.id] = endpoint
         self._owner[endpoint.id] = cluster_name
@@ -133,6 +142,34 @@ class Registry:
         elif before != endpoint:
             self._events.publish(NodeUpdatedEvent(node=node))
         self._bump()
+
+    def _carry(self, endpoint: EndpointState) -> NodeCounters:
+        """The node's counters: what its agent reports, plus what earlier incarnations counted
+        (a counter that went down means a new agent counting from zero)."""
+        reported = endpoint.counters
+        last = self._reported.get(endpoint.id)
+        if last is not None and any(
+            getattr(reported, name) < getattr(last, name) for name in NodeCounters.model_fields
+        ):
+            self._carried[endpoint.id] = self._carried.get(endpoint.id, NodeCounters()).plus(last)
+        self._reported[endpoint.id] = reported
+        return self._carried.get(endpoint.id, NodeCounters()).plus(reported)
+
+    def count(self, endpoint_id: str, **increments: int) -> None:
+        """Add to a node's counters what the server itself counts (a transfer it sent that
+        ended, say)."""
+        carried = self._carried.get(endpoint_id, NodeCounters())
+        self._carried[endpoint_id] = carried.model_copy(
+            update={k: getattr(carried, k) + v for k, v in increments.items()}
+        )
+        cluster_name = self._owner.get(endpoint_id)
+        cluster = self._clusters.get(cluster_name) if cluster_name is not None else None
+        if cluster is not None and endpoint_id in cluster.endpoints:
+            reported = self._reported.get(endpoint_id, NodeCounters())
+            self.put_endpoint(
+                cluster_name,  # type: ignore[arg-type]
+                cluster.endpoints[endpoint_id].model_copy(update={"counters": reported}),
+            )
 
     def remove_endpoint(self, endpoint_id: str) -> None:
         cluster_name = self._owner.pop(endpoint_id, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from castray.config import Settings
@@ -43,8 +44,11 @@ class StorageService:
         agents: AgentGateway,
         history: History,
         events: EventHub,
+        pinned: Callable[[], dict[str, list[str]]] = dict,
     ) -> None:
         self._settings = settings
+        self._pinned = pinned
+        """Per endpoint, the pinned copies no sweep removes."""
         self._registry = registry
         self._agents = agents
         self._history = history
@@ -76,7 +80,9 @@ class StorageService:
         """Sweep now; what is kept, and the removals of this sweep."""
         settings = self._settings
         asked = SweepStorage(
-            retention=settings.received_retention, quota=settings.storage_quota_bytes
+            retention=settings.received_retention,
+            quota=settings.storage_quota_bytes,
+            keep=self._pinned(),
         )
         endpoints, unreachable, removals = await self._ask(asked)
         if removals:

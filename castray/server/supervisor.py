@@ -11,7 +11,6 @@ import contextlib
 import logging
 import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 from castray.config import Settings
@@ -43,6 +42,7 @@ from castray.protocol import (
     TransferMessage,
     TransferProgress,
 )
+from castray.server import scratch
 from castray.server.agent_link import AgentLink
 from castray.server.gateway import AgentListener, R
 from castray.server.logs import about
@@ -123,7 +123,10 @@ class Supervisor:
     # ---- life cycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the home cluster's agent; returns before it is ready."""
+        """Start the home cluster's agent; returns before it is ready. Private Ray temp dirs
+        that killed servers left behind go first."""
+        if self._settings.ray_address is None:
+            await asyncio.to_thread(scratch.sweep)
         self._registry.add_cluster(HOME, is_home=True, is_external=False)
         self._spawn(self._start_home(), "home")
         self._spawn(self._watch_heartbeats(), "heartbeats")
@@ -153,8 +156,7 @@ class Supervisor:
         address = settings.ray_address
         token_file = None
         if address is None:
-            # A short private path: Ray's socket paths under it must stay below 108 bytes.
-            temp_dir = Path(tempfile.mkdtemp(prefix="castray-ray-"))
+            temp_dir = scratch.make()
             self._scratch.append(temp_dir)
             token_file = temp_dir / "auth_token"
             token_file.touch(mode=0o600)
@@ -308,10 +310,11 @@ class Supervisor:
         )
         return True
 
-    async def disconnect(self, name: str) -> None:
-        """Stop a cluster's agent and forget the cluster and its endpoints."""
+    async def disconnect(self, name: str, reconnecting: bool = False) -> None:
+        """Stop a cluster's agent and forget the cluster and its endpoints (``reconnecting``:
+        to connect it again at once, which is no user's disconnect)."""
         await self._retire(name)
-        self._registry.remove_cluster(name)
+        self._registry.remove_cluster(name, reconnecting)
         self._cluster_down(name, "its cluster was disconnected")
 
     async def _retire(self, name: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field, replace
 
+from castray.chunks import FileIdentity
 from castray.errors import NodeUnavailable
 from castray.folders import BUNDLE_SUFFIX, FolderIndex
 from castray.models import Node, NodeStatus, TransferCreate, TransferMode, Transport
@@ -31,6 +32,8 @@ class LocatedFile:
     folder: FolderIndex | None = None
     """A library folder (``name`` is ``NAME/``): its bundle is sent, and unpacked by each
     recipient into ``NAME``."""
+    identity: FileIdentity | None = None
+    """The file as its hashes were made of it: the source refuses to send another."""
 
     @property
     def received_as(self) -> str:
@@ -61,6 +64,8 @@ class TransferPlan:
     transport_note: str | None = None
     resume: bool = False
     """Recipients take up what an earlier run of this transfer left them."""
+    send_on: tuple[int, ...] = ()
+    """A resume: chunks recipients in other clusters lack, streamed to them from the source."""
     rate_limit: int = 0
     """Bytes per second the source sends at most; 0: no limit."""
 
@@ -82,11 +87,15 @@ class TransferPlan:
     def sized(self, size: int) -> TransferPlan:
         return replace(self, file=replace(self.file, size=size))
 
-    def described(self, size: int, manifest: list[str], blake3: str) -> TransferPlan:
-        """The file as a stream needs it known: size, chunks' and whole BLAKE3."""
-        return replace(
-            self, file=replace(self.file, size=size, manifest=tuple(manifest), blake3=blake3)
+    def described(
+        self, size: int, manifest: list[str], blake3: str, identity: FileIdentity | None
+    ) -> TransferPlan:
+        """The file as a stream needs it known: size, chunks' and whole BLAKE3, and the
+        identity of the file they were made of."""
+        file = replace(
+            self.file, size=size, manifest=tuple(manifest), blake3=blake3, identity=identity
         )
+        return replace(self, file=file)
 
     def through_the_object_store(self, why: str) -> TransferPlan:
         return replace(self, transport=Transport.OBJECT_STORE, transport_note=why)

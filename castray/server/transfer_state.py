@@ -3,7 +3,7 @@ the transfer service feeds it what the agents report and publishes what it answe
 
     transfer   queued ──> running ──> completed | partially_failed | failed | cancelled
                   └──────────────────> (any end)            interrupted (CastRay stopped)
-    recipient  pending ──> running ──> completed | failed | cancelled
+    recipient  pending ──> running ──> completed | failed | cancelled | interrupted
                   └──────────────────> (any end)
 
 An end is final: a report that arrives late (progress after a recipient finished, a second
@@ -46,7 +46,12 @@ TRANSFER_NEXT: dict[TransferStatus, frozenset[TransferStatus]] = {
     **{end: frozenset() for end in _ENDS},
 }
 _RECIPIENT_ENDS = frozenset(
-    {RecipientStatus.COMPLETED, RecipientStatus.FAILED, RecipientStatus.CANCELLED}
+    {
+        RecipientStatus.COMPLETED,
+        RecipientStatus.FAILED,
+        RecipientStatus.CANCELLED,
+        RecipientStatus.INTERRUPTED,
+    }
 )
 RECIPIENT_NEXT: dict[RecipientStatus, frozenset[RecipientStatus]] = {
     RecipientStatus.PENDING: _RECIPIENT_ENDS | {RecipientStatus.RUNNING},
@@ -154,7 +159,7 @@ class TransferState:
         )
 
     def recipient_finished(
-        self, message: RecipientFinished
+        self, message: RecipientFinished, now: datetime
     ) -> RecipientCompletedEvent | RecipientFailedEvent | None:
         """A recipient ended (its copy verified and in place, or failed with a reason)."""
         previous = self.transfer.recipients.get(message.recipient)
@@ -163,16 +168,27 @@ class TransferState:
         wanted = RecipientStatus.COMPLETED if message.ok else RecipientStatus.FAILED
         if _moved(previous.status, wanted, RECIPIENT_NEXT) is not wanted:
             return None
+        kept = message.kept_bytes or previous.kept_bytes
         if message.ok:
             state = RecipientState(
                 status=wanted,
                 bytes_done=self.transfer.bytes_total,
                 path=message.path,
                 files_done=self.transfer.folder_files,
+                finished_at=now,
+                throughput_bps=self._rate(self.transfer.bytes_total - kept, now),
+                kept_bytes=kept,
             )
         else:
             state = RecipientState(
-                status=wanted, bytes_done=previous.bytes_done, error=message.error
+                status=wanted,
+                bytes_done=previous.bytes_done,
+                error=message.error,
+                finished_at=now,
+                throughput_bps=self._rate(previous.bytes_done - kept, now),
+                kept_bytes=kept,
+                transient=message.transient,
+                refused=message.refused,
             )
         self._update(recipients={**self.transfer.recipients, message.recipient: state})
         kind = RecipientCompletedEvent if message.ok else RecipientFailedEvent
@@ -194,8 +210,17 @@ class TransferState:
             cancelled=any(p.cancelled for p in parts),
             error="; ".join(errors) or None,
             chunks_resent=sum(p.chunks_resent for p in parts),
+            chunks_resumed=sum(p.chunks_resumed for p in parts),
+            chunks_damaged=sum(p.chunks_damaged for p in parts),
+            transient=all(p.transient for p in parts),
             bytes_served={k: v for p in parts for k, v in p.bytes_served.items()},
         )
+
+    def _rate(self, moved: int, now: datetime) -> float | None:
+        """Bytes per second over this run so far; None when nothing moved."""
+        started = self.transfer.started_at or self.transfer.created_at
+        seconds = max((now - started).total_seconds(), 1e-6)
+        return round(moved / seconds, 1) if moved > 0 else None
 
     def finish(self, outcome: TransferFinished, now: datetime) -> Transfer:
         """The final state from the outcome of all parts; recipients still open end with it."""
@@ -207,11 +232,18 @@ class TransferState:
             if state.status in _RECIPIENT_ENDS:
                 continue
             if outcome.cancelled:
-                recipients[rid] = state.model_copy(update={"status": RecipientStatus.CANCELLED})
+                recipients[rid] = state.model_copy(
+                    update={"status": RecipientStatus.CANCELLED, "finished_at": now}
+                )
             else:
                 error = outcome.error or "not finished"
                 recipients[rid] = state.model_copy(
-                    update={"status": RecipientStatus.FAILED, "error": error}
+                    update={
+                        "status": RecipientStatus.FAILED,
+                        "error": error,
+                        "finished_at": now,
+                        "transient": outcome.transient,
+                    }
                 )
         ok = sum(1 for s in recipients.values() if s.status is RecipientStatus.COMPLETED)
         if outcome.cancelled:
@@ -222,36 +254,74 @@ class TransferState:
             status = TransferStatus.PARTIALLY_FAILED
         else:
             status = TransferStatus.FAILED
-        started = self.transfer.started_at or self.transfer.created_at
-        seconds = max((now - started).total_seconds(), 1e-6)
-        delivered = ok * self.transfer.bytes_total
+        # What crossed the network in this run: not what recipients kept from an earlier one.
+        delivered = sum(
+            self.transfer.bytes_total - s.kept_bytes
+            for s in recipients.values()
+            if s.status is RecipientStatus.COMPLETED
+            and s.finished_at is not None
+            and s.finished_at >= (self.transfer.started_at or self.transfer.created_at)
+        )
         unfinished = status in (TransferStatus.FAILED, TransferStatus.PARTIALLY_FAILED)
         self._update(
             status=_moved(self.transfer.status, status, TRANSFER_NEXT),
             recipients=recipients,
             finished_at=now,
-            throughput_bps=round(delivered / seconds, 1) if delivered else None,
+            throughput_bps=self._rate(delivered, now),
             file=self.transfer.file.model_copy(update={"blake3": outcome.blake3}),
-            chunks_resent=outcome.chunks_resent,
+            chunks_resent=self.transfer.chunks_resent + outcome.chunks_resent,
+            chunks_resumed=self.transfer.chunks_resumed + outcome.chunks_resumed,
+            chunks_damaged=self.transfer.chunks_damaged + outcome.chunks_damaged,
             error=outcome.error or _summary(recipients),
             source_bytes_sent=outcome.bytes_served.get(self.transfer.source_node, 0),
-            resumable=unfinished and self.transfer.transport is Transport.STREAM,
+            resumable=unfinished and self._resumable(recipients),
         )
         return self.transfer
 
-    def interrupt(self, reason: str) -> Transfer:
-        """CastRay stopped while the transfer was in flight (its stream sinks keep what they
-        verified, for a resume)."""
+    def _resumable(self, recipients: dict[str, RecipientState]) -> bool:
+        """Whether a resume can run: a stream transfer (the object store keeps nothing) one
+        of whose unfinished recipients did not refuse it before a byte."""
+        return self.transfer.transport is Transport.STREAM and any(
+            not s.refused for s in recipients.values() if s.status is not RecipientStatus.COMPLETED
+        )
+
+    def interrupt(self, reason: str, now: datetime) -> Transfer:
+        """CastRay stopped while the transfer was in flight: each recipient not done ends
+        ``interrupted`` with the reason (its stream sink keeps what it verified, for a
+        resume)."""
         if not self.finished:
-            self._update(
-                status=TransferStatus.INTERRUPTED,
-                error=reason,
-                resumable=self.transfer.transport is Transport.STREAM,
-            )
+            self.transfer = interrupted(self.transfer, reason, now)
         return self.transfer
 
     def _update(self, **changes: object) -> None:
         self.transfer = self.transfer.model_copy(update=changes)
+
+
+def interrupted(transfer: Transfer, reason: str, now: datetime) -> Transfer:
+    """``transfer`` as CastRay's stop left it: each recipient not done ends ``interrupted``
+    with the reason; resumable if on ``stream`` (its sinks journal what they verified)."""
+    recipients = {
+        rid: state
+        if state.status in _RECIPIENT_ENDS
+        else state.model_copy(
+            update={
+                "status": RecipientStatus.INTERRUPTED,
+                "error": reason,
+                "finished_at": now,
+                "transient": True,
+            }
+        )
+        for rid, state in transfer.recipients.items()
+    }
+    return transfer.model_copy(
+        update={
+            "status": TransferStatus.INTERRUPTED,
+            "recipients": recipients,
+            "finished_at": now,
+            "error": reason,
+            "resumable": transfer.transport is Transport.STREAM,
+        }
+    )
 
 
 def _summary(recipients: dict[str, RecipientState]) -> str | None:

@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import PurePosixPath
 from typing import TypedDict
 
+from castray.chunks import identity_of
 from castray.config import Settings
 from castray.errors import (
     BadFileName,
@@ -31,6 +32,7 @@ from castray.errors import (
     FileMissing,
     NodeNotFound,
     NodeUnavailable,
+    SourceChanged,
     TransferNotFound,
 )
 from castray.models import (
@@ -56,9 +58,11 @@ from castray.protocol import (
     ImportTransfer,
     LinksProbed,
     ManifestRead,
+    MissingRead,
     ProbeFile,
     ProbeLinks,
     ReadManifest,
+    ReadMissing,
     RecipientFinished,
     StartTransfer,
     StreamPlan,
@@ -83,12 +87,11 @@ GOOD_LINK_SECONDS = 60.0
 """How long a data connection that could be made is taken as possible without a new check."""
 CHECKPOINT_SECONDS = 0.5
 """How often a running transfer's progress is saved to the history."""
-AUTO_RESUME_ATTEMPTS = 5
-DEATH_NOTICE_SECONDS = 30.0
-"""Seconds within which a node whose death ended a transfer is known dead here (its Ray node
-marked dead, or its actor stopped answering)."""
-AUTO_RESUME_RETRY = 2.0
-"""Seconds between ``auto_resume``'s attempts once the nodes a transfer needs are alive."""
+AUTO_RESUME_TRIES = 10
+"""Times ``auto_resume`` tries one transfer before it gives up (it says so in the log)."""
+AUTO_RESUME_FIRST_DELAY = 1.0
+AUTO_RESUME_MAX_DELAY = 60.0
+"""Seconds before ``auto_resume``'s tries: doubling from the first, at most the max."""
 RESUMABLE = frozenset(
     {TransferStatus.INTERRUPTED, TransferStatus.FAILED, TransferStatus.PARTIALLY_FAILED}
 )
@@ -147,6 +150,8 @@ class TransferService:
         self._resuming: set[str] = set()
         self._waiting: dict[str, asyncio.Task[None]] = {}
         """Transfers ``auto_resume`` waits to resume."""
+        self._auto_tries: dict[str, int] = {}
+        """``auto_resume``'s tries so far, by transfer (forgotten once one completes it)."""
         self._ending: dict[str, Transfer] = {}
         """Final snapshots whose history write is still under way: answered from here."""
         self._history_writer = ThreadPoolExecutor(1, thread_name_prefix="history")
@@ -155,9 +160,12 @@ class TransferService:
 
     # ---- requests ----------------------------------------------------------------------
 
-    async def start(self, request: TransferCreate) -> Transfer:
-        """Plan the transfer, open the file at the source, and let it run."""
-        located = await asyncio.to_thread(self._locate, request.file)
+    async def start(self, request: TransferCreate, located: LocatedFile | None = None) -> Transfer:
+        """Plan the transfer, open the file at the source, and let it run. ``located``: the
+        file in the source's storage, as it must be (a pin sends from a holder's copy: its
+        BLAKE3 is checked when its manifest is read), instead of looking ``request.file`` up."""
+        if located is None:
+            located = await asyncio.to_thread(self._locate, request.file)
         plan = plan_transfer(
             uuid.uuid4().hex[:16],
             request,
@@ -188,64 +196,80 @@ class TransferService:
         finally:
             self._resuming.discard(transfer_id)
 
-    def auto_resume(self, transfer_ids: list[str], after_a_death: bool = False) -> None:
-        """``auto_resume``: resume each transfer once the nodes it needs are alive (after a
-        start, their endpoints come up with their clusters), for as long as its recipients
-        keep what they verified. ``after_a_death``: only if one of them is seen dead soon (a
-        recipient that failed for another reason, a full disk say, would only fail again),
-        and then once it is back."""
+    def auto_resume(self, transfer_ids: list[str]) -> None:
+        """``auto_resume``: resume each transfer once the nodes it needs are alive again (at
+        a start, their endpoints come up with their clusters), trying again with back-off
+        while they are not ready, for as long as its recipients keep what they verified."""
         for transfer_id in transfer_ids:
-            if transfer_id not in self._waiting:
-                task = asyncio.create_task(self._resume_when_ready(transfer_id, after_a_death))
-                self._waiting[transfer_id] = task
-                task.add_done_callback(partial(self._stop_waiting, transfer_id))
+            self._resume_later(transfer_id, delay=0.0)
 
-    def _stop_waiting(self, transfer_id: str, _: object) -> None:
-        self._waiting.pop(transfer_id, None)
+    def _resume_later(self, transfer_id: str, delay: float | None = None) -> None:
+        """Another try at resuming ``transfer_id`` after a back-off (1, 2, 4 ... 60 s), up to
+        ``AUTO_RESUME_TRIES``; each waits for its nodes to be alive first."""
+        if transfer_id in self._waiting:
+            return
+        tries = self._auto_tries.get(transfer_id, 0) + 1
+        if tries > AUTO_RESUME_TRIES:
+            self._auto_tries.pop(transfer_id, None)
+            log.warning(
+                "transfer %s not resumed: %d tries did not complete it",
+                transfer_id,
+                AUTO_RESUME_TRIES,
+                extra=about(transfer_id=transfer_id),
+            )
+            return
+        self._auto_tries[transfer_id] = tries
+        if delay is None:
+            delay = min(AUTO_RESUME_MAX_DELAY, AUTO_RESUME_FIRST_DELAY * 2 ** (tries - 1))
+        task = asyncio.create_task(self._resume_when_ready(transfer_id, delay))
+        self._waiting[transfer_id] = task
+        task.add_done_callback(partial(self._stop_waiting, transfer_id))
 
-    async def _resume_when_ready(self, transfer_id: str, after_a_death: bool) -> None:
+    def _stop_waiting(self, transfer_id: str, task: asyncio.Task[None]) -> None:
+        if self._waiting.get(transfer_id) is task:
+            del self._waiting[transfer_id]
+
+    async def _resume_when_ready(self, transfer_id: str, delay: float) -> None:
+        await asyncio.sleep(delay)
         transfer = await self.get(transfer_id)
         needed = [transfer.source_node, *_unfinished(transfer)]
-        registry = self._registry
-        if after_a_death and not await registry.wait_until(
-            lambda: not self._all_alive(needed), DEATH_NOTICE_SECONDS
-        ):
-            return  # its nodes are alive: it failed for another reason
         patience = self._settings.partial_retention
-        if not await registry.wait_until(lambda: self._all_alive(needed), patience):
+        if not await self._registry.wait_until(lambda: self._all_alive(needed), patience):
             log.warning(
                 "transfer %s not resumed: its nodes did not come back within %.0f s",
                 transfer_id,
                 patience,
                 extra=about(transfer_id=transfer_id),
             )
+            self._auto_tries.pop(transfer_id, None)
             return
-        for _ in range(AUTO_RESUME_ATTEMPTS):
-            try:
-                await self.resume(transfer_id)
-            except (NodeNotFound, NodeUnavailable, ClusterUnreachable, ClusterUnavailable):
-                await asyncio.sleep(AUTO_RESUME_RETRY)  # alive, but its cluster not quite ready
-            except CastRayError as exc:
-                log.warning(
-                    "transfer %s cannot be resumed: %s",
-                    transfer_id,
-                    exc.message,
-                    extra=about(transfer_id=transfer_id),
-                )
-                return
-            else:
-                log.info(
-                    "transfer %s resumed by auto_resume",
-                    transfer_id,
-                    extra=about(transfer_id=transfer_id),
-                )
-                return
-        log.warning(
-            "transfer %s not resumed: its nodes were alive but not ready after %d tries",
-            transfer_id,
-            AUTO_RESUME_ATTEMPTS,
-            extra=about(transfer_id=transfer_id),
-        )
+        # No longer waiting: a run that fails at once schedules the next try from ``_end``.
+        if self._waiting.get(transfer_id) is asyncio.current_task():
+            del self._waiting[transfer_id]
+        try:
+            await self.resume(transfer_id)
+        except (NodeNotFound, NodeUnavailable, ClusterUnreachable, ClusterUnavailable) as exc:
+            log.info(
+                "transfer %s: not resumed yet (%s); trying again",
+                transfer_id,
+                exc.message,
+                extra=about(transfer_id=transfer_id),
+            )
+            self._resume_later(transfer_id)
+        except CastRayError as exc:
+            self._auto_tries.pop(transfer_id, None)
+            log.warning(
+                "transfer %s cannot be resumed: %s",
+                transfer_id,
+                exc.message,
+                extra=about(transfer_id=transfer_id),
+            )
+        else:
+            log.info(
+                "transfer %s resumed by auto_resume",
+                transfer_id,
+                extra=about(transfer_id=transfer_id),
+            )
 
     def _all_alive(self, endpoint_ids: list[str]) -> bool:
         registry = self._registry
@@ -277,15 +301,11 @@ class TransferService:
             rate_limit=earlier.rate_limit,
         )
         plan = plan_transfer(transfer_id, request, self._registry, self._groups, located)
-        if plan.remote:
-            elsewhere = ", ".join(n.id for nodes in plan.remote.values() for n in nodes)
-            raise Conflict(
-                f"resume takes up recipients in the source's cluster only, and {elsewhere} "
-                "are in another: start a new transfer to them"
-            )
         plan = replace(plan, mode=earlier.mode)
         if plan.transport is Transport.STREAM:
-            plan = await self._prepare_stream(plan)
+            # A hop that cannot be made yet (a host still cut off) is no reason to send it
+            # all again through the object store: the resume waits for it instead.
+            plan = await self._prepare_stream(plan, fallback=False)
         if plan.file.blake3 is not None and earlier.file.blake3 not in (None, plan.file.blake3):
             raise Conflict(
                 f"the source file {earlier.source_file!r} changed since transfer {transfer_id} "
@@ -295,6 +315,8 @@ class TransferService:
             )
         # Stream sinks keep what they verified; the object store keeps nothing: all again.
         plan = replace(plan, resume=plan.transport is Transport.STREAM)
+        if plan.resume and plan.remote:
+            plan = replace(plan, send_on=await self._missing_elsewhere(plan))
         log.info(
             "transfer %s resumed for %s",
             transfer_id,
@@ -302,6 +324,28 @@ class TransferService:
             extra=about(transfer_id=transfer_id),
         )
         return await self._run(plan, TransferState.resumed(earlier, plan, _now()))
+
+    async def _missing_elsewhere(self, plan: TransferPlan) -> tuple[int, ...]:
+        """What the recipients in other clusters than the source's lack, as their journals
+        say: a resume streams those chunks to them from the source, once."""
+        answers = await asyncio.gather(
+            *(
+                self._agents.request(
+                    cluster,
+                    ReadMissing(
+                        transfer_id=plan.transfer_id,
+                        file_name=plan.file.received_as,
+                        endpoints=[n.id for n in nodes],
+                        size=plan.file.size or 0,
+                        chunk_size=self._settings.chunk_size,
+                        blake3=plan.file.blake3 or "",
+                    ),
+                    MissingRead,
+                )
+                for cluster, nodes in plan.remote.items()
+            )
+        )
+        return tuple(sorted({i for a in answers for lacks in a.missing.values() for i in lacks}))
 
     async def _run(self, plan: TransferPlan, state: TransferState) -> Transfer:
         """Announce the transfer, launch it through the agents, and let it run."""
@@ -336,12 +380,13 @@ class TransferService:
             await self._save(live.transfer)
         return live.transfer
 
-    async def _prepare_stream(self, plan: TransferPlan) -> TransferPlan:
+    async def _prepare_stream(self, plan: TransferPlan, fallback: bool = True) -> TransferPlan:
         """Know the file's manifest, and check every hop the stream takes; a hop that cannot
-        be made sends the transfer through the object store instead, and says why."""
+        be made sends the transfer through the object store instead, and says why (without
+        ``fallback``: ``NodeUnavailable``)."""
         if plan.file.library_name is not None:
             known = await asyncio.to_thread(self._library.manifest, plan.file.library_name)
-            plan = plan.described(known.size, known.chunks, known.blake3)
+            plan = plan.described(known.size, known.chunks, known.blake3, known.identity)
         else:
             read = await self._agents.request(
                 plan.source.cluster,
@@ -352,8 +397,15 @@ class TransferService:
                 ),
                 ManifestRead,
             )
-            plan = plan.described(read.size, read.manifest, read.blake3)
+            if plan.file.blake3 is not None and read.blake3 != plan.file.blake3:
+                raise SourceChanged(
+                    f"{plan.file.path} on {plan.source.id} is not the version to send (BLAKE3 "
+                    f"{read.blake3[:12]}..., not {plan.file.blake3[:12]}...)"
+                )
+            plan = plan.described(read.size, read.manifest, read.blake3, read.identity)
         trouble = await self._link_trouble(plan)
+        if trouble is not None and not fallback:
+            raise NodeUnavailable(f"transfer {plan.transfer_id} cannot stream yet: {trouble}")
         if trouble is not None:
             log.warning(
                 "transfer %s goes through the object store: %s",
@@ -415,6 +467,7 @@ class TransferService:
             StartTransfer(
                 source=plan.source.id,
                 path=plan.file.path,
+                source_identity=plan.file.identity,
                 recipients=[n.id for n in plan.local],
                 exports=exports,
                 **spec,
@@ -450,6 +503,8 @@ class TransferService:
                 secret=secret,
                 downstream=later[0] if later else None,
                 resume=plan.resume,
+                send_on=list(plan.send_on) if part == 0 else [],
+                await_stream=part > 0 and bool(plan.send_on),
             )
 
         spec = self._common_spec(plan)
@@ -472,6 +527,7 @@ class TransferService:
             StartTransfer(
                 source=plan.source.id,
                 path=plan.file.path,
+                source_identity=plan.file.identity,
                 recipients=[n.id for n in plan.local],
                 stream=stream(0),
                 transport=Transport.STREAM,
@@ -580,11 +636,18 @@ class TransferService:
         """Where the source finds ``file``: a library file, else a path in its storage.
         Reads the disk: runs in a worker thread."""
         if self._library.has(file):
+            where = self._library.path(file)
+            identity = identity_of(where.stat())
             described = self._library.describe(file)
-            path = str(self._library.path(file))
             folder = self._library.folder(file) if file.endswith("/") else None
             return LocatedFile(
-                path, file, described.size, described.blake3, library_name=file, folder=folder
+                str(where),
+                file,
+                described.size,
+                described.blake3,
+                library_name=file,
+                folder=folder,
+                identity=identity,
             )
         if file.endswith("/"):
             raise FileMissing(
@@ -622,6 +685,7 @@ class TransferService:
                     size=live.transfer.bytes_total,
                     blake3=live.transfer.file.blake3,
                     error=f"cluster {cluster} is down: {reason}",
+                    transient=True,
                 ),
             )
 
@@ -634,7 +698,7 @@ class TransferService:
             event = live.state.progress(message)
             self._checkpoint(live)
         elif isinstance(message, RecipientFinished):
-            event = live.state.recipient_finished(message)
+            event = live.state.recipient_finished(message, _now())
         else:
             outcome = live.state.part_finished(message)
             if outcome is not None:
@@ -659,8 +723,14 @@ class TransferService:
             f": {snapshot.error}" if snapshot.error else "",
             extra=about(transfer_id=snapshot.id),
         )
-        if self._settings.auto_resume and snapshot.resumable and snapshot.status in RESUMABLE:
-            self.auto_resume([snapshot.id], after_a_death=True)
+        if snapshot.status is TransferStatus.COMPLETED:
+            self._registry.count(snapshot.source_node, transfers_sent_ok=1)
+        elif snapshot.status in (TransferStatus.FAILED, TransferStatus.PARTIALLY_FAILED):
+            self._registry.count(snapshot.source_node, transfers_sent_failed=1)
+        if snapshot.status is TransferStatus.COMPLETED:
+            self._auto_tries.pop(snapshot.id, None)
+        elif self._settings.auto_resume and snapshot.resumable and _passing(snapshot):
+            self._resume_later(snapshot.id)
 
     def _checkpoint(self, live: _Live) -> None:
         """Save a running transfer's progress now and then: a server that is killed leaves a
@@ -683,10 +753,21 @@ class TransferService:
         await asyncio.gather(*waiting, return_exceptions=True)
         for live in list(self._live.values()):
             await self._save(
-                live.state.interrupt("CastRay stopped while this transfer was in flight")
+                live.state.interrupt("CastRay stopped while this transfer was in flight", _now())
             )
         self._live.clear()
         self._history_writer.shutdown(wait=True)
+
+
+def _passing(transfer: Transfer) -> bool:
+    """Whether every recipient that did not complete failed for a reason that passes (cut
+    off, a death, a stall, CastRay's stop): a full disk or a chunk that keeps failing its
+    check would only fail again."""
+    return all(
+        s.transient
+        for s in transfer.recipients.values()
+        if s.status is not RecipientStatus.COMPLETED
+    )
 
 
 def _unfinished(transfer: Transfer) -> list[str]:

@@ -3,26 +3,9 @@
 import { api, upload } from "./api.js";
 import { ThroughputChart } from "./chart.js";
 import * as fmt from "./format.js";
+import { $, badge, el } from "./dom.js";
 import { LiveFeed } from "./live.js";
-
-const $ = (id) => document.getElementById(id);
-
-/** Build an element; strings become text nodes, so nothing from the server is parsed as HTML. */
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === "class") node.className = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key === "style") node.style.cssText = value; // CSSOM: allowed by the page's CSP
-    else node.setAttribute(key, value === true ? "" : value);
-  }
-  node.append(...children.flat().filter((c) => c !== null && c !== undefined));
-  return node;
-}
-
-const badge = (text, kind = text) => el("span", { class: `badge ${kind}` }, text);
+import { PinsPanel } from "./pins.js";
 
 // ---- state ------------------------------------------------------------------------------
 
@@ -39,6 +22,7 @@ const HISTORY_SIZE = 25;
 const FINISHED_SHOWN = 8;
 const MESSAGES_KEPT = 200;
 const chart = new ThroughputChart($("throughput"));
+const pins = new PinsPanel((button, work) => act(button, work));
 
 /** A transfer as the page follows it: the snapshot plus per-recipient speed. */
 class Tracked {
@@ -125,7 +109,9 @@ function renderClusters() {
       : "";
     return el("tr", { dataset: { cluster: c.name } },
       el("td", {}, badge(c.name, c.is_external ? "external" : "cluster")),
-      el("td", {}, c.ray ? c.ray.dashboard_url || c.ray.address : "–"),
+      // The same kind of address for every cluster: its GCS, the dashboard on a second line.
+      el("td", {}, c.ray ? c.ray.address : "–",
+        c.ray && c.ray.dashboard_url ? el("div", { class: "muted" }, `dashboard ${c.ray.dashboard_url}`) : ""),
       el("td", {}, badge(c.status), c.detail ? el("div", { class: "muted" }, c.detail) : ""),
       el("td", {}, String(count)),
       el("td", {}, c.ray ? c.ray.ray_version : "–"),
@@ -137,7 +123,7 @@ function renderClusters() {
     const address = found.dashboard_url || found.gcs_address;
     rows.push(el("tr", { dataset: { discovered: found.gcs_address } },
       el("td", {}, el("span", { class: "muted" }, "discovered")),
-      el("td", {}, address, found.dashboard_url ? el("div", { class: "muted" }, `GCS ${found.gcs_address}`) : ""),
+      el("td", {}, found.gcs_address, found.dashboard_url ? el("div", { class: "muted" }, `dashboard ${found.dashboard_url}`) : ""),
       el("td", {}, badge(found.reachable ? "not connected" : "no dashboard", found.reachable ? "pending" : "unreachable"),
         found.own ? "" : el("div", { class: "muted" }, `run by ${found.owner || "another user"}: connect it only if it is meant`),
         found.detail ? el("div", { class: "muted" }, found.detail) : ""),
@@ -155,11 +141,12 @@ function renderNodes() {
       el("td", {}, n.id, n.kind === "named" ? el("span", { class: "muted" }, " (named)") : ""),
       el("td", {}, badge(n.cluster, n.is_external ? "external" : "cluster")),
       el("td", {}, n.address),
-      el("td", {}, badge(n.status)),
+      el("td", {}, badge(n.status), n.detail ? el("div", { class: "muted" }, n.detail) : ""),
       el("td", {}, fmt.resources(n.resources)),
       el("td", {}, fmt.bytes(c.bytes_received)),
       el("td", {}, fmt.bytes(c.bytes_sent)),
       el("td", {}, `${c.transfers_ok} / ${c.transfers_failed}`),
+      el("td", {}, `${c.transfers_sent_ok} / ${c.transfers_sent_failed}`),
       el("td", {}, `${c.messages_received} / ${c.messages_sent}`));
   });
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 9, class: "muted" }, "No nodes yet.")));
@@ -204,6 +191,7 @@ function renderNodeChoices() {
 }
 
 function renderGroups() {
+  pins.choices(state.files, state.groups.keys());
   const options = [...state.groups.keys()].sort().map((name) => [name, name]);
   fillSelect($("send-group"), options, true);
   fillSelect($("message-group"), options, true);
@@ -215,6 +203,7 @@ function renderGroups() {
 }
 
 function renderFiles() {
+  pins.choices(state.files, state.groups.keys());
   fillSelect($("send-file"), state.files.map((f) => [f.name, `${f.name} (${fmt.bytes(f.size)})`]));
   if (!state.files.length) $("send-file").append(el("option", { value: "" }, "library is empty: upload or generate"));
 }
@@ -308,6 +297,8 @@ function renderChart() {
   const now = chart.current();
   $("throughput-now").textContent = now ? `· ${fmt.rate(now)} now` : "";
 }
+// The chart moves on, and "now" falls to nothing, when no progress comes any more.
+setInterval(renderChart, 1000);
 
 const RENDER = {
   summary: renderSummary,
@@ -331,6 +322,7 @@ function applySnapshot(data) {
   for (const t of data.transfers) state.transfers.set(t.id, new Tracked(t));
   schedule("summary", "clusters", "nodes", "groups", "transfers", "history");
   act(null, () => loadFiles()); // the library is not in the snapshot; events keep it fresh
+  act(null, () => pins.load()); // nor are the pins
 }
 
 let statusRefresh = null;
@@ -412,6 +404,9 @@ const HANDLERS = {
   },
   group_saved: (d) => { state.groups.set(d.group.name, d.group.members); schedule("groups"); },
   group_deleted: (d) => { state.groups.delete(d.name); schedule("groups"); },
+  pin_saved: (d) => pins.saved(d.pin),
+  pin_coverage: (d) => pins.saved(d.pin),
+  pin_removed: (d) => pins.removed(d.pin_id),
 };
 
 /** Keep cards of only the newest FINISHED_SHOWN finished transfers; the history has the rest. */

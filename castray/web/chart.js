@@ -38,7 +38,8 @@ export class ThroughputChart {
     ctx.clearRect(0, 0, width, height);
     const values = [];
     for (let s = now - this.seconds; s <= now; s += 1) values.push(this.buckets.get(s) || 0);
-    const peak = Math.max(...values, 1);
+    const highest = Math.max(...values);
+    const peak = Math.max(highest, 1);
     const left = 4;
     const bottom = height - 16;
     ctx.strokeStyle = "#e3e6eb";
@@ -48,7 +49,8 @@ export class ThroughputChart {
     ctx.stroke();
     ctx.fillStyle = "#687385";
     ctx.font = "11px system-ui, sans-serif";
-    ctx.fillText(`peak ${rate(peak)}`, left, 11);
+    const quiet = `no traffic in the last ${this.seconds / 60} min`;
+    ctx.fillText(highest ? `peak ${rate(highest)}` : quiet, left, 11);
     ctx.fillText(`${this.seconds / 60} min ago`, left, height - 3);
     ctx.textAlign = "right";
     ctx.fillText("now", width - 2, height - 3);

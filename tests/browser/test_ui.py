@@ -328,3 +328,31 @@ def test_without_live_updates_the_page_shows_what_the_rest_api_says(
     finally:
         with server.client() as client:
             client.delete("/api/nodes/seen-by-polling")
+
+
+def test_a_file_pinned_from_the_page_shows_every_nodes_copy_live(
+    page: Page, server: CastRayServer, screenshot: Callable[[Page, str], None]
+) -> None:
+    made = tx.generate(server, "pinned.bin", "2MiB", "random")
+    with Client(server.url) as client:
+        nodes = [n.id for n in client.nodes() if n.status.value == "alive"]
+    _open(page, server)
+    page.select_option("#pin-file", "pinned.bin")
+    page.click("#pin-start")
+
+    card = page.locator(".pin").filter(has_text="pinned.bin")
+    expect(card.locator(".coverage")).to_have_text(
+        f"{len(nodes)} of {len(nodes)} nodes verified", timeout=120_000
+    )
+    card.locator("summary").click()
+    for node in nodes:
+        row = card.locator(f"tr[data-node='{node}']")
+        expect(row.locator(".badge")).to_have_text("verified")
+        copy = server.data_dir / "storage" / node / "pinned.bin"
+        expect(row).to_contain_text(str(copy))
+        assert blake3.blake3(copy.read_bytes()).hexdigest() == made["blake3"]
+    screenshot(page, "a-pinned-file")
+
+    card.locator("button.unpin").click()
+    expect(card).to_have_count(0)
+    expect(page.locator("#pins")).to_contain_text("Nothing pinned yet.")

@@ -8,8 +8,11 @@ or the kernel would, and asserts the outcome, its time bound, and that
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -158,6 +161,7 @@ def test_after_a_crash_of_everything_a_resume_sends_only_what_is_missing(
     server = start_server(data, "--demo-nodes", "2")
     try:
         server.wait_alive(3)
+        (private,) = _private_ray_dirs(server.process.pid)
         tid = _mid_transfer(server, at=0.4)
         agent = _home_agent(server)
         os.killpg(agent.pid, signal.SIGKILL)  # the agent and its embedded Ray
@@ -167,9 +171,14 @@ def test_after_a_crash_of_everything_a_resume_sends_only_what_is_missing(
         server.stop()
     kept = kept_bytes(data)
     assert kept > 0, "the journal should list the chunks that landed"
+    assert private.exists(), "nobody was left to remove the killed server's Ray temp dir"
+    others = [d for d in _private_ray_dirs() if d != private]
     again = start_server(data, "--demo-nodes", "2")
     try:
         again.wait_alive(3)
+        assert not private.exists(), "the next start should sweep what the killed one left"
+        assert _private_ray_dirs(again.process.pid), "a live server's own dir stays"
+        assert all(d.exists() for d in others if _owner_alive(d)), "another's was touched"
         interrupted = tx.get(again, tid)
         assert interrupted["status"] == "interrupted" and interrupted["resumable"], interrupted
         assert interrupted["recipients"]["node_2"]["bytes_done"] > 0, interrupted
@@ -177,6 +186,23 @@ def test_after_a_crash_of_everything_a_resume_sends_only_what_is_missing(
     finally:
         again.stop()
     again.check_log_clean()
+
+
+def _private_ray_dirs(pid: int | None = None) -> list[Path]:
+    """The embedded clusters' private Ray temp dirs (of the server ``pid``, if given)."""
+    found = []
+    for path in Path(tempfile.gettempdir()).glob("castray-ray-*"):
+        with contextlib.suppress(OSError, ValueError):
+            owner = json.loads((path / "owner.json").read_text())
+            if pid is None or owner["pid"] == pid:
+                found.append(path)
+    return found
+
+
+def _owner_alive(path: Path) -> bool:
+    with contextlib.suppress(OSError, ValueError, psutil.Error):
+        return psutil.pid_exists(json.loads((path / "owner.json").read_text())["pid"])
+    return False
 
 
 def _home_agent(server: CastRayServer) -> psutil.Process:

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from castray.chunks import file_blake3
 from tests.harness import clusters as ext
 from tests.harness import transfers as tx
 from tests.harness.raycluster import RayCluster, running_cluster
@@ -157,3 +158,54 @@ def _running(process: psutil.Process) -> bool:
 def _kill_group(group: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(group, signal.SIGKILL)
+
+
+RESUMED_ELSEWHERE = "127.0.0.59"
+
+
+def test_a_transfer_to_another_cluster_is_resumed_after_a_restart_that_remembers_it(
+    tmp_path: Path,
+) -> None:
+    """Before, a resume answered 409 for a recipient in an external cluster (while its partial
+    file was kept for 7 days), and after a restart the external cluster was forgotten (404).
+    Now the cluster is reconnected by itself at the start, and the resume sends only what its
+    endpoint's journal lacks, across the clusters."""
+    env = {"HOME": str(tmp_path)}
+    with running_cluster(tmp_path / "elsewhere", RESUMED_ELSEWHERE) as cluster:
+        server = start_server(tmp_path / "data", "--demo-nodes", "1", env=env)
+        try:
+            server.wait_alive(2)
+            ext.connect(server, cluster)
+            endpoint = ext.endpoint_of(cluster)
+            tx.generate(server, "across.bin", "96MiB", "random")
+            tid = tx.start(
+                server,
+                source_node="node_1",
+                file="across.bin",
+                recipients=[endpoint],
+                rate_limit="16MB/s",
+            )
+            tx.wait_under_way(server, tid, endpoint, at=0.3)
+            server.process.send_signal(signal.SIGTERM)
+            server.process.wait(30)
+
+            server = start_server(tmp_path / "data", "--demo-nodes", "1", env=env)
+            interrupted = tx.get(server, tid)
+            wait_for(
+                lambda: server.nodes().get(endpoint, {}).get("status") == "alive",
+                HEAL_BOUND,
+                "the external cluster to be reconnected by itself after the restart",
+            )
+            with server.client() as client:
+                resumed = client.post(f"/api/transfers/{tid}/resume")
+            done = tx.wait_finished(server, tid, 120)
+        finally:
+            server.stop()
+
+    assert interrupted["status"] == "interrupted" and interrupted["resumable"], interrupted
+    assert resumed.status_code == 202, resumed.text
+    assert done["status"] == "completed", done
+    assert done["chunks_resumed"] > 0
+    assert 0 < done["source_bytes_sent"] < done["bytes_total"] * 0.8, done
+    copy = Path(done["recipients"][endpoint]["path"])
+    assert file_blake3(copy) == done["file"]["blake3"]

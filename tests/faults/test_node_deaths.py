@@ -124,7 +124,9 @@ def test_with_auto_resume_a_recipient_whose_node_comes_back_gets_only_the_rest(
         180,
         "the transfer to complete by itself once its recipient's node is back",
     )
-    assert done["resumes"] == 1, done
+    # A first try may come while the server still takes the crashed endpoint for alive (it
+    # fails at once, "its endpoint did not answer"); the run that completes sends the rest.
+    assert 1 <= done["resumes"] <= 3, done
     assert 0 < done["source_bytes_sent"] <= missing * 1.1, (done["source_bytes_sent"], missing)
     assert file_blake3(Path(done["recipients"][node(TAIL)]["path"])) == done["file"]["blake3"]
     # Its own partial and journal are gone (the dead source's transfer keeps its own).

@@ -4,6 +4,7 @@ checks that it left nothing behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,15 +20,18 @@ from castray.lab.state import LabState, lab_directory, load
 from tests.harness.waiting import free_port
 
 UP_TIMEOUT = 600
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 def lab_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``castray lab ARGS``, as a user types it."""
+    """``castray lab ARGS``, as a user types it (into a pipe: with the environment Python
+    knows, not the C-level one a library such as readline may have added ``COLUMNS`` to)."""
     return subprocess.run(
         [sys.executable, "-m", "castray", "lab", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=dict(os.environ),
     )
 
 
@@ -109,6 +113,19 @@ def running_lab(name: str, hosts: int, rate: str, subnet: str, *extra: str) -> I
         log = (server.data_dir / "server.log").read_text(errors="replace")
         assert "Traceback (most recent call last)" not in log, log[-4000:]
     finally:
+        _keep_logs(name)
         down = lab_cli("down", "--name", name)
         assert down.returncode == 0, down.stderr
         assert leftovers_of(name) == []
+
+
+def _keep_logs(name: str) -> None:
+    """The lab's CastRay logs (server, agents) into ``test-artifacts/``: ``down`` removes the
+    lab's directory, and a failure is read from them."""
+    source = lab_directory(name) / "castray"
+    target = ARTIFACTS / f"lab-{name}"
+    shutil.rmtree(target, ignore_errors=True)
+    for log in [source / "server.log", *sorted((source / "logs").glob("*.log"))]:
+        if log.is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, target / log.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -105,14 +106,19 @@ def serving(
     env: dict[str, str] | None = None,
     token: str | None = None,
     token_file: Path | None = None,
+    keep_files: bool = False,
 ) -> Iterator[CastRayServer]:
-    """A started server with ``alive`` endpoints up, stopped whatever happens."""
+    """A started server with ``alive`` endpoints up, stopped whatever happens; its library
+    and storage go with it unless ``keep_files`` (a restart over the same data dir)."""
     server = start_server(data_dir, *args, env=env, token=token, token_file=token_file)
     try:
         server.wait_alive(alive)
         yield server
     finally:
         server.stop()
+        # Its files (generated gigabytes among them) go with it; its log stays, for a failure.
+        for bulky in () if keep_files else ("library", "storage"):
+            shutil.rmtree(data_dir / bulky, ignore_errors=True)
     server.check_log_clean()
 
 
@@ -160,7 +166,7 @@ def start_server(
     def answering() -> bool:
         server.check_running()
         with server.client() as client:
-            return client.get("/api/health", timeout=2).status_code in (200, 401)
+            return client.get("/api/health", timeout=2).status_code in (200, 401, 503)
 
     wait_for(answering, STARTUP_TIMEOUT, f"castray serve on port {port}")
     return server

@@ -99,12 +99,13 @@ def random_bytes(size: int) -> bytes:
 
 
 @contextmanager
-def tiny_disk_node(server: CastRayServer, name: str = "tiny") -> Iterator[str]:
-    """A named endpoint whose storage is a 1 MiB tmpfs (needs root to mount; skips otherwise)."""
+def tiny_disk_node(server: CastRayServer, name: str = "tiny", size: str = "1m") -> Iterator[str]:
+    """A named endpoint whose storage is a small tmpfs (1 MiB unless ``size``; needs root to
+    mount; skips otherwise)."""
     storage = server.data_dir / "storage" / name
     storage.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(storage)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(storage)], capture_output=True
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness import transfers as tx
-from tests.harness.server import CastRayServer
+from tests.harness.server import CastRayServer, serving
 
 pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def faulty_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CastRayServer]:
+    """Two demo nodes whose faults the tests can inject (a node damaging what it receives)."""
+    root = tmp_path_factory.mktemp("cli-faults")
+    env = {"HOME": str(root), "CASTRAY_ENABLE_FAULT_INJECTION": "1"}
+    with serving(root / "data", "--demo-nodes", "2", alive=3, env=env) as server:
+        yield server
 
 
 def test_send_uploads_a_local_file_and_follows_it_to_every_copy(
@@ -128,40 +138,61 @@ def test_send_exits_1_when_a_recipient_fails(embedded_server: CastRayServer) -> 
 
 
 def test_send_offers_resume_and_resume_runs_the_same_transfer(
-    embedded_server: CastRayServer,
+    faulty_server: CastRayServer,
 ) -> None:
-    """A transfer to a node whose disk is too small fails; sending the same file there again
-    names the unfinished one and ``--resume`` (and sends it whole, as a new transfer);
-    ``send --resume`` and ``castray resume ID`` run an unfinished transfer again under its id
-    (and fail again, for the disk is still too small)."""
-    tx.generate(embedded_server, "roomy.bin", "3MB", "random")
-    with tx.tiny_disk_node(embedded_server, "cli-resume") as tiny:
-        first = embedded_server.cli("send", "roomy.bin", "--from", "node_1", "--to", tiny, "--json")
+    """A transfer to a node that damages every chunk it receives fails; sending the same file
+    there again names the unfinished one and ``--resume`` (and sends it whole, as a new
+    transfer); ``send --resume`` runs the newest unfinished one again under its id (and fails
+    again); once the node is mended, ``castray resume ID`` completes the first."""
+    tx.generate(faulty_server, "mended.bin", "3MB", "random")
+    faults = "/api/nodes/node_2/faults"
+    assert tx.post(faulty_server, faults, {"corrupt_chunks": 1000}).status_code == 204
+    try:
+        first = faulty_server.cli(
+            "send", "mended.bin", "--from", "node_1", "--to", "node_2", "--json"
+        )
         assert first.returncode == 1, first
         earlier = json.loads(first.stdout)
         assert earlier["status"] == "failed" and earlier["resumable"], earlier
 
-        again = embedded_server.cli("send", "roomy.bin", "--from", "node_1", "--to", tiny)
-        assert f"transfer {earlier['id']} of roomy.bin to {tiny} did not finish" in again.stderr
+        again = faulty_server.cli("send", "mended.bin", "--from", "node_1", "--to", "node_2")
+        assert f"transfer {earlier['id']} of mended.bin to node_2 did not finish" in again.stderr
         assert "--resume" in again.stderr
         whole = re.search(r"^transfer ([0-9a-f]{16})$", again.stderr, re.MULTILINE)
         assert whole is not None and whole[1] != earlier["id"], again.stderr
 
         # The newest unfinished transfer of the file to the node is the one resumed.
-        resumed = embedded_server.cli(
-            "send", "roomy.bin", "--from", "node_1", "--to", tiny, "--resume"
+        resumed = faulty_server.cli(
+            "send", "mended.bin", "--from", "node_1", "--to", "node_2", "--resume"
         )
         assert resumed.returncode == 1, resumed
         assert f"transfer {whole[1]}" in resumed.stderr
-        assert "not enough free space" in resumed.stdout
+        assert "failed its check" in resumed.stdout
+    finally:
+        assert tx.post(faulty_server, faults, {"corrupt_chunks": 0}).status_code == 204
 
-        by_id = embedded_server.cli("resume", earlier["id"], "--json")
-        assert by_id.returncode == 1, by_id
-        assert json.loads(by_id.stdout)["id"] == earlier["id"]
-        assert json.loads(by_id.stdout)["resumes"] == 1
+    by_id = faulty_server.cli("resume", earlier["id"], "--json")
+    assert by_id.returncode == 0, by_id
+    assert json.loads(by_id.stdout)["id"] == earlier["id"]
+    assert json.loads(by_id.stdout)["status"] == "completed"
+    assert json.loads(by_id.stdout)["resumes"] == 1
 
-    done = embedded_server.cli("resume", "0123456789abcdef")
+    done = faulty_server.cli("resume", "0123456789abcdef")
     assert done.returncode == 1 and "no transfer" in done.stderr, done
+
+
+def test_a_refused_transfer_is_not_offered_for_resume(embedded_server: CastRayServer) -> None:
+    """A node whose disk is too small refuses before a byte: nothing to resume, so ``send``
+    again offers no ``--resume`` and just sends."""
+    tx.generate(embedded_server, "roomy.bin", "3MB", "random")
+    with tx.tiny_disk_node(embedded_server, "cli-resume") as tiny:
+        first = embedded_server.cli("send", "roomy.bin", "--from", "node_1", "--to", tiny, "--json")
+        assert first.returncode == 1, first
+        earlier = json.loads(first.stdout)
+        assert earlier["status"] == "failed" and not earlier["resumable"], earlier
+        again = embedded_server.cli("send", "roomy.bin", "--from", "node_1", "--to", tiny)
+        assert "--resume" not in again.stderr, again.stderr
+        assert "not enough free space" in again.stdout
 
 
 def test_an_unreachable_server_is_one_line_and_exit_1(tmp_path: Path) -> None:

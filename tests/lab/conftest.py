@@ -23,7 +23,11 @@ def lab_subnet(offset: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def lab() -> Iterator[LabServer]:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
+    """The lab's CastRay resumes by itself what a fault cut short (``auto_resume``)."""
     require_lab_powers()
-    with running_lab(lab_name("a"), HOSTS, RATE, lab_subnet(0)) as server:
+    config = tmp_path_factory.mktemp("lab-config") / "castray.toml"
+    config.write_text("auto_resume = true\n")
+    extra = ("--server-config", str(config))
+    with running_lab(lab_name("a"), HOSTS, RATE, lab_subnet(0), *extra) as server:
         yield server

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -135,6 +136,7 @@ def test_an_upload_that_trickles_is_dropped_and_frees_its_slot(server: CastRaySe
             continue
         except OSError:
             break
+    answer += _rest_of(sock, answer)
     sock.close()
 
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
@@ -254,3 +256,21 @@ def _environ(process: psutil.Process) -> dict[str, str]:
         return process.environ()
     except psutil.Error:
         return {}
+
+
+def _rest_of(sock: socket.socket, answer: bytes) -> bytes:
+    """The rest of an HTTP answer whose head arrived: its body may come in another segment."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    match = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+    want = int(match[1]) if match else 0
+    rest = b""
+    sock.settimeout(5)
+    while len(body) + len(rest) < want:
+        try:
+            piece = sock.recv(4096)
+        except OSError:
+            break
+        if not piece:
+            break
+        rest += piece
+    return rest

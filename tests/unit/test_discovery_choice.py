@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 
 from castray.models import DiscoveredCluster
 from castray.ray_address import AGENT_RAY_VERSION, parse_address
+from castray.server import local_clusters
 from castray.server.discovery import Choice, NoChoice, choose, others_note, recorded_address
 from castray.server.local_clusters import LocalCluster
 
@@ -175,3 +178,30 @@ def test_without_its_sockets_only_the_recorded_addresses_count_exactly() -> None
     assert cluster.serves(parse_address("http://127.0.0.2:8265"))
     assert not cluster.serves(parse_address("127.0.0.1:6379"))
     assert not cluster.serves(parse_address("http://127.0.0.3:8265"))
+
+
+def test_a_dual_stack_socket_counts_at_its_ipv4_address() -> None:
+    """Ray's client server listens on ``::ffff:127.0.0.N``: that is 127.0.0.N."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::ffff:127.0.0.5", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert ("127.0.0.5", port) in local_clusters._listening({os.getpid()})[0]
+
+
+def test_where_some_sockets_cannot_be_read_the_recorded_addresses_count_too() -> None:
+    """A Ray Client server whose sockets are hidden is still found at the head's IP."""
+    cluster = LocalCluster(
+        "127.0.0.2:6379",
+        dashboard="127.0.0.2:8265",
+        client_ports={10001},
+        listening={("127.0.0.2", 6379)},
+        unreadable=True,
+    )
+
+    assert cluster.serves(parse_address("ray://127.0.0.2:10001"))
+    assert cluster.serves(parse_address("http://127.0.0.2:8265"))
+    assert not cluster.serves(parse_address("ray://127.0.0.3:10001"))
+    cluster.unreadable = False
+    assert not cluster.serves(parse_address("ray://127.0.0.2:10001"))

@@ -52,3 +52,21 @@ def test_counting_removes_nothing_and_emptied_folders_go(tmp_path: Path) -> None
 def test_no_limits_remove_nothing(tmp_path: Path) -> None:
     _copy(tmp_path, "old.bin", 10, 1000 * HOUR)
     assert sweep(tmp_path, retention=0, quota=0, in_use=set(), now=NOW).removed == []
+
+
+def test_pinned_copies_and_pinned_folders_are_never_swept(tmp_path: Path) -> None:
+    pinned = _copy(tmp_path, "model.bin", 100, 5 * HOUR)
+    in_folder = _copy(tmp_path, "dataset/part-0.bin", 100, 5 * HOUR)
+    loose = _copy(tmp_path, "old.bin", 100, 5 * HOUR)
+
+    kept = sweep(
+        tmp_path,
+        retention=HOUR,
+        quota=0,
+        in_use=set(),
+        now=NOW,
+        pinned={tmp_path / "model.bin", tmp_path / "dataset"},
+    )
+
+    assert [r.name for r in kept.removed] == ["old.bin"]
+    assert pinned.exists() and in_folder.exists() and not loose.exists()
