@@ -192,9 +192,12 @@ def test_a_transfer_to_another_cluster_is_resumed_after_a_restart_that_remembers
             server = start_server(tmp_path / "data", "--demo-nodes", "1", env=env)
             interrupted = tx.get(server, tid)
             wait_for(
-                lambda: server.nodes().get(endpoint, {}).get("status") == "alive",
+                lambda: all(
+                    server.nodes().get(n, {}).get("status") == "alive" for n in (endpoint, "node_1")
+                ),
                 HEAL_BOUND,
-                "the external cluster to be reconnected by itself after the restart",
+                "the external cluster to be reconnected by itself after the restart (and the "
+                "source's node to be up)",
             )
             with server.client() as client:
                 resumed = client.post(f"/api/transfers/{tid}/resume")

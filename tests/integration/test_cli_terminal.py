@@ -24,6 +24,7 @@ pytestmark = pytest.mark.ray
 
 COLUMNS = 80
 _UNIT = re.compile(r"^(?:B|KiB|MiB|GiB|TiB)\b")
+_PROGRESS = re.compile(r"\d+(?:\.\d+)?/\d+(?:\.\d+)? (?:B|KiB|MiB|GiB)")
 
 
 class Terminal:
@@ -32,14 +33,22 @@ class Terminal:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def run(self, command: str, done: str, timeout: float = 120) -> list[str]:
-        """Type ``command``, wait until ``done`` is on the screen; the screen's rows."""
+    def run(
+        self, command: str, shown: re.Pattern[str] | None = None, timeout: float = 120
+    ) -> list[str]:
+        """Type ``command`` and wait until it has ended (or, with ``shown``, until a row
+        matches it); the screen's rows. The end is a marker the command echoes, typed so that
+        the command line's own echo does not contain it."""
+        if shown is None:
+            marker = f"END-{uuid.uuid4().hex[:8]}"
+            command += f'; echo "{marker[:4]}""{marker[4:]}"'
+            shown = re.compile(re.escape(marker))
         subprocess.run(["tmux", "send-keys", "-t", self.name, "clear", "Enter"], check=True)
         subprocess.run(["tmux", "send-keys", "-t", self.name, command, "Enter"], check=True)
         return wait_for(
-            lambda: (rows := self.rows()) and any(done in r for r in rows) and rows,
+            lambda: (rows := self.rows()) and any(shown.search(r) for r in rows) and rows,
             timeout,
-            f"{done!r} on the terminal",
+            f"{shown.pattern!r} on the terminal",
             interval=0.2,
         )
 
@@ -86,13 +95,9 @@ def test_nodes_transfers_and_clusters_fit_80_columns_without_a_broken_word(
     tx.upload_bytes(embedded_server, "eighty.bin", tx.random_bytes(200_000))
     done = tx.send(embedded_server, source_node="node_1", file="eighty.bin", recipients=["node_2"])
 
-    nodes = terminal.run(_castray(embedded_server, "nodes") + "; echo END-NODES", "END-NODES")
-    listed = terminal.run(
-        _castray(embedded_server, "transfers", "--limit", "5") + "; echo END-LIST", "END-LIST"
-    )
-    info = terminal.run(
-        _castray(embedded_server, "clusters", "info") + "; echo END-INFO", "END-INFO"
-    )
+    nodes = terminal.run(_castray(embedded_server, "nodes"))
+    listed = terminal.run(_castray(embedded_server, "transfers", "--limit", "5"))
+    info = terminal.run(_castray(embedded_server, "clusters", "info"))
 
     for rows in (nodes, listed, info):
         assert all(len(row) <= COLUMNS for row in rows)
@@ -117,7 +122,7 @@ def test_a_running_send_shows_its_upload_and_its_transfer_on_whole_rows(
         "--rate",
         "16MB/s",
     )
-    terminal.run(command, "/", timeout=60)  # a progress bar is up
+    terminal.run(command, _PROGRESS, timeout=60)  # a progress bar is up
     seen: list[list[str]] = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

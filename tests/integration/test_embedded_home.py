@@ -62,6 +62,8 @@ def test_a_new_endpoint_starts_with_zero_counters(embedded_server: CastRayServer
         "bytes_received": 0,
         "transfers_ok": 0,
         "transfers_failed": 0,
+        "transfers_sent_ok": 0,
+        "transfers_sent_failed": 0,
         "messages_sent": 0,
         "messages_received": 0,
     }
