@@ -681,7 +681,7 @@ $("message-form").addEventListener("submit", sendMessage);
 $("message-filter").addEventListener("change", showMessagesOf);
 
 // The first call asks for the API token if the server wants one; then go live.
-act(null, () => api("GET", "/api/health")).then(() =>
+act(null, () => api("GET", "/api/status")).then(() =>
   new LiveFeed({ onSnapshot: applySnapshot, onEvent, onState: onLiveState }).start());
 setInterval(() => {
   schedule("chart");

@@ -42,7 +42,7 @@ export class LiveFeed {
   /** Before (re)opening after a refused handshake: a 401 asks for the token (api does). */
   async checkAccessThenStart() {
     try {
-      await api("GET", "/api/health");
+      await api("GET", "/api/status");
     } catch {
       // The server is away or still refuses; try again later.
     }

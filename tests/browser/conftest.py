@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Response, expect, sync_playwright
 
 CHROMIUM = Path(os.environ.get("CASTRAY_CHROMIUM", "/usr/bin/chromium"))
 # Two shared cores run Ray, the server and the browser: give the page time to catch up.
@@ -64,7 +64,12 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
         if message.type == "error" and not message.text.startswith(ANSWERED_4XX):
             problems.append(f"console error: {message.text}")
 
+    def on_response(response: Response) -> None:
+        if response.status >= 500:  # the console's own line does not say which call it was
+            problems.append(f"{response.status} from {response.request.method} {response.url}")
+
     opened.on("console", on_console)
+    opened.on("response", on_response)
     opened.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
     try:
         yield opened

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from castray.agent.copies import INDEX as COPY_INDEX
 from castray.client import Client
 from tests.harness import transfers as tx
 from tests.harness.certs import Certs, make_certs
@@ -207,7 +208,7 @@ def test_a_folder_goes_as_one_transfer_and_arrives_as_the_same_tree(
         files
     )
     hidden = [p.name for p in landed.parent.iterdir() if p.name.startswith(".")]
-    assert hidden == [], "no bundle, staging or partial file is left"
+    assert hidden == [COPY_INDEX], "no bundle, staging or partial file is left"
     with server.client() as client:
         listed = {f["name"]: f for f in client.get("/api/files").json()}
     assert listed["album/"]["files"] == 301
