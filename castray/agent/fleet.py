@@ -46,7 +46,10 @@ connections to it may take half a minute after the heal to recover."""
 PROBE_RETRY = 1.0
 """Seconds before a failed probe is tried again."""
 PROBE_DEADLINE = 10.0
-"""Seconds a probe may go unanswered before it counts as failed (a host cut off)."""
+"""Seconds a probe may go unanswered before it counts as failed (a host cut off). Not for
+the first probe of a starting endpoint: its answer waits for the actor's worker to start,
+which takes longer than that when many nodes start at once on a busy machine; Ray itself
+fails that probe if the actor cannot be made."""
 RESTART_MAX_DELAY = 30.0
 """Seconds between redeployments of an endpoint whose actor keeps dying on a live node, at
 most (it doubles from 1)."""
@@ -229,7 +232,8 @@ class Fleet:
                     continue
                 self._answered(deployed, facts)
             for deployed in pending.values():
-                if now - deployed.probed_at > PROBE_DEADLINE:
+                starting = deployed.state.status is NodeStatus.STARTING
+                if not starting and now - deployed.probed_at > PROBE_DEADLINE:
                     deployed.probe = None
                     self._probe_failed(
                         deployed, f"it did not answer for {PROBE_DEADLINE:g} s (its host cut off?)"
