@@ -115,12 +115,13 @@ def castray_multicast(server: LabServer, group: str, transport: str) -> float:
     return seconds_of([done])
 
 
-def unicasts(server: LabServer, hosts: list[int]) -> float:
+def unicasts(server: LabServer, hosts: list[int], file: str = FILE) -> float:
+    """Seconds for one unicast of ``file`` from host 1 to each of ``hosts``, all at once."""
     ids = [
         tx.start(
             server,
             source_node=server.node_id(1),
-            file=FILE,
+            file=file,
             recipients=[server.node_id(h)],
             transport="stream",
         )

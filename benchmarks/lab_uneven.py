@@ -105,7 +105,7 @@ def slow_scenario(
             order = ["unicast", "broadcast"] if rep % 2 == 0 else ["broadcast", "unicast"]
             for name in order:
                 if name == "unicast":
-                    unicast.append(unicasts(server, [2]))
+                    unicast.append(unicasts(server, [2], FILE))
                     continue
                 before = egress(server)
                 done = broadcast(server, FILE, hosts)
@@ -148,7 +148,7 @@ def slow_scenario(
 def equal_scenario(server: LabServer, args: argparse.Namespace) -> Rows:
     hosts = list(range(2, 17))
     runs: dict[str, Callable[[], float]] = {
-        "one unicast": lambda: unicasts(server, [2]),
+        "one unicast": lambda: unicasts(server, [2], FILE),
         "broadcast": lambda: seconds_of([broadcast(server, FILE, hosts)]),
     }
     times = alternate(runs, args.reps, "16 equal")
@@ -173,7 +173,7 @@ def cpu_scenario(server: LabServer, lab: LabState, args: argparse.Namespace) -> 
             delivered = args.cpu_size * MIB * len(hosts) / GIB
             per_gib.append((used - idle * seconds) / delivered)
             say(f"broadcast rep {rep + 1}: {seconds:.1f} s, {per_gib[-1]:.1f} core-s/GiB")
-        used, seconds = measured(lambda: unicasts(server, hosts))
+        used, seconds = measured(lambda: unicasts(server, hosts, CPU_FILE))
         unicasts_cpu = used / seconds * 100 / CORES
         say(f"N-1 unicasts: {seconds:.1f} s, {unicasts_cpu:.0f}% CPU")
         reshape(lab, {1: UNSHAPED, 2: UNSHAPED})

@@ -121,7 +121,7 @@ def main() -> None:
             turn = rep % len(order)
             for what in order[turn:] + order[:turn]:
                 if what == "unicast":
-                    unicast.append(unicasts(server, [2]))
+                    unicast.append(unicasts(server, [2], FILE))
                     say(f"rep {rep + 1}: one unicast {unicast[-1]:.1f} s")
                 elif what == "one":
                     single += join(server, pin_id, [3])
