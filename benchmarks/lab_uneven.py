@@ -67,6 +67,7 @@ def broadcast(server: LabServer, file: str, hosts: list[int]) -> dict[str, Any]:
         timeout=1800,
         source_node=server.node_id(1),
         file=file,
+        mode="multicast" if len(hosts) > 1 else "unicast",
         recipients=[server.node_id(h) for h in hosts],
         transport="stream",
     )

@@ -83,6 +83,9 @@ class _Tended:
     pin: Pin
     missing_since: dict[str, datetime] = field(default_factory=dict)
     """Since when each node has lacked the pinned version (join to verified copy)."""
+    recheck: set[str] = field(default_factory=set)
+    """Nodes back from the dead with a copy they held verified: asked about it at once (a
+    node that rejoins with a wiped disk must not wait for the periodic check)."""
     dirty: bool = False
 
 
@@ -239,6 +242,9 @@ class PinService:
             copies[node] = await self._look_at(tended, node, copies.get(node), now)
         if copies != tended.pin.copies:
             self._update(tended, copies=copies)
+        if tended.recheck:
+            recheck, tended.recheck = tended.recheck, set()
+            await self._check(tended, "check", recheck)
         await self._deliver(tended, now)
         await self._flush(tended)
 
@@ -255,12 +261,17 @@ class PinService:
             return await self._received(tended, node, copy, now)
         if copy.status is CopyStatus.VERIFIED:
             if copy.blake3 == version:
-                return copy
+                # Held while its node is down: waiting, not verified, until asked again.
+                return copy if alive else moved(copy, CopyStatus.WAITING, now)
             tended.missing_since.setdefault(node, now)
             return moved(copy, CopyStatus.PENDING if alive else CopyStatus.WAITING, now)
         if not alive:
             return moved(copy, CopyStatus.WAITING, now)
         if copy.status is CopyStatus.WAITING:
+            if copy.blake3 == version:
+                tended.recheck.add(node)
+                return moved(copy, CopyStatus.VERIFIED, now)
+            tended.missing_since.setdefault(node, now)
             return moved(copy, CopyStatus.PENDING, now)
         if copy.status is CopyStatus.FAILED and copy.retry_at is not None and now >= copy.retry_at:
             return moved(copy, CopyStatus.PENDING, now)
@@ -375,12 +386,16 @@ class PinService:
             copies[node] = moved(copies[node], CopyStatus.RECEIVING, now, transfer_id=transfer.id)
         self._update(tended, copies=copies)
 
-    async def _check(self, tended: _Tended, action: str) -> None:
-        """Ask the endpoints whether each verified copy is still the pinned version:
-        ``check`` by size and mtime, ``hash`` by reading it."""
+    async def _check(self, tended: _Tended, action: str, only: set[str] | None = None) -> None:
+        """Ask the endpoints whether each verified copy (of ``only`` these nodes, if given)
+        is still the pinned version: ``check`` by size and mtime, ``hash`` by reading it."""
         pin = tended.pin
         name = copy_name(pin.file)
-        verified = [n for n, c in pin.copies.items() if c.status is CopyStatus.VERIFIED]
+        verified = [
+            n
+            for n, c in pin.copies.items()
+            if c.status is CopyStatus.VERIFIED and (only is None or n in only)
+        ]
         answers = await self._tend_copies(action, {n: [name] for n in verified if self._alive(n)})
         now = _now()
         copies = dict(pin.copies)

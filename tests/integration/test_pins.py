@@ -6,6 +6,7 @@ out atomically; a Ray task finds its node's copy with ``castray.local_path``."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -303,3 +304,36 @@ def test_pins_survive_a_restart_and_are_kept(tmp_path: Path) -> None:
         path.unlink()
         wait_for(lambda: path.exists() or None, 60, "the copy removed after a restart back")
         assert _hash(path) == made["blake3"]
+
+
+def test_a_node_back_with_its_copy_gone_gets_it_without_waiting_for_the_check(
+    tmp_path: Path,
+) -> None:
+    """A host crashes and comes back with a wiped disk (a new instance at the same address):
+    while it is down its copy is ``waiting``, not ``verified``; once back it is asked at once,
+    and gets the file again long before the periodic check (an hour here) would notice."""
+    head, worker = "127.0.0.94", "127.0.0.95"
+    with running_cluster(tmp_path / "ray", head, worker) as ray:
+        env = {"HOME": str(tmp_path), "CASTRAY_PIN_CHECK_INTERVAL": "3600"}
+        with serving(tmp_path / "data", "--ray-address", ray.address, alive=2, env=env) as server:
+            made = tx.generate(server, "wiped.bin", "4MiB", "random")
+            pin_id = _pin(server, "wiped.bin")["id"]
+            copy = _verified_on(server, pin_id, [node(head), node(worker)], made["blake3"])
+            path = Path(copy["copies"][node(worker)]["path"])
+
+            (crashed,) = [r for r in ray.raylets if r.ip == worker]
+            crashed.crash()
+            ray.raylets.remove(crashed)
+            wait_for(
+                lambda: _get(server, pin_id)["copies"][node(worker)]["status"] == "waiting",
+                120,
+                "the crashed node's copy to be waiting",
+            )
+            for item in path.parent.iterdir():  # the new instance's empty disk
+                if item.is_dir():
+                    shutil.rmtree(item)
+                else:
+                    item.unlink()
+            ray.add_worker(worker)
+            _verified_on(server, pin_id, [node(worker)], made["blake3"], timeout=180)
+            assert _hash(path) == made["blake3"]
