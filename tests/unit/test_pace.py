@@ -26,6 +26,14 @@ def test_the_first_of_two_slow_ones_goes_first_then_the_second() -> None:
     assert slow_one(after) == "h5"
 
 
+def test_one_whose_feeder_just_changed_is_not_judged_by_that_look() -> None:
+    """h6 (slow) went to the end and h5 feeds h7 now: h7's look shows its new stream's start
+    (0 MB/s), not its own pace; and it sets no best for those after it."""
+    chain = [*_chain(12, 12, 12), Pace("h7", 0.0, True, refed=True), Pace("h8", 0.5 * MB, True)]
+    assert slow_one(chain) is None
+    assert slow_one([*chain[:3], Pace("h7", 0.0, True), chain[4]]) == "h7"
+
+
 def test_an_even_chain_moves_no_one() -> None:
     assert slow_one(_chain(12, 11, 12, 11.5)) is None
     assert slow_one(_chain(1.2, 1.2, 1.2)) is None  # the source's pace, or the first one's

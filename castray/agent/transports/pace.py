@@ -34,6 +34,9 @@ class Pace:
     """Its stream is still coming (not ended, not committed, not failed)."""
     moved: bool = False
     """Moved to the end once already: it is not moved again."""
+    refed: bool = False
+    """Its feeder changed since the look before: its pace shows the new stream's start, not
+    itself (a fast host starved while its old feeder was moved away looked slow)."""
 
 
 def slow_one(chain: Sequence[Pace]) -> str | None:
@@ -48,12 +51,13 @@ def slow_one(chain: Sequence[Pace]) -> str | None:
             position > 0
             and pace.receiving
             and not pace.moved
+            and not pace.refed
             and later
             and best >= MIN_RATE
             and pace.rate < SLOW * best
         ):
             return pace.id
-        if pace.receiving:
+        if pace.receiving and not pace.refed:
             best = max(best, pace.rate)
     return None
 

@@ -231,7 +231,10 @@ class StreamRun:
             recipient.rate = (received - recipient.seen_bytes) / seconds
             recipient.seen_bytes = received
         chain = [r for r in self._recipients if r.open]
-        paces = [Pace(r.member.id, r.rate, self._unsettled(r), r.moved) for r in chain]
+        paces = [
+            Pace(r.member.id, r.rate, self._unsettled(r), r.moved, now - r.refed_at < 2 * seconds)
+            for r in chain
+        ]
         slow = slow_one(paces)
         if slow is not None:
             self._move_to_end(next(r for r in chain if r.member.id == slow), chain)
@@ -259,6 +262,7 @@ class StreamRun:
         last.member.handle.redirect.remote(tid, slow.member.data_address, lacks(slow))
         # Their old streams break and new ones come: no repair before the new ones end.
         for moved in (after, slow):
+            moved.refed_at = time.monotonic()
             if moved.status is not None:
                 moved.streams_before_repair = moved.status.streams_seen + 1
         slow.moved = True
@@ -312,6 +316,7 @@ class StreamRun:
         self._recipients.append(head)
         last.member.handle.redirect.remote(tid, head.member.data_address, lacks(head))
         for moved_one in (after, head):
+            moved_one.refed_at = time.monotonic()
             if moved_one.status is not None:
                 moved_one.streams_before_repair = moved_one.status.streams_seen + 1
         head.moved = True

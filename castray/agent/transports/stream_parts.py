@@ -79,6 +79,9 @@ class Recipient:
     """Repair streams in a row that could not reach it (for the back-off)."""
     moved: bool = False
     """Moved to the end of the chain for its slow pace (once at most)."""
+    refed_at: float = float("-inf")
+    """When its feeder last changed (monotonic): its pace is not judged until a whole look
+    has passed since."""
     seen_bytes: int = 0
     rate: float = float("inf")
     """Bytes per second that arrived over the last look at the chain's pace (none yet: as
