@@ -63,6 +63,11 @@ ADAPT_AFTER = 3.0
 SOURCE_PROBE_TIMEOUT = 2.0
 """Seconds the source gets to answer once the stream it sent failed in its actor: a live one
 answers its control group at once, and the transfer waits on nothing else."""
+MOVE_SETTLE = 5.0
+"""Seconds after this run moved streams (a slow one to the end, the head tried at the end)
+when a broken stream is the move's doing, not a sign of the source's death: the source is
+not asked then (a 16-host lab on two cores failed a whole broadcast when the source, busy
+moving its stream, did not answer within the probe's 2 s)."""
 
 
 class StreamRun:
@@ -79,6 +84,7 @@ class StreamRun:
         self._death = death
         """Why an endpoint is dead, as its cluster's agent saw it (None while alive)."""
         self._source_asked_at = 0.0
+        self._moved_at = float("-inf")
         self._recipients = [Recipient(m) for m in spec.recipients]
         self._cancelled = threading.Event()
         self._sends: dict[Any, Send] = {}
@@ -254,6 +260,7 @@ class StreamRun:
             before.rate / 1e6,
             last.member.id,
         )
+        self._moved_at = time.monotonic()
         self._recipients.remove(slow)
         self._recipients.append(slow)
         lacks = lambda r: (r.status.verified_bytes if r.status else 0) // chunk  # noqa: E731
@@ -283,6 +290,7 @@ class StreamRun:
         moves to the one after it (from the chunk that one lacks), and the last one feeds
         it (from the chunk it lacks), at its own pace."""
         self._head_tried = True
+        self._moved_at = time.monotonic()  # streams break now, whether the move succeeds or not
         head, after, last = chain[0], chain[1], chain[-1]
         tid, chunk = self.spec.transfer_id, self.spec.chunk_size
         source = self.spec.source
@@ -401,7 +409,9 @@ class StreamRun:
             return
         now = time.monotonic()
         broke = any(r.open and r.status and r.status.broken for r in self._recipients)
-        if source is not None and broke and now - self._source_asked_at > SOURCE_PROBE_TIMEOUT:
+        probe_due = now - self._source_asked_at > SOURCE_PROBE_TIMEOUT
+        settled = now - self._moved_at > MOVE_SETTLE
+        if source is not None and broke and probe_due and settled:
             self._source_asked_at = now
             if not answers(source.handle, SOURCE_PROBE_TIMEOUT):
                 self._error = (
