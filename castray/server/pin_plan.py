@@ -50,7 +50,9 @@ def deliveries(
     if reader is None and library_readers:
         reader = library_readers[0]  # it lacks the file too: it waits for a holder
     for node in missing:
-        source, from_library = _source_for(node, holders if from_holders else (), reader)
+        source, from_library = _source_for(
+            node, holders if from_holders else (), reader, set(library_readers)
+        )
         if source is None or source == node.id:
             continue
         plans.setdefault((source, from_library), []).append(node.id)
@@ -61,11 +63,18 @@ def deliveries(
 
 
 def _source_for(
-    node: Place, holders: Sequence[Place], reader: str | None
+    node: Place, holders: Sequence[Place], reader: str | None, readers: set[str]
 ) -> tuple[str | None, bool]:
+    """A holder in the node's cluster if any, else any holder, else the library. Among
+    holders, those that read the library (the pin's first source, on CastRay's machine)
+    come last, then the least loaded: once others hold the file it costs the first nothing."""
+
+    def rank(h: Place) -> tuple[bool, int, str]:
+        return (h.id in readers, h.load, h.id)
+
     near = [h for h in holders if h.cluster == node.cluster]
     if near:
-        return min(near, key=lambda h: (h.load, h.id)).id, False
+        return min(near, key=rank).id, False
     if holders:
-        return min(holders, key=lambda h: (h.load, h.id)).id, False
+        return min(holders, key=rank).id, False
     return reader, True

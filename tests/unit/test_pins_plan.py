@@ -25,6 +25,17 @@ def test_late_joiners_share_one_transfer_from_a_holder_of_their_own_cluster() ->
     ]
 
 
+def test_the_first_source_is_spared_even_when_it_has_sent_no_more_than_the_others() -> None:
+    """Measured in the lab: host 1 (the library's reader) and host 2 had sent as much, and the
+    id broke the tie, so host 1 served the joiners."""
+    holders = [Place("a-1", "a", 256), Place("a-2", "a", 256)]
+    assert deliveries([Place("a-3", "a")], holders, ["a-1"]) == [Delivery("a-2", False, ("a-3",))]
+    # The first source alone holds it: it serves.
+    assert deliveries([Place("a-3", "a")], holders[:1], ["a-1"]) == [
+        Delivery("a-1", False, ("a-3",))
+    ]
+
+
 def test_a_cluster_without_a_holder_is_served_by_a_holder_elsewhere() -> None:
     plan = deliveries([Place("b-1", "b"), Place("b-2", "b")], [Place("a-1", "a")], ["a-1"])
     assert plan == [Delivery("a-1", False, ("b-1", "b-2"))]
