@@ -227,7 +227,9 @@ def _follow(client: Client, stream: EventStream, transfer_id: str, show: bool) -
     transfer = client.transfer(transfer_id)
     label = max((len(rid) for rid in transfer.recipients), default=8)
     with transfer_progress(err, label, disable=not show) as progress:
-        tasks = {rid: progress.add_task(rid, status="") for rid in transfer.recipients}
+        # The size from the start: a bar added without one reads "0/100 bytes" for a frame.
+        total = transfer.bytes_total or None
+        tasks = {rid: progress.add_task(rid, total=total, status="") for rid in transfer.recipients}
         _show_all(progress, tasks, transfer)
         synced = time.monotonic()
         while not transfer.status.finished:

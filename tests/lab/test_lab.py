@@ -147,21 +147,31 @@ def test_a_cut_that_heals_leaves_the_endpoint_alive_and_the_transfer_resumes_by_
         assert lab.cli("heal", "h3").returncode == 0
     healed_at = time.monotonic()
 
-    wait_for(
-        lambda: t.get(lab, tid)["resumes"] >= 1 or None,
-        60,
-        "auto_resume to take the transfer up within 60 s of the heal",
-        interval=0.5,
+    # auto_resume takes it up once host 3's endpoint answers again: after a cut this long,
+    # TCP's back-off on Ray's connections to the host takes up to about half a minute to
+    # notice the heal, and meanwhile the endpoint may well be reported dead ("still asking
+    # it"). What must hold is that it comes back and the transfer then completes by itself.
+    done = _completes_by_itself(lab, tid, 180)
+    assert time.monotonic() - healed_at <= 180
+    assert done["resumes"] >= 1, done
+    endpoint = wait_for(
+        lambda: (e := _endpoint(lab, 3))["status"] == "alive" and e,
+        30,
+        "host 3's endpoint to be alive once its copy completed",
     )
-    assert lab.nodes().get(lab.node_id(3)) == "alive"
-    assert time.monotonic() - healed_at <= 60
-    done = _completes_by_itself(lab, tid, 120)
+    assert endpoint["detail"] is None, endpoint
     _assert_copies(lab, done, [3], made["blake3"])
     assert done["source_bytes_sent"] < done["bytes_total"], done
     with lab.client() as client:
         health = client.get("/api/health").json()
     assert health["status"] == "ok", health
     _no_partial_files(lab)
+
+
+def _endpoint(lab: LabServer, host: int) -> dict:
+    with lab.client() as client:
+        nodes = client.get("/api/nodes").json()["nodes"]
+    return next(n for n in nodes if n["id"] == lab.node_id(host))
 
 
 def _completes_by_itself(lab: LabServer, tid: str, timeout: float) -> dict:
