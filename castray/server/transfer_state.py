@@ -227,24 +227,16 @@ class TransferState:
         if self.finished:
             return self.transfer
         self.sized(outcome.size)
-        recipients = dict(self.transfer.recipients)
-        for rid, state in recipients.items():
-            if state.status in _RECIPIENT_ENDS:
-                continue
-            if outcome.cancelled:
-                recipients[rid] = state.model_copy(
-                    update={"status": RecipientStatus.CANCELLED, "finished_at": now}
-                )
-            else:
-                error = outcome.error or "not finished"
-                recipients[rid] = state.model_copy(
-                    update={
-                        "status": RecipientStatus.FAILED,
-                        "error": error,
-                        "finished_at": now,
-                        "transient": outcome.transient,
-                    }
-                )
+        if outcome.cancelled:
+            recipients = _end_open(self.transfer.recipients, now, RecipientStatus.CANCELLED)
+        else:
+            recipients = _end_open(
+                self.transfer.recipients,
+                now,
+                RecipientStatus.FAILED,
+                error=outcome.error or "not finished",
+                transient=outcome.transient,
+            )
         ok = sum(1 for s in recipients.values() if s.status is RecipientStatus.COMPLETED)
         if outcome.cancelled:
             status = TransferStatus.CANCELLED
@@ -300,19 +292,9 @@ class TransferState:
 def interrupted(transfer: Transfer, reason: str, now: datetime) -> Transfer:
     """``transfer`` as CastRay's stop left it: each recipient not done ends ``interrupted``
     with the reason; resumable if on ``stream`` (its sinks journal what they verified)."""
-    recipients = {
-        rid: state
-        if state.status in _RECIPIENT_ENDS
-        else state.model_copy(
-            update={
-                "status": RecipientStatus.INTERRUPTED,
-                "error": reason,
-                "finished_at": now,
-                "transient": True,
-            }
-        )
-        for rid, state in transfer.recipients.items()
-    }
+    recipients = _end_open(
+        transfer.recipients, now, RecipientStatus.INTERRUPTED, error=reason, transient=True
+    )
     return transfer.model_copy(
         update={
             "status": TransferStatus.INTERRUPTED,
@@ -322,6 +304,21 @@ def interrupted(transfer: Transfer, reason: str, now: datetime) -> Transfer:
             "resumable": transfer.transport is Transport.STREAM,
         }
     )
+
+
+def _end_open(
+    recipients: dict[str, RecipientState],
+    now: datetime,
+    status: RecipientStatus,
+    **ending: object,
+) -> dict[str, RecipientState]:
+    """``recipients`` with each one not ended yet ended in ``status`` (plus ``ending``: its
+    error, whether the cause passes); the ended ones as they were."""
+    update = {"status": status, "finished_at": now, **ending}
+    return {
+        rid: state if state.status in _RECIPIENT_ENDS else state.model_copy(update=update)
+        for rid, state in recipients.items()
+    }
 
 
 def _summary(recipients: dict[str, RecipientState]) -> str | None:

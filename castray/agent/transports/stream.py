@@ -250,7 +250,7 @@ class StreamRun:
     def _move_to_end(self, slow: Recipient, chain: list[Recipient]) -> None:
         position = chain.index(slow)
         before, after, last = chain[position - 1], chain[position + 1], chain[-1]
-        tid, chunk = self.spec.transfer_id, self.spec.chunk_size
+        tid = self.spec.transfer_id
         log.info(
             "transfer %s: %s takes %.1f MB/s against %.1f MB/s before it; it goes to the end "
             "of the chain, fed by %s",
@@ -263,16 +263,11 @@ class StreamRun:
         self._moved_at = time.monotonic()
         self._recipients.remove(slow)
         self._recipients.append(slow)
-        lacks = lambda r: (r.status.verified_bytes if r.status else 0) // chunk  # noqa: E731
+        lacks = self._lacks
         before.member.handle.redirect.remote(tid, after.member.data_address, lacks(after))
         slow.member.handle.redirect.remote(tid, None, 0)
         last.member.handle.redirect.remote(tid, slow.member.data_address, lacks(slow))
-        # Their old streams break and new ones come: no repair before the new ones end.
-        for moved in (after, slow):
-            moved.refed_at = time.monotonic()
-            if moved.status is not None:
-                moved.streams_before_repair = moved.status.streams_seen + 1
-        slow.moved = True
+        self._refed(after, slow)
 
     def _head_movable(self, chain: list[Recipient]) -> bool:
         """The head is fed by this run's source stream (not a resume's repairs, nor another
@@ -292,10 +287,10 @@ class StreamRun:
         self._head_tried = True
         self._moved_at = time.monotonic()  # streams break now, whether the move succeeds or not
         head, after, last = chain[0], chain[1], chain[-1]
-        tid, chunk = self.spec.transfer_id, self.spec.chunk_size
+        tid = self.spec.transfer_id
         source = self.spec.source
         assert source is not None
-        lacks = lambda r: (r.status.verified_bytes if r.status else 0) // chunk  # noqa: E731
+        lacks = self._lacks
         try:
             ray.get(head.member.handle.redirect.remote(tid, None, 0), timeout=SOURCE_PROBE_TIMEOUT)
             moved = ray.get(
@@ -323,11 +318,23 @@ class StreamRun:
         self._recipients.remove(head)
         self._recipients.append(head)
         last.member.handle.redirect.remote(tid, head.member.data_address, lacks(head))
-        for moved_one in (after, head):
-            moved_one.refed_at = time.monotonic()
-            if moved_one.status is not None:
-                moved_one.streams_before_repair = moved_one.status.streams_seen + 1
-        head.moved = True
+        self._refed(after, head)
+
+    def _lacks(self, recipient: Recipient) -> int:
+        """The first chunk ``recipient`` lacks: where a stream that now feeds it starts."""
+        verified = recipient.status.verified_bytes if recipient.status else 0
+        return verified // self.spec.chunk_size
+
+    @staticmethod
+    def _refed(after: Recipient, moved: Recipient) -> None:
+        """``after`` (now fed by what fed ``moved``) and ``moved`` (now at the end) lose their
+        old streams and get new ones: no repair for them before the new ones end."""
+        now = time.monotonic()
+        for recipient in (after, moved):
+            recipient.refed_at = now
+            if recipient.status is not None:
+                recipient.streams_before_repair = recipient.status.streams_seen + 1
+        moved.moved = True
 
     def _pause(self) -> None:
         """Until the next look: a commit that ends, or the sinks' own wait for a change (the
