@@ -4,14 +4,16 @@ set, present and future."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from castray.cli.library import library_name
 from castray.cli.options import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption
 from castray.cli.output import out, print_json_or, print_table
 from castray.client import Client
-from castray.errors import InvalidRequest
+from castray.errors import FileMissing, InvalidRequest
 from castray.models import (
     Pin,
     PinClusters,
@@ -23,7 +25,13 @@ from castray.models import (
 
 
 def pin(
-    file: Annotated[str, typer.Argument(help="A library file (or folder, NAME/).")],
+    file: Annotated[
+        str,
+        typer.Argument(
+            help="A library file (or folder, NAME/), or a file or folder on this machine: "
+            "uploaded first, unless the library has it already."
+        ),
+    ],
     all_nodes: Annotated[
         bool, typer.Option("--all", help="Every node of every connected cluster.")
     ] = False,
@@ -43,7 +51,16 @@ def pin(
     goes or the file gets a new version."""
     nodes = _nodes(all_nodes, group, to, cluster)
     with Client(server, token) as client:
-        made = client.pin(file, nodes)
+        name = library_name(client, file, quiet=json_out)
+        try:
+            made = client.pin(name, nodes)
+        except FileMissing as exc:
+            if Path(file).expanduser().exists():
+                raise
+            raise FileMissing(
+                f"no file {file!r} on this machine, nor of that name in the server's library "
+                "('castray files' lists it)"
+            ) from exc
     print_json_or(
         json_out,
         made.model_dump_json(),
@@ -88,7 +105,7 @@ def pins(
     rows = [
         [p.id, p.file, describe_pin_nodes(p.nodes), _coverage(p), p.problem or ""] for p in listed
     ]
-    print_table(["pin", "file", "nodes", "coverage", "problem"], rows, whole=(0,))
+    print_table(["pin", "file", "nodes", "coverage", "problem"], rows, whole=(0, 4))
 
 
 def unpin(

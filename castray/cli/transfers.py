@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.progress import Progress, TaskID
 
-from castray.chunks import file_blake3
+from castray.cli.library import library_name
 from castray.cli.options import (
     DEFAULT_SERVER,
     DetachOption,
@@ -88,7 +88,7 @@ def send(
     if rate is not None:
         parse_rate(rate)  # a typo is told before anything is uploaded
     with Client(server, token) as client:
-        name = _library_name(client, file, quiet=json_out)
+        name = library_name(client, file, quiet=json_out)
         earlier = _unfinished(client, source, name, recipients)
         if earlier is not None and resume:
             _run(client, lambda: client.resume(earlier.id), detach, json_out)
@@ -188,38 +188,6 @@ def _start(
             f"no file {typed!r} on this machine, nor of that name in the server's library "
             f"('castray files' lists it) or in the storage of {source}"
         ) from exc
-
-
-def _library_name(client: Client, file: str, quiet: bool) -> str:
-    """Upload a local file unless the library has it already (same name, same BLAKE3); a
-    local folder is uploaded whole, as ``NAME/``."""
-    path = Path(file).expanduser()
-    if path.is_dir():
-        if not quiet:
-            err.print(f"uploading folder {path} …", highlight=False, markup=False)
-        with transfer_progress(err, len(path.name) + 1, disable=quiet) as progress:
-            task = progress.add_task(f"{path.name}/", total=None, status="uploading")
-            stored = client.upload_folder(path, lambda n: progress.advance(task, n))
-            progress.update(task, status="uploaded")
-        return stored.file
-    if not path.is_file():
-        return file
-    known = {f.name: f.blake3 for f in client.files()}
-    if path.name in known and known[path.name] == file_blake3(path):
-        return path.name
-    if not quiet:
-        err.print(f"uploading {path} …", highlight=False, markup=False)
-    with transfer_progress(err, len(path.name), disable=quiet) as progress:
-        task = progress.add_task(path.name, total=path.stat().st_size, status="uploading")
-        stored = client.upload(path, lambda n: progress.advance(task, n))
-        progress.update(task, status="uploaded")
-    if stored.replaced and not quiet:
-        err.print(
-            f"replaced the library's earlier {stored.file} (a different file of that name)",
-            highlight=False,
-            markup=False,
-        )
-    return stored.file
 
 
 def _follow(client: Client, stream: EventStream, transfer_id: str, show: bool) -> Transfer:

@@ -5,8 +5,9 @@ that arrive together share one stream. The source is a node that holds a verifie
 that version, in the same cluster if one does (its link is the short one), the one that has
 sent the least first (so the pin's first source, which sent the most, pays nothing more);
 else a holder anywhere; else the library, read by an endpoint on
-the server's machine. That endpoint cannot send to itself: if it lacks the file too, it
-waits for the next round, when it is served by a holder.
+the server's machine. With no holder anywhere, that endpoint, if it lacks the file too, is
+among the recipients of its own transfer: on a one-node cluster (an embedded Ray, a lone
+``ray start --head``) it is the only node there is.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def deliveries(
         source, from_library = _source_for(
             node, holders if from_holders else (), reader, set(library_readers)
         )
-        if source is None or source == node.id:
+        if source is None:
             continue
         plans.setdefault((source, from_library), []).append(node.id)
     return [

@@ -360,7 +360,8 @@ class PinService:
             located = LocatedFile(name, name, pin.size, pin.blake3)
         copies = dict(pin.copies)
         try:
-            transfer = await self._transfers.start(request, located)
+            itself = delivery.source in delivery.recipients  # a reader that lacks it too
+            transfer = await self._transfers.start(request, located, itself)
         except CastRayError as exc:
             for node in delivery.recipients:
                 copies[node] = moved(

@@ -14,8 +14,10 @@ def resolve_recipients(
     source: str,
     recipients: list[str] | None,
     group: str | None,
+    itself: bool = False,
 ) -> list[Node]:
-    """The recipient nodes, checked: known, alive, not the source, at least one."""
+    """The recipient nodes, checked: known, alive, not the source (unless ``itself``: a pin
+    copies the library into its reader's own storage), at least one."""
     if mode is TransferMode.BROADCAST:
         chosen = [n for n in registry.nodes() if n.id != source and n.status is NodeStatus.ALIVE]
         if not chosen:
@@ -30,7 +32,7 @@ def resolve_recipients(
         raise InvalidRequest(f"{mode.value} needs recipients or a group")
     if mode is TransferMode.UNICAST and len(names) != 1:
         raise InvalidRequest(f"unicast goes to exactly one recipient, not {len(names)}")
-    if source in names:
+    if source in names and not itself:
         raise InvalidRequest(f"the source {source!r} cannot also be a recipient")
     if len(set(names)) != len(names):
         raise InvalidRequest("a recipient is named twice")

@@ -121,14 +121,15 @@ def plan_transfer(
     groups: dict[str, list[str]],
     file: LocatedFile,
     transport: Transport = Transport.STREAM,
+    itself: bool = False,
 ) -> TransferPlan:
     """Check the request against the nodes there are and lay out its chains; ``transport``
-    unless the request names one."""
+    unless the request names one; ``itself``: the source may be a recipient too."""
     source = registry.node(request.source_node)
     if source.status is not NodeStatus.ALIVE:
         raise NodeUnavailable(f"source {source.id!r} is {source.status.value}")
     recipients = resolve_recipients(
-        registry, groups, request.mode, source.id, request.recipients, request.group
+        registry, groups, request.mode, source.id, request.recipients, request.group, itself
     )
     local = [r for r in recipients if r.cluster == source.cluster]
     remote: dict[str, list[Node]] = {}

@@ -160,10 +160,13 @@ class TransferService:
 
     # ---- requests ----------------------------------------------------------------------
 
-    async def start(self, request: TransferCreate, located: LocatedFile | None = None) -> Transfer:
+    async def start(
+        self, request: TransferCreate, located: LocatedFile | None = None, itself: bool = False
+    ) -> Transfer:
         """Plan the transfer, open the file at the source, and let it run. ``located``: the
         file in the source's storage, as it must be (a pin sends from a holder's copy: its
-        BLAKE3 is checked when its manifest is read), instead of looking ``request.file`` up."""
+        BLAKE3 is checked when its manifest is read), instead of looking ``request.file`` up.
+        ``itself``: the source may be a recipient too (a pin's library reader that lacks it)."""
         if located is None:
             located = await asyncio.to_thread(self._locate, request.file)
         plan = plan_transfer(
@@ -173,6 +176,7 @@ class TransferService:
             self._groups,
             located,
             self._settings.transport,
+            itself,
         )
         if plan.transport is Transport.STREAM:
             plan = await self._prepare_stream(plan)
@@ -300,7 +304,10 @@ class TransferService:
             transport=earlier.transport,
             rate_limit=earlier.rate_limit,
         )
-        plan = plan_transfer(transfer_id, request, self._registry, self._groups, located)
+        itself = earlier.source_node in pending  # a pin's reader that was its own recipient
+        plan = plan_transfer(
+            transfer_id, request, self._registry, self._groups, located, itself=itself
+        )
         plan = replace(plan, mode=earlier.mode)
         if plan.transport is Transport.STREAM:
             # A hop that cannot be made yet (a host still cut off) is no reason to send it

@@ -337,3 +337,28 @@ def test_a_node_back_with_its_copy_gone_gets_it_without_waiting_for_the_check(
             ray.add_worker(worker)
             _verified_on(server, pin_id, [node(worker)], made["blake3"], timeout=180)
             assert _hash(path) == made["blake3"]
+
+
+def test_a_local_file_pinned_on_a_one_node_cluster_reaches_its_only_node(tmp_path: Path) -> None:
+    """An embedded Ray of one node: that node is the library's only reader, and a recipient of
+    its own transfer. Before, the pin waited for ever for a holder to serve it, saying "no
+    endpoint on CastRay's machine can read the library". The CLI uploads a file named by its
+    path on this machine first, as ``send`` does."""
+    local = tmp_path / "weights.bin"
+    local.write_bytes(tx.random_bytes(3 * 1024 * 1024))
+    with serving(tmp_path / "data", alive=1, env={"HOME": str(tmp_path)}) as server:
+        (only,) = server.nodes()
+        missing = server.cli("pin", str(tmp_path / "nope.bin"), "--all")
+        assert missing.returncode == 1, missing
+        assert "nope.bin' on this machine, nor of that name in the server's library" in (
+            missing.stderr
+        )
+        assert "Traceback" not in missing.stderr
+        printed = server.cli("pin", str(local), "--all")
+        assert printed.returncode == 0, printed.stderr
+        pin_id = printed.stdout.split()[1].rstrip(":")
+        pin = _verified_on(server, pin_id, [only], _hash(local), timeout=60)
+        assert _hash(Path(pin["copies"][only]["path"])) == _hash(local)
+        assert pin["problem"] is None, pin
+        listed = server.cli("pins", pin_id)
+        assert "1 of 1 nodes verified" in listed.stdout, listed.stdout
