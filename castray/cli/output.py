@@ -65,7 +65,7 @@ def print_table(
         table = Table(*(Column(headers[i], no_wrap=True, min_width=widths[i]) for i in shown))
         for row in rows:
             table.add_row(*(Text(row[i]) for i in shown))  # names are text, never markup
-        out.print(table, width=limit)
+        _print_wide(table, limit)
         left_out = [headers[i] for i in range(len(headers)) if i not in shown]
         if left_out:
             out.print(
@@ -81,6 +81,17 @@ def print_table(
         pieces = [f"{headers[i]} {row[i]}" for i in range(len(headers)) if i != first and row[i]]
         for line in _wrap_pieces(pieces, out.width - 4):
             out.print(f"    {line}", highlight=False, markup=False)
+
+
+def _print_wide(table: Table, width: int) -> None:
+    """Print ``table`` ``width`` cells wide: rich caps a print's width at the console's (80
+    into a pipe), and squeezed some columns of a wider table to nothing."""
+    narrower = out.width
+    out.width = max(width, narrower)
+    try:
+        out.print(table, width=width)
+    finally:
+        out.width = narrower
 
 
 def _table_width(widths: Sequence[int], shown: Sequence[int]) -> int:
