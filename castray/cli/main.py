@@ -70,9 +70,9 @@ log = logging.getLogger("castray")
 @app.command()
 def serve(
     host: Annotated[
-        str | None, typer.Option(help="Interface to bind [default: 127.0.0.1].")
+        str | None, typer.Option(help="Interface to bind (default: 127.0.0.1).")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port [default: 8000].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: 8000).")] = None,
     ray_address: Annotated[
         str | None,
         typer.Option(help="Home Ray cluster (auto, host:port, ray://...); none embeds one."),
@@ -102,7 +102,7 @@ def serve(
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="The PEM private key of --tls-cert.")] = None,
     log_format: Annotated[
-        str | None, typer.Option(help="text, or json (one object per line) [default: text].")
+        str | None, typer.Option(help="text (the default), or json: one object per line.")
     ] = None,
 ) -> None:
     """Run the CastRay service (API, web UI) over its home Ray cluster."""
