@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from castray.agent.transports.pace import Pace, slow_one, try_head
+from castray.agent.transports.pace import Pace, Slow, slow_one, try_head
 
 MB = 1_000_000
 
@@ -15,15 +15,16 @@ def _chain(*rates: float, moved: str = "") -> list[Pace]:
 
 def test_a_slow_recipient_in_the_middle_is_the_one_moved() -> None:
     """Host 4 at 10 Mbit/s among hosts at 100: it and the ones after it run at its pace."""
-    assert slow_one(_chain(12, 12, 1.2, 1.2, 1.2, 1.2, 1.2)) == "h4"
+    assert slow_one(_chain(12, 12, 1.2, 1.2, 1.2, 1.2, 1.2)) == Slow("h4", 0.1)
 
 
 def test_the_first_of_two_slow_ones_goes_first_then_the_second() -> None:
     first = slow_one(_chain(12, 1.2, 1.2, 1.2, 1.2, 1.2, 1.2))
-    assert first == "h3"
+    assert first is not None and first.id == "h3"
     # h3 moved to the end: h4 and h5 now run at h2's pace, h6 is the next slow one.
     after = [*_chain(12, 12, 12, 1.2, 1.2, 1.2), Pace("h3", 1.2 * MB, True, True)]
-    assert slow_one(after) == "h5"
+    second = slow_one(after)
+    assert second is not None and second.id == "h5"
 
 
 def test_one_whose_feeder_just_changed_is_not_judged_by_that_look() -> None:
@@ -31,7 +32,10 @@ def test_one_whose_feeder_just_changed_is_not_judged_by_that_look() -> None:
     (0 MB/s), not its own pace; and it sets no best for those after it."""
     chain = [*_chain(12, 12, 12), Pace("h7", 0.0, True, refed=True), Pace("h8", 0.5 * MB, True)]
     assert slow_one(chain) is None
-    assert slow_one([*chain[:3], Pace("h7", 0.0, True), chain[4]]) == "h7"
+    judged = slow_one([*chain[:3], Pace("h7", 0.3 * MB, True), chain[4]])
+    assert judged is not None and judged.id == "h7"
+    # Nor is one that stalls: its streams are being re-linked, it has no pace to judge.
+    assert slow_one([*chain[:3], Pace("h7", 0.0, True), chain[4]]) is None
 
 
 def test_an_even_chain_moves_no_one() -> None:
@@ -65,3 +69,30 @@ def test_a_head_is_not_tried_when_it_would_not_tell_or_not_pay() -> None:
     assert not try_head(_chain(0.01, 0.01), done=0.1)  # a stall, not a pace
     assert not try_head(_chain(1.2), done=0.1)  # alone
     assert not try_head([Pace("h2", 1.2 * MB, True), Pace("h3", 0.0, False)], done=0.1)
+
+
+def test_a_clearly_slow_one_moves_at_once_a_borderline_one_at_the_second_look() -> None:
+    """On a busy CPU paces swing: a host at 40% of the pace before it moves only when the
+    look before found it slow too; one at 10% (a 10 Mbit/s link among 100) at once."""
+    clearly = slow_one(_chain(12, 1.2, 1.2))
+    assert clearly is not None and clearly.moves(suspect=None)
+    borderline = slow_one(_chain(12, 4.8, 4.8))
+    assert borderline is not None and borderline.id == "h3"
+    assert not borderline.moves(suspect=None)
+    assert not borderline.moves(suspect="h4")
+    assert borderline.moves(suspect="h3")
+
+
+def test_no_one_is_moved_behind_a_tail_slower_than_itself() -> None:
+    """h4 (10 Mbit/s) went to the end; h6 dips to a third of the pace: behind h4 it would
+    take h4's pace, slower than its own. Once h4 has all of it, h4 feeds at full speed."""
+    chain = [*_chain(16, 16, 16, 16, 5, 16), Pace("h4", 1.3 * MB, True, True)]
+    assert slow_one(chain) is None
+    finished = [*chain[:-1], Pace("h4", 0.0, False, True)]
+    judged = slow_one(finished)
+    assert judged is not None and judged.id == "h6"
+    # A second slow host goes behind the first (h9), a bit slower than itself: it frees h6.
+    second = [*_chain(16, 16, 16, 1.2, 16), Pace("h9", 1.0 * MB, True, True)]
+    assert slow_one(second) == Slow("h5", 1.2 / 16)
+    # A last one that was not moved is held at the slow one's pace only by being after it.
+    assert slow_one(_chain(16, 16, 1.3, 1.29)) == Slow("h4", 1.3 / 16)

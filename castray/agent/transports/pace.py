@@ -19,6 +19,10 @@ SLOW = 0.5
 """A recipient taking less than this share of the best pace before it in the chain is slow."""
 MIN_RATE = 64 * 1024
 """Bytes per second below which a pace is too small to compare (a stall, not a pace)."""
+CLEARLY = 0.25
+"""A recipient taking less than this share is moved at the first look that finds it slow;
+between this and ``SLOW``, only when the look before found it slow too. On a busy CPU paces
+swing that much from one look to the next, and each move costs the chunk in flight."""
 FOLLOWS = 0.8
 """The one after the head taking at least this share of the head's pace is held to it."""
 
@@ -39,11 +43,32 @@ class Pace:
     itself (a fast host starved while its old feeder was moved away looked slow)."""
 
 
-def slow_one(chain: Sequence[Pace]) -> str | None:
+@dataclass(frozen=True)
+class Slow:
+    """The recipient a look found slow, and its share of the best pace before it."""
+
+    id: str
+    share: float
+
+    def moves(self, suspect: str | None) -> bool:
+        """Whether it goes to the end now: clearly slow, or slow at the look before too
+        (``suspect``: whom that look found slow)."""
+        return self.share < CLEARLY or self.id == suspect
+
+
+def slow_one(chain: Sequence[Pace]) -> Slow | None:
     """The first recipient, in chain order, that takes less than ``SLOW`` of the best pace of
     those before it while someone after it still receives: moved to the end, the ones after
     it go as fast as the one before it. None when there is none (the first recipient has no
-    one before it to compare with: its pace is the source's or its own)."""
+    one before it to compare with: its pace is the source's or its own).
+
+    Not one that the chain's last recipient, its feeder at the end, would feed at less than
+    ``SLOW`` of the pace it takes now, when that one was moved there for being slow: the move
+    would put this one at its pace (in the lab, a host at a third of the pace, behind a
+    10 Mbit/s one, took 7x as long). A second slow host goes behind the first all the same:
+    at about its own pace there, it frees those after it. A last one that was not moved goes
+    at the slow one's pace only because it is after it."""
+    tail = chain[-1] if chain else None
     best = 0.0
     for position, pace in enumerate(chain):
         later = any(p.receiving for p in chain[position + 1 :])
@@ -52,11 +77,14 @@ def slow_one(chain: Sequence[Pace]) -> str | None:
             and pace.receiving
             and not pace.moved
             and not pace.refed
+            and pace.rate >= MIN_RATE  # a stall (streams being re-linked) is not a pace
             and later
             and best >= MIN_RATE
             and pace.rate < SLOW * best
+            and tail is not None
+            and not (tail.moved and tail.receiving and tail.rate < SLOW * pace.rate)
         ):
-            return pace.id
+            return Slow(pace.id, pace.rate / best)
         if pace.receiving and not pace.refed:
             best = max(best, pace.rate)
     return None

@@ -101,6 +101,8 @@ class StreamRun:
         """Whether what ended the run passes (the source died) or not (its file changed)."""
         self._paced_at = time.monotonic() + ADAPT_AFTER - ADAPT_EVERY
         self._head_tried = False
+        self._suspect: str | None = None
+        """Whom the last look at the paces found slow, not clearly enough to move it."""
 
     @property
     def size(self) -> int:
@@ -236,14 +238,29 @@ class StreamRun:
             received = recipient.status.received_bytes if recipient.status else 0
             recipient.rate = (received - recipient.seen_bytes) / seconds
             recipient.seen_bytes = received
+        if now - self._moved_at < 1.5 * ADAPT_EVERY:
+            # A move breaks streams down the whole chain, each followed by a new one: the look
+            # after it sees that ripple, not the hosts (the lab saw a host at 0 MB/s then moved
+            # behind a slow one, and it took as long as that one).
+            return
         chain = [r for r in self._recipients if r.open]
         paces = [
             Pace(r.member.id, r.rate, self._unsettled(r), r.moved, now - r.refed_at < 2 * seconds)
             for r in chain
         ]
         slow = slow_one(paces)
-        if slow is not None:
-            self._move_to_end(next(r for r in chain if r.member.id == slow), chain)
+        suspect, self._suspect = self._suspect, slow.id if slow is not None else None
+        if slow is not None and slow.moves(suspect):
+            self._suspect = None
+            self._move_to_end(next(r for r in chain if r.member.id == slow.id), chain)
+        elif slow is not None:
+            log.info(
+                "transfer %s: %s takes %.0f%% of the pace before it; moved if the next look "
+                "finds it slow too",
+                self.spec.transfer_id,
+                slow.id,
+                100 * slow.share,
+            )
         elif self._head_movable(chain) and try_head(paces, chain[0].seen_bytes / self.size):
             self._move_head(chain)
 
