@@ -81,18 +81,3 @@ def test_a_clearly_slow_one_moves_at_once_a_borderline_one_at_the_second_look() 
     assert not borderline.moves(suspect=None)
     assert not borderline.moves(suspect="h4")
     assert borderline.moves(suspect="h3")
-
-
-def test_no_one_is_moved_behind_a_tail_slower_than_itself() -> None:
-    """h4 (10 Mbit/s) went to the end; h6 dips to a third of the pace: behind h4 it would
-    take h4's pace, slower than its own. Once h4 has all of it, h4 feeds at full speed."""
-    chain = [*_chain(16, 16, 16, 16, 5, 16), Pace("h4", 1.3 * MB, True, True)]
-    assert slow_one(chain) is None
-    finished = [*chain[:-1], Pace("h4", 0.0, False, True)]
-    judged = slow_one(finished)
-    assert judged is not None and judged.id == "h6"
-    # A second slow host goes behind the first (h9), a bit slower than itself: it frees h6.
-    second = [*_chain(16, 16, 16, 1.2, 16), Pace("h9", 1.0 * MB, True, True)]
-    assert slow_one(second) == Slow("h5", 1.2 / 16)
-    # A last one that was not moved is held at the slow one's pace only by being after it.
-    assert slow_one(_chain(16, 16, 1.3, 1.29)) == Slow("h4", 1.3 / 16)

@@ -60,15 +60,7 @@ def slow_one(chain: Sequence[Pace]) -> Slow | None:
     """The first recipient, in chain order, that takes less than ``SLOW`` of the best pace of
     those before it while someone after it still receives: moved to the end, the ones after
     it go as fast as the one before it. None when there is none (the first recipient has no
-    one before it to compare with: its pace is the source's or its own).
-
-    Not one that the chain's last recipient, its feeder at the end, would feed at less than
-    ``SLOW`` of the pace it takes now, when that one was moved there for being slow: the move
-    would put this one at its pace (in the lab, a host at a third of the pace, behind a
-    10 Mbit/s one, took 7x as long). A second slow host goes behind the first all the same:
-    at about its own pace there, it frees those after it. A last one that was not moved goes
-    at the slow one's pace only because it is after it."""
-    tail = chain[-1] if chain else None
+    one before it to compare with: its pace is the source's or its own)."""
     best = 0.0
     for position, pace in enumerate(chain):
         later = any(p.receiving for p in chain[position + 1 :])
@@ -81,8 +73,6 @@ def slow_one(chain: Sequence[Pace]) -> Slow | None:
             and later
             and best >= MIN_RATE
             and pace.rate < SLOW * best
-            and tail is not None
-            and not (tail.moved and tail.receiving and tail.rate < SLOW * pace.rate)
         ):
             return Slow(pace.id, pace.rate / best)
         if pace.receiving and not pace.refed:
