@@ -49,7 +49,7 @@ def deliveries(
     missing_ids = {m.id for m in missing}
     reader = next((r for r in library_readers if r not in missing_ids), None)
     if reader is None and library_readers:
-        reader = library_readers[0]  # it lacks the file too: it waits for a holder
+        reader = library_readers[0]  # it lacks the file too: it is among its own recipients
     for node in missing:
         source, from_library = _source_for(
             node, holders if from_holders else (), reader, set(library_readers)
