@@ -107,9 +107,12 @@ def test_two_transfers_that_fit_one_at_a_time_are_not_both_started(
     and both failed at 24 MiB with the disk full, leaving it 100 % full."""
     tx.generate(server, "forty.bin", "40MiB", "random")
     with tx.tiny_disk_node(server, "small", "50m") as small:
+        # The first is under way (and 8 s from its end) when the second is asked for: the
+        # second must find its room taken, not the first's finished copy.
         first = tx.start(
-            server, source_node="node_1", file="forty.bin", recipients=[small], rate_limit="20MB/s"
+            server, source_node="node_1", file="forty.bin", recipients=[small], rate_limit="5MB/s"
         )
+        tx.wait_under_way(server, first, small)
         second = tx.start(server, source_node="node_2", file="forty.bin", recipients=[small])
         results = [tx.wait_finished(server, first), tx.wait_finished(server, second)]
         storage = server.data_dir / "storage" / small

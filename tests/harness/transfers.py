@@ -41,7 +41,8 @@ def start(server: CastRayServer, **body: Any) -> str:
     with server.client() as client:
         response = client.post("/api/transfers", json=body)
     assert response.status_code == 202, response.text
-    assert response.json()["status"] in {"queued", "running", "completed"}
+    # A refusal before a byte (no room, say) can be final before the answer is written.
+    assert response.json()["status"] in {"queued", "running"} | FINISHED, response.text
     return str(response.json()["transfer_id"])
 
 

@@ -104,7 +104,10 @@ def test_the_sources_stream_moved_mid_way_goes_on_to_the_new_receiver(
 ) -> None:
     """The chain's head moved to the end: the source's stream carries on to the next one
     from the chunk it names, and nothing is sent twice before it."""
-    data = os.urandom(16 * CHUNK)
+    # 8 MiB sent at 2 MiB/s: the stream is still under way when the move comes (unlimited,
+    # loopback's socket buffers took it all at once and the stream had ended).
+    data = os.urandom(32 * CHUNK)
+    limits = ratelimit.buckets(ratelimit.bucket_for(2 * 1024 * 1024))
     head = _sink(tmp_path / "head", data, None, ingress=1024 * 1024)
     after = _sink(tmp_path / "after", data, None)
     ports[0].register(head)
@@ -117,7 +120,8 @@ def test_the_sources_stream_moved_mid_way_goes_on_to_the_new_receiver(
 
     def run() -> None:
         with source.open("rb") as file:
-            sent.append(send(file, ports[0].address, TID, SECRET, chunks, True, 2.0, 20.0, stop))
+            target = ports[0].address
+            sent.append(send(file, target, TID, SECRET, chunks, True, 2.0, 20.0, stop, limits))
 
     try:
         sender = threading.Thread(target=run)
