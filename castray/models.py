@@ -109,7 +109,9 @@ class EndpointState(Snapshot):
     detail: str | None = Field(
         None,
         description="Why it is dead, or being started again (its actor died on a node that "
-        "lives: it comes back by itself, under the same id, with what it verified).",
+        "lives: it comes back by itself, under the same id, with what it verified); on an "
+        "alive endpoint, that a probe failed and it is asked again (auto_resume waits for its "
+        "answer).",
     )
     restarting: bool = Field(
         False, description="Its actor died on a node that lives; it is being deployed again."

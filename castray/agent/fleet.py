@@ -266,6 +266,10 @@ class Fleet:
                 restarting=False,
                 pid=facts.pid,
             )
+        elif deployed.state.status is NodeStatus.ALIVE and deployed.state.detail is not None:
+            # alive all along, after a failed probe
+            log.info("endpoint %s answers again", deployed.state.id)
+            self._set(deployed, detail=None)
 
     def _probe_failed(self, deployed: _Deployed, why: str, exc: Exception | None = None) -> None:
         """Ray proving the actor dead kills and redeploys it; probes that merely fail
@@ -285,6 +289,8 @@ class Fleet:
             deployed.died = why
             self._set(deployed, status=NodeStatus.DEAD, detail=f"{why}; still asking it")
         else:
+            # Still alive, but said: a resume waits for an answer instead of streaming into
+            # a host that may be cut off (it would wait a stall's length for nothing).
             log.info(
                 "endpoint %s: probe %d of %d failed (%s); trying again",
                 deployed.state.id,
@@ -292,6 +298,8 @@ class Fleet:
                 PROBE_TRIES,
                 why,
             )
+            failed = f"probe {deployed.failures} of {PROBE_TRIES} failed: {why}; asking it again"
+            self._set(deployed, detail=failed)
 
     # ---- requests ------------------------------------------------------------------
 
@@ -339,6 +347,19 @@ class Fleet:
         with self._lock:
             deployed = self._endpoints.get(endpoint_id)
             return deployed.died if deployed is not None else None
+
+    def suspect(self, endpoint_id: str, why: str) -> None:
+        """A transfer lost touch with the endpoint (its stream stalled): say so and ask it at
+        once. Until it answers, auto_resume waits, instead of streaming into a host that may
+        be cut off (its own probes would say so only seconds later)."""
+        with self._lock:
+            deployed = self._endpoints.get(endpoint_id)
+            if deployed is None or deployed.state.status is not NodeStatus.ALIVE:
+                return
+            if deployed.probe is None:
+                deployed.probed_at = float("-inf")  # due now
+            if deployed.state.detail is None:
+                self._set(deployed, detail=f"{why}; asking it")
 
     def data_address(self, endpoint_id: str) -> str:
         """Where an alive endpoint of this cluster takes data streams."""

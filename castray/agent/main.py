@@ -413,6 +413,7 @@ class Agent:
             ),
             self._on_transfer_message,
             self._fleet.death,
+            self._fleet.suspect,
         )
         try:
             run.open()

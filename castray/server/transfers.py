@@ -276,9 +276,12 @@ class TransferService:
             )
 
     def _all_alive(self, endpoint_ids: list[str]) -> bool:
+        """Each alive and answering its probes (an alive endpoint with a detail failed one)."""
         registry = self._registry
         return all(
-            registry.has_node(n) and registry.node(n).status is NodeStatus.ALIVE
+            registry.has_node(n)
+            and (node := registry.node(n)).status is NodeStatus.ALIVE
+            and node.detail is None
             for n in endpoint_ids
         )
 

@@ -78,11 +78,14 @@ class StreamRun:
         spec: StreamSpec,
         emit: Callable[[TransferMessage], None],
         death: Callable[[str], str | None] = lambda _: None,
+        lost_touch: Callable[[str, str], None] = lambda _e, _w: None,
     ) -> None:
         self.spec = spec
         self._emit = emit
         self._death = death
         """Why an endpoint is dead, as its cluster's agent saw it (None while alive)."""
+        self._lost_touch = lost_touch
+        """Tell the agent that an endpoint stopped answering a transfer (it asks it at once)."""
         self._source_asked_at = 0.0
         self._moved_at = float("-inf")
         self._recipients = [Recipient(m) for m in spec.recipients]
@@ -408,6 +411,8 @@ class StreamRun:
         now = time.monotonic()
         for recipient in asking.values():
             if recipient.open and now - recipient.asked_at > tunables.peer_timeout:
+                # Said before the failure, so that the server knows it when it hears of it.
+                self._lost_touch(recipient.member.id, "a transfer's stream to it stalled")
                 self._cut_off(
                     recipient,
                     f"it did not answer for {tunables.peer_timeout:g} s: its host is cut off "
