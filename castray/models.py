@@ -110,8 +110,8 @@ class EndpointState(Snapshot):
         None,
         description="Why it is dead, or being started again (its actor died on a node that "
         "lives: it comes back by itself, under the same id, with what it verified); on an "
-        "alive endpoint, that a probe failed and it is asked again (auto_resume waits for its "
-        "answer).",
+        "alive endpoint, that a probe of it failed or a transfer's stream to it stalled, and it "
+        "is asked again (auto_resume waits for its answer).",
     )
     restarting: bool = Field(
         False, description="Its actor died on a node that lives; it is being deployed again."

@@ -250,7 +250,9 @@ class Fleet:
     def _answered(self, deployed: _Deployed, facts: Any) -> None:
         deployed.answered_sent_at = deployed.probed_at
         deployed.failures = 0
-        if deployed.silent_since is not None:
+        alive = deployed.state.status is NodeStatus.ALIVE
+        if deployed.silent_since is not None or (alive and deployed.state.detail is not None):
+            # silent (reported dead), or alive with a failed probe or a stalled stream
             log.info("endpoint %s answers again", deployed.state.id)
             deployed.silent_since = None
             deployed.died = None
@@ -266,10 +268,6 @@ class Fleet:
                 restarting=False,
                 pid=facts.pid,
             )
-        elif deployed.state.status is NodeStatus.ALIVE and deployed.state.detail is not None:
-            # alive all along, after a failed probe
-            log.info("endpoint %s answers again", deployed.state.id)
-            self._set(deployed, detail=None)
 
     def _probe_failed(self, deployed: _Deployed, why: str, exc: Exception | None = None) -> None:
         """Ray proving the actor dead kills and redeploys it; probes that merely fail

@@ -276,7 +276,8 @@ class TransferService:
             )
 
     def _all_alive(self, endpoint_ids: list[str]) -> bool:
-        """Each alive and answering its probes (an alive endpoint with a detail failed one)."""
+        """Each alive and answering: an alive endpoint's detail says a probe of it failed or a
+        transfer's stream to it stalled, and it is being asked (``Fleet.suspect``)."""
         registry = self._registry
         return all(
             registry.has_node(n)
