@@ -14,7 +14,7 @@ import json
 import logging
 import shutil
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,8 @@ class CopyIndex:
         """Write the index atomically (a crash leaves the old one or the new one)."""
         temp = self._root / f"{INDEX}.tmp"
         try:
-            temp.write_text(
-                json.dumps([asdict(c) for c in self._copies.values()]), encoding="utf-8"
-            )
+            # vars(), not asdict(): this runs at every commit, over every copy held.
+            temp.write_text(json.dumps([vars(c) for c in self._copies.values()]), encoding="utf-8")
             temp.replace(self._root / INDEX)
         except OSError as exc:
             log.warning("could not save the index of verified copies: %s", exc)

@@ -168,7 +168,7 @@ class Endpoint:
     @ray.method(concurrency_group="stream")
     def hold_source(self, transfer_id: str, path: str, identity: FileIdentity | None = None) -> int:
         """Open the file a stream transfer sends and keep it open until the transfer ends
-        (``release_source``): every send and repair of the transfer reads that very file, so
+        (``end_sending``): every send and repair of the transfer reads that very file, so
         a file replaced under its name meanwhile (a new upload) is never seen; one changed
         in place fails the transfer (``SourceChanged``). Its size."""
         source = self._open_source(path, identity)
@@ -187,11 +187,6 @@ class Endpoint:
                 "or inode differ): start the transfer again"
             )
         return _Source(handle, status.st_size, None, resolved, opened=status)
-
-    @ray.method(concurrency_group="stream")
-    def release_source(self, transfer_id: str) -> None:
-        """The transfer ended: close the file it held open."""
-        self._release(transfer_id)
 
     def _release(self, transfer_id: str) -> None:
         source = self._sources.pop(transfer_id, None)
@@ -576,12 +571,16 @@ class Endpoint:
         if sink is not None:
             sink.sever(upstream, downstream)
 
-    @ray.method(concurrency_group="control")
-    def sent_of(self, transfer_id: str) -> int:
-        """Bytes this endpoint's streams of the transfer sent in its current run, a stream
-        that broke half-way included."""
-        stop = self._sending.get(transfer_id)
-        return stop.sent if stop is not None else 0
+    @ray.method(concurrency_group="links")
+    def end_sending(self, transfer_id: str) -> int:
+        """The transfer's run ended: stop its streams from here (see ``stop_sending``), close
+        the source file it held, and answer the bytes its streams sent in this run, a stream
+        that broke half-way included. One call, not three: a small file's transfer is
+        mostly such calls, and each costs both processes CPU."""
+        stop = self._sending.setdefault(transfer_id, streams.Stopper())
+        stop.set()
+        self._release(transfer_id)
+        return stop.sent
 
     @ray.method(concurrency_group="links")
     def stop_sending(self, transfer_id: str, target: str | None = None) -> None:
@@ -678,7 +677,7 @@ class Endpoint:
                     self._drop_stream_sink(transfer_id, keep=True)
 
     def _release_idle_sources(self) -> None:
-        """A held source of a transfer whose agent went away (no ``release_source`` will
+        """A held source of a transfer whose agent went away (no ``end_sending`` will
         come) is closed once no send used it for longer than a transfer may stall."""
         idle_for = 2 * max(self._options.orphan_timeout, self._options.stall_timeout)
         now = time.monotonic()

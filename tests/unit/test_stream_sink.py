@@ -15,6 +15,7 @@ import blake3
 from castray.agent import journal
 from castray.agent.dataplane import END, FRAME, StreamSink
 from castray.chunks import plan_chunks
+from tests.harness.waiting import wait_for
 
 CHUNK = 64 * 1024
 
@@ -123,6 +124,35 @@ def test_a_resumed_sink_takes_up_the_journaled_chunks_and_lacks_only_the_rest(
         assert resumed.whole_digest() == blake3.blake3(data).hexdigest()
     finally:
         resumed.close()
+
+
+def test_a_file_that_arrives_whole_is_not_journaled_and_one_still_coming_is(
+    tmp_path: Path,
+) -> None:
+    """Once every chunk is verified the commit syncs the file itself: a small file's sink
+    writes no journal and starts no journal thread. A sink with chunks still to come
+    journals its first verified chunk at once (a resume then takes it up)."""
+    data = os.urandom(CHUNK)
+    (tmp_path / "whole").mkdir()
+    whole = _sink(tmp_path / "whole", data)
+    try:
+        _stream(whole, [(0, 0, data)], True)
+        assert whole.status(wait=5).ended and whole.complete()
+        assert not journal.journal_path(whole.temp).exists()
+        assert not [t for t in threading.enumerate() if t.name == f"journal-{whole.transfer_id}"]
+    finally:
+        whole.close()
+
+    data = os.urandom(2 * CHUNK)
+    partial = _sink(tmp_path, data)
+    try:
+        _stream(partial, [(0, 0, data[:CHUNK])], False)
+        path = journal.journal_path(partial.temp)
+        wait_for(path.exists, 5, "the journal of the first verified chunk")
+        kept = journal.Journal.read(path)
+        assert kept is not None and list(kept.verified) == [1, 0]
+    finally:
+        partial.close()
 
 
 def test_a_journal_of_another_file_is_not_taken_up(tmp_path: Path) -> None:

@@ -93,6 +93,8 @@ class StreamRun:
         self._sends: dict[Any, Send] = {}
         """Streams being sent: their Ray refs, who sends them, to whom."""
         self._served: dict[str, int] = defaultdict(int)
+        self._asked_to_send: set[str] = set()
+        """Every endpoint this run asked to send a stream (at its end, each is stopped)."""
         self._resent = 0
         self._resumed = 0
         self._repairs: list[Repair] = []
@@ -106,6 +108,8 @@ class StreamRun:
         self._head_tried = False
         self._suspect: str | None = None
         """Whom the last look at the paces found slow, not clearly enough to move it."""
+        self._reported: dict[str, int] | None = None
+        """The verified bytes per recipient last reported."""
 
     @property
     def size(self) -> int:
@@ -203,9 +207,10 @@ class StreamRun:
             self._check_deaths()
             if self._error is not None:
                 return
+            # Commits first: a copy committed since the last pass is not asked about again.
+            self._collect_commits()
             self._read_statuses()
             self._adapt()
-            self._collect_commits()
             for recipient in self._recipients:
                 self._act_on(recipient)
             self._repair()
@@ -368,23 +373,27 @@ class StreamRun:
 
     @staticmethod
     def _unsettled(recipient: Recipient) -> bool:
-        """An open sink still receiving: its next status call waits for it to settle."""
+        """An open sink still receiving (or not asked yet: its stream has just been sent):
+        its next status call waits for it to settle, so a small file's transfer takes one
+        call that answers "ended", not one that answers at once and another that waits."""
         status = recipient.status
         return (
             recipient.open
-            and status is not None
-            and not status.ended
-            and status.broken is None
+            and (status is None or (not status.ended and status.broken is None))
             and not recipient.needs_repair
         )
 
     def _read_statuses(self) -> None:
         """Ask every open sink how it is doing, one question each at a time: a sink that does
         not answer (its host cut off, its node lost) holds up nobody, and once it has been
-        silent for ``peer_timeout`` it is failed and the stream goes around it."""
+        silent for ``peer_timeout`` it is failed and the stream goes around it. One whose
+        commit is under way is asked every ``SLOW_POLL`` only (a commit queued behind others,
+        asked four times a second, cost a small file's transfer most of its calls)."""
         tunables = self.spec.tunables
         now = time.monotonic()
         for recipient in self._recipients:
+            if recipient.committing is not None and now - recipient.asked_at < SLOW_POLL:
+                continue  # its sink is closed for the commit: asked only to know it answers
             if recipient.open and recipient.asking is None:
                 wait = self._poll_wait(recipient) if self._unsettled(recipient) else 0.0
                 recipient.asking = recipient.member.handle.sink_status.remote(
@@ -422,9 +431,12 @@ class StreamRun:
     def _poll_wait(self, recipient: Recipient) -> float:
         """How long a status call may wait for the sink to settle: a progress interval while
         bytes flow fast, longer when they trickle (a slow transfer then costs a call every
-        couple of seconds, not four a second; a sink that settles answers at once anyway)."""
+        couple of seconds, not four a second; a sink that settles answers at once anyway).
+        A file of one chunk has no progress to show between none and all (bytes count once
+        their chunk is verified), so its sinks are asked as rarely as slow ones."""
         interval = self.spec.tunables.progress_interval
-        return interval if recipient.rate >= FAST else max(interval, SLOW_POLL)
+        fast = recipient.rate >= FAST and self.spec.size > self.spec.chunk_size
+        return interval if fast else max(interval, SLOW_POLL)
 
     def _check_deaths(self) -> None:
         """The source dead ends the transfer with that reason (its recipients are not to
@@ -491,11 +503,12 @@ class StreamRun:
         return later or self.spec.downstream is not None
 
     def _collect_commits(self) -> None:
+        committing = [r.committing for r in self._recipients if r.committing is not None]
+        if not committing:
+            return
+        ready = set(ray.wait(committing, num_returns=len(committing), timeout=0)[0])
         for recipient in self._recipients:
-            if recipient.committing is None:
-                continue
-            ready, _ = ray.wait([recipient.committing], timeout=0)
-            if not ready:
+            if recipient.committing is None or recipient.committing not in ready:
                 continue
             ref, recipient.committing = recipient.committing, None
             try:
@@ -538,6 +551,7 @@ class StreamRun:
             self.spec.rate_limit,
         )
         self._sends[ref] = Send(supplier.id, to or [])
+        self._asked_to_send.add(supplier.id)
 
     def _collect_sends(self) -> None:
         """Streams that ended: a source that died ends the transfer; a repair stream that
@@ -710,30 +724,30 @@ class StreamRun:
         )
 
     def _report_progress(self) -> None:
+        """Verified bytes per recipient, when they moved since the last report (the server
+        and every watcher handle each report: one a pass would cost them all for nothing)."""
+        done = {
+            r.member.id: (self.spec.size if r.path else r.status.verified_bytes if r.status else 0)
+            for r in self._recipients
+        }
+        if done == self._reported:
+            return
+        self._reported = done
         self._emit(
             TransferProgress(
-                transfer_id=self.spec.transfer_id,
-                bytes_total=self.spec.size,
-                bytes_done={
-                    r.member.id: (
-                        self.spec.size if r.path else r.status.verified_bytes if r.status else 0
-                    )
-                    for r in self._recipients
-                },
+                transfer_id=self.spec.transfer_id, bytes_total=self.spec.size, bytes_done=done
             )
         )
 
     def _end(self) -> None:
         tid = self.spec.transfer_id
         cancelled = self._cancelled.is_set()
-        suppliers = [r.member for r in self._recipients]
+        # A recipient never asked to send has nothing to stop or count (its forwarding ends
+        # with its sink); the source always has its file to close.
+        suppliers = [r.member for r in self._recipients if r.member.id in self._asked_to_send]
         if self.spec.source is not None:
             suppliers.append(self.spec.source)
-        for supplier in suppliers:
-            supplier.handle.stop_sending.remote(tid)
-        if self.spec.source is not None:
-            self.spec.source.handle.release_source.remote(tid)
-        self._count_sent(suppliers)
+        self._end_sending(suppliers)
         for recipient in self._recipients:
             if recipient.path is None:
                 recipient.member.handle.abort_sink.remote(tid, not cancelled)
@@ -761,11 +775,12 @@ class StreamRun:
             )
         )
 
-    def _count_sent(self, suppliers: list[Member]) -> None:
-        """What each supplier's streams sent, a stream that failed half-way included (a
-        stream's own answer counts only once it ended well): asked at the end, briefly."""
+    def _end_sending(self, suppliers: list[Member]) -> None:
+        """Stop every supplier's streams (the source closes its file), and count what each
+        sent, a stream that failed half-way included (a stream's own answer counts only once
+        it ended well): one call each, waited for briefly."""
         tid = self.spec.transfer_id
-        asked = {s.handle.sent_of.remote(tid): s.id for s in suppliers}
+        asked = {s.handle.end_sending.remote(tid): s.id for s in suppliers}
         ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=SOURCE_PROBE_TIMEOUT)
         for ref in ready:
             with contextlib.suppress(RayError):
