@@ -84,7 +84,10 @@ def test_an_upload_that_stalls_is_answered_408_and_leaves_nothing(server: CastRa
 
     sock.close()
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-    assert b"CASTRAY_UPLOAD_IDLE_TIMEOUT" in answer
+    # A stalled upload trips both guards in the same window (nothing came for the idle
+    # timeout, and its average fell under the minimum rate over that window): whichever
+    # looks first answers, and its message names its setting (CI under load saw either).
+    assert b"CASTRAY_UPLOAD_IDLE_TIMEOUT" in answer or b"CASTRAY_UPLOAD_MIN_RATE" in answer
     assert library_leftovers(server) == []
     assert not (server.data_dir / "library" / "stalled.bin").exists()
 
