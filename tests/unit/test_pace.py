@@ -1,8 +1,12 @@
-"""Which recipient of a chain is moved to its end, from the paces measured (pure)."""
+"""Which recipient of a chain is moved to its end, from the paces measured, and how a pace is
+measured from its sink's answers (no Ray)."""
 
 from __future__ import annotations
 
+from castray.agent.dataplane.sink import SinkStatus
 from castray.agent.transports.pace import Pace, Slow, slow_one, try_head
+from castray.agent.transports.stream import StreamRun
+from castray.agent.transports.stream_parts import Member, Recipient
 
 MB = 1_000_000
 
@@ -81,3 +85,34 @@ def test_a_clearly_slow_one_moves_at_once_a_borderline_one_at_the_second_look() 
     assert not borderline.moves(suspect=None)
     assert not borderline.moves(suspect="h4")
     assert borderline.moves(suspect="h3")
+
+
+def test_a_pace_is_timed_by_the_sinks_answers_not_by_the_looks() -> None:
+    """A sink at 1.25 MB/s answers every 2 s (a slow transfer's poll), out of step with the
+    looks: one look sees no new answer, the next two at once. Timed by the looks, its pace
+    read 0 then 2.5 MB/s, and a host as fast as the others was moved; timed by the answers,
+    it reads 1.25 MB/s at every look."""
+
+    def said(at: float) -> SinkStatus:
+        received = int(1.25 * MB * at)
+        return SinkStatus(
+            verified_bytes=received,
+            missing=(),
+            ended=False,
+            broken=None,
+            error=None,
+            forwarded_bytes=0,
+            received_bytes=received,
+            forward_error=None,
+            corrupt_chunks=0,
+            streams_seen=0,
+            at=at,
+        )
+
+    recipient = Recipient(Member("h3", None, "198.18.0.3:1"))
+    rates = []
+    for answer_at in (2.0, 2.0, 6.0, 8.0):  # the look at 5.9 s found the answer of 2.0 s
+        recipient.status = said(answer_at)
+        StreamRun._measure(recipient, seconds=2.0)
+        rates.append(round(recipient.rate / MB, 2))
+    assert rates == [1.25, 1.25, 1.25, 1.25]

@@ -78,6 +78,10 @@ class SinkStatus:
     """Incoming streams that have ended, cleanly or not (a repair's shows as one more)."""
     damaged: tuple[tuple[int, int], ...] = ()
     """Of the chunks still missing: those that arrived damaged, and how many times."""
+    at: float = 0.0
+    """When the sink said so, on its host's monotonic clock: a pace is measured between two
+    of its own answers, not between the agent's looks (an answer can arrive just before one
+    look or just after it, and the look then sees two answers' bytes, or none)."""
 
 
 @dataclass(eq=False)
@@ -561,6 +565,7 @@ class StreamSink:
             forward_error=self.forward_error,
             corrupt_chunks=self.corrupt_chunks,
             streams_seen=self._finished_streams,
+            at=time.monotonic(),
         )
 
     def _settled(self) -> bool:

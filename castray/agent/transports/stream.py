@@ -243,9 +243,7 @@ class StreamRun:
             return
         self._paced_at = now
         for recipient in self._recipients:
-            received = recipient.status.received_bytes if recipient.status else 0
-            recipient.rate = (received - recipient.seen_bytes) / seconds
-            recipient.seen_bytes = received
+            self._measure(recipient, seconds)
         if now - self._moved_at < 1.5 * ADAPT_EVERY:
             # A move breaks streams down the whole chain, each followed by a new one: the look
             # after it sees that ripple, not the hosts (the lab saw a host at 0 MB/s then moved
@@ -271,6 +269,23 @@ class StreamRun:
             )
         elif self._head_movable(chain) and try_head(paces, chain[0].seen_bytes / self.size):
             self._move_head(chain)
+
+    @staticmethod
+    def _measure(recipient: Recipient, seconds: float) -> None:
+        """Its pace: the bytes that arrived between its sink's last two answers seen at a
+        look, over the time between them on the sink's clock (``seconds``, the time since the
+        last look, for the first). A slow transfer's sink answers every 2 s, as often as it is
+        looked at: timed by the looks, its pace swung from nothing to double, and an equal
+        host was found slow and moved. With no new answer since, its pace stays as it was."""
+        status = recipient.status
+        if status is None:
+            recipient.rate = 0.0
+            return
+        elapsed = seconds if recipient.seen_at is None else status.at - recipient.seen_at
+        if elapsed < ADAPT_EVERY / 2:
+            return  # too short a span to tell a pace by (or no answer since)
+        recipient.rate = (status.received_bytes - recipient.seen_bytes) / elapsed
+        recipient.seen_bytes, recipient.seen_at = status.received_bytes, status.at
 
     def _move_to_end(self, slow: Recipient, chain: list[Recipient]) -> None:
         position = chain.index(slow)

@@ -83,6 +83,8 @@ class Recipient:
     """When its feeder last changed (monotonic): its pace is not judged until a whole look
     has passed since."""
     seen_bytes: int = 0
+    seen_at: float | None = None
+    """When its sink answered ``seen_bytes`` (the sink's clock; None: not measured yet)."""
     rate: float = float("inf")
     """Bytes per second that arrived over the last look at the chain's pace (none yet: as
     fast as can be)."""
