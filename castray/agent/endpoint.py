@@ -573,27 +573,23 @@ class Endpoint:
 
     @ray.method(concurrency_group="links")
     def end_sending(self, transfer_id: str) -> int:
-        """The transfer's run ended: stop its streams from here (see ``stop_sending``), close
-        the source file it held, and answer the bytes its streams sent in this run, a stream
-        that broke half-way included. One call, not three: a small file's transfer is
-        mostly such calls, and each costs both processes CPU."""
+        """The transfer's run ended: stop its streams from here at once, a stream waiting on a
+        rate limit too, and any that starts later (a call that waited for a thread; the stop
+        stays set until a new run of the transfer opens here); close the source file it held;
+        and answer the bytes its streams sent in this run, a stream that broke half-way
+        included. One call, not three: a small file's transfer is mostly such calls."""
         stop = self._sending.setdefault(transfer_id, streams.Stopper())
         stop.set()
         self._release(transfer_id)
         return stop.sent
 
     @ray.method(concurrency_group="links")
-    def stop_sending(self, transfer_id: str, target: str | None = None) -> None:
-        """End the transfer's streams from here at once, a stream waiting on a rate limit too,
-        and any that starts later (a call that waited for a thread): the stop stays set until
-        a new run of the transfer opens here. With ``target``, only the streams going there
-        (its receiver was cut off): the transfer's repairs from here go on."""
-        if target is not None:
-            stop = self._sending.get(transfer_id)
-            if stop is not None:
-                stop.cut(target)
-            return
-        self._sending.setdefault(transfer_id, streams.Stopper()).set()
+    def stop_sending(self, transfer_id: str, target: str) -> None:
+        """End the transfer's streams from here to ``target`` only (its receiver was cut off):
+        the transfer's repairs from here go on. ``end_sending`` stops them all."""
+        stop = self._sending.get(transfer_id)
+        if stop is not None:
+            stop.cut(target)
 
     def _take_sync_fault(self) -> bool:
         if self._sync_faults > 0:
