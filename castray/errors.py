@@ -25,7 +25,8 @@ into the same class.
     │   ├── TransferNotFound         no transfer with that id
     │   ├── GroupNotFound            no group with that name
     │   ├── PinNotFound              no pin with that id
-    │   └── CopyNotFound             (in a Ray task) no verified local copy of that file
+    │   ├── CopyNotFound             (in a Ray task) no verified local copy of that file
+    │   └── OriginMissing            the origin (S3, HTTP) has no object at the URL
     ├── Conflict                409
     │   ├── NodeExists               an endpoint with that id exists already
     │   ├── FileExists               a library file of that name exists (and was not to be
@@ -35,6 +36,7 @@ into the same class.
     │   └── NodeUnavailable          the endpoint is dead or not yet alive
     ├── ClusterUnavailable      503  the cluster's agent is starting, lost or gone
     ├── ClusterUnreachable      502  nothing (or no Ray) answers at a cluster address
+    ├── OriginFailed            502  the origin refused the fetch, failed or cannot be reached
     ├── AgentFailure            502  the agent could not do what was asked
     │   └── AgentTimeout        504  the agent did not answer in time
     └── ServerUnreachable            (client side) no CastRay server answered
@@ -239,6 +241,20 @@ class AgentTimeout(AgentFailure):
 
     status_code = 504
     code = "agent_timeout"
+
+
+class OriginMissing(NotFound):
+    """The origin (an S3 store, an HTTP server) has no object at the URL."""
+
+    code = "origin_missing"
+
+
+class OriginFailed(CastRayError):
+    """The origin refused the fetch (credentials), answered an error, or cannot be reached;
+    the message has its reason in words."""
+
+    status_code = 502
+    code = "origin_failed"
 
 
 class ServerUnreachable(CastRayError):

@@ -1,0 +1,152 @@
+"""Fetching an object from its origin into a file: parallel ranged reads, in order on disk,
+each chunk's BLAKE3 (the manifest a stream's receivers check) and the whole file's made as
+the bytes arrive, and the origin's own checksum checked when it offers one.
+
+Reads run ``parallel`` ranges at a time, each of ``part`` bytes (a whole number of chunks);
+the parts are written and hashed in order, so memory holds at most ``parallel`` parts,
+whatever the object's size. A read that is cut asks again for the rest of its range, from
+where it stopped: nothing already fetched is fetched again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import blake3
+
+from castray.chunks import HASH_THREADS
+from castray.errors import OriginFailed, SourceChanged, Stopped
+from castray.sources.origins import Checksum, ObjectInfo, Origin, OriginCut
+
+log = logging.getLogger(__name__)
+
+PART = 8 * 1024 * 1024
+PARALLEL = 4
+TRIES = 6
+"""Reads of one range before the fetch fails: each asks for what the last did not get."""
+FIRST_BACKOFF = 0.5
+
+
+@dataclass(frozen=True)
+class Fetched:
+    size: int
+    chunks: list[bytes]
+    whole: str
+    checked: str | None
+    """What the origin's checksum was (``"sha256 (x-amz-checksum-sha256)"``), if it had one."""
+    resumed_reads: int
+    """Reads that were cut and taken up again from where they stopped."""
+
+
+class _Digest:
+    """The origin's checksum, computed over the bytes in order."""
+
+    def __init__(self, checksum: Checksum) -> None:
+        self.checksum = checksum
+        self._crc = 0
+        self._hash = None if checksum.algorithm == "crc32" else hashlib.new(checksum.algorithm)
+
+    def update(self, data: memoryview) -> None:
+        if self._hash is None:
+            self._crc = zlib.crc32(data, self._crc)
+        else:
+            self._hash.update(data)
+
+    def digest(self) -> bytes:
+        return self._crc.to_bytes(4, "big") if self._hash is None else self._hash.digest()
+
+
+def fetch(
+    origin: Origin,
+    info: ObjectInfo,
+    fd: int,
+    chunk_size: int,
+    stopped: Callable[[], bool] = lambda: False,
+    parallel: int = PARALLEL,
+) -> Fetched:
+    """Read the whole object into ``fd`` (sized already) and check it."""
+    part = max(chunk_size, PART // chunk_size * chunk_size)
+    if not info.ranges:
+        part, parallel = max(info.size, 1), 1
+    ranges = [(start, min(start + part, info.size)) for start in range(0, info.size, part)]
+    whole = blake3.blake3(max_threads=HASH_THREADS)
+    origin_digest = _Digest(info.checksum) if info.checksum else None
+    chunks: list[bytes] = []
+    resumed = [0]
+    with ThreadPoolExecutor(parallel, thread_name_prefix="fetch") as pool:
+        waiting: deque[Future[bytearray]] = deque()
+        upcoming = iter(ranges)
+        try:
+            for start, end in upcoming:
+                waiting.append(pool.submit(_read_range, origin, start, end, info, resumed))
+                if len(waiting) >= parallel:
+                    break
+            written = 0
+            while waiting:
+                if stopped():
+                    raise Stopped("the fetch was stopped")
+                data = waiting.popleft().result()
+                following = next(upcoming, None)
+                if following is not None:
+                    waiting.append(pool.submit(_read_range, origin, *following, info, resumed))
+                view = memoryview(data)
+                os.pwrite(fd, view, written)
+                whole.update(view)
+                if origin_digest is not None:
+                    origin_digest.update(view)
+                for offset in range(0, len(view), chunk_size):
+                    chunks.append(blake3.blake3(view[offset : offset + chunk_size]).digest())
+                written += len(view)
+        finally:
+            for future in waiting:
+                future.cancel()
+    checked = _check(origin_digest, info)
+    return Fetched(info.size, chunks, str(whole.hexdigest()), checked, resumed[0])
+
+
+def _check(digest: _Digest | None, info: ObjectInfo) -> str | None:
+    if digest is None:
+        return None
+    expected = digest.checksum
+    if digest.digest() != expected.digest:
+        raise OriginFailed(
+            f"the object's {expected.algorithm} is not the one the origin gave in "
+            f"{expected.said_by}: it arrived damaged, or the origin keeps a wrong checksum"
+        )
+    return f"{expected.algorithm} ({expected.said_by})"
+
+
+def _read_range(
+    origin: Origin, start: int, end: int, info: ObjectInfo, resumed: list[int]
+) -> bytearray:
+    """The bytes ``[start, end)``; a cut read is taken up from where it stopped."""
+    data = bytearray()
+    for attempt in range(TRIES):
+        try:
+            origin.read(start + len(data), end, data.extend)
+        except OriginCut as exc:
+            if not info.ranges or attempt + 1 == TRIES:
+                raise OriginFailed(f"{exc} ({attempt + 1} tries)") from exc
+            log.info("%s; reading again from byte %d", exc, start + len(data))
+            resumed[0] += 1
+            time.sleep(FIRST_BACKOFF * 2**attempt)  # back-off before asking the origin again
+            continue
+        if len(data) == end - start:
+            return data
+        if len(data) > end - start:
+            raise SourceChanged(
+                f"the origin sent {len(data)} bytes for a range of {end - start}: "
+                "the object is not the one it was"
+            )
+        # Fewer bytes than asked, and no error: the connection ended early.
+        resumed[0] += 1
+        log.info("a read ended at byte %d of %d; reading again", start + len(data), end)
+    raise OriginFailed(f"the origin kept ending reads early ({TRIES} tries)")

@@ -1,0 +1,243 @@
+"""Real origin servers on loopback ports, each keeping a log of the byte ranges it served:
+an HTTP server with Range, ETag and If-Match support (and faults to order), and moto's S3
+server (its WSGI app, as ``moto_server`` runs it) behind a recording layer."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+
+
+def _span(header: str | None, size: int) -> tuple[int, int] | None:
+    """``[start, end)`` of a Range header, or None for the whole."""
+    found = _RANGE.fullmatch(header or "")
+    if found is None:
+        return None
+    start = int(found[1])
+    end = int(found[2]) + 1 if found[2] else size
+    return start, min(end, size)
+
+
+@dataclass
+class RangeLog:
+    """Byte ranges served, as ``(start, end)`` pairs of whole bodies sent (a cut one counts
+    for the bytes it sent)."""
+
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, start: int, end: int) -> None:
+        with self.lock:
+            self.ranges.append((start, end))
+
+    def bytes_served(self) -> int:
+        return sum(end - start for start, end in self.ranges)
+
+    def overlaps(self, probe: bool = False) -> list[tuple[int, int]]:
+        """Ranges that overlap an earlier one: bytes read twice (``probe``: but for the first
+        range, one byte that an HTTP fetch asks for to learn the size)."""
+        ranges = self.ranges[1:] if probe and self.ranges[:1] == [(0, 1)] else self.ranges
+        seen = sorted(r for r in ranges if r[1] > r[0])
+        return [b for a, b in itertools.pairwise(seen) if b[0] < a[1]]
+
+
+@dataclass
+class HttpFaults:
+    cut_after: int | None = None
+    """Close the connection once this many bytes of one answer went out (once)."""
+    change_after: int | None = None
+    """After this many answers with a body, the object's content (and ETag) changes."""
+    wrong_digest: bool = False
+    """Say a ``Repr-Digest`` (RFC 9530) that is not the object's."""
+    require_query: str | None = None
+    """Answer 403 unless the query string is exactly this (a presigned URL's signature)."""
+
+
+class RangeServer:
+    """Serves the files of ``root`` with Range requests, a strong ETag and If-Match."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.log = RangeLog()
+        self.faults = HttpFaults()
+        self.answers = 0
+        self.queries: list[str] = []
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def url(self, name: str, query: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}/{name}" + (f"?{query}" if query else "")
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path, _, query = self.path.partition("?")
+                server.queries.append(query)
+                if server.faults.require_query is not None and (
+                    query != server.faults.require_query
+                ):
+                    self._answer(403, b"signature does not match")
+                    return
+                file = server.root / path.lstrip("/")
+                if not file.is_file():
+                    self._answer(404, b"no such file")
+                    return
+                server._maybe_change(file)
+                data = file.read_bytes()
+                etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+                if self.headers.get("If-Match") not in (None, etag):
+                    self._answer(412, b"changed")
+                    return
+                span = _span(self.headers.get("Range"), len(data))
+                if span is not None and span[0] >= len(data):
+                    self._answer(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+                    return
+                start, end = span or (0, len(data))
+                digest = hashlib.sha256(data + b"x" * server.faults.wrong_digest).digest()
+                headers = {
+                    "ETag": etag,
+                    "Accept-Ranges": "bytes",
+                    "Repr-Digest": f"sha-256=:{base64.b64encode(digest).decode()}:",
+                }
+                if span is not None:
+                    headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+                self._answer(206 if span else 200, data[start:end], headers, start)
+
+            def _answer(
+                self, status: int, body: bytes, headers: dict[str, str] | None = None, at: int = 0
+            ) -> None:
+                self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if status >= 300:
+                    self.wfile.write(body)
+                    return
+                server.answers += 1
+                cut = server.faults.cut_after
+                if cut is not None and cut < len(body):
+                    server.faults.cut_after = None
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    server.log.add(at, at + cut)
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                self.wfile.write(body)
+                server.log.add(at, at + len(body))
+
+        return Handler
+
+    def _maybe_change(self, file: Path) -> None:
+        if self.faults.change_after is not None and self.answers >= self.faults.change_after:
+            self.faults.change_after = None
+            data = bytearray(file.read_bytes())
+            data[0] ^= 0xFF
+            file.write_bytes(data)
+
+    def __enter__(self) -> RangeServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class S3Server:
+    """moto's S3 server on a loopback port; ``log`` has the ranges of every object GET."""
+
+    def __init__(self) -> None:
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
+
+        self.log = RangeLog()
+        app = DomainDispatcherApplication(create_backend_app)
+        self._server = make_server(
+            "127.0.0.1", 0, self._recording(app), True, request_handler=MotoRequestHandler
+        )
+        self.port = self._server.server_address[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _recording(self, app: Callable[..., Any]) -> Callable[..., Any]:
+        def recording(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            ranged = environ.get("HTTP_RANGE")
+            if environ["REQUEST_METHOD"] == "GET" and ranged:
+                found = _RANGE.fullmatch(ranged)
+                if found:
+                    self.log.add(int(found[1]), int(found[2]) + 1)
+            return app(environ, start_response)
+
+        return recording
+
+    def env(self) -> dict[str, str]:
+        """What a process needs to use this server through the standard AWS chain."""
+        return {
+            "AWS_ACCESS_KEY_ID": "castray-test",
+            "AWS_SECRET_ACCESS_KEY": "castray-test-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
+        }
+
+    def client(self) -> Any:
+        import boto3
+
+        env = self.env()
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def __enter__(self) -> S3Server:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@contextmanager
+def aws_env(values: dict[str, str]) -> Iterator[None]:
+    """This process's environment with ``values`` for the duration (boto3 reads it)."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,0 +1,147 @@
+"""Fetching from real origin servers on loopback ports (an HTTP server with Range support and
+moto's S3 server), without Ray: every byte range read once, a cut read taken up from where it
+stopped, the origin's checksum checked, and each failure told in words."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import blake3
+import pytest
+
+from castray.agent.origin_copy import fetch_copy
+from castray.agent.space import Room
+from castray.errors import OriginFailed, OriginMissing, SourceChanged
+from castray.sources import fetch as fetching
+from tests.harness.origins import RangeServer, S3Server, aws_env
+
+CHUNK = 256 * 1024
+SIZE = 5 * 1024 * 1024 + 12345
+BUCKET = "castray-origin-test"
+
+
+@pytest.fixture
+def storage() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="castray-fetch-"))
+    yield path
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
+
+
+@pytest.fixture
+def http(storage: Path) -> Iterator[RangeServer]:
+    root = storage.parent / f"{storage.name}-origin"
+    root.mkdir()
+    (root / "model.bin").write_bytes(os.urandom(SIZE))
+    with RangeServer(root) as server:
+        yield server
+    for child in root.iterdir():
+        child.unlink()
+    root.rmdir()
+
+
+@pytest.fixture(autouse=True)
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parts of 1 MiB and quick retries: several parts in flight for a few MiB."""
+    monkeypatch.setattr(fetching, "PART", 1024 * 1024)
+    monkeypatch.setattr(fetching, "FIRST_BACKOFF", 0.01)
+
+
+def _fetch(storage: Path, url: str, name: str = "copy.bin") -> fetching.Fetched | object:
+    return fetch_copy(
+        storage,
+        Room(storage),
+        "f1",
+        url,
+        name,
+        CHUNK,
+        ["127.0.0.1"],
+        "test",
+        lambda: False,
+        lambda: 0.0,
+    )
+
+
+def _expect_copy(storage: Path, source: bytes, copy: object) -> None:
+    data = (storage / "copy.bin").read_bytes()
+    assert data == source
+    chunks = [blake3.blake3(source[i : i + CHUNK]).digest() for i in range(0, len(source), CHUNK)]
+    assert copy.chunks == chunks  # type: ignore[attr-defined]
+    assert copy.whole == blake3.blake3(source).hexdigest()  # type: ignore[attr-defined]
+    assert [p.name for p in storage.iterdir()] == ["copy.bin"]  # no partial file left
+
+
+def test_an_http_object_is_read_once_in_parallel_ranges(http: RangeServer, storage: Path) -> None:
+    copy = _fetch(storage, http.url("model.bin"))
+    _expect_copy(storage, (http.root / "model.bin").read_bytes(), copy)
+    assert len(http.log.ranges) == 1 + 6 and http.log.overlaps(probe=True) == []
+    assert http.log.bytes_served() == SIZE + 1  # the first byte once more: the size probe
+
+
+def test_a_cut_read_resumes_where_it_stopped(http: RangeServer, storage: Path) -> None:
+    http.faults.cut_after = 300_000
+    copy = _fetch(storage, http.url("model.bin"))
+    _expect_copy(storage, (http.root / "model.bin").read_bytes(), copy)
+    assert copy.resumed_reads >= 1  # type: ignore[attr-defined]
+    assert http.log.overlaps(probe=True) == [] and http.log.bytes_served() == SIZE + 1
+
+
+def test_an_object_that_changes_during_the_fetch_fails_it(http: RangeServer, storage: Path) -> None:
+    http.faults.change_after = 3
+    with pytest.raises(SourceChanged, match="changed on the origin during the fetch"):
+        _fetch(storage, http.url("model.bin"))
+    assert list(storage.iterdir()) == []
+
+
+def test_origin_errors_are_told_in_words_and_leave_nothing(
+    http: RangeServer, storage: Path
+) -> None:
+    with pytest.raises(OriginMissing, match="no such object"):
+        _fetch(storage, http.url("absent.bin"))
+    http.faults.require_query = "X-Amz-Signature=right"
+    with pytest.raises(OriginFailed, match="refused access") as refused:
+        _fetch(storage, http.url("model.bin", "X-Amz-Signature=wrong"))
+    assert "wrong" not in refused.value.message
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with pytest.raises(OriginFailed, match="cannot reach"):
+        _fetch(storage, f"http://127.0.0.1:{port}/model.bin")
+    assert list(storage.iterdir()) == []
+
+
+def test_s3_objects_are_checked_against_the_checksum_s3_keeps(storage: Path) -> None:
+    data = os.urandom(SIZE)
+    with S3Server() as s3, aws_env(s3.env()):
+        client = s3.client()
+        client.create_bucket(Bucket=BUCKET)
+        client.put_object(Bucket=BUCKET, Key="with-sha.bin", Body=data, ChecksumAlgorithm="SHA256")
+        client.put_object(Bucket=BUCKET, Key="plain.bin", Body=data)
+        copy = _fetch(storage, f"s3://{BUCKET}/with-sha.bin")
+        _expect_copy(storage, data, copy)
+        assert copy.checked == "sha256 (x-amz-checksum-sha256)"  # type: ignore[attr-defined]
+        assert s3.log.overlaps() == [] and s3.log.bytes_served() == SIZE
+        (storage / "copy.bin").unlink()
+        copy = _fetch(storage, f"s3://{BUCKET}/plain.bin")
+        assert copy.checked == "md5 (ETag)"  # type: ignore[attr-defined]
+        (storage / "copy.bin").unlink()
+        with pytest.raises(OriginMissing, match="no such object"):
+            _fetch(storage, f"s3://{BUCKET}/absent.bin")
+        with pytest.raises(OriginMissing, match="no such object"):
+            _fetch(storage, "s3://no-such-bucket-here/x.bin")
+    assert list(storage.iterdir()) == []
+
+
+def test_a_digest_that_does_not_match_fails_the_fetch(http: RangeServer, storage: Path) -> None:
+    copy = _fetch(storage, http.url("model.bin"))
+    assert copy.checked == "sha256 (repr-digest)"  # type: ignore[attr-defined]
+    (storage / "copy.bin").unlink()
+    http.faults.wrong_digest = True
+    with pytest.raises(OriginFailed, match="arrived damaged"):
+        _fetch(storage, http.url("model.bin"))
+    assert list(storage.iterdir()) == []
