@@ -180,16 +180,20 @@ class Client:
 
     def send(
         self,
-        source: str,
-        file: str,
+        source: str | None,
+        file: str | None,
         recipients: list[str] | None = None,
         group: str | None = None,
         transport: Transport | None = None,
         rate_limit: str | None = None,
+        source_url: str | None = None,
     ) -> TransferAccepted:
         """Unicast/multicast to ``recipients``, multicast to ``group``, or else broadcast;
-        over ``transport``, or the server's default one; at ``rate_limit`` ("50MB/s") at most."""
-        body: dict[str, Any] = {"source_node": source, "file": file}
+        over ``transport``, or the server's default one; at ``rate_limit`` ("50MB/s") at most.
+        ``source_url``: what is at that URL, fetched by ``source`` (or a node the server
+        chooses) first: the answer comes once the fetch is done, so no time limit."""
+        body: dict[str, Any] = {"source_node": source, "file": file, "source_url": source_url}
+        body = {key: value for key, value in body.items() if value is not None}
         if transport is not None:
             body["transport"] = transport.value
         if rate_limit is not None:
@@ -201,7 +205,10 @@ class Client:
             body |= {"mode": mode, "recipients": recipients}
         else:
             body["mode"] = "broadcast"
-        return TransferAccepted.model_validate(self._call("POST", "/api/transfers", json=body))
+        patience: dict[str, Any] = {"timeout": None} if source_url else {}
+        return TransferAccepted.model_validate(
+            self._call("POST", "/api/transfers", json=body, **patience)
+        )
 
     def transfer(self, transfer_id: str) -> Transfer:
         return Transfer.model_validate(self._call("GET", f"/api/transfers/{transfer_id}"))

@@ -114,6 +114,12 @@ class Settings(BaseSettings):
         description="Hosts that may be sent this machine's Ray token besides the clusters run "
         "here by CastRay's own user.",
     )
+    origin_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts (names, addresses or networks such as 10.0.0.0/8) a transfer may "
+        "fetch from besides public https ones: needed for plain http, and for loopback, "
+        "private or link-local addresses, which are refused otherwise (SSRF guard).",
+    )
 
     chunk_size: int = Field(
         8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024, description="Bytes per chunk."

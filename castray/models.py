@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 _ENDPOINT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -320,8 +320,24 @@ class TransferCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source_node: str
-    file: str = Field(description="A library file name, or a path inside the source's storage.")
+    source_node: str | None = Field(
+        None,
+        description="The node that sends (required unless source_url is given; then the node "
+        "that fetches the URL, one CastRay chooses when omitted).",
+    )
+    file: str | None = Field(
+        None,
+        description="A library file name, or a path inside the source's storage (required "
+        "unless source_url is given; then the name the copies get, the URL's last path "
+        "segment when omitted).",
+    )
+    source_url: str | None = Field(
+        None,
+        max_length=8192,
+        description="Send what is at this URL: s3://bucket/key, https://host/path, or "
+        "http://host/path to hosts in origin_allowed_hosts. The source node fetches it once, "
+        "checked against the origin's checksum when it offers one, then sends it on.",
+    )
     mode: TransferMode = TransferMode.UNICAST
     recipients: list[str] | None = None
     group: str | None = None
@@ -333,6 +349,12 @@ class TransferCreate(BaseModel):
         description='Bytes per second the source sends at most: "50MB/s", "10MiB/s" or a number '
         "(within the endpoints' own limits); none when omitted.",
     )
+
+    @model_validator(mode="after")
+    def _a_source(self) -> TransferCreate:
+        if self.source_url is None and (self.source_node is None or self.file is None):
+            raise ValueError("give source_node and file, or source_url")
+        return self
 
 
 class TransferAccepted(Snapshot):
@@ -412,6 +434,11 @@ class Transfer(Snapshot):
     )
     rate_limit: int | None = Field(
         None, description="Bytes per second the source sends at most, when limited."
+    )
+    origin: str | None = Field(
+        None,
+        description="The URL the source fetched the file from (without its query or "
+        "credentials), when it came from one.",
     )
 
 

@@ -188,6 +188,20 @@ class ReadManifest(_Message):
     chunk_size: int
 
 
+class FetchOrigin(_Message):
+    """Fetch an origin's object (``url``: S3 or HTTP(S), allowed by the server's policy) into
+    an endpoint's storage as ``name``; answered with ``ManifestRead`` once it is whole and
+    checked. The URL may carry a presigned query: it is never logged."""
+
+    op: Literal["fetch_origin"] = "fetch_origin"
+    endpoint_id: str
+    fetch_id: str
+    url: str
+    name: str
+    chunk_size: int
+    allowed_hosts: list[str]
+
+
 class ProbeLinks(_Message):
     """Can each endpoint open a data connection to the address it is paired with?"""
 
@@ -265,6 +279,7 @@ class InjectFaults(_Message):
 
 Operation = Annotated[
     ReadManifest
+    | FetchOrigin
     | ReadMissing
     | ProbeLinks
     | CreateEndpoint
@@ -378,6 +393,11 @@ class ManifestRead(_Message):
     manifest: list[str]
     blake3: str
     identity: tuple[int, int, int, int] | None = None
+    checked: str | None = None
+    """``FetchOrigin``: the origin's checksum the bytes matched, if it offered one."""
+    resumed_reads: int = 0
+    """``FetchOrigin``: reads cut and taken up again from where they stopped."""
+    seconds: float = 0.0
 
 
 class LinksProbed(_Message):

@@ -37,7 +37,7 @@ import numpy as np
 import ray
 
 from castray import folders, ratelimit
-from castray.agent import copies, journal, space, storage
+from castray.agent import copies, journal, origin_copy, space, storage
 from castray.agent import dataplane as streams
 from castray.agent.outcomes import ChunkOutcome, ChunkStatus, CommitOutcome, EndpointFacts
 from castray.chunks import HASH_THREADS, FileIdentity, file_blake3, identity_of
@@ -394,6 +394,31 @@ class Endpoint:
     def manifest_of(self, path: str, chunk_size: int) -> Manifest:
         """What a receiver checks a file against: its chunks' and its whole BLAKE3 (one read)."""
         return manifest_of(self._source_path(path), chunk_size)
+
+    @ray.method(concurrency_group="fetch")
+    def fetch_origin(
+        self, fetch_id: str, url: str, name: str, chunk_size: int, allowed_hosts: list[str]
+    ) -> origin_copy.OriginCopy:
+        """Fetch an origin's object into this endpoint's storage as ``name``: a verified copy
+        here, and the source of the transfer that sends it on. ``abort_all`` stops it."""
+        stopper = self._sending.setdefault(fetch_id, streams.Stopper())
+        try:
+            copy = origin_copy.fetch_copy(
+                self.storage_dir,
+                self._room,
+                fetch_id,
+                url,
+                name,
+                chunk_size,
+                allowed_hosts,
+                self.endpoint_id,
+                stopper.is_set,
+                time.monotonic,
+            )
+        finally:
+            self._sending.pop(fetch_id, None)
+        self._copies.record(Path(copy.path), copy.whole)
+        return copy
 
     @ray.method(concurrency_group="stream")
     def open_stream_sink(
@@ -852,13 +877,15 @@ _ACTOR_OPTIONS: dict[str, Any] = {
     # to settle. A stream that waits for a thread here is one its recipients see stall (15
     # unicasts at once from one node failed with 8 of them): as many as an agent drives.
     # "links": re-links and stops, quick, never queued behind "hash" (a big file's manifest
-    # can take minutes) or "stream" (opening sinks).
+    # can take minutes) or "stream" (opening sinks). "fetch": origins' objects being fetched
+    # (minutes too), beside the manifests, not behind them.
     "concurrency_groups": {
         "commit": 4,
         "control": 4,
         "stream": 4,
         "links": 4,
         "hash": 2,
+        "fetch": 2,
         "send": 256,
         "watch": 256,
     },

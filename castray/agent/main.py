@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ from castray.protocol import (
     Done,
     EndpointCreated,
     Fatal,
+    FetchOrigin,
     FileSize,
     ImportListening,
     ImportTransfer,
@@ -163,6 +165,21 @@ def _file_error(exc: BaseException, path: str, endpoint: str) -> CastRayError:
     return AgentFailure(f"cannot open {path!r} on {endpoint}: {reason(exc)}")
 
 
+def _manifest_read(described: Any, **extra: Any) -> ManifestRead:
+    """A file as an endpoint described it (its ``Manifest`` or ``OriginCopy``), for the wire."""
+    return ManifestRead(
+        size=described.size,
+        manifest=[digest.hex() for digest in described.chunks],
+        blake3=described.whole,
+        identity=described.identity,
+        **extra,
+    )
+
+
+FETCH_TIMEOUT = 24 * 3600.0
+"""An origin's object may be large and its link slow: a fetch is stopped, not timed out."""
+
+
 def ray_get(ref: Any, timeout: float = 60.0) -> Any:
     import ray
 
@@ -267,6 +284,35 @@ class Agent:
                 "agent drives (CASTRAY_AGENT_TRANSFER_THREADS); try again when one ends"
             )
 
+    def _described(self, endpoint: str, path: str, ask: Callable[[Any], Any], wait: float) -> Any:
+        """What an endpoint answers about a file it reads (``Manifest``, ``OriginCopy``)."""
+        try:
+            return ray_get(ask(self._fleet.handle(endpoint)), wait)
+        except Exception as exc:  # the actor's error decides the answer
+            raise _file_error(exc, path, endpoint) from exc
+
+    def _read_manifest(self, body: ReadManifest) -> ManifestRead:
+        manifest = self._described(
+            body.endpoint_id,
+            body.path,
+            lambda handle: handle.manifest_of.remote(body.path, body.chunk_size),
+            3600,
+        )
+        return _manifest_read(manifest)
+
+    def _fetch_origin(self, body: FetchOrigin) -> ManifestRead:
+        copy = self._described(
+            body.endpoint_id,
+            body.name,
+            lambda handle: handle.fetch_origin.remote(
+                body.fetch_id, body.url, body.name, body.chunk_size, body.allowed_hosts
+            ),
+            FETCH_TIMEOUT,
+        )
+        return _manifest_read(
+            copy, checked=copy.checked, resumed_reads=copy.resumed_reads, seconds=copy.seconds
+        )
+
     def _dispatch(self, request_id: int, body: Operation) -> BaseModel:
         """Carry out one operation; its reply model (see ``protocol``)."""
         if isinstance(body, CreateEndpoint):
@@ -289,17 +335,9 @@ class Agent:
             host, port, secret = self._open_import(request_id, body)
             return ImportListening(host=host, port=port, secret=secret.hex())
         if isinstance(body, ReadManifest):
-            handle = self._fleet.handle(body.endpoint_id)
-            try:
-                manifest = ray_get(handle.manifest_of.remote(body.path, body.chunk_size), 3600)
-            except Exception as exc:  # the actor's error decides the answer
-                raise _file_error(exc, body.path, body.endpoint_id) from exc
-            return ManifestRead(
-                size=manifest.size,
-                manifest=[digest.hex() for digest in manifest.chunks],
-                blake3=manifest.whole,
-                identity=manifest.identity,
-            )
+            return self._read_manifest(body)
+        if isinstance(body, FetchOrigin):
+            return self._fetch_origin(body)
         if isinstance(body, ReadMissing):
             refs = {
                 e: self._fleet.handle(e).missing_of.remote(

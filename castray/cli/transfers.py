@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,14 +38,26 @@ from castray.models import (
     Transport,
 )
 from castray.sizes import binary_size, parse_rate
+from castray.sources.policy import mask
 
 POLL_EVERY = 1.0
 """Seconds without a word about our transfer after which its state is fetched over REST."""
 
 
 def send(
-    file: Annotated[str, typer.Argument(help="A local file (uploaded first) or a library name.")],
-    source: Annotated[str, typer.Option("--from", help="The node that sends.")],
+    file: Annotated[
+        str,
+        typer.Argument(
+            help="A local file (uploaded first), a library name, or a URL (s3://bucket/key, "
+            "https://...) that one node fetches once and sends on."
+        ),
+    ],
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="The node that sends (of a URL: that fetches it; else one is chosen)."
+        ),
+    ] = None,
     to: Annotated[str | None, typer.Option("--to", help="Comma-separated recipient nodes.")] = None,
     group: Annotated[str | None, typer.Option("--group", help="Multicast to a group.")] = None,
     everyone: Annotated[
@@ -87,6 +100,21 @@ def send(
         raise InvalidRequest("say who receives the file: exactly one of --to, --group or --all")
     if rate is not None:
         parse_rate(rate)  # a typo is told before anything is uploaded
+    if _is_url(file):
+        with Client(server, token) as client:
+            if not json_out:
+                err.print(f"fetching {mask(file)} ...", highlight=False)
+            _run(
+                client,
+                lambda: client.send(
+                    source, None, recipients, group, transport, rate, source_url=file
+                ),
+                detach,
+                json_out,
+            )
+        return
+    if source is None:
+        raise InvalidRequest("say which node sends the file: --from NODE")
     with Client(server, token) as client:
         name = library_name(client, file, quiet=json_out)
         earlier = _unfinished(client, source, name, recipients)
@@ -106,6 +134,12 @@ def send(
             detach,
             json_out,
         )
+
+
+def _is_url(file: str) -> bool:
+    """A URL to fetch (the server refuses schemes other than s3, https and http), not a
+    local path or a library name."""
+    return re.match(r"[a-zA-Z][a-zA-Z0-9+.\-]*://", file) is not None
 
 
 def resume(

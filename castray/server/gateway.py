@@ -19,7 +19,11 @@ R = TypeVar("R", bound=BaseModel)
 class AgentGateway(Protocol):
     """Asks the agent of a cluster to do one operation; raises the agent's error as ours."""
 
-    async def request(self, cluster: str, body: Operation, reply: type[R]) -> R: ...
+    async def request(
+        self, cluster: str, body: Operation, reply: type[R], timeout: float | None = None
+    ) -> R:
+        """``timeout``: seconds to wait for the answer, if not the setting's."""
+        ...
 
 
 class AgentListener(Protocol):

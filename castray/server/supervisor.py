@@ -432,9 +432,12 @@ class Supervisor:
                 )
         self._registry.remove_endpoint(node_id)
 
-    async def request(self, cluster: str, body: Operation, reply: type[R]) -> R:
+    async def request(
+        self, cluster: str, body: Operation, reply: type[R], timeout: float | None = None
+    ) -> R:
         """Send one operation to a connected cluster's agent and return its reply."""
-        return await self._link(cluster).request(body, reply, self._settings.agent_request_timeout)
+        wait = self._settings.agent_request_timeout if timeout is None else timeout
+        return await self._link(cluster).request(body, reply, wait)
 
     def _link(self, cluster: str) -> AgentLink:
         link = self._links.get(cluster)

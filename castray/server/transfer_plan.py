@@ -7,7 +7,7 @@ import itertools
 from dataclasses import dataclass, field, replace
 
 from castray.chunks import FileIdentity
-from castray.errors import NodeUnavailable
+from castray.errors import InvalidRequest, NodeUnavailable
 from castray.folders import BUNDLE_SUFFIX, FolderIndex
 from castray.models import Node, NodeStatus, TransferCreate, TransferMode, Transport
 from castray.server.registry import Registry
@@ -34,6 +34,8 @@ class LocatedFile:
     recipient into ``NAME``."""
     identity: FileIdentity | None = None
     """The file as its hashes were made of it: the source refuses to send another."""
+    origin: str | None = None
+    """The URL the source fetched it from, masked (``policy.mask``)."""
 
     @property
     def received_as(self) -> str:
@@ -125,6 +127,8 @@ def plan_transfer(
 ) -> TransferPlan:
     """Check the request against the nodes there are and lay out its chains; ``transport``
     unless the request names one; ``itself``: the source may be a recipient too."""
+    if request.source_node is None:
+        raise InvalidRequest("a transfer needs its source_node")
     source = registry.node(request.source_node)
     if source.status is not NodeStatus.ALIVE:
         raise NodeUnavailable(f"source {source.id!r} is {source.status.value}")

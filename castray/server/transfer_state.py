@@ -88,6 +88,7 @@ class TransferState:
             transport_note=plan.transport_note,
             source_file=plan.file.library_name or plan.file.path,
             rate_limit=plan.rate_limit or None,
+            origin=plan.file.origin,
             folder_files=plan.file.folder.files if plan.file.folder else None,
         )
         return cls(transfer, parts=len(plan.clusters), folder=plan.file.folder)

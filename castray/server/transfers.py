@@ -76,6 +76,7 @@ from castray.server.gateway import AgentGateway
 from castray.server.history import History
 from castray.server.library import Library, check_file_name
 from castray.server.logs import about
+from castray.server.origin_fetch import fetch_origin
 from castray.server.registry import Registry
 from castray.server.transfer_plan import LocatedFile, TransferPlan, plan_transfer
 from castray.server.transfer_state import TransferState
@@ -167,7 +168,13 @@ class TransferService:
         file in the source's storage, as it must be (a pin sends from a holder's copy: its
         BLAKE3 is checked when its manifest is read), instead of looking ``request.file`` up.
         ``itself``: the source may be a recipient too (a pin's library reader that lacks it)."""
+        if request.source_url is not None:
+            fetched = await fetch_origin(
+                request, self._registry, self._groups, self._agents, self._settings
+            )
+            request, located = fetched.request, fetched.located
         if located is None:
+            assert request.file is not None  # the model requires it without a source_url
             located = await asyncio.to_thread(self._locate, request.file)
         plan = plan_transfer(
             uuid.uuid4().hex[:16],
@@ -398,7 +405,7 @@ class TransferService:
         if plan.file.library_name is not None:
             known = await asyncio.to_thread(self._library.manifest, plan.file.library_name)
             plan = plan.described(known.size, known.chunks, known.blake3, known.identity)
-        else:
+        elif plan.file.manifest is None:  # an origin's copy is described as it was fetched
             read = await self._agents.request(
                 plan.source.cluster,
                 ReadManifest(

@@ -337,7 +337,9 @@ class FakeAgents:
         self._fail = fail
         self._links_down = links_down or {}
 
-    async def request(self, cluster: str, body: Operation, reply: type[BaseModel]) -> Any:
+    async def request(
+        self, cluster: str, body: Operation, reply: type[BaseModel], timeout: float | None = None
+    ) -> Any:
         self.asked.append((cluster, body))
         if self._fail is not None and isinstance(body, self._fail):
             raise AgentFailure("the agent could not")

@@ -1,0 +1,124 @@
+"""A transfer whose source is a URL: which node fetches it, and the fetch itself, after
+which the transfer runs as any other, from that node's verified copy.
+
+The URL is judged by the policy here first (and again on the fetching node, whose view of
+names may differ); it is shown only masked: a presigned URL's query never reaches a log, the
+history, an event or an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+
+from castray.config import Settings
+from castray.errors import InvalidRequest, NodeUnavailable
+from castray.models import NodeStatus, TransferCreate, TransferMode
+from castray.protocol import FetchOrigin, ManifestRead
+from castray.server.gateway import AgentGateway
+from castray.server.library import check_file_name
+from castray.server.registry import Registry
+from castray.server.targets import resolve_recipients
+from castray.server.transfer_plan import LocatedFile
+from castray.sources import policy
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT = 24 * 3600.0
+"""What the server waits for a fetch at most (the agent gives up at the same time)."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    request: TransferCreate
+    """The request as it runs: from the fetching node's copy, to the others."""
+    located: LocatedFile
+
+
+def choose_fetcher(
+    request: TransferCreate, registry: Registry, groups: dict[str, list[str]]
+) -> tuple[str, TransferCreate]:
+    """The node that fetches, and the request without it among the recipients. Unless the
+    request names one, it is the first alive node not named as a recipient (it keeps a copy
+    too); when every node is one, the first recipient fetches (its copy is the fetched one)."""
+    if request.source_node is not None:
+        return request.source_node, request
+    named = list(request.recipients or [])
+    if request.group is not None:
+        named += [m for m in groups.get(request.group, []) if m not in named]
+    alive = [n.id for n in registry.nodes() if n.status is NodeStatus.ALIVE]
+    if not alive:
+        raise NodeUnavailable("no node is alive to fetch the URL")
+    if request.mode is TransferMode.BROADCAST:
+        return alive[0], request
+    others = [n for n in alive if n not in named]
+    if others:
+        return others[0], request
+    fetcher, rest = named[0], named[1:]
+    if not rest:
+        raise InvalidRequest(
+            f"{fetcher!r} would fetch the URL and be its only recipient: name it as "
+            "source_node (--from) to fetch it there, or name more recipients"
+        )
+    mode = TransferMode.UNICAST if len(rest) == 1 else TransferMode.MULTICAST
+    return fetcher, request.model_copy(update={"recipients": rest, "group": None, "mode": mode})
+
+
+async def fetch_origin(
+    request: TransferCreate,
+    registry: Registry,
+    groups: dict[str, list[str]],
+    agents: AgentGateway,
+    settings: Settings,
+) -> Fetched:
+    """Fetch ``request.source_url`` onto the node that is to send it; the request and the
+    file as the transfer then runs them."""
+    assert request.source_url is not None
+    url = policy.parse(request.source_url)
+    try:
+        await asyncio.to_thread(policy.guard, url, settings.origin_allowed_hosts)
+    except OSError as exc:
+        raise InvalidRequest(
+            f"{url.shown}: {url.host!r} does not resolve ({exc.strerror or exc})"
+        ) from None
+    name = check_file_name(request.file or url.name)
+    fetcher, request = choose_fetcher(request, registry, groups)
+    node = registry.node(fetcher)
+    if node.status is not NodeStatus.ALIVE:
+        raise NodeUnavailable(f"{node.id!r}, which is to fetch the URL, is {node.status.value}")
+    # Recipients that cannot be sent to are told before the fetch, not after it.
+    resolve_recipients(registry, groups, request.mode, fetcher, request.recipients, request.group)
+    log.info("fetching %s on %s as %s", url.shown, node.id, name)
+    read = await agents.request(
+        node.cluster,
+        FetchOrigin(
+            endpoint_id=node.id,
+            fetch_id=uuid.uuid4().hex[:16],
+            url=request.source_url,
+            name=name,
+            chunk_size=settings.chunk_size,
+            allowed_hosts=settings.origin_allowed_hosts,
+        ),
+        ManifestRead,
+        timeout=FETCH_TIMEOUT,
+    )
+    log.info(
+        "fetched %s on %s: %d bytes in %.1f s, %s",
+        url.shown,
+        node.id,
+        read.size,
+        read.seconds,
+        f"matching the origin's {read.checked}" if read.checked else "the origin gave no checksum",
+    )
+    located = LocatedFile(
+        path=name,
+        name=name,
+        size=read.size,
+        blake3=read.blake3,
+        manifest=tuple(read.manifest),
+        identity=read.identity,
+        origin=url.shown,
+    )
+    return Fetched(request.model_copy(update={"source_node": node.id, "file": name}), located)
