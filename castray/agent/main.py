@@ -84,6 +84,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("castray.agent")
 
 REQUEST_THREADS = 8
+FETCHES = REQUEST_THREADS // 2
+"""Fetches from origins at once per agent: each holds a request thread for its whole length,
+and the others must stay free for the rest."""
 IMPORT_HOST = "127.0.0.1"
 """Agents run beside the server, so streams between clusters stay on loopback."""
 EXIT_GRACE = 1.5
@@ -195,6 +198,7 @@ class Agent:
         self._wire = wire
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="request")
+        self._fetches = threading.BoundedSemaphore(FETCHES)
         self._runners: set[threading.Thread] = set()
         """Each transfer's part runs on a thread of its own, started at once: a slow transfer
         never holds up another (the number at once is capped instead, see ``_admit``)."""
@@ -301,14 +305,22 @@ class Agent:
         return _manifest_read(manifest)
 
     def _fetch_origin(self, body: FetchOrigin) -> ManifestRead:
-        copy = self._described(
-            body.endpoint_id,
-            body.name,
-            lambda handle: handle.fetch_origin.remote(
-                body.fetch_id, body.url, body.name, body.chunk_size, body.allowed_hosts
-            ),
-            FETCH_TIMEOUT,
-        )
+        if not self._fetches.acquire(blocking=False):
+            raise TooManyRequests(
+                f"cluster {self._config.cluster} fetches {FETCHES} URLs at once, the most one "
+                "agent does; try again when one ends"
+            )
+        try:
+            copy = self._described(
+                body.endpoint_id,
+                body.name,
+                lambda handle: handle.fetch_origin.remote(
+                    body.fetch_id, body.url, body.name, body.chunk_size, body.allowed_hosts
+                ),
+                FETCH_TIMEOUT,
+            )
+        finally:
+            self._fetches.release()
         return _manifest_read(
             copy, checked=copy.checked, resumed_reads=copy.resumed_reads, seconds=copy.seconds
         )

@@ -284,9 +284,12 @@ def _print_outcome(transfer: Transfer) -> None:
         )
     speed = f", {transfer.throughput_bps / 1e6:.1f} MB/s" if transfer.throughput_bps else ""
     files = f"{transfer.folder_files} files, " if transfer.folder_files is not None else ""
+    source = transfer.source_node
+    if transfer.origin is not None:
+        source = f"{transfer.origin}, fetched once by {source} (which keeps a copy too),"
     out.print(
         f"{transfer.status.value}: {transfer.file.name} ({files}{transfer.bytes_total} bytes) "
-        f"from {transfer.source_node} by {transfer.transport.value}{speed}; "
+        f"from {source} by {transfer.transport.value}{speed}; "
         "every copy BLAKE3-verified"
         if transfer.status is TransferStatus.COMPLETED
         else f"{transfer.status.value}: {transfer.error or 'some recipients have no copy'}",

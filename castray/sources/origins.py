@@ -95,9 +95,10 @@ def _md5_etag(etag: str | None) -> bytes | None:
 # ---- HTTP ----------------------------------------------------------------------------
 
 
-def _http_checksum(headers: httpx.Headers) -> Checksum | None:
+def _http_checksum(headers: httpx.Headers, whole: bool) -> Checksum | None:
     """The whole representation's digest, from ``Repr-Digest`` (RFC 9530), ``Digest``
-    (RFC 3230) or ``Content-MD5`` (a full answer's only)."""
+    (RFC 3230) or, of an answer with the ``whole`` object, ``Content-MD5`` (of a range's
+    answer, it is the range's)."""
     for header, separator in (("repr-digest", "=:"), ("digest", "=")):
         for item in headers.get(header, "").split(","):
             name, _, value = item.strip().partition(separator)
@@ -107,7 +108,7 @@ def _http_checksum(headers: httpx.Headers) -> Checksum | None:
             digest = _b64(value.strip(":")) if algorithm else None
             if algorithm and digest:
                 return Checksum(algorithm, digest, header)
-    md5 = _b64(headers.get("content-md5", ""))
+    md5 = _b64(headers.get("content-md5", "")) if whole else None
     return Checksum("md5", md5, "content-md5") if md5 else None
 
 
@@ -199,18 +200,14 @@ class HttpOrigin:
                 if not total.isdigit():
                     raise OriginFailed(f"{self._url.shown}: the origin does not say its size")
                 size, ranges = int(total), True
-                checksum = _http_checksum(response.headers) if size == 1 else None
             elif response.status_code == 200 and "content-length" in response.headers:
                 size, ranges = int(response.headers["content-length"]), False
-                checksum = None
             elif response.status_code == 416:  # an empty object has no byte 0
-                size, ranges, checksum = 0, True, None
+                size, ranges = 0, True
             else:
                 raise self._fail(response)
-            if checksum is None and response.headers.get(
-                "repr-digest", response.headers.get("digest")
-            ):
-                checksum = _http_checksum(response.headers)  # of the whole: any answer
+            whole = response.status_code == 200 or size == 1
+            checksum = _http_checksum(response.headers, whole)
             etag = response.headers.get("etag")
             modified = response.headers.get("last-modified")
         finally:

@@ -252,6 +252,7 @@ function transferCard(tracked) {
       t.rate_limit ? el("span", { class: "muted rate-limit" }, `≤ ${fmt.rate(t.rate_limit)}`) : null,
       el("span", { class: "muted" }, `${fmt.rate(speed)}${eta}`),
       el("code", { title: "transfer id" }, t.id), cancel, resume),
+    t.origin ? el("div", { class: "muted origin" }, `fetched once from ${t.origin} by ${t.source_node}, which keeps a copy`) : null,
     t.transport_note ? el("div", { class: "muted note" }, `by ${t.transport}: ${t.transport_note}`) : null,
     t.error ? el("div", { class: "muted" }, t.error) : null,
     rows);
@@ -570,8 +571,13 @@ function tickedRecipients() {
 async function sendFile(event) {
   event.preventDefault();
   await act($("send-start"), async () => {
-    const body = { source_node: $("send-source").value, file: $("send-file").value, mode: mode() };
-    if (!body.file) throw new Error("Choose a file: pick one from the library, upload or generate one.");
+    const url = $("send-url").value.trim();
+    const body = { source_node: $("send-source").value, mode: mode() };
+    if (url) body.source_url = url;
+    else body.file = $("send-file").value;
+    if (!url && !body.file) {
+      throw new Error("Choose a file: pick one from the library, upload or generate one, or give a URL.");
+    }
     if ($("send-transport").value) body.transport = $("send-transport").value;
     const rate = $("send-rate").value.trim();
     if (rate) body.rate_limit = rate;
@@ -582,7 +588,9 @@ async function sendFile(event) {
       if (!group && !body.recipients.length) throw new Error("Tick at least one recipient, or choose a group.");
       if (body.mode === "unicast" && (group || body.recipients.length > 1)) body.mode = "multicast";
     }
+    if (url) notify(`${body.source_node} is fetching the URL; the transfer starts once it is whole.`, "info");
     const accepted = await api("POST", "/api/transfers", body);
+    if (url) $("send-url").value = "";
     if (!state.transfers.has(accepted.transfer_id)) {
       const transfer = await api("GET", `/api/transfers/${accepted.transfer_id}`);
       if (!state.transfers.has(transfer.id)) state.transfers.set(transfer.id, new Tracked(transfer));

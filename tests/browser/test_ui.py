@@ -13,6 +13,7 @@ from playwright.sync_api import Page, expect
 
 from castray.client import Client
 from tests.harness import transfers as tx
+from tests.harness.origins import RangeServer
 from tests.harness.raycluster import RayCluster, running_cluster
 from tests.harness.server import CastRayServer, serving
 
@@ -39,6 +40,7 @@ def server(
         "HOME": str(root / "home"),
         "CASTRAY_ENABLE_FAULT_INJECTION": "1",
         "RAY_TMPDIR": str(ray_tmpdir),
+        "CASTRAY_ORIGIN_ALLOWED_HOSTS": '["127.0.0.1"]',  # the page's URL test's HTTP origin
     }
     with serving(root / "data", "--demo-nodes", "2", alive=3, env=env) as server:
         yield server
@@ -356,3 +358,26 @@ def test_a_file_pinned_from_the_page_shows_every_nodes_copy_live(
     card.locator("button.unpin").click()
     expect(card).to_have_count(0)
     expect(page.locator("#pins")).to_contain_text("Nothing pinned yet.")
+
+
+def test_a_url_typed_in_the_form_is_fetched_once_and_sent_on(
+    page: Page, server: CastRayServer, tmp_path: Path
+) -> None:
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    data = tx.random_bytes(6_000_000)
+    (origin / "dataset-shard.bin").write_bytes(data)
+    with RangeServer(origin) as http:
+        _open(page, server)
+        page.fill("#send-url", http.url("dataset-shard.bin", "sig=SECRET"))
+        _send(page, "node_1", ["node_2"])
+        card = page.locator(".transfer").first
+        expect(card).to_have_attribute("data-status", "completed", timeout=120_000)
+        expect(card.locator(".origin")).to_have_text(
+            f"fetched once from http://127.0.0.1:{http.port}/dataset-shard.bin?<hidden> by "
+            "node_1, which keeps a copy"
+        )
+        expect(page.locator("#send-url")).to_have_value("")
+    for node in ("node_1", "node_2"):
+        assert (server.data_dir / "storage" / node / "dataset-shard.bin").read_bytes() == data
+    assert "SECRET" not in page.content()

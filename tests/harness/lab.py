@@ -23,15 +23,18 @@ UP_TIMEOUT = 600
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
-def lab_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def lab_cli(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``castray lab ARGS``, as a user types it (into a pipe: with the environment Python
-    knows, not the C-level one a library such as readline may have added ``COLUMNS`` to)."""
+    knows, not the C-level one a library such as readline may have added ``COLUMNS`` to),
+    with ``env`` added (the lab's Ray nodes inherit it)."""
     return subprocess.run(
         [sys.executable, "-m", "castray", "lab", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=dict(os.environ),
+        env=dict(os.environ) | (env or {}),
     )
 
 
@@ -86,8 +89,11 @@ def leftovers_of(name: str) -> list[str]:
 
 
 @contextmanager
-def running_lab(name: str, hosts: int, rate: str, subnet: str, *extra: str) -> Iterator[LabServer]:
-    """``castray lab up``, then ``castray lab down`` whatever happens; nothing may be left."""
+def running_lab(
+    name: str, hosts: int, rate: str, subnet: str, *extra: str, env: dict[str, str] | None = None
+) -> Iterator[LabServer]:
+    """``castray lab up`` (with ``env`` added to its environment), then ``castray lab down``
+    whatever happens; nothing may be left."""
     port = free_port()
     try:
         up = lab_cli(
@@ -106,6 +112,7 @@ def running_lab(name: str, hosts: int, rate: str, subnet: str, *extra: str) -> I
             "128",
             *extra,
             timeout=UP_TIMEOUT,
+            env=env,
         )
         assert up.returncode == 0, f"castray lab up failed:\n{up.stdout}\n{up.stderr}"
         server = LabServer(name, f"http://127.0.0.1:{port}", lab_directory(name) / "castray")

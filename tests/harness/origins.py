@@ -17,6 +17,19 @@ from pathlib import Path
 from typing import Any
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+UPLOAD = """
+import sys, time, boto3
+from botocore.exceptions import EndpointConnectionError
+s3 = boto3.client("s3")
+for _ in range(300):
+    try:
+        s3.create_bucket(Bucket=sys.argv[1])
+        break
+    except EndpointConnectionError:
+        time.sleep(0.2)
+s3.upload_file(sys.argv[3], sys.argv[1], sys.argv[2])
+"""
+"""``python -c UPLOAD BUCKET KEY FILE``: upload FILE once the S3 server (just started) answers."""
 
 
 def _span(header: str | None, size: int) -> tuple[int, int] | None:
@@ -36,10 +49,22 @@ class RangeLog:
 
     ranges: list[tuple[int, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    file: Path | None = None
+    """Also written here, one ``start end`` line per range (a server in another process)."""
 
     def add(self, start: int, end: int) -> None:
         with self.lock:
             self.ranges.append((start, end))
+            if self.file is not None:
+                with self.file.open("a") as out:
+                    out.write(f"{start} {end}\n")
+
+    @classmethod
+    def read(cls, file: Path) -> RangeLog:
+        """The log a server in another process kept in ``file``."""
+        lines = file.read_text().split() if file.exists() else []
+        pairs = [(int(a), int(b)) for a, b in zip(lines[::2], lines[1::2], strict=True)]
+        return cls(ranges=pairs)
 
     def bytes_served(self) -> int:
         return sum(end - start for start, end in self.ranges)
@@ -60,6 +85,8 @@ class HttpFaults:
     """After this many answers with a body, the object's content (and ETag) changes."""
     wrong_digest: bool = False
     """Say a ``Repr-Digest`` (RFC 9530) that is not the object's."""
+    redirects: dict[str, str] = field(default_factory=dict)
+    """Paths answered with a 302 to a URL."""
     require_query: str | None = None
     """Answer 403 unless the query string is exactly this (a presigned URL's signature)."""
 
@@ -93,6 +120,9 @@ class RangeServer:
             def do_GET(self) -> None:
                 path, _, query = self.path.partition("?")
                 server.queries.append(query)
+                if path in server.faults.redirects:
+                    self._answer(302, b"", {"Location": server.faults.redirects[path]})
+                    return
                 if server.faults.require_query is not None and (
                     query != server.faults.require_query
                 ):
@@ -166,9 +196,10 @@ class RangeServer:
 
 
 class S3Server:
-    """moto's S3 server on a loopback port; ``log`` has the ranges of every object GET."""
+    """moto's S3 server on a loopback port (or ``host``:``port``); ``log`` has the ranges of
+    every object GET."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         from moto.moto_server.werkzeug_app import (
             DomainDispatcherApplication,
             MotoRequestHandler,
@@ -179,20 +210,26 @@ class S3Server:
         self.log = RangeLog()
         app = DomainDispatcherApplication(create_backend_app)
         self._server = make_server(
-            "127.0.0.1", 0, self._recording(app), True, request_handler=MotoRequestHandler
+            host, port, self._recording(app), True, request_handler=MotoRequestHandler
         )
         self.port = self._server.server_address[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.endpoint = f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def _recording(self, app: Callable[..., Any]) -> Callable[..., Any]:
         def recording(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-            ranged = environ.get("HTTP_RANGE")
-            if environ["REQUEST_METHOD"] == "GET" and ranged:
-                found = _RANGE.fullmatch(ranged)
-                if found:
-                    self.log.add(int(found[1]), int(found[2]) + 1)
-            return app(environ, start_response)
+            """Each ranged GET answered, as the bytes its answer holds (``bytes=N-`` too)."""
+            found = _RANGE.fullmatch(environ.get("HTTP_RANGE") or "")
+            if environ["REQUEST_METHOD"] != "GET" or found is None:
+                return app(environ, start_response)
+
+            def starting(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+                length = dict((k.lower(), v) for k, v in headers).get("content-length")
+                if status.startswith("206") and length is not None:
+                    self.log.add(int(found[1]), int(found[1]) + int(length))
+                return start_response(status, headers, *rest)
+
+            return app(environ, starting)
 
         return recording
 
@@ -241,3 +278,23 @@ def aws_env(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def main() -> None:
+    """``python -m tests.harness.origins HOST PORT LOG``: an S3 server (inside a lab host, say)
+    until it is stopped, writing the range of every GET to LOG."""
+    import signal
+    import sys
+
+    host, port, log = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    server = S3Server(host, port)
+    server.log.file = log
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with server:
+        print(f"S3 server at {server.endpoint}", flush=True)
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()

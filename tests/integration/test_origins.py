@@ -59,6 +59,7 @@ def server(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
         "HOME": str(root),
         **s3.env(),
         "CASTRAY_ORIGIN_ALLOWED_HOSTS": json.dumps(["127.0.0.1"]),
+        "CASTRAY_ENABLE_FAULT_INJECTION": "1",
     }
     with serving(root / "data", "--demo-nodes", "2", alive=3, env=env) as started:
         yield started
@@ -143,4 +144,36 @@ def test_origin_failures_are_clear_and_leave_nothing(
     )
     http.faults.require_query = None
     assert answer.status_code == 502 and "refused access" in answer.json()["detail"]
+    _no_partials(server)
+
+
+def test_a_url_transfer_resumes_from_the_fetched_copy_not_the_origin(
+    server: CastRayServer, s3: S3Server, origin_root: Path
+) -> None:
+    with server.client() as client:
+        broken = client.post("/api/nodes/node_2/faults", json={"fail_syncs": 1})
+    assert broken.status_code == 204, broken.text
+    s3.log.ranges.clear()
+    first = tx.send(
+        server,
+        source_url=f"s3://{BUCKET}/models/weights.bin",
+        file="resumed.bin",
+        source_node="node_1",
+        mode="multicast",
+        recipients=["node_2", "home-127.0.0.1"],
+    )
+    assert first["status"] == "partially_failed", first
+    assert first["recipients"]["node_2"]["status"] == "failed"
+    read = s3.log.bytes_served()
+    assert read == SIZE
+    with server.client() as client:
+        resumed = client.post(f"/api/transfers/{first['id']}/resume")
+    assert resumed.status_code == 202, resumed.text
+    done = tx.wait_finished(server, first["id"])
+    assert done["status"] == "completed", done
+    assert done["origin"] == f"s3://{BUCKET}/models/weights.bin"
+    expected = blake3.blake3((origin_root / "weights.bin").read_bytes()).hexdigest()
+    copies = _copies(server, "resumed.bin")
+    assert len(copies) == 3 and set(copies.values()) == {expected}, copies
+    assert s3.log.bytes_served() == read  # the origin was not read again
     _no_partials(server)

@@ -15,7 +15,7 @@ import pytest
 
 from castray.agent.origin_copy import fetch_copy
 from castray.agent.space import Room
-from castray.errors import OriginFailed, OriginMissing, SourceChanged
+from castray.errors import Forbidden, OriginFailed, OriginMissing, SourceChanged
 from castray.sources import fetch as fetching
 from tests.harness.origins import RangeServer, S3Server, aws_env
 
@@ -144,4 +144,15 @@ def test_a_digest_that_does_not_match_fails_the_fetch(http: RangeServer, storage
     http.faults.wrong_digest = True
     with pytest.raises(OriginFailed, match="arrived damaged"):
         _fetch(storage, http.url("model.bin"))
+    assert list(storage.iterdir()) == []
+
+
+def test_a_redirect_is_followed_only_to_an_allowed_host(http: RangeServer, storage: Path) -> None:
+    http.faults.redirects["/moved.bin"] = "/model.bin"
+    http.faults.redirects["/to-metadata.bin"] = "http://169.254.169.254/latest/meta-data/"
+    copy = _fetch(storage, http.url("moved.bin"))
+    _expect_copy(storage, (http.root / "model.bin").read_bytes(), copy)
+    (storage / "copy.bin").unlink()
+    with pytest.raises(Forbidden, match=r"169\.254\.169\.254"):
+        _fetch(storage, http.url("to-metadata.bin"))
     assert list(storage.iterdir()) == []
