@@ -857,16 +857,8 @@ def _commit(
         temp.unlink(missing_ok=True)
         return CommitOutcome(False, error=f"whole-file BLAKE3 {actual} is not {expected}")
     temp.replace(final)
-    _fsync_dir(final.parent)
+    storage.fsync_dir(final.parent)
     return CommitOutcome(True, path=str(final))
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # A Ray actor class; typed Any because Ray's decorator erases the methods' types.

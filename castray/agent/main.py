@@ -73,6 +73,7 @@ from castray.protocol import (
     TransferMessage,
     TransferOpened,
 )
+from castray.sources.fetch import FETCH_TIMEOUT
 
 if TYPE_CHECKING:
     from castray.agent.fleet import Fleet
@@ -177,10 +178,6 @@ def _manifest_read(described: Any, **extra: Any) -> ManifestRead:
         identity=described.identity,
         **extra,
     )
-
-
-FETCH_TIMEOUT = 24 * 3600.0
-"""An origin's object may be large and its link slow: a fetch is stopped, not timed out."""
 
 
 def ray_get(ref: Any, timeout: float = 60.0) -> Any:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from castray.agent.space import Room
+from castray.agent.storage import fsync_dir
 from castray.chunks import FileIdentity, identity_of
 from castray.errors import OriginFailed
 from castray.sources.fetch import fetch
@@ -66,11 +67,7 @@ def fetch_copy(
         os.close(fd)
         fd = -1
         temp.replace(final)
-        directory = os.open(storage_dir, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        fsync_dir(storage_dir)
     except BaseException:
         if fd >= 0:
             os.close(fd)

@@ -9,6 +9,7 @@ is a file the endpoint is sending right now.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,3 +100,12 @@ def _prune_empty_folders(root: Path) -> None:
             folder.rmdir()
         except OSError:
             continue  # not empty
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -23,11 +23,9 @@ from castray.server.registry import Registry
 from castray.server.targets import resolve_recipients
 from castray.server.transfer_plan import LocatedFile
 from castray.sources import policy
+from castray.sources.fetch import FETCH_TIMEOUT
 
 log = logging.getLogger(__name__)
-
-FETCH_TIMEOUT = 24 * 3600.0
-"""What the server waits for a fetch at most (the agent gives up at the same time)."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,9 @@ PARALLEL = 4
 TRIES = 6
 """Reads of one range before the fetch fails: each asks for what the last did not get."""
 FIRST_BACKOFF = 0.5
+FETCH_TIMEOUT = 24 * 3600.0
+"""What the server and the agent wait for a fetch at most: an object may be large and its
+link slow, so a fetch is stopped (cancel, shutdown) rather than timed out."""
 
 
 @dataclass(frozen=True)

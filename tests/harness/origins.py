@@ -16,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import Self
+
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 UPLOAD = """
 import sys, time, boto3
@@ -91,7 +93,22 @@ class HttpFaults:
     """Answer 403 unless the query string is exactly this (a presigned URL's signature)."""
 
 
-class RangeServer:
+class _Served:
+    """A server object on a thread of its own, stopped when the block ends."""
+
+    _server: Any
+    _thread: threading.Thread
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class RangeServer(_Served):
     """Serves the files of ``root`` with Range requests, a strong ETag and If-Match."""
 
     def __init__(self, root: Path) -> None:
@@ -186,16 +203,8 @@ class RangeServer:
             data[0] ^= 0xFF
             file.write_bytes(data)
 
-    def __enter__(self) -> RangeServer:
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-class S3Server:
+class S3Server(_Served):
     """moto's S3 server on a loopback port (or ``host``:``port``); ``log`` has the ranges of
     every object GET."""
 
@@ -253,14 +262,6 @@ class S3Server:
             aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         )
-
-    def __enter__(self) -> S3Server:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @contextmanager
