@@ -107,6 +107,15 @@ class StreamPlan(_Message):
     before they count as ended (it brings what they lack)."""
 
 
+class OriginFeed(_Message):
+    """A stream's source fetches its file from an origin as it sends it (cut-through): the
+    agent starts the fetch, and the manifest and BLAKE3 become known as the bytes arrive."""
+
+    fetch_id: str
+    url: str
+    allowed_hosts: list[str]
+
+
 class StartTransfer(_Message):
     """Send one file from ``source`` to ``recipients``, relayed along them in this order.
 
@@ -137,6 +146,11 @@ class StartTransfer(_Message):
     )
     transport: Transport = Transport.OBJECT_STORE
     stream: StreamPlan | None = None
+    origin: OriginFeed | None = Field(
+        None,
+        description="A stream whose source fetches the file from this origin as it sends it "
+        "(``path`` is the name it is fetched as); the reply's size is the object's.",
+    )
     exports: list[tuple[str, int, str]] = Field(
         default_factory=list,
         description="Agents of other clusters to stream each chunk to: host, port, and the "

@@ -41,7 +41,7 @@ from castray.agent import copies, journal, origin_copy, space, storage
 from castray.agent import dataplane as streams
 from castray.agent.outcomes import ChunkOutcome, ChunkStatus, CommitOutcome, EndpointFacts
 from castray.chunks import HASH_THREADS, FileIdentity, file_blake3, identity_of
-from castray.errors import SourceChanged
+from castray.errors import OriginFailed, SourceChanged, TooManyRequests
 from castray.models import FaultInjection
 from castray.protocol import StorageUsage
 
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 STOP_KEPT_SECONDS = 3600.0
 """How long a transfer's stop is remembered here, for its sends that start late."""
+FETCHES = 4
+"""Origin fetches one endpoint runs at once, at most (each holds up to 32 MiB and a thread)."""
 
 
 @dataclass
@@ -78,6 +80,8 @@ class _Source:
     """When a send last started or ended with it (a held source nobody uses is let go)."""
     opened: os.stat_result | None = None
     """The file as it was opened: each chunk read checks it is still that."""
+    fetch: origin_copy.LiveFetch | None = None
+    """The origin fetch that fills the file as it is sent (a stream waits for its bytes)."""
 
     def check(self) -> None:
         """``SourceChanged`` if the open file was written since it was opened: its size or
@@ -135,6 +139,8 @@ class Endpoint:
         self._ingress = ratelimit.bucket_for(options.ingress_limit)
         self._room = space.Room(self.storage_dir)
         self._copies = copies.CopyIndex(self.storage_dir)
+        self._fetches: dict[str, origin_copy.LiveFetch] = {}
+        """Origin fetches under way here, or whole but still a stream's source."""
         journal.sweep(self.storage_dir, options.partial_retention)
         threading.Thread(target=self._reap_orphans, name="orphan-reaper", daemon=True).start()
 
@@ -192,6 +198,8 @@ class Endpoint:
         source = self._sources.pop(transfer_id, None)
         if source is not None:
             source.file.close()
+            if source.fetch is not None:  # the transfer it fed ended: a fetch under way stops
+                self._stop_fetch(source.fetch.fetch_id)
 
     def file_size(self, path: str) -> int:
         """Size of a file this endpoint could send."""
@@ -395,30 +403,89 @@ class Endpoint:
         """What a receiver checks a file against: its chunks' and its whole BLAKE3 (one read)."""
         return manifest_of(self._source_path(path), chunk_size)
 
+    @ray.method(concurrency_group="stream")
+    def start_fetch(
+        self, fetch_id: str, url: str, name: str, chunk_size: int, allowed_hosts: list[str]
+    ) -> int:
+        """Start fetching an origin's object into this endpoint's storage as ``name`` (a
+        verified copy here once whole); the object's size, once the origin said what it is.
+        A stream may send it as it arrives (``hold_origin``); ``stop_fetch``, the end of
+        that stream's transfer, and ``abort_all`` stop it. At most ``FETCHES`` at once."""
+        return self._start_fetch(fetch_id, url, name, chunk_size, allowed_hosts)
+
+    def _start_fetch(
+        self, fetch_id: str, url: str, name: str, chunk_size: int, allowed_hosts: list[str]
+    ) -> int:
+        with self._lock:
+            under_way = sum(not f.done for f in self._fetches.values())
+        if under_way >= FETCHES:
+            raise TooManyRequests(
+                f"{self.endpoint_id} fetches {FETCHES} URLs at once, the most one endpoint "
+                "does; try again when one ends"
+            )
+        fetch = origin_copy.LiveFetch(
+            self.storage_dir,
+            self._room,
+            fetch_id,
+            url,
+            name,
+            chunk_size,
+            allowed_hosts,
+            self.endpoint_id,
+            time.monotonic,
+            lambda copy: self._copies.record(Path(copy.path), copy.whole),
+        )
+        size = fetch.open()
+        with self._lock:
+            self._fetches[fetch_id] = fetch
+        fetch.start()
+        return size
+
+    @ray.method(concurrency_group="watch")
+    def fetch_state(self, fetch_id: str, since: int) -> origin_copy.FetchState:
+        """How far a fetch is: its chunks' BLAKE3 from chunk ``since`` on, and, once whole
+        and checked, the file's."""
+        fetch = self._fetches.get(fetch_id)
+        if fetch is None:
+            return origin_copy.FetchState([], 0, None, "the fetch is not under way here")
+        return fetch.state(since)
+
+    @ray.method(concurrency_group="links")
+    def stop_fetch(self, fetch_id: str) -> None:
+        """Stop a fetch (its transfer did not start, or ended): its partial file goes."""
+        self._stop_fetch(fetch_id)
+
+    def _stop_fetch(self, fetch_id: str) -> None:
+        with self._lock:
+            fetch = self._fetches.pop(fetch_id, None)
+        if fetch is not None and not fetch.done:
+            fetch.stop()
+
     @ray.method(concurrency_group="fetch")
     def fetch_origin(
         self, fetch_id: str, url: str, name: str, chunk_size: int, allowed_hosts: list[str]
     ) -> origin_copy.OriginCopy:
-        """Fetch an origin's object into this endpoint's storage as ``name``: a verified copy
-        here, and the source of the transfer that sends it on. ``abort_all`` stops it."""
-        stopper = self._sending.setdefault(fetch_id, streams.Stopper())
+        """Fetch an origin's object into this endpoint's storage as ``name`` and answer once
+        it is whole: a verified copy here, and the source of the transfer that sends it on."""
+        self._start_fetch(fetch_id, url, name, chunk_size, allowed_hosts)
         try:
-            copy = origin_copy.fetch_copy(
-                self.storage_dir,
-                self._room,
-                fetch_id,
-                url,
-                name,
-                chunk_size,
-                allowed_hosts,
-                self.endpoint_id,
-                stopper.is_set,
-                time.monotonic,
-            )
+            return self._fetches[fetch_id].result()
         finally:
-            self._sending.pop(fetch_id, None)
-        self._copies.record(Path(copy.path), copy.whole)
-        return copy
+            with self._lock:
+                self._fetches.pop(fetch_id, None)
+
+    @ray.method(concurrency_group="stream")
+    def hold_origin(self, transfer_id: str, fetch_id: str) -> int:
+        """``hold_source`` for a file still being fetched: the transfer's streams send each
+        chunk once the fetch has it. Its size."""
+        fetch = self._fetches.get(fetch_id)
+        if fetch is None:
+            raise OriginFailed(f"the fetch {fetch_id} is not under way on {self.endpoint_id}")
+        self._sources[transfer_id] = _Source(
+            fetch.reader(), fetch.size, None, fetch.final, fetch=fetch
+        )
+        self._sending[transfer_id] = streams.Stopper()
+        return fetch.size
 
     @ray.method(concurrency_group="stream")
     def open_stream_sink(
@@ -469,10 +536,23 @@ class Endpoint:
         return str(sink.final), sink.resumed_bytes
 
     @ray.method(concurrency_group="watch")
-    def sink_status(self, transfer_id: str, wait: float = 0.0) -> streams.SinkStatus | None:
-        """The sink's status, after up to ``wait`` seconds for it to settle."""
+    def sink_status(
+        self,
+        transfer_id: str,
+        wait: float = 0.0,
+        told: int = 0,
+        digests: list[bytes] | None = None,
+        blake3: str | None = None,
+    ) -> streams.SinkStatus | None:
+        """The sink's status, after up to ``wait`` seconds for it to settle; first, for a
+        file still being fetched, the manifest entries from ``told`` on that became known,
+        and the whole file's BLAKE3 once it is."""
         sink = self._port.sink(transfer_id)
-        return sink.status(wait) if sink is not None else None
+        if sink is None:
+            return None
+        if digests or blake3:
+            sink.learn(told, digests or [], blake3)
+        return sink.status(wait)
 
     @ray.method(concurrency_group="links")
     def relink(self, transfer_id: str, downstream: str | None) -> None:
@@ -515,6 +595,11 @@ class Endpoint:
         held = self._sources.get(transfer_id) if path is not None else None
         opened: contextlib.AbstractContextManager[Any]
         check: Callable[[], None] | None = None
+        ready: Callable[[int], None] | None = None
+        stop = self._sending.setdefault(transfer_id, streams.Stopper())
+        if held is not None and held.fetch is not None:
+            fetch = held.fetch
+            ready = lambda end: fetch.wait_for(end, stop.is_set)  # noqa: E731
         if held is not None and held.path is not None:
             check = held.check
             source, opened = held.path, contextlib.nullcontext(held.file)
@@ -527,7 +612,6 @@ class Endpoint:
         else:
             source = self._source_path(path)
             opened = source.open("rb")
-        stop = self._sending.setdefault(transfer_id, streams.Stopper())
         with self._sending_file(source), opened as file:
             sent = streams.send(
                 file,
@@ -541,6 +625,7 @@ class Endpoint:
                 stop,
                 ratelimit.buckets(ratelimit.bucket_for(rate), self._egress),
                 check,
+                ready,
             )
         if held is not None:
             held.used_at = time.monotonic()
@@ -656,6 +741,8 @@ class Endpoint:
             self._abort(transfer_id, keep=True)
         for transfer_id in list(self._sources):
             self._release(transfer_id)
+        for fetch_id in list(self._fetches):
+            self._stop_fetch(fetch_id)
         return len(transfer_ids)
 
     @ray.method(concurrency_group="stream")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from castray.agent.dataplane import all_chunks
 from castray.agent.environment import prepare_environment
 from castray.agent.wire import Wire
 from castray.errors import (
@@ -54,6 +55,7 @@ from castray.protocol import (
     MessagesRead,
     MissingRead,
     Operation,
+    OriginFeed,
     ProbeFile,
     ProbeLinks,
     ReadManifest,
@@ -88,12 +90,16 @@ REQUEST_THREADS = 8
 FETCHES = REQUEST_THREADS // 2
 """Fetches from origins at once per agent: each holds a request thread for its whole length,
 and the others must stay free for the rest."""
+ORIGIN_INFO_TIMEOUT = 120.0
+"""Seconds an origin gets to say what its object is (a slow store, retried reads)."""
 IMPORT_HOST = "127.0.0.1"
 """Agents run beside the server, so streams between clusters stay on loopback."""
 EXIT_GRACE = 1.5
 """Seconds the agent gets to stop cleanly once its server is gone or asked it to stop; then
 it exits whatever Ray is doing (a call to a dead cluster can block for a minute)."""
 PARENT_CHECK_EVERY = 0.5
+ORIGIN_INFO_TIMEOUT = 120.0
+"""Seconds an origin gets to say what its object is (a slow store, retried reads)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -433,19 +439,26 @@ class Agent:
         from castray.agent.transports.stream_parts import Member, StreamSpec
 
         plan = spec.stream
-        if plan is None or spec.expected_blake3 is None:
+        origin = spec.origin if isinstance(spec, StartTransfer) else None
+        if plan is None or (spec.expected_blake3 is None and origin is None):
             raise AgentFailure("a stream transfer needs its manifest and its BLAKE3")
         source = None
         if isinstance(spec, StartTransfer):
             source = self._member(spec.source, Member)
+        manifest = [bytes.fromhex(digest) for digest in plan.manifest]
+        size = plan.size
+        if origin is not None:
+            assert source is not None and isinstance(spec, StartTransfer)
+            size = self._start_fetch(spec, origin, source.handle)
+            manifest = [b""] * len(all_chunks(size, spec.chunk_size))
         run = StreamRun(
             StreamSpec(
                 transfer_id=spec.transfer_id,
                 file_name=spec.file_name,
-                size=plan.size,
+                size=size,
                 chunk_size=spec.chunk_size,
-                manifest=[bytes.fromhex(digest) for digest in plan.manifest],
-                expected_blake3=spec.expected_blake3,
+                manifest=manifest,
+                expected_blake3=spec.expected_blake3 or "",
                 secret=bytes.fromhex(plan.secret),
                 recipients=[self._member(rid, Member) for rid in spec.recipients],
                 source=source,
@@ -457,6 +470,7 @@ class Agent:
                 source_identity=spec.source_identity if isinstance(spec, StartTransfer) else None,
                 send_on=tuple(plan.send_on),
                 await_stream=plan.await_stream,
+                origin_fetch=origin.fetch_id if origin is not None else None,
             ),
             self._on_transfer_message,
             self._fleet.death,
@@ -465,11 +479,26 @@ class Agent:
         try:
             run.open()
         except Exception as exc:  # the source's error decides the answer
+            if origin is not None and source is not None:  # nobody will send what it fetches
+                source.handle.stop_fetch.remote(origin.fetch_id)
             if isinstance(spec, StartTransfer):
                 raise _file_error(exc, spec.path, spec.source) from exc
             raise
         self._opened(request_id, spec, run)
-        return plan.size
+        return size
+
+    def _start_fetch(self, spec: StartTransfer, origin: OriginFeed, handle: Any) -> int:
+        """Have the source start fetching the origin's object; its size."""
+        return int(
+            self._described(
+                spec.source,
+                spec.path,
+                lambda _: handle.start_fetch.remote(
+                    origin.fetch_id, origin.url, spec.path, spec.chunk_size, origin.allowed_hosts
+                ),
+                ORIGIN_INFO_TIMEOUT,
+            )
+        )
 
     def _member(self, endpoint_id: str, kind: Any) -> Any:
         handle = self._fleet.handle(endpoint_id)

@@ -1,5 +1,9 @@
-"""A transfer whose source is a URL: which node fetches it, and the fetch itself, after
-which the transfer runs as any other, from that node's verified copy.
+"""A transfer whose source is a URL: which node fetches it, and how it is fed.
+
+A stream to recipients of the fetching node's own cluster is fed as the object arrives
+(cut-through: ``OriginFeed``, the transfer starts at once). Otherwise (recipients in other
+clusters, the object-store transport, a hop that cannot stream) the object is fetched whole
+first, after which the transfer runs as any other, from that node's verified copy.
 
 The URL is judged by the policy here first (and again on the fetching node, whose view of
 names may differ); it is shown only masked: a presigned URL's query never reaches a log, the
@@ -15,8 +19,8 @@ from dataclasses import dataclass
 
 from castray.config import Settings
 from castray.errors import InvalidRequest, NodeUnavailable
-from castray.models import NodeStatus, TransferCreate, TransferMode
-from castray.protocol import FetchOrigin, ManifestRead
+from castray.models import Node, NodeStatus, TransferCreate, TransferMode
+from castray.protocol import FetchOrigin, ManifestRead, OriginFeed
 from castray.server.gateway import AgentGateway
 from castray.server.library import check_file_name
 from castray.server.registry import Registry
@@ -29,10 +33,29 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Fetched:
+class OriginRequest:
+    """A URL-sourced request, checked: who fetches it, as which name."""
+
     request: TransferCreate
     """The request as it runs: from the fetching node's copy, to the others."""
-    located: LocatedFile
+    url: str
+    """As given (it may carry a presigned query: never logged)."""
+    shown: str
+    name: str
+    fetcher: Node
+
+    @property
+    def located(self) -> LocatedFile:
+        """The file as known before a byte is fetched: its name, and where it came from."""
+        return LocatedFile(path=self.name, name=self.name, origin=self.shown)
+
+    def feed(self, settings: Settings) -> OriginFeed:
+        """What the fetching node's agent needs to fetch it as the stream sends it."""
+        return OriginFeed(
+            fetch_id=uuid.uuid4().hex[:16],
+            url=self.url,
+            allowed_hosts=settings.origin_allowed_hosts,
+        )
 
 
 def choose_fetcher(
@@ -64,15 +87,14 @@ def choose_fetcher(
     return fetcher, request.model_copy(update={"recipients": rest, "group": None, "mode": mode})
 
 
-async def fetch_origin(
+async def prepare(
     request: TransferCreate,
     registry: Registry,
     groups: dict[str, list[str]],
-    agents: AgentGateway,
     settings: Settings,
-) -> Fetched:
-    """Fetch ``request.source_url`` onto the node that is to send it; the request and the
-    file as the transfer then runs them."""
+) -> OriginRequest:
+    """Check ``request.source_url`` against the policy, and the node that fetches it and the
+    recipients against the registry, before a byte is fetched."""
     assert request.source_url is not None
     url = policy.parse(request.source_url)
     try:
@@ -88,13 +110,23 @@ async def fetch_origin(
         raise NodeUnavailable(f"{node.id!r}, which is to fetch the URL, is {node.status.value}")
     # Recipients that cannot be sent to are told before the fetch, not after it.
     resolve_recipients(registry, groups, request.mode, fetcher, request.recipients, request.group)
-    log.info("fetching %s on %s as %s", url.shown, node.id, name)
+    request = request.model_copy(update={"source_node": node.id, "file": name})
+    return OriginRequest(request, request.source_url or "", url.shown, name, node)
+
+
+async def fetch_whole(
+    origin: OriginRequest, agents: AgentGateway, settings: Settings
+) -> LocatedFile:
+    """Fetch the object whole onto the node that is to send it; the file as the transfer
+    then sends it (its manifest known)."""
+    node, name = origin.fetcher, origin.name
+    log.info("fetching %s on %s as %s", origin.shown, node.id, name)
     read = await agents.request(
         node.cluster,
         FetchOrigin(
             endpoint_id=node.id,
             fetch_id=uuid.uuid4().hex[:16],
-            url=request.source_url,
+            url=origin.url,
             name=name,
             chunk_size=settings.chunk_size,
             allowed_hosts=settings.origin_allowed_hosts,
@@ -104,19 +136,18 @@ async def fetch_origin(
     )
     log.info(
         "fetched %s on %s: %d bytes in %.1f s, %s",
-        url.shown,
+        origin.shown,
         node.id,
         read.size,
         read.seconds,
         f"matching the origin's {read.checked}" if read.checked else "the origin gave no checksum",
     )
-    located = LocatedFile(
+    return LocatedFile(
         path=name,
         name=name,
         size=read.size,
         blake3=read.blake3,
         manifest=tuple(read.manifest),
         identity=read.identity,
-        origin=url.shown,
+        origin=origin.shown,
     )
-    return Fetched(request.model_copy(update={"source_node": node.id, "file": name}), located)

@@ -10,6 +10,7 @@ from castray.chunks import FileIdentity
 from castray.errors import InvalidRequest, NodeUnavailable
 from castray.folders import BUNDLE_SUFFIX, FolderIndex
 from castray.models import Node, NodeStatus, TransferCreate, TransferMode, Transport
+from castray.protocol import OriginFeed
 from castray.server.registry import Registry
 from castray.server.targets import resolve_recipients
 from castray.sizes import parse_rate_limit
@@ -70,6 +71,8 @@ class TransferPlan:
     """A resume: chunks recipients in other clusters lack, streamed to them from the source."""
     rate_limit: int = 0
     """Bytes per second the source sends at most; 0: no limit."""
+    origin: OriginFeed | None = None
+    """The source fetches the file from this origin as the stream sends it (cut-through)."""
 
     @property
     def clusters(self) -> list[str]:

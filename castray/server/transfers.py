@@ -71,12 +71,12 @@ from castray.protocol import (
     TransferOpened,
     TransferProgress,
 )
+from castray.server import origin_fetch
 from castray.server.events import EventHub
 from castray.server.gateway import AgentGateway
 from castray.server.history import History
 from castray.server.library import Library, check_file_name
 from castray.server.logs import about
-from castray.server.origin_fetch import fetch_origin
 from castray.server.registry import Registry
 from castray.server.transfer_plan import LocatedFile, TransferPlan, plan_transfer
 from castray.server.transfer_state import TransferState
@@ -169,10 +169,14 @@ class TransferService:
         BLAKE3 is checked when its manifest is read), instead of looking ``request.file`` up.
         ``itself``: the source may be a recipient too (a pin's library reader that lacks it)."""
         if request.source_url is not None:
-            fetched = await fetch_origin(
-                request, self._registry, self._groups, self._agents, self._settings
+            origin = await origin_fetch.prepare(
+                request, self._registry, self._groups, self._settings
             )
-            request, located = fetched.request, fetched.located
+            request = origin.request
+            fed = await self._fed_from_origin(origin)
+            if fed is not None:
+                return fed
+            located = await origin_fetch.fetch_whole(origin, self._agents, self._settings)
         if located is None:
             assert request.file is not None  # the model requires it without a source_url
             located = await asyncio.to_thread(self._locate, request.file)
@@ -194,6 +198,33 @@ class TransferService:
                 FileSize,
             )
             plan = plan.sized(probed.size)
+        return await self._run(plan, TransferState.start(plan, datetime.now(timezone.utc)))
+
+    async def _fed_from_origin(self, origin: origin_fetch.OriginRequest) -> Transfer | None:
+        """Start a URL-sourced stream that the fetching node feeds as the object arrives
+        (the transfer is under way at once, its progress shown from the first bytes); None
+        when it cannot be fed so: recipients in other clusters (their part starts knowing
+        the size), the object-store transport, or a hop that cannot stream."""
+        plan = plan_transfer(
+            uuid.uuid4().hex[:16],
+            origin.request,
+            self._registry,
+            self._groups,
+            origin.located,
+            self._settings.transport,
+        )
+        if plan.transport is not Transport.STREAM or plan.remote:
+            return None
+        if (trouble := await self._link_trouble(plan)) is not None:
+            log.info("%s is fetched whole first: %s", origin.shown, trouble)
+            return None
+        plan = replace(plan, origin=origin.feed(self._settings))
+        log.info(
+            "fetching %s on %s as %s, sent on as it arrives",
+            origin.shown,
+            origin.fetcher.id,
+            origin.name,
+        )
         return await self._run(plan, TransferState.start(plan, datetime.now(timezone.utc)))
 
     async def resume(self, transfer_id: str) -> Transfer:
@@ -549,6 +580,7 @@ class TransferService:
                 recipients=[n.id for n in plan.local],
                 stream=stream(0),
                 transport=Transport.STREAM,
+                origin=plan.origin,
                 **spec,
             ),
             TransferOpened,

@@ -18,6 +18,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import blake3
@@ -33,6 +34,8 @@ PARALLEL = 4
 TRIES = 6
 """Reads of one range before the fetch fails: each asks for what the last did not get."""
 FIRST_BACKOFF = 0.5
+STOP_CHECK = 0.5
+"""Seconds between looks at whether the fetch was stopped, while a read is awaited."""
 FETCH_TIMEOUT = 24 * 3600.0
 """What the server and the agent wait for a fetch at most: an object may be large and its
 link slow, so a fetch is stopped (cancel, shutdown) rather than timed out."""
@@ -74,8 +77,11 @@ def fetch(
     chunk_size: int,
     stopped: Callable[[], bool] = lambda: False,
     parallel: int = PARALLEL,
+    on_part: Callable[[int, list[bytes]], None] = lambda _written, _digests: None,
 ) -> Fetched:
-    """Read the whole object into ``fd`` (sized already) and check it."""
+    """Read the whole object into ``fd`` (sized already) and check it. ``on_part`` hears
+    of each part once it is written: the bytes written so far from the start, and the BLAKE3
+    of each chunk of the part (a stream fed as the bytes arrive sends up to there)."""
     part = max(chunk_size, PART // chunk_size * chunk_size)
     if not info.ranges:
         part, parallel = max(info.size, 1), 1
@@ -84,35 +90,49 @@ def fetch(
     origin_digest = _Digest(info.checksum) if info.checksum else None
     chunks: list[bytes] = []
     resumed = [0]
-    with ThreadPoolExecutor(parallel, thread_name_prefix="fetch") as pool:
-        waiting: deque[Future[bytearray]] = deque()
-        upcoming = iter(ranges)
-        try:
-            for start, end in upcoming:
-                waiting.append(pool.submit(_read_range, origin, start, end, info, resumed))
-                if len(waiting) >= parallel:
-                    break
-            written = 0
-            while waiting:
-                if stopped():
-                    raise Stopped("the fetch was stopped")
-                data = waiting.popleft().result()
-                following = next(upcoming, None)
-                if following is not None:
-                    waiting.append(pool.submit(_read_range, origin, *following, info, resumed))
-                view = memoryview(data)
-                os.pwrite(fd, view, written)
-                whole.update(view)
-                if origin_digest is not None:
-                    origin_digest.update(view)
-                for offset in range(0, len(view), chunk_size):
-                    chunks.append(blake3.blake3(view[offset : offset + chunk_size]).digest())
-                written += len(view)
-        finally:
-            for future in waiting:
-                future.cancel()
+    pool = ThreadPoolExecutor(parallel, thread_name_prefix="fetch")
+    waiting: deque[Future[bytearray]] = deque()
+    upcoming = iter(ranges)
+    try:
+        for start, end in upcoming:
+            waiting.append(pool.submit(_read_range, origin, start, end, info, resumed))
+            if len(waiting) >= parallel:
+                break
+        written = 0
+        while waiting:
+            data = _result(waiting.popleft(), stopped)
+            following = next(upcoming, None)
+            if following is not None:
+                waiting.append(pool.submit(_read_range, origin, *following, info, resumed))
+            view = memoryview(data)
+            os.pwrite(fd, view, written)
+            whole.update(view)
+            if origin_digest is not None:
+                origin_digest.update(view)
+            digests = [
+                blake3.blake3(view[offset : offset + chunk_size]).digest()
+                for offset in range(0, len(view), chunk_size)
+            ]
+            chunks.extend(digests)
+            written += len(view)
+            on_part(written, digests)
+    finally:
+        # A stop does not wait for reads under way (an origin that stalls would hold it):
+        # they end as the origin's client is closed, and what they bring is dropped.
+        pool.shutdown(wait=False, cancel_futures=True)
     checked = _check(origin_digest, info)
     return Fetched(info.size, chunks, str(whole.hexdigest()), checked, resumed[0])
+
+
+def _result(future: Future[bytearray], stopped: Callable[[], bool]) -> bytearray:
+    """A range's bytes once read; ``Stopped`` as soon as ``stopped()`` says so."""
+    while True:
+        if stopped():
+            raise Stopped("the fetch was stopped")
+        try:
+            return future.result(timeout=STOP_CHECK)
+        except FutureTimeout:
+            continue
 
 
 def _check(digest: _Digest | None, info: ObjectInfo) -> str | None:

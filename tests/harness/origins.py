@@ -79,6 +79,10 @@ class RangeLog:
         return [b for a, b in itertools.pairwise(seen) if b[0] < a[1]]
 
 
+HOLD_TIMEOUT = 120.0
+"""Seconds a held answer waits at most (a test that failed never leaves it hanging)."""
+
+
 @dataclass
 class HttpFaults:
     cut_after: int | None = None
@@ -91,6 +95,9 @@ class HttpFaults:
     """Paths answered with a 302 to a URL."""
     require_query: str | None = None
     """Answer 403 unless the query string is exactly this (a presigned URL's signature)."""
+    hold_from: int | None = None
+    """Answers for a range from this byte on wait for ``release`` before their body."""
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 class _Served:
@@ -182,6 +189,9 @@ class RangeServer(_Served):
                     self.wfile.write(body)
                     return
                 server.answers += 1
+                hold = server.faults.hold_from
+                if hold is not None and at >= hold:
+                    server.faults.release.wait(HOLD_TIMEOUT)
                 cut = server.faults.cut_after
                 if cut is not None and cut < len(body):
                     server.faults.cut_after = None

@@ -10,6 +10,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from tests.harness import transfers as tx
 from tests.harness.origins import RangeServer, S3Server
 from tests.harness.server import CastRayServer, serving
+from tests.harness.waiting import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -177,3 +179,106 @@ def test_a_url_transfer_resumes_from_the_fetched_copy_not_the_origin(
     assert len(copies) == 3 and set(copies.values()) == {expected}, copies
     assert s3.log.bytes_served() == read  # the origin was not read again
     _no_partials(server)
+
+
+def test_a_broadcast_is_fed_while_the_object_arrives(
+    server: CastRayServer, http: RangeServer, origin_root: Path
+) -> None:
+    """Cut-through: the POST answers once the fetch has begun; while the origin holds back the
+    object's second half, every recipient already has its first half verified, and none
+    commits a copy before the fetch is whole and checked."""
+    http.log.ranges.clear()
+    half = 16 * 1024 * 1024  # two of the fetch's 8 MiB ranges
+    http.faults.release.clear()
+    http.faults.hold_from = half
+    try:
+        transfer_id = tx.start(
+            server, source_url=http.url("weights.bin"), file="fed.bin", mode="broadcast"
+        )
+
+        def half_everywhere() -> dict[str, Any] | None:
+            now = tx.get(server, transfer_id)
+            done = [r["bytes_done"] for r in now["recipients"].values()]
+            return now if min(done) >= half else None
+
+        fed = wait_for(
+            half_everywhere,
+            60,
+            "the first half verified at every recipient while the origin holds the rest",
+        )
+        assert fed["status"] == "running", fed
+        assert len(fed["recipients"]) == 2 and fed["bytes_total"] == SIZE
+        assert _copies(server, "fed.bin") == {}  # nothing committed before the fetch is whole
+    finally:
+        http.faults.release.set()
+        http.faults.hold_from = None
+    done = tx.wait_finished(server, transfer_id)
+    assert done["status"] == "completed", done
+    expected = blake3.blake3((origin_root / "weights.bin").read_bytes()).hexdigest()
+    assert done["file"]["blake3"] == expected
+    copies = _copies(server, "fed.bin")
+    assert len(copies) == 3 and set(copies.values()) == {expected}, copies  # the fetcher too
+    assert http.log.overlaps(probe=True) == [] and http.log.bytes_served() == SIZE + 1
+    _no_partials(server)
+
+
+def test_an_object_changed_while_fed_fails_the_transfer_and_leaves_nothing(
+    server: CastRayServer, http: RangeServer, origin_root: Path
+) -> None:
+    # Six ranges: those asked for once the first ones came find the object changed.
+    (origin_root / "changing.bin").write_bytes(os.urandom(2 * SIZE))
+    http.faults.change_after = http.answers + 2  # the size probe and one range
+    transfer_id = tx.start(
+        server, source_url=http.url("changing.bin"), file="changing.bin", mode="broadcast"
+    )
+    done = tx.wait_finished(server, transfer_id)
+    http.faults.change_after = None
+    assert done["status"] == "failed", done
+    errors = {r["error"] for r in done["recipients"].values()}
+    assert all("changed on the origin during the fetch" in (e or "") for e in errors), errors
+    assert _copies(server, "changing.bin") == {}
+    _no_partials(server)
+
+
+def test_a_read_cut_while_fed_goes_on_from_where_it_stopped(
+    server: CastRayServer, http: RangeServer, origin_root: Path
+) -> None:
+    http.log.ranges.clear()
+    http.faults.cut_after = 3 * 1024 * 1024
+    done = tx.send(server, source_url=http.url("weights.bin"), file="cut.bin", mode="broadcast")
+    assert http.faults.cut_after is None  # the cut happened
+    assert done["status"] == "completed", done
+    expected = blake3.blake3((origin_root / "weights.bin").read_bytes()).hexdigest()
+    assert set(_copies(server, "cut.bin").values()) == {expected}
+    assert http.log.overlaps(probe=True) == [] and http.log.bytes_served() == SIZE + 1
+    _no_partials(server)
+
+
+def test_cancelling_while_the_origin_stalls_leaves_nothing_anywhere(
+    server: CastRayServer, http: RangeServer
+) -> None:
+    """The origin stops sending half-way; a cancel then ends the transfer at once: the
+    fetch stops without waiting on the origin, and no node keeps a partial file or a copy."""
+    half = 16 * 1024 * 1024
+    http.faults.release.clear()
+    http.faults.hold_from = half
+    try:
+        transfer_id = tx.start(
+            server, source_url=http.url("weights.bin"), file="stalled.bin", mode="broadcast"
+        )
+        tx.wait_under_way(server, transfer_id, "node_1")
+        with server.client() as client:
+            cancelled = client.delete(f"/api/transfers/{transfer_id}")
+        assert cancelled.status_code == 200, cancelled.text
+        assert tx.wait_finished(server, transfer_id, timeout=30)["status"] == "cancelled"
+        storages = [Path(info["storage_dir"]) for info in server.nodes().values()]
+        wait_for(
+            lambda: all(tx.leftovers(s) == [] for s in storages) or None,
+            30,
+            "every partial file, the fetcher's too, removed while the origin still stalls",
+        )
+        assert not http.faults.release.is_set()  # the origin never let go meanwhile
+        assert _copies(server, "stalled.bin") == {}
+    finally:
+        http.faults.release.set()
+        http.faults.hold_from = None

@@ -7,13 +7,14 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import blake3
 import pytest
 
-from castray.agent.origin_copy import fetch_copy
+from castray.agent.origin_copy import LiveFetch, OriginCopy
 from castray.agent.space import Room
 from castray.errors import Forbidden, OriginFailed, OriginMissing, SourceChanged
 from castray.sources import fetch as fetching
@@ -52,19 +53,14 @@ def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fetching, "FIRST_BACKOFF", 0.01)
 
 
-def _fetch(storage: Path, url: str, name: str = "copy.bin") -> fetching.Fetched | object:
-    return fetch_copy(
-        storage,
-        Room(storage),
-        "f1",
-        url,
-        name,
-        CHUNK,
-        ["127.0.0.1"],
-        "test",
-        lambda: False,
-        lambda: 0.0,
+def _fetch(storage: Path, url: str, name: str = "copy.bin") -> OriginCopy:
+    """Fetch as an endpoint does: the origin asked first, then the bytes on a thread."""
+    fetch = LiveFetch(
+        storage, Room(storage), "f1", url, name, CHUNK, ["127.0.0.1"], "test", time.monotonic
     )
+    fetch.open()
+    fetch.start()
+    return fetch.result(timeout=60)
 
 
 def _expect_copy(storage: Path, source: bytes, copy: object) -> None:

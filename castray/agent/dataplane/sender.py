@@ -102,13 +102,25 @@ def send(
     stop: Stopper,
     limits: ratelimit.Buckets = (),
     check: Callable[[], None] | None = None,
+    ready: Callable[[int], None] | None = None,
 ) -> int:
     """Stream ``chunks`` (index, offset, length) of ``file`` to ``target`` with ``sendfile``
     (the bytes never enter Python), within ``limits``; ``check`` runs after each chunk (the
-    source file unchanged, say) and may raise. A move (``Stopper.move``) carries on to
-    another receiver from the chunk it names. The bytes sent, whole chunks."""
+    source file unchanged, say) and may raise; ``ready(end)`` before each, returns once the
+    file holds the bytes before ``end`` (a file still being fetched). A move
+    (``Stopper.move``) carries on to another receiver from the chunk it names. The bytes
+    sent, whole chunks."""
     stream = _Stream(
-        file, transfer_id, secret, forward, connect_timeout, stall_timeout, stop, limits, check
+        file,
+        transfer_id,
+        secret,
+        forward,
+        connect_timeout,
+        stall_timeout,
+        stop,
+        limits,
+        check,
+        ready,
     )
     sent_total = 0
     while True:
@@ -133,6 +145,7 @@ class _Stream:
     stop: Stopper
     limits: ratelimit.Buckets
     check: Callable[[], None] | None
+    ready: Callable[[int], None] | None
 
     def send_to(self, target: str, chunks: list[tuple[int, int, int]]) -> int:
         """One connection's part: ``chunks`` to ``target``; raises ``_Moved`` on a move."""
@@ -145,6 +158,8 @@ class _Stream:
                 for index, offset, length in chunks:
                     if stop.is_set():
                         raise StreamError("stopped")
+                    if self.ready is not None:
+                        self.ready(offset + length)
                     sock.sendall(FRAME.pack(index, offset, length))
                     sent = 0
                     while sent < length:

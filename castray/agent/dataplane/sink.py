@@ -11,6 +11,10 @@ is written is what a forwarder (``forwarding``) sends on, from the file: the nex
 fed cut-through while it keeps up and from the page cache when it falls behind, and never
 holds this one back. A chunk that fails its check, or never came, is listed as missing for
 the agent to have it sent again.
+
+A file sent while its source still fetches it from an origin has a manifest that grows: a
+chunk whose BLAKE3 is not known yet when it arrives is written and passed on, and kept
+"unchecked" with the BLAKE3 it arrived with until ``learn`` brings the one it must have.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import blake3
@@ -107,6 +111,16 @@ class _ChunkEnd:
     length: int
     intact: bool
     pieces: int
+    digest: bytes = b""
+    """The BLAKE3 it arrived with: checked once its manifest entry is known, if not yet."""
+
+
+@dataclass(frozen=True)
+class _Learn:
+    """Manifest entries from chunk ``start`` on, become known (a file still being fetched)."""
+
+    start: int
+    digests: list[bytes]
 
 
 @dataclass(eq=False)
@@ -119,6 +133,7 @@ class StreamSink:
     size: int
     chunk_size: int
     manifest: list[bytes]
+    """Each chunk's BLAKE3; ``b""`` where not known yet (``learn`` brings it)."""
     secret: bytes
     downstream: str | None
     stall_timeout: float
@@ -146,6 +161,8 @@ class StreamSink:
     _synced: bytes = b""
     """The verified chunks as of the last successful sync: on disk for sure."""
     _damaged: dict[int, int] = field(default_factory=dict)
+    _unchecked: dict[int, bytes] = field(default_factory=dict)
+    """Chunks written whole whose manifest entry is not known yet: the BLAKE3 they came with."""
     _journaled_at: float = 0.0
     _journal_due: threading.Event = field(default_factory=threading.Event)
     """Set by the writer when the journal is due: a thread of its own syncs and writes it,
@@ -169,7 +186,7 @@ class StreamSink:
     went idle (the agent's status call and the forwarders wait on it)."""
     _free: queue.Queue[bytearray] = field(default_factory=queue.Queue)
     _buffers: int = 0
-    _work: queue.Queue[_Piece | _ChunkEnd | None] = field(default_factory=queue.Queue)
+    _work: queue.Queue[_Piece | _ChunkEnd | _Learn | None] = field(default_factory=queue.Queue)
     _writer: threading.Thread | None = None
     _journaler: threading.Thread | None = None
     _closed: bool = False
@@ -329,13 +346,15 @@ class StreamSink:
                     self._whole = whole_before
                     self._whole_owner = None
             raise
-        intact = not damaged and chunk_hash.digest() == self.manifest[index]
+        digest = chunk_hash.digest()
+        known = self.manifest[index]  # checked again on the writer if not known yet
+        intact = not damaged and (not known or digest == known)
         if in_order:
             with self._lock:
                 self._whole_upto += length
                 self._whole_valid = self._whole_valid and intact
                 self._whole_owner = None
-        self._work.put(_ChunkEnd(incoming, position, index, length, intact, pieces))
+        self._work.put(_ChunkEnd(incoming, position, index, length, intact, pieces, digest))
 
     # ---- passing on ---------------------------------------------------------------------
 
@@ -420,6 +439,8 @@ class StreamSink:
                 return
             if isinstance(item, _ChunkEnd):
                 self._chunk_ended(item)
+            elif isinstance(item, _Learn):
+                self._learned(item)
             else:
                 try:
                     self._write_piece(item)
@@ -433,6 +454,7 @@ class StreamSink:
         """Write a piece at its offset, unless its chunk is verified already (the file holds
         it: what a forwarder sends of it is the same); then it may be passed on."""
         if not self._verified[piece.index] and self.error is None:
+            self._unchecked.pop(piece.index, None)  # its bytes change: what it came with goes
             view = memoryview(piece.buffer)[: piece.length]
             count = self._writes.get(piece.index, 0)
             self._first_write.setdefault((id(piece.incoming), piece.position), count)
@@ -455,10 +477,11 @@ class StreamSink:
         written among them, may have left other bytes; the chunk then comes again)."""
         first = self._first_write.pop((id(end.incoming), end.position), None)
         alone = first is not None and self._writes.get(end.index, 0) - first == end.pieces
+        known = self.manifest[end.index]
+        if end.intact and known and end.digest != known:
+            end = replace(end, intact=False)  # its entry came while it arrived: it differs
         if not end.intact:
-            self.corrupt_chunks += 1
-            self._damaged[end.index] = self._damaged.get(end.index, 0) + 1
-            log.info("transfer %s: chunk %d arrived damaged", self.transfer_id, end.index)
+            self._damage(end.index)
             return
         if self._verified[end.index] or self.error is not None:
             return
@@ -469,8 +492,44 @@ class StreamSink:
                 end.index,
             )
             return
-        self._verified[end.index] = 1
-        self.verified_bytes += end.length
+        if not known:
+            self._unchecked[end.index] = end.digest
+            return
+        self._mark_verified(end.index, end.length)
+
+    def _learned(self, learn: _Learn) -> None:
+        """Manifest entries became known: chunks that came before them are checked now."""
+        for index, digest in enumerate(learn.digests, learn.start):
+            if index >= len(self.manifest) or self.manifest[index]:
+                continue
+            self.manifest[index] = digest
+            came_with = self._unchecked.pop(index, None)
+            if came_with is None or self._verified[index] or self.error is not None:
+                continue
+            if came_with == digest:
+                length = min(self.chunk_size, self.size - index * self.chunk_size)
+                self._mark_verified(index, length)
+                continue
+            self._damage(index)
+
+    def _damage(self, index: int) -> None:
+        self.corrupt_chunks += 1
+        self._damaged[index] = self._damaged.get(index, 0) + 1
+        with self._lock:
+            self._whole_valid = False  # the file is read back and hashed at its commit
+        log.info("transfer %s: chunk %d arrived damaged", self.transfer_id, index)
+
+    def learn(self, start: int, digests: list[bytes], blake3: str | None) -> None:
+        """The manifest entries from chunk ``start`` on, and (once known) the file's BLAKE3:
+        checked in turn with what the writer has (status waits for it)."""
+        if blake3:
+            self.blake3 = blake3
+        if digests:
+            self._work.put(_Learn(start, list(digests)))
+
+    def _mark_verified(self, index: int, length: int) -> None:
+        self._verified[index] = 1
+        self.verified_bytes += length
         # Once every chunk is here the commit comes next and syncs the file itself: a
         # journal then would only cost a small file's transfer two syncs and a thread.
         whole = self.verified_bytes >= self.size

@@ -42,7 +42,7 @@ from castray.agent.transports.stream_parts import (
     runs_to_repair,
     supplier_for,
 )
-from castray.errors import SourceChanged
+from castray.errors import OriginFailed, SourceChanged
 from castray.protocol import (
     RecipientFinished,
     TransferFinished,
@@ -103,6 +103,8 @@ class StreamRun:
         """Suppliers whose repair stream failed: another holder is asked first next time."""
         self._error: str | None = None
         self._error_passes = True
+        self._keep_partials = True
+        """What recipients verified stays for a resume when the run ends unfinished."""
         """Whether what ended the run passes (the source died) or not (its file changed)."""
         self._paced_at = time.monotonic() + ADAPT_AFTER - ADAPT_EVERY
         self._head_tried = False
@@ -110,6 +112,14 @@ class StreamRun:
         """Whom the last look at the paces found slow, not clearly enough to move it."""
         self._reported: dict[str, int] | None = None
         """The verified bytes per recipient last reported."""
+        fetching = spec.origin_fetch is not None
+        self._digests: list[bytes] = [] if fetching else list(spec.manifest)
+        """The manifest as known so far: it grows while the source fetches the file."""
+        self._blake3: str | None = None if fetching else spec.expected_blake3
+        """The whole file's BLAKE3, once known."""
+        if not fetching:  # every sink opens knowing it all
+            for recipient in self._recipients:
+                recipient.told, recipient.told_whole = len(self._digests), True
 
     @property
     def size(self) -> int:
@@ -124,7 +134,12 @@ class StreamRun:
         starts after). Raises the source's error (its file is gone, say)."""
         tid = self.spec.transfer_id
         source = self.spec.source
-        if source is not None and self.spec.source_path is not None:
+        if source is not None and self.spec.origin_fetch is not None:
+            ray.get(
+                source.handle.hold_origin.remote(tid, self.spec.origin_fetch),
+                timeout=self.spec.tunables.control_timeout,
+            )
+        elif source is not None and self.spec.source_path is not None:
             ray.get(
                 source.handle.hold_source.remote(
                     tid, self.spec.source_path, self.spec.source_identity
@@ -205,6 +220,7 @@ class StreamRun:
         while not self._cancelled.is_set():
             self._collect_sends()
             self._check_deaths()
+            self._follow_origin()
             if self._error is not None:
                 return
             # Commits first: a copy committed since the last pass is not asked about again.
@@ -232,6 +248,37 @@ class StreamRun:
                         )
             self._pause()
 
+    def _follow_origin(self) -> None:
+        """While the source fetches the file from its origin: learn the chunks' BLAKE3 it
+        has made, and the whole file's once the fetch is whole and checked (each sink is
+        told with its next status call); a failed fetch ends the transfer with its reason."""
+        fetch_id, source = self.spec.origin_fetch, self.spec.source
+        if fetch_id is None or source is None or self._blake3 is not None:
+            return
+        try:
+            state = ray.get(
+                source.handle.fetch_state.remote(fetch_id, len(self._digests)),
+                timeout=self.spec.tunables.control_timeout,
+            )
+        except (RayError, GetTimeoutError) as exc:
+            log.info("transfer %s: the fetch's state did not come: %s", self.spec.transfer_id, exc)
+            return  # the source's death is told by _check_deaths
+        if state.error is not None:
+            self._origin_failed(state.error)
+            return
+        self._digests.extend(state.digests)
+        if state.whole is not None and len(self._digests) == len(self.spec.manifest):
+            self._blake3 = state.whole
+
+    def _origin_failed(self, why: str) -> None:
+        """The file cannot be had: no recipient keeps a part of it (no resume could take
+        it up, there is no whole copy to resume from)."""
+        self._error, self._error_passes, self._keep_partials = why, False, False
+
+    def _all_known(self, recipient: Recipient) -> bool:
+        """Its last status was given knowing the whole manifest (always, unless fetched)."""
+        return self.spec.origin_fetch is None or recipient.knows == len(self.spec.manifest)
+
     def _adapt(self) -> None:
         """Every ``ADAPT_EVERY`` seconds: measure each recipient's pace, and move one that
         holds up those after it to the end of the chain (``pace.slow_one``): the one before it
@@ -240,6 +287,11 @@ class StreamRun:
         now = time.monotonic()
         seconds = now - self._paced_at
         if seconds < ADAPT_EVERY:
+            return
+        if self._blake3 is None:
+            # Still fetched from its origin: the origin paces every recipient, so their paces
+            # say nothing of their links (the lab moved a head that only waited on it).
+            self._paced_at = now
             return
         self._paced_at = now
         for recipient in self._recipients:
@@ -411,9 +463,12 @@ class StreamRun:
                 continue  # its sink is closed for the commit: asked only to know it answers
             if recipient.open and recipient.asking is None:
                 wait = self._poll_wait(recipient) if self._unsettled(recipient) else 0.0
+                told, whole = recipient.told, self._blake3 if not recipient.told_whole else None
                 recipient.asking = recipient.member.handle.sink_status.remote(
-                    self.spec.transfer_id, wait
+                    self.spec.transfer_id, wait, told, self._digests[told:], whole
                 )
+                recipient.told = recipient.asking_told = len(self._digests)
+                recipient.told_whole = recipient.told_whole or whole is not None
                 recipient.asked_at = now
         asking = {r.asking: r for r in self._recipients if r.asking is not None}
         if not asking:
@@ -432,6 +487,8 @@ class StreamRun:
                 continue
             if status is not None and recipient.open:
                 recipient.status = status
+                knows_whole = recipient.told_whole or self.spec.origin_fetch is None
+                recipient.knows = recipient.asking_told if knows_whole else -1
         now = time.monotonic()
         for recipient in asking.values():
             if recipient.open and now - recipient.asked_at > tunables.peer_timeout:
@@ -507,9 +564,11 @@ class StreamRun:
                 self._cut_off(recipient, status.error, transient=False)
             return
         settled = status.ended or status.broken is not None
+        if not self._all_known(recipient):
+            return  # a chunk not verified may just be unchecked yet
         if recipient.open and settled and not status.missing and recipient.committing is None:
             recipient.committing = recipient.member.handle.commit_sink.remote(
-                self.spec.transfer_id, self.spec.expected_blake3
+                self.spec.transfer_id, self._blake3
             )
 
     def _feeds_anyone(self, recipient: Recipient) -> bool:
@@ -582,6 +641,9 @@ class StreamRun:
                 continue
             except RayError as exc:
                 why = reason(exc)
+                if isinstance(cause_of(exc), OriginFailed):
+                    self._origin_failed(why)
+                    return
                 if isinstance(cause_of(exc), SourceChanged):
                     self._error, self._error_passes = why, False
                     return
@@ -615,6 +677,8 @@ class StreamRun:
         ``chunk_retries`` checks; chunks missing because a stream broke upstream are not
         retries (only repairs that bring nothing new, in a row, are)."""
         self._send_repairs()
+        if not all(self._all_known(r) for r in self._recipients if r.open):
+            return  # while the file is fetched, a chunk not verified may be unchecked yet
         retries = self.spec.tunables.chunk_retries
         for run in runs_to_repair(self._recipients):
             for recipient in run:
@@ -765,7 +829,9 @@ class StreamRun:
         self._end_sending(suppliers)
         for recipient in self._recipients:
             if recipient.path is None:
-                recipient.member.handle.abort_sink.remote(tid, not cancelled)
+                recipient.member.handle.abort_sink.remote(
+                    tid, self._keep_partials and not cancelled
+                )
                 if not cancelled:
                     self._fail(
                         recipient,
@@ -780,7 +846,7 @@ class StreamRun:
             TransferFinished(
                 transfer_id=tid,
                 size=self.spec.size,
-                blake3=self.spec.expected_blake3,
+                blake3=self._blake3,
                 cancelled=cancelled,
                 error=self._error,
                 bytes_served=dict(self._served),

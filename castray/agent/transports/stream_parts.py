@@ -51,6 +51,9 @@ class StreamSpec:
     of other clusters lack)."""
     await_stream: bool = False
     """A resume's part in another cluster: its sinks wait for the stream from upstream."""
+    origin_fetch: str | None = None
+    """The source's fetch from an origin that fills its file as the stream sends it: the
+    manifest (empty entries) and ``expected_blake3`` (empty) become known as it goes."""
 
 
 @dataclass
@@ -90,6 +93,13 @@ class Recipient:
     fast as can be)."""
     repair_after: float = 0.0
     """Not planned again before this time (a repair stream to it failed: back off)."""
+    told: int = 0
+    """Manifest entries its sink was told of (a file still being fetched: they grow)."""
+    told_whole: bool = False
+    knows: int = 0
+    """Entries its sink knew when it gave its last status (with the whole file's BLAKE3:
+    -1 until then): its status tells verified from unchecked only once all are known."""
+    asking_told: int = 0
 
     @property
     def needs_repair(self) -> bool:
