@@ -12,11 +12,17 @@ object. Its readers are hosts 2..N. Side by side, alternated over ``--reps`` rep
   ranged GETs), the yardstick;
 - **every host downloads**: hosts 2..N each do the same, all at once (what users do today);
 - **CastRay from the origin**: ``POST /api/transfers {"source_url": ...}``, host 2 fetching,
-  hosts 3..N receiving: from the request to the last verified copy;
+  hosts 3..N receiving (cut-through: the chain is fed as the object arrives): from the request
+  to the last verified copy;
+- **CastRay from a copy**: the same chain from host 2's copy of the object, the origin not
+  involved: what the chain alone costs at this scale, the best cut-through can reach;
 - **bound**: the size over the origin's link rate.
 
 Also printed: the origin's egress over the object's size for each contender (from the S3
-server's own log of the bytes it served).
+server's own log of the bytes it served), and the machine's CPU use during it (every lab host
+shares this machine's cores). ``--profile DIR`` then runs CastRay from the origin once more
+under ``py-spy record`` (the fetching endpoint and the last recipient's) and prints where
+their time went.
 
 Targets (issue #26) at 8 hosts, 100 Mbit/s, 256 MiB: CastRay <= 1.3x one download; origin
 egress 1.0x.
@@ -52,7 +58,12 @@ AWS = {
     "AWS_SECRET_ACCESS_KEY": "bench-secret",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-CONTENDERS = ("one download", "every host downloads", "CastRay from the origin")
+CONTENDERS = (
+    "one download",
+    "every host downloads",
+    "CastRay from the origin",
+    "CastRay from a copy",
+)
 DOWNLOAD = """
 import pathlib, sys, time, boto3
 bucket, key, dest, ready, go = sys.argv[1:6]
@@ -104,13 +115,16 @@ def downloads(lab: LabState, hosts: list[int], work: Path) -> float:
     return max(ends) - began
 
 
-def castray_from_origin(server: LabServer, hosts: list[int]) -> float:
+def castray(server: LabServer, hosts: list[int], origin: bool = True) -> float:
+    """Host ``hosts[0]`` sends to the others: what it fetches from the origin, or its copy
+    of it (fetched by an earlier run)."""
+    source = {"source_url": f"s3://{BUCKET}/{KEY}"} if origin else {"file": KEY}
     with server.client() as client:
         began = time.monotonic()
         answer = client.post(
             "/api/transfers",
             json={
-                "source_url": f"s3://{BUCKET}/{KEY}",
+                **source,
                 "source_node": server.node_id(hosts[0]),
                 "mode": "multicast",
                 "recipients": [server.node_id(h) for h in hosts[1:]],
@@ -118,9 +132,74 @@ def castray_from_origin(server: LabServer, hosts: list[int]) -> float:
             timeout=3600,
         )
     assert answer.status_code == 202, answer.text
-    done = tx.wait_finished(server, answer.json()["transfer_id"], timeout=3600)
+    transfer_id = answer.json()["transfer_id"]
+    done = tx.wait_finished(server, transfer_id, timeout=3600)
     assert done["status"] == "completed", done
-    return time.monotonic() - began
+    seconds = time.monotonic() - began
+    for line in (server.data_dir / "logs" / "agent-home.log").read_text().splitlines():
+        if transfer_id in line and "whole and checked" in line:
+            print(f"  {line.partition(': ')[2]} (transfer: {seconds:.1f} s)", file=sys.stderr)
+    return seconds
+
+
+def cpu_busy() -> tuple[int, int]:
+    """The machine's busy and total CPU time so far (``/proc/stat``, in ticks)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def profile(server: LabServer, hosts: list[int], out: Path) -> None:
+    """CastRay from the origin once more, its fetching endpoint and last recipient under
+    ``py-spy record``; each one's busiest functions (own time)."""
+    with server.client() as client:
+        nodes = {n["id"]: n for n in client.get("/api/nodes").json()["nodes"]}
+    watched = {f"h{h}": nodes[server.node_id(h)]["pid"] for h in (hosts[0], hosts[-1])}
+    out.mkdir(parents=True, exist_ok=True)
+    spies = {
+        host: subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--rate",
+                "50",
+                "-o",
+                str(out / f"{host}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for host, pid in watched.items()
+    }
+    try:
+        print(f"profiled run: {castray(server, hosts):.1f} s", file=sys.stderr)
+    finally:
+        for spy in spies.values():
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+    for host in spies:
+        print(
+            f"\n{host} ({'fetches' if host == f'h{hosts[0]}' else 'last recipient'}): "
+            "where its CPU time went (functions' own time, share of busy samples)"
+        )
+        for line in own_time(out / f"{host}.txt")[:8]:
+            print(f"  {line}")
+
+
+def own_time(raw: Path) -> list[str]:
+    """The leaf functions of collapsed stacks, by share of samples."""
+    counts: dict[str, int] = defaultdict(int)
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            counts[stack.split(";")[-1]] += int(count)
+    total = sum(counts.values()) or 1
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    return [f"{100 * n / total:5.1f}%  {frame}" for frame, n in ranked]
 
 
 def main() -> None:
@@ -131,6 +210,7 @@ def main() -> None:
     parser.add_argument("--reps", default=3, type=int)
     parser.add_argument("--name", default="origin")
     parser.add_argument("--subnet", default="198.18.64.0/24")
+    parser.add_argument("--profile", type=Path, help="profile one more CastRay run into DIR")
     args = parser.parse_args()
     shape = LinkShape.parse(args.rate)
     size = args.size * MIB
@@ -166,6 +246,7 @@ def main() -> None:
     s3 = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
     times: dict[str, list[float]] = defaultdict(list)
     egress: dict[str, list[float]] = defaultdict(list)
+    cpu: dict[str, list[float]] = defaultdict(list)
     try:
         (work / "object").write_bytes(os.urandom(size))
         argv, env = in_host(
@@ -176,20 +257,28 @@ def main() -> None:
         runs: dict[str, Callable[[], float]] = {
             "one download": lambda: downloads(lab, readers[:1], work),
             "every host downloads": lambda: downloads(lab, readers, work),
-            "CastRay from the origin": lambda: castray_from_origin(server, readers),
+            "CastRay from the origin": lambda: castray(server, readers),
+            "CastRay from a copy": lambda: castray(server, readers, origin=False),
         }
+        castray(server, readers)  # untimed: host 2 has its copy before any rep begins
         for rep in range(args.reps):
             turn = rep % len(CONTENDERS)
             for name in CONTENDERS[turn:] + CONTENDERS[:turn]:
                 before = RangeLog.read(log).bytes_served()
+                busy, total = cpu_busy()
                 seconds = runs[name]()
+                busy_after, total_after = cpu_busy()
                 served = RangeLog.read(log).bytes_served() - before
                 times[name].append(seconds)
                 egress[name].append(served / size)
+                cpu[name].append((busy_after - busy) / max(1, total_after - total))
                 print(
-                    f"rep {rep + 1}: {name}: {seconds:.1f} s, origin egress {served / size:.2f}x",
+                    f"rep {rep + 1}: {name}: {seconds:.1f} s, origin egress {served / size:.2f}x"
+                    f", CPU {100 * cpu[name][-1]:.0f}%",
                     file=sys.stderr,
                 )
+        if args.profile is not None:
+            profile(server, readers, args.profile)
     finally:
         os.killpg(s3.pid, signal.SIGTERM)
         s3.wait(30)
@@ -197,12 +286,13 @@ def main() -> None:
         for child in work.iterdir():
             child.unlink()
         work.rmdir()
-    report(times, egress, shape, size, args.hosts, args.reps)
+    report(times, egress, cpu, shape, size, args.hosts, args.reps)
 
 
 def report(
     times: dict[str, list[float]],
     egress: dict[str, list[float]],
+    cpu: dict[str, list[float]],
     shape: LinkShape,
     size: int,
     hosts: int,
@@ -214,14 +304,15 @@ def report(
         f"\n{size // MIB} MiB from an S3 server in host 1 onto hosts 2..{hosts}, each link "
         f"{shape.describe()}; medians of {reps} reps\n"
     )
-    print("| contender | seconds | / one download | origin egress / object |")
-    print("|---|---|---|---|")
+    print("| contender | seconds | / one download | origin egress / object | machine CPU |")
+    print("|---|---|---|---|---|")
     bound = shape.transfer_seconds(size)
-    print(f"| bound (size / origin link) | {bound:.1f} | {bound / one:.2f}x | 1.00x |")
+    print(f"| bound (size / origin link) | {bound:.1f} | {bound / one:.2f}x | 1.00x | |")
     for name in CONTENDERS:
         print(
             f"| {name} | {med[name]:.1f} | {med[name] / one:.2f}x | "
-            f"{statistics.median(egress[name]):.2f}x |"
+            f"{statistics.median(egress[name]):.2f}x | "
+            f"{100 * statistics.median(cpu[name]):.0f}% |"
         )
 
 

@@ -52,7 +52,8 @@ class FetchState:
     """The BLAKE3 of each chunk fetched, from the one asked for on."""
     fetched_bytes: int
     whole: str | None
-    """The whole file's BLAKE3, once the fetch is whole, checked and in place."""
+    """The whole file's BLAKE3, once every byte is fetched and matched the origin's
+    checksum (this copy's own fsync and rename may still be under way)."""
     error: str | None
 
 
@@ -91,6 +92,7 @@ class LiveFetch:
         self._fetched = 0
         self._digests: list[bytes] = []
         self._copy: OriginCopy | None = None
+        self._whole: str | None = None
         self._failure: Exception | None = None
         self._thread: threading.Thread | None = None
         self._fd = -1
@@ -145,7 +147,10 @@ class LiveFetch:
                 self._stop.is_set,
                 on_part=self._arrived,
             )
-            os.fsync(self._fd)
+            with self._changed:  # every byte is here and checked: recipients may commit
+                self._whole = fetched.whole
+                self._changed.notify_all()
+            os.fsync(self._fd)  # this copy's own durability, while they do
             with self._changed:  # a reader opens the partial file or the final one, never none
                 self.temp.replace(self.final)
             fsync_dir(self._storage_dir)
@@ -222,7 +227,7 @@ class LiveFetch:
             return FetchState(
                 digests=self._digests[since:],
                 fetched_bytes=self._fetched,
-                whole=self._copy.whole if self._copy is not None else None,
+                whole=self._whole,
                 error=None if failure is None else _said(failure),
             )
 

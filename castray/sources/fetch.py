@@ -2,10 +2,16 @@
 each chunk's BLAKE3 (the manifest a stream's receivers check) and the whole file's made as
 the bytes arrive, and the origin's own checksum checked when it offers one.
 
-Reads run ``parallel`` ranges at a time, each of ``part`` bytes (a whole number of chunks);
-the parts are written and hashed in order, so memory holds at most ``parallel`` parts,
-whatever the object's size. A read that is cut asks again for the rest of its range, from
-where it stopped: nothing already fetched is fetched again.
+Reads run ``parallel`` ranges at a time, each of ``part`` bytes; the parts are written and
+hashed in order, so memory holds at most ``parallel`` parts, whatever the object's size. A
+read that is cut asks again for the rest of its range, from where it stopped: nothing already
+fetched is fetched again.
+
+The first ranges are staggered (a quarter of a part, a half, three quarters, then whole parts,
+with four in flight): ranges started together share the origin's link and end together, so
+the bytes would come in order only in bursts of ``parallel`` parts, and a stream fed as they
+arrive (cut-through) would lag the fetch by a whole burst. Staggered, one range ends about
+every part's time, at the start and the end of the fetch too.
 """
 
 from __future__ import annotations
@@ -82,10 +88,10 @@ def fetch(
     """Read the whole object into ``fd`` (sized already) and check it. ``on_part`` hears
     of each part once it is written: the bytes written so far from the start, and the BLAKE3
     of each chunk of the part (a stream fed as the bytes arrive sends up to there)."""
-    part = max(chunk_size, PART // chunk_size * chunk_size)
-    if not info.ranges:
-        part, parallel = max(info.size, 1), 1
-    ranges = [(start, min(start + part, info.size)) for start in range(0, info.size, part)]
+    ranges = plan_ranges(info.size, PART, parallel) if info.ranges else [(0, info.size)]
+    if len(ranges) == 1:
+        parallel = 1
+    chunking = _Chunking(chunk_size, info.size)
     whole = blake3.blake3(max_threads=HASH_THREADS)
     origin_digest = _Digest(info.checksum) if info.checksum else None
     chunks: list[bytes] = []
@@ -109,10 +115,7 @@ def fetch(
             whole.update(view)
             if origin_digest is not None:
                 origin_digest.update(view)
-            digests = [
-                blake3.blake3(view[offset : offset + chunk_size]).digest()
-                for offset in range(0, len(view), chunk_size)
-            ]
+            digests = chunking.feed(view)
             chunks.extend(digests)
             written += len(view)
             on_part(written, digests)
@@ -122,6 +125,42 @@ def fetch(
         pool.shutdown(wait=False, cancel_futures=True)
     checked = _check(origin_digest, info)
     return Fetched(info.size, chunks, str(whole.hexdigest()), checked, resumed[0])
+
+
+def plan_ranges(size: int, part: int, parallel: int) -> list[tuple[int, int]]:
+    """The ranges ``[start, end)`` a fetch reads: the first ``parallel - 1`` staggered (1/n,
+    2/n, ... of a part), then whole parts."""
+    lengths = [part * k // parallel for k in range(1, parallel)]
+    ranges, start = [], 0
+    while start < size:
+        length = lengths.pop(0) if lengths else part
+        ranges.append((start, min(start + max(length, 1), size)))
+        start = ranges[-1][1]
+    return ranges
+
+
+class _Chunking:
+    """Each chunk's BLAKE3, over parts that need not start or end where chunks do."""
+
+    def __init__(self, chunk_size: int, size: int) -> None:
+        self._chunk_size = chunk_size
+        self._left = size
+        self._hash = blake3.blake3()
+        self._filled = 0
+
+    def feed(self, view: memoryview) -> list[bytes]:
+        """The digests of the chunks ``view`` completes (the next bytes of the object)."""
+        done, at = [], 0
+        while at < len(view):
+            take = min(self._chunk_size - self._filled, len(view) - at)
+            self._hash.update(view[at : at + take])
+            self._filled += take
+            self._left -= take
+            at += take
+            if self._filled == self._chunk_size or self._left == 0:
+                done.append(self._hash.digest())
+                self._hash, self._filled = blake3.blake3(), 0
+        return done
 
 
 def _result(future: Future[bytearray], stopped: Callable[[], bool]) -> bytearray:

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import itertools
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -115,22 +116,29 @@ class _Served:
         self._server.server_close()
 
 
+class _Http6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class RangeServer(_Served):
     """Serves the files of ``root`` with Range requests, a strong ETag and If-Match."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, host: str = "127.0.0.1") -> None:
         self.root = root
+        self.host = host
         self.log = RangeLog()
         self.faults = HttpFaults()
         self.answers = 0
         self.queries: list[str] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        server_class = _Http6Server if ":" in host else ThreadingHTTPServer
+        self._server = server_class((host, 0), self._handler())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def url(self, name: str, query: str = "") -> str:
-        return f"http://127.0.0.1:{self.port}/{name}" + (f"?{query}" if query else "")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/{name}" + (f"?{query}" if query else "")
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self

@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 SIZE = 24 * 1024 * 1024 + 777
 BUCKET = "castray-origins"
 SIGNATURE = "X-Amz-Signature=0123456789abcdefSECRET"
+CHUNK = 8 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +186,10 @@ def test_a_broadcast_is_fed_while_the_object_arrives(
     server: CastRayServer, http: RangeServer, origin_root: Path
 ) -> None:
     """Cut-through: the POST answers once the fetch has begun; while the origin holds back the
-    object's second half, every recipient already has its first half verified, and none
-    commits a copy before the fetch is whole and checked."""
+    object's second half, every recipient already has chunks of the first half verified, and
+    none commits a copy before the fetch is whole and checked."""
     http.log.ranges.clear()
-    half = 16 * 1024 * 1024  # two of the fetch's 8 MiB ranges
+    half = 16 * 1024 * 1024  # ranges from here on wait: the fetch has 20 MiB, two whole chunks
     http.faults.release.clear()
     http.faults.hold_from = half
     try:
@@ -196,17 +197,19 @@ def test_a_broadcast_is_fed_while_the_object_arrives(
             server, source_url=http.url("weights.bin"), file="fed.bin", mode="broadcast"
         )
 
-        def half_everywhere() -> dict[str, Any] | None:
-            now = tx.get(server, transfer_id)
-            done = [r["bytes_done"] for r in now["recipients"].values()]
-            return now if min(done) >= half else None
+        seen: list[Any] = []
 
-        fed = wait_for(
-            half_everywhere,
-            60,
-            "the first half verified at every recipient while the origin holds the rest",
-        )
+        def fed_everywhere() -> dict[str, Any] | None:
+            now = tx.get(server, transfer_id)
+            seen[:] = [{k: r["bytes_done"] for k, r in now["recipients"].items()}]
+            return now if min(seen[0].values()) >= CHUNK else None
+
+        try:
+            fed = wait_for(fed_everywhere, 60, "a chunk verified at every recipient")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: verified {seen}, served {http.log.ranges}") from None
         assert fed["status"] == "running", fed
+        assert max(r["bytes_done"] for r in fed["recipients"].values()) <= half
         assert len(fed["recipients"]) == 2 and fed["bytes_total"] == SIZE
         assert _copies(server, "fed.bin") == {}  # nothing committed before the fetch is whole
     finally:
@@ -282,3 +285,24 @@ def test_cancelling_while_the_origin_stalls_leaves_nothing_anywhere(
     finally:
         http.faults.release.set()
         http.faults.hold_from = None
+
+
+def test_a_url_sent_through_the_object_store_is_fetched_whole_first(
+    server: CastRayServer, s3: S3Server, origin_root: Path
+) -> None:
+    """Where the stream cannot be fed as the object arrives (here: the object-store transport
+    asked for), the object is fetched whole first, then sent: read once all the same."""
+    s3.log.ranges.clear()
+    done = tx.send(
+        server,
+        source_url=f"s3://{BUCKET}/models/weights.bin",
+        file="through-store.bin",
+        mode="broadcast",
+        transport="object-store",
+    )
+    assert done["status"] == "completed" and done["transport"] == "object-store", done
+    expected = blake3.blake3((origin_root / "weights.bin").read_bytes()).hexdigest()
+    copies = _copies(server, "through-store.bin")
+    assert len(copies) == 3 and set(copies.values()) == {expected}, copies
+    assert s3.log.overlaps() == [] and s3.log.bytes_served() == SIZE
+    _no_partials(server)

@@ -53,20 +53,26 @@ def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fetching, "FIRST_BACKOFF", 0.01)
 
 
-def _fetch(storage: Path, url: str, name: str = "copy.bin") -> OriginCopy:
+def _fetch(
+    storage: Path,
+    url: str,
+    name: str = "copy.bin",
+    allowed: tuple[str, ...] = ("127.0.0.1",),
+    chunk: int = CHUNK,
+) -> OriginCopy:
     """Fetch as an endpoint does: the origin asked first, then the bytes on a thread."""
     fetch = LiveFetch(
-        storage, Room(storage), "f1", url, name, CHUNK, ["127.0.0.1"], "test", time.monotonic
+        storage, Room(storage), "f1", url, name, chunk, list(allowed), "test", time.monotonic
     )
     fetch.open()
     fetch.start()
     return fetch.result(timeout=60)
 
 
-def _expect_copy(storage: Path, source: bytes, copy: object) -> None:
+def _expect_copy(storage: Path, source: bytes, copy: object, chunk: int = CHUNK) -> None:
     data = (storage / "copy.bin").read_bytes()
     assert data == source
-    chunks = [blake3.blake3(source[i : i + CHUNK]).digest() for i in range(0, len(source), CHUNK)]
+    chunks = [blake3.blake3(source[i : i + chunk]).digest() for i in range(0, len(source), chunk)]
     assert copy.chunks == chunks  # type: ignore[attr-defined]
     assert copy.whole == blake3.blake3(source).hexdigest()  # type: ignore[attr-defined]
     assert [p.name for p in storage.iterdir()] == ["copy.bin"]  # no partial file left
@@ -75,7 +81,9 @@ def _expect_copy(storage: Path, source: bytes, copy: object) -> None:
 def test_an_http_object_is_read_once_in_parallel_ranges(http: RangeServer, storage: Path) -> None:
     copy = _fetch(storage, http.url("model.bin"))
     _expect_copy(storage, (http.root / "model.bin").read_bytes(), copy)
-    assert len(http.log.ranges) == 1 + 6 and http.log.overlaps(probe=True) == []
+    ranges = fetching.plan_ranges(SIZE, 1024 * 1024, fetching.PARALLEL)
+    assert [r for r in ranges if r[1] - r[0] < 1024 * 1024][:3] == ranges[:3]  # staggered
+    assert len(http.log.ranges) == 1 + len(ranges) and http.log.overlaps(probe=True) == []
     assert http.log.bytes_served() == SIZE + 1  # the first byte once more: the size probe
 
 
@@ -152,3 +160,33 @@ def test_a_redirect_is_followed_only_to_an_allowed_host(http: RangeServer, stora
     with pytest.raises(Forbidden, match=r"169\.254\.169\.254"):
         _fetch(storage, http.url("to-metadata.bin"))
     assert list(storage.iterdir()) == []
+
+
+def test_an_origin_on_an_ipv6_address_is_fetched_once_listed(storage: Path) -> None:
+    """An IPv6 literal in the URL: refused as loopback unless listed, then read once."""
+    root = storage.parent / f"{storage.name}-origin6"
+    root.mkdir()
+    (root / "model.bin").write_bytes(os.urandom(SIZE))
+    try:
+        with RangeServer(root, host="::1") as server:
+            url = server.url("model.bin")
+            assert url.startswith("http://[::1]:")
+            with pytest.raises(Forbidden, match="plain http"):
+                _fetch(storage, url)
+            copy = _fetch(storage, url, allowed=("::1",))
+            _expect_copy(storage, (root / "model.bin").read_bytes(), copy)
+            assert server.log.overlaps(probe=True) == [] and server.log.bytes_served() == SIZE + 1
+    finally:
+        for child in root.iterdir():
+            child.unlink()
+        root.rmdir()
+
+
+def test_chunks_that_straddle_the_ranges_read_are_hashed_whole(
+    http: RangeServer, storage: Path
+) -> None:
+    """Chunks of 384 KiB over ranges of 256, 512, 768 KiB and 1 MiB: each chunk's BLAKE3 is
+    made of its bytes, whichever ranges brought them."""
+    chunk = 384 * 1024
+    copy = _fetch(storage, http.url("model.bin"), chunk=chunk)
+    _expect_copy(storage, (http.root / "model.bin").read_bytes(), copy, chunk)

@@ -112,6 +112,7 @@ class StreamRun:
         """Whom the last look at the paces found slow, not clearly enough to move it."""
         self._reported: dict[str, int] | None = None
         """The verified bytes per recipient last reported."""
+        self._began = time.monotonic()
         fetching = spec.origin_fetch is not None
         self._digests: list[bytes] = [] if fetching else list(spec.manifest)
         """The manifest as known so far: it grows while the source fetches the file."""
@@ -269,6 +270,12 @@ class StreamRun:
         self._digests.extend(state.digests)
         if state.whole is not None and len(self._digests) == len(self.spec.manifest):
             self._blake3 = state.whole
+            log.info(
+                "transfer %s: the fetch from its origin is whole and checked, %.1f s after the "
+                "run began",
+                self.spec.transfer_id,
+                time.monotonic() - self._began,
+            )
 
     def _origin_failed(self, why: str) -> None:
         """The file cannot be had: no recipient keeps a part of it (no resume could take
