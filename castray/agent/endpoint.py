@@ -447,7 +447,7 @@ class Endpoint:
         and checked, the file's."""
         fetch = self._fetches.get(fetch_id)
         if fetch is None:
-            return origin_copy.FetchState([], 0, None, "the fetch is not under way here")
+            return origin_copy.FetchState([], None, "the fetch is not under way here")
         return fetch.state(since)
 
     @ray.method(concurrency_group="links")

@@ -98,8 +98,6 @@ EXIT_GRACE = 1.5
 """Seconds the agent gets to stop cleanly once its server is gone or asked it to stop; then
 it exits whatever Ray is doing (a call to a dead cluster can block for a minute)."""
 PARENT_CHECK_EVERY = 0.5
-ORIGIN_INFO_TIMEOUT = 120.0
-"""Seconds an origin gets to say what its object is (a slow store, retried reads)."""
 
 
 def main(argv: list[str] | None = None) -> int:

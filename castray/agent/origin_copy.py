@@ -50,7 +50,6 @@ class FetchState:
 
     digests: list[bytes]
     """The BLAKE3 of each chunk fetched, from the one asked for on."""
-    fetched_bytes: int
     whole: str | None
     """The whole file's BLAKE3, once every byte is fetched and matched the origin's
     checksum (this copy's own fsync and rename may still be under way)."""
@@ -94,7 +93,6 @@ class LiveFetch:
         self._copy: OriginCopy | None = None
         self._whole: str | None = None
         self._failure: Exception | None = None
-        self._thread: threading.Thread | None = None
         self._fd = -1
         self._info: ObjectInfo | None = None
 
@@ -118,18 +116,11 @@ class LiveFetch:
 
     def start(self) -> None:
         """Fetch on a thread of its own (``open`` first)."""
-        self._thread = threading.Thread(
-            target=self._run, name=f"fetch-{self.fetch_id}", daemon=True
-        )
-        self._thread.start()
+        threading.Thread(target=self._run, name=f"fetch-{self.fetch_id}", daemon=True).start()
 
     def stop(self) -> None:
         """Stop the fetch; its partial file goes."""
         self._stop.set()
-
-    @property
-    def stopped(self) -> bool:
-        return self._stop.is_set()
 
     @property
     def done(self) -> bool:
@@ -226,7 +217,6 @@ class LiveFetch:
             failure = self._failure
             return FetchState(
                 digests=self._digests[since:],
-                fetched_bytes=self._fetched,
                 whole=self._whole,
                 error=None if failure is None else _said(failure),
             )

@@ -474,7 +474,7 @@ class StreamRun:
                 recipient.asking = recipient.member.handle.sink_status.remote(
                     self.spec.transfer_id, wait, told, self._digests[told:], whole
                 )
-                recipient.told = recipient.asking_told = len(self._digests)
+                recipient.told = len(self._digests)  # not changed before the call returns
                 recipient.told_whole = recipient.told_whole or whole is not None
                 recipient.asked_at = now
         asking = {r.asking: r for r in self._recipients if r.asking is not None}
@@ -495,7 +495,7 @@ class StreamRun:
             if status is not None and recipient.open:
                 recipient.status = status
                 knows_whole = recipient.told_whole or self.spec.origin_fetch is None
-                recipient.knows = recipient.asking_told if knows_whole else -1
+                recipient.knows = recipient.told if knows_whole else -1
         now = time.monotonic()
         for recipient in asking.values():
             if recipient.open and now - recipient.asked_at > tunables.peer_timeout:

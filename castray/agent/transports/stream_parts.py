@@ -99,7 +99,6 @@ class Recipient:
     knows: int = 0
     """Entries its sink knew when it gave its last status (with the whole file's BLAKE3:
     -1 until then): its status tells verified from unchecked only once all are known."""
-    asking_told: int = 0
 
     @property
     def needs_repair(self) -> bool:
