@@ -187,13 +187,17 @@ class Client:
         transport: Transport | None = None,
         rate_limit: str | None = None,
         source_url: str | None = None,
+        keep_in_library: bool = False,
     ) -> TransferAccepted:
         """Unicast/multicast to ``recipients``, multicast to ``group``, or else broadcast;
         over ``transport``, or the server's default one; at ``rate_limit`` ("50MB/s") at most.
         ``source_url``: what is at that URL, fetched by ``source`` (or a node the server
-        chooses) first: the answer comes once the fetch is done, so no time limit."""
+        chooses) first: the answer may come once the fetch is done, so no time limit;
+        ``keep_in_library``: the library keeps the fetched object too."""
         body: dict[str, Any] = {"source_node": source, "file": file, "source_url": source_url}
         body = {key: value for key, value in body.items() if value is not None}
+        if keep_in_library:
+            body["keep_in_library"] = True
         if transport is not None:
             body["transport"] = transport.value
         if rate_limit is not None:

@@ -349,11 +349,22 @@ class TransferCreate(BaseModel):
         description='Bytes per second the source sends at most: "50MB/s", "10MiB/s" or a number '
         "(within the endpoints' own limits); none when omitted.",
     )
+    keep_in_library: bool = Field(
+        False,
+        description="With source_url: the library keeps the fetched object too, under the "
+        "file's name (a pin can then name it). The node that fetches it is then one on the "
+        "server's machine, where the library is; the name must be free in the library.",
+    )
 
     @model_validator(mode="after")
     def _a_source(self) -> TransferCreate:
         if self.source_url is None and (self.source_node is None or self.file is None):
             raise ValueError("give source_node and file, or source_url")
+        if self.keep_in_library and self.source_url is None:
+            raise ValueError(
+                "keep_in_library keeps what a source_url fetched: a library file or a node's "
+                "file is not fetched (upload a node's file to the library instead)"
+            )
         return self
 
 
@@ -439,6 +450,14 @@ class Transfer(Snapshot):
         None,
         description="The URL the source fetched the file from (without its query or "
         "credentials), when it came from one.",
+    )
+    library_file: str | None = Field(
+        None,
+        description="keep_in_library: the library file the fetched object was kept as, "
+        "verified against its BLAKE3, once the transfer ended.",
+    )
+    library_note: str | None = Field(
+        None, description="keep_in_library: why the fetched object was not kept in the library."
     )
 
 

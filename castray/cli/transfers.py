@@ -87,6 +87,13 @@ def send(
             help='Send at most this fast, e.g. "50MB/s" (within the endpoints\' own limits).',
         ),
     ] = None,
+    keep_in_library: Annotated[
+        bool,
+        typer.Option(
+            "--keep-in-library",
+            help="Of a URL: the library keeps the fetched object too (a pin can then name it).",
+        ),
+    ] = False,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
     json_out: JsonOption = False,
@@ -100,6 +107,11 @@ def send(
         raise InvalidRequest("say who receives the file: exactly one of --to, --group or --all")
     if rate is not None:
         parse_rate(rate)  # a typo is told before anything is uploaded
+    if keep_in_library and not _is_url(file):
+        raise InvalidRequest(
+            "--keep-in-library keeps what a URL fetched; a local file sent is kept in the "
+            "library anyway (it is uploaded there first)"
+        )
     if _is_url(file):
         with Client(server, token) as client:
             if not json_out:
@@ -107,7 +119,14 @@ def send(
             _run(
                 client,
                 lambda: client.send(
-                    source, None, recipients, group, transport, rate, source_url=file
+                    source,
+                    None,
+                    recipients,
+                    group,
+                    transport,
+                    rate,
+                    source_url=file,
+                    keep_in_library=keep_in_library,
                 ),
                 detach,
                 json_out,
@@ -281,6 +300,12 @@ def _print_outcome(transfer: Transfer) -> None:
             style="yellow",
             highlight=False,
             markup=False,
+        )
+    if transfer.library_file is not None:
+        out.print(f"the library keeps it as {transfer.library_file}", highlight=False, markup=False)
+    if transfer.library_note is not None:
+        out.print(
+            f"the library: {transfer.library_note}", style="yellow", highlight=False, markup=False
         )
     speed = f", {transfer.throughput_bps / 1e6:.1f} MB/s" if transfer.throughput_bps else ""
     files = f"{transfer.folder_files} files, " if transfer.folder_files is not None else ""

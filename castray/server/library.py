@@ -23,7 +23,7 @@ import blake3
 
 from castray import folders
 from castray.chunks import HASH_THREADS, FileIdentity, file_blake3, identity_of
-from castray.errors import BadFileName, FileExists, FileMissing, FileTooLarge
+from castray.errors import BadFileName, FileExists, FileMissing, FileTooLarge, SourceChanged
 from castray.models import EventData, FileAddedEvent, FileRemovedEvent, LibraryFile
 from castray.names import printable
 
@@ -291,13 +291,19 @@ class LibraryWriter:
                 self._chunks.append(str(self._chunk.hexdigest()))
                 self._chunk, self._chunk_filled = blake3.blake3(), 0
 
-    def commit(self) -> str:
-        """Sync and move the file into place; returns its BLAKE3."""
+    def commit(self, expected: str | None = None) -> str:
+        """Sync and move the file into place; returns its BLAKE3. With ``expected``, a file
+        of another BLAKE3 is dropped instead (``SourceChanged``)."""
         try:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
             self.digest = str(self._hasher.hexdigest())
+            if expected is not None and self.digest != expected:
+                raise SourceChanged(
+                    f"{self.name!r} read {self.digest[:16]}..., not the {expected[:16]}... it "
+                    "was to be: it changed while it was copied"
+                )
             if self._chunk_filled:
                 self._chunks.append(str(self._chunk.hexdigest()))
             self.replaced = self._library._committed(

@@ -15,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from castray.config import Settings
 from castray.errors import InvalidRequest, NodeUnavailable
 from castray.models import Node, NodeStatus, TransferCreate, TransferMode
 from castray.protocol import FetchOrigin, ManifestRead, OriginFeed
+from castray.server import origin_keep
 from castray.server.gateway import AgentGateway
-from castray.server.library import check_file_name
+from castray.server.library import Library, check_file_name
 from castray.server.registry import Registry
 from castray.server.targets import resolve_recipients
 from castray.server.transfer_plan import LocatedFile
@@ -59,17 +61,21 @@ class OriginRequest:
 
 
 def choose_fetcher(
-    request: TransferCreate, registry: Registry, groups: dict[str, list[str]]
+    request: TransferCreate,
+    registry: Registry,
+    groups: dict[str, list[str]],
+    eligible: Callable[[Node], bool] = lambda _node: True,
 ) -> tuple[str, TransferCreate]:
     """The node that fetches, and the request without it among the recipients. Unless the
-    request names one, it is the first alive node not named as a recipient (it keeps a copy
-    too); when every node is one, the first recipient fetches (its copy is the fetched one)."""
+    request names one, it is the first alive ``eligible`` node not named as a recipient (it
+    keeps a copy too); when every such node is one, the first of them fetches (its copy is
+    the fetched one)."""
     if request.source_node is not None:
         return request.source_node, request
     named = list(request.recipients or [])
     if request.group is not None:
         named += [m for m in groups.get(request.group, []) if m not in named]
-    alive = [n.id for n in registry.nodes() if n.status is NodeStatus.ALIVE]
+    alive = [n.id for n in registry.nodes() if n.status is NodeStatus.ALIVE and eligible(n)]
     if not alive:
         raise NodeUnavailable("no node is alive to fetch the URL")
     if request.mode is TransferMode.BROADCAST:
@@ -77,7 +83,8 @@ def choose_fetcher(
     others = [n for n in alive if n not in named]
     if others:
         return others[0], request
-    fetcher, rest = named[0], named[1:]
+    fetcher = next(n for n in named if n in alive)  # every alive one is named
+    rest = [n for n in named if n != fetcher]
     if not rest:
         raise InvalidRequest(
             f"{fetcher!r} would fetch the URL and be its only recipient: name it as "
@@ -92,9 +99,11 @@ async def prepare(
     registry: Registry,
     groups: dict[str, list[str]],
     settings: Settings,
+    library: Library,
 ) -> OriginRequest:
     """Check ``request.source_url`` against the policy, and the node that fetches it and the
-    recipients against the registry, before a byte is fetched."""
+    recipients against the registry (and, to keep the object in the library, the library),
+    before a byte is fetched."""
     assert request.source_url is not None
     url = policy.parse(request.source_url)
     try:
@@ -104,7 +113,12 @@ async def prepare(
             f"{url.shown}: {url.host!r} does not resolve ({exc.strerror or exc})"
         ) from None
     name = check_file_name(request.file or url.name)
-    fetcher, request = choose_fetcher(request, registry, groups)
+    if request.keep_in_library:
+        await asyncio.to_thread(
+            origin_keep.check_request, library, registry, name, request.source_node
+        )
+    eligible = origin_keep.can_keep if request.keep_in_library else (lambda _node: True)
+    fetcher, request = choose_fetcher(request, registry, groups, eligible)
     node = registry.node(fetcher)
     if node.status is not NodeStatus.ALIVE:
         raise NodeUnavailable(f"{node.id!r}, which is to fetch the URL, is {node.status.value}")

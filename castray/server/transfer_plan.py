@@ -73,6 +73,8 @@ class TransferPlan:
     """Bytes per second the source sends at most; 0: no limit."""
     origin: OriginFeed | None = None
     """The source fetches the file from this origin as the stream sends it (cut-through)."""
+    keep_in_library: bool = False
+    """The library keeps the source's fetched copy once the transfer ends (its first run)."""
 
     @property
     def clusters(self) -> list[str]:
@@ -152,6 +154,7 @@ def plan_transfer(
         remote={cluster: chain_order(nodes) for cluster, nodes in remote.items()},
         transport=request.transport or transport,
         rate_limit=(parse_rate_limit(request.rate_limit) if request.rate_limit is not None else 0),
+        keep_in_library=request.keep_in_library,
     )
 
 

@@ -71,7 +71,7 @@ from castray.protocol import (
     TransferOpened,
     TransferProgress,
 )
-from castray.server import origin_fetch
+from castray.server import origin_fetch, origin_keep
 from castray.server.events import EventHub
 from castray.server.gateway import AgentGateway
 from castray.server.history import History
@@ -157,6 +157,8 @@ class TransferService:
         """Final snapshots whose history write is still under way: answered from here."""
         self._history_writer = ThreadPoolExecutor(1, thread_name_prefix="history")
         self._good_links: dict[tuple[str, str], float] = {}
+        self._keeping: set[asyncio.Task[None]] = set()
+        """Ended transfers whose fetched copy the library is taking (``keep_in_library``)."""
         """Data connections that were made lately (sender id, address): until when to trust."""
 
     # ---- requests ----------------------------------------------------------------------
@@ -170,7 +172,7 @@ class TransferService:
         ``itself``: the source may be a recipient too (a pin's library reader that lacks it)."""
         if request.source_url is not None:
             origin = await origin_fetch.prepare(
-                request, self._registry, self._groups, self._settings
+                request, self._registry, self._groups, self._settings, self._library
             )
             request = origin.request
             fed = await self._fed_from_origin(origin)
@@ -751,14 +753,36 @@ class TransferService:
             event = live.state.recipient_finished(message, _now())
         else:
             outcome = live.state.part_finished(message)
-            if outcome is not None:
+            if outcome is not None and live.plan.keep_in_library and not live.plan.resume:
+                keeping = asyncio.create_task(self._keep_then_end(live, outcome))
+                self._keeping.add(keeping)
+                keeping.add_done_callback(self._keeping.discard)
+            elif outcome is not None:
                 self._end(live, outcome)
             return
         if event is not None:
             self._events.publish(event)
 
-    def _end(self, live: _Live, outcome: TransferFinished) -> None:
+    async def _keep_then_end(self, live: _Live, outcome: TransferFinished) -> None:
+        """The library takes the fetched copy before the transfer is told ended, so that
+        whoever waits for its end finds the library file there."""
+        plan = live.plan
+        kept = await origin_keep.keep(
+            self._agents,
+            self._library,
+            plan.source,
+            plan.file.path,
+            outcome,
+            self._settings.upload_limit_bytes,
+        )
+        self._end(live, outcome, kept)
+
+    def _end(
+        self, live: _Live, outcome: TransferFinished, kept: dict[str, str] | None = None
+    ) -> None:
         snapshot = live.state.finish(outcome, datetime.now(timezone.utc))
+        if kept:
+            snapshot = snapshot.model_copy(update=kept)
         del self._live[snapshot.id]
         self._ending[snapshot.id] = snapshot
         live.done.set()
@@ -797,7 +821,7 @@ class TransferService:
 
     async def close(self) -> None:
         """At shutdown: what is still in flight is recorded as interrupted."""
-        waiting = list(self._waiting.values())
+        waiting = [*self._waiting.values(), *self._keeping]
         for task in waiting:
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)

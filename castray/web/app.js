@@ -254,6 +254,8 @@ function transferCard(tracked) {
       el("code", { title: "transfer id" }, t.id), cancel, resume),
     t.origin ? el("div", { class: "muted origin" }, `fetched once from ${t.origin} by ${t.source_node}, which keeps a copy`) : null,
     t.transport_note ? el("div", { class: "muted note" }, `by ${t.transport}: ${t.transport_note}`) : null,
+    t.library_file ? el("div", { class: "muted library" }, `kept in the library as ${t.library_file}`) : null,
+    t.library_note ? el("div", { class: "muted note" }, `the library: ${t.library_note}`) : null,
     t.error ? el("div", { class: "muted" }, t.error) : null,
     rows);
 }
@@ -575,6 +577,7 @@ async function sendFile(event) {
     const body = { source_node: $("send-source").value, mode: mode() };
     if (url) body.source_url = url;
     else body.file = $("send-file").value;
+    if (url && $("send-keep").checked) body.keep_in_library = true;
     if (!url && !body.file) {
       throw new Error("Choose a file: pick one from the library, upload or generate one, or give a URL.");
     }
@@ -588,9 +591,9 @@ async function sendFile(event) {
       if (!group && !body.recipients.length) throw new Error("Tick at least one recipient, or choose a group.");
       if (body.mode === "unicast" && (group || body.recipients.length > 1)) body.mode = "multicast";
     }
-    if (url) notify(`${body.source_node} is fetching the URL; the transfer starts once it is whole.`, "info");
+    if (url) notify(`${body.source_node || "A node"} fetches the URL once and sends it on as it arrives.`, "info");
     const accepted = await api("POST", "/api/transfers", body);
-    if (url) $("send-url").value = "";
+    if (url) { $("send-url").value = ""; $("send-keep").checked = false; }
     if (!state.transfers.has(accepted.transfer_id)) {
       const transfer = await api("GET", `/api/transfers/${accepted.transfer_id}`);
       if (!state.transfers.has(transfer.id)) state.transfers.set(transfer.id, new Tracked(transfer));

@@ -370,6 +370,7 @@ def test_a_url_typed_in_the_form_is_fetched_once_and_sent_on(
     with RangeServer(origin) as http:
         _open(page, server)
         page.fill("#send-url", http.url("dataset-shard.bin", "sig=SECRET"))
+        page.check("#send-keep")
         _send(page, "node_1", ["node_2"])
         card = page.locator(".transfer").first
         expect(card).to_have_attribute("data-status", "completed", timeout=120_000)
@@ -377,7 +378,10 @@ def test_a_url_typed_in_the_form_is_fetched_once_and_sent_on(
             f"fetched once from http://127.0.0.1:{http.port}/dataset-shard.bin?<hidden> by "
             "node_1, which keeps a copy"
         )
+        expect(card.locator(".library")).to_have_text("kept in the library as dataset-shard.bin")
         expect(page.locator("#send-url")).to_have_value("")
+        expect(page.locator("#send-keep")).not_to_be_checked()
     for node in ("node_1", "node_2"):
         assert (server.data_dir / "storage" / node / "dataset-shard.bin").read_bytes() == data
+    assert (server.data_dir / "library" / "dataset-shard.bin").read_bytes() == data
     assert "SECRET" not in page.content()

@@ -306,3 +306,54 @@ def test_a_url_sent_through_the_object_store_is_fetched_whole_first(
     assert len(copies) == 3 and set(copies.values()) == {expected}, copies
     assert s3.log.overlaps() == [] and s3.log.bytes_served() == SIZE
     _no_partials(server)
+
+
+def test_the_library_keeps_the_fetched_object_read_once(
+    server: CastRayServer, s3: S3Server, origin_root: Path
+) -> None:
+    """``--keep-in-library``: every node and the library get a verified copy, from one read
+    of the origin; the library's name is then taken, and a second keep says so before a
+    byte is fetched."""
+    s3.log.ranges.clear()
+    url = f"s3://{BUCKET}/models/weights.bin"
+    expected = blake3.blake3((origin_root / "weights.bin").read_bytes()).hexdigest()
+    run = server.cli("send", url, "--all", "--keep-in-library", "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    done = json.loads(run.stdout)
+    assert done["status"] == "completed", done
+    assert done["library_file"] == "weights.bin" and done["library_note"] is None, done
+    assert s3.log.bytes_served() == SIZE
+    with server.client() as client:
+        listed = {f["name"]: f for f in client.get("/api/files").json()}
+        kept = client.get("/api/files/weights.bin")
+    assert listed["weights.bin"]["blake3"] == expected and listed["weights.bin"]["size"] == SIZE
+    assert kept.status_code == 200 and blake3.blake3(kept.content).hexdigest() == expected
+    copies = _copies(server, "weights.bin")
+    assert len(copies) == 3 and set(copies.values()) == {expected}, copies
+
+    again = tx.post(
+        server,
+        "/api/transfers",
+        {"source_url": url, "mode": "broadcast", "keep_in_library": True},
+    )
+    assert again.status_code == 409, again.text
+    assert "library has a file named 'weights.bin'" in again.json()["detail"], again.text
+    assert s3.log.bytes_served() == SIZE  # refused before a byte was fetched
+    with server.client() as client:
+        assert client.delete("/api/files/weights.bin").status_code == 204
+    _no_partials(server)
+
+
+def test_keep_in_library_is_refused_clearly_where_it_cannot_be(server: CastRayServer) -> None:
+    """A file that is not fetched cannot be kept; the CLI says so before anything moves."""
+    answer = tx.post(
+        server,
+        "/api/transfers",
+        {"source_node": "node_1", "file": "x.bin", "mode": "broadcast", "keep_in_library": True},
+    )
+    assert answer.status_code == 422, answer.text
+    assert "keep_in_library keeps what a source_url fetched" in answer.text
+    local = server.cli("send", "x.bin", "--from", "node_1", "--all", "--keep-in-library")
+    assert local.returncode != 0 and "--keep-in-library keeps what a URL fetched" in (
+        local.stdout + local.stderr
+    )

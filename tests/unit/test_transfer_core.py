@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from castray.config import Settings
 from castray.errors import (
     AgentFailure,
+    FileExists,
     GroupNotFound,
     InvalidRequest,
     NodeNotFound,
@@ -47,9 +48,11 @@ from castray.protocol import (
     TransferOpened,
     TransferProgress,
 )
+from castray.server import origin_keep
 from castray.server.events import EventHub
 from castray.server.history import History
 from castray.server.library import Library
+from castray.server.origin_fetch import choose_fetcher
 from castray.server.registry import Registry
 from castray.server.transfer_plan import LocatedFile, plan_transfer
 from castray.server.transfer_state import RECIPIENT_NEXT, TRANSFER_NEXT, TransferState
@@ -106,6 +109,30 @@ def _request(**changes: Any) -> TransferCreate:
 
 
 # ---- planning ----------------------------------------------------------------------------
+
+
+def test_a_url_kept_in_the_library_is_fetched_on_the_servers_machine(tmp_path: Path) -> None:
+    """The library is on the server's disk: a node there fetches (127.0.0.N is this machine,
+    10.0.0.N is not), a node elsewhere named to fetch is refused, and so is a taken name."""
+    registry = _registry(*NODES, ("here", "ext", "127.0.0.5"))
+    url = {"source_url": "https://example.com/m.bin", "source_node": None, "file": None}
+    request = _request(**url, keep_in_library=True)
+    assert choose_fetcher(request, registry, {})[0] == "src"
+    assert choose_fetcher(request, registry, {}, origin_keep.can_keep)[0] == "here"
+    named = _request(**url, mode="multicast", recipients=["here", "a1"])
+    fetcher, rest = choose_fetcher(named, registry, {}, origin_keep.can_keep)
+    assert fetcher == "here" and rest.recipients == ["a1"] and rest.mode.value == "unicast"
+    library = Library(tmp_path)
+    origin_keep.check_request(library, registry, "m.bin", None)
+    origin_keep.check_request(library, registry, "m.bin", "here")
+    with pytest.raises(InvalidRequest, match="not on the server's machine"):
+        origin_keep.check_request(library, registry, "m.bin", "a1")
+    (tmp_path / "m.bin").write_bytes(b"x")
+    with pytest.raises(FileExists, match="give the copies another name"):
+        origin_keep.check_request(library, registry, "m.bin", None)
+    elsewhere = _registry(*NODES)
+    with pytest.raises(NodeUnavailable, match="alive node on the server's machine"):
+        origin_keep.check_request(library, elsewhere, "n.bin", None)
 
 
 def test_a_broadcast_plans_a_chain_per_cluster_crossing_each_host_once() -> None:
