@@ -40,6 +40,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from castray.lab import lab as lab_ops
@@ -137,9 +138,24 @@ def castray(server: LabServer, hosts: list[int], origin: bool = True) -> float:
     assert done["status"] == "completed", done
     seconds = time.monotonic() - began
     for line in (server.data_dir / "logs" / "agent-home.log").read_text().splitlines():
-        if transfer_id in line and "whole and checked" in line:
+        if transfer_id in line and ("whole and checked" in line or "committed its" in line):
             print(f"  {line.partition(': ')[2]} (transfer: {seconds:.1f} s)", file=sys.stderr)
+    print(f"  {timeline(done)}", file=sys.stderr)
     return seconds
+
+
+def timeline(done: dict[str, object]) -> str:
+    """When each recipient finished, and the transfer, in seconds after it was created (the
+    server's clock)."""
+
+    def at(stamp: object) -> float:
+        return (datetime.fromisoformat(str(stamp)) - created).total_seconds()
+
+    created = datetime.fromisoformat(str(done["created_at"]))
+    recipients = done["recipients"]
+    assert isinstance(recipients, dict)
+    ends = ", ".join(f"{r} {at(s['finished_at']):.1f}" for r, s in recipients.items())
+    return f"finished after creation (s): {ends}; the transfer {at(done['finished_at']):.1f}"
 
 
 def cpu_busy() -> tuple[int, int]:
@@ -211,7 +227,15 @@ def main() -> None:
     parser.add_argument("--name", default="origin")
     parser.add_argument("--subnet", default="198.18.64.0/24")
     parser.add_argument("--profile", type=Path, help="profile one more CastRay run into DIR")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated contenders left out (not 'one download', the yardstick)",
+    )
     args = parser.parse_args()
+    skipped = {s.strip() for s in args.skip.split(",") if s.strip()}
+    assert skipped <= set(CONTENDERS) - {"one download"}, f"--skip: one of {CONTENDERS[1:]}"
+    contenders = [c for c in CONTENDERS if c not in skipped]
     shape = LinkShape.parse(args.rate)
     size = args.size * MIB
     readers = list(range(2, args.hosts + 1))
@@ -262,8 +286,8 @@ def main() -> None:
         }
         castray(server, readers)  # untimed: host 2 has its copy before any rep begins
         for rep in range(args.reps):
-            turn = rep % len(CONTENDERS)
-            for name in CONTENDERS[turn:] + CONTENDERS[:turn]:
+            turn = rep % len(contenders)
+            for name in contenders[turn:] + contenders[:turn]:
                 before = RangeLog.read(log).bytes_served()
                 busy, total = cpu_busy()
                 seconds = runs[name]()
@@ -308,7 +332,7 @@ def report(
     print("|---|---|---|---|---|")
     bound = shape.transfer_seconds(size)
     print(f"| bound (size / origin link) | {bound:.1f} | {bound / one:.2f}x | 1.00x | |")
-    for name in CONTENDERS:
+    for name in (c for c in CONTENDERS if c in med):
         print(
             f"| {name} | {med[name]:.1f} | {med[name] / one:.2f}x | "
             f"{statistics.median(egress[name]):.2f}x | "

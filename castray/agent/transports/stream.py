@@ -494,6 +494,8 @@ class StreamRun:
                 continue
             if status is not None and recipient.open:
                 recipient.status = status
+                if status.ended and not recipient.ended_at:
+                    recipient.ended_at = time.monotonic()
                 knows_whole = recipient.told_whole or self.spec.origin_fetch is None
                 recipient.knows = recipient.told if knows_whole else -1
         now = time.monotonic()
@@ -577,6 +579,7 @@ class StreamRun:
             recipient.committing = recipient.member.handle.commit_sink.remote(
                 self.spec.transfer_id, self._blake3
             )
+            recipient.commit_asked = time.monotonic()
 
     def _feeds_anyone(self, recipient: Recipient) -> bool:
         position = self._recipients.index(recipient)
@@ -601,6 +604,15 @@ class StreamRun:
                 self._fail(recipient, outcome.error or "the commit failed")
                 continue
             recipient.path = outcome.path
+            log.info(
+                "transfer %s: %s committed its copy %.1f s after the run began (every byte "
+                "in by %.1f s, its commit asked for at %.1f s)",
+                self.spec.transfer_id,
+                recipient.member.id,
+                time.monotonic() - self._began,
+                recipient.ended_at - self._began,
+                recipient.commit_asked - self._began,
+            )
             self._emit(
                 RecipientFinished(
                     transfer_id=self.spec.transfer_id,

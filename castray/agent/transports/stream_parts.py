@@ -64,6 +64,10 @@ class Recipient:
     status: SinkStatus | None = None
     failed: str | None = None
     committing: Any = None
+    ended_at: float = 0.0
+    commit_asked: float = 0.0
+    """When its status first said every byte was in, and when its commit was asked for
+    (monotonic): the log says where a copy's last seconds went."""
     asking: Any = None
     """Its status call in flight (one at a time), and since when."""
     asked_at: float = 0.0
