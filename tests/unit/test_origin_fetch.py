@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import blake3
@@ -18,7 +19,9 @@ from castray.agent.origin_copy import LiveFetch, OriginCopy
 from castray.agent.space import Room
 from castray.errors import Forbidden, OriginFailed, OriginMissing, SourceChanged
 from castray.sources import fetch as fetching
+from castray.sources.origins import ObjectInfo
 from tests.harness.origins import RangeServer, S3Server, aws_env
+from tests.harness.waiting import wait_for
 
 CHUNK = 256 * 1024
 SIZE = 5 * 1024 * 1024 + 12345
@@ -190,3 +193,70 @@ def test_chunks_that_straddle_the_ranges_read_are_hashed_whole(
     chunk = 384 * 1024
     copy = _fetch(storage, http.url("model.bin"), chunk=chunk)
     _expect_copy(storage, (http.root / "model.bin").read_bytes(), copy, chunk)
+
+
+def test_an_empty_object_is_fetched_as_an_empty_copy(http: RangeServer, storage: Path) -> None:
+    (http.root / "empty.bin").write_bytes(b"")
+    try:
+        copy = _fetch(storage, http.url("empty.bin"))
+    finally:
+        (http.root / "empty.bin").unlink()
+    _expect_copy(storage, b"", copy)
+
+
+class _HeldOrigin:
+    """An in-memory origin (the fetch's ``Origin`` interface) whose first range waits for
+    ``release``; it counts what each read handed over, and which reads wait in ``out``."""
+
+    def __init__(self, data: bytes, piece: int) -> None:
+        self.data, self.piece = data, piece
+        self.release = threading.Event()
+        self.handed = 0
+        self.waiting_in_out: set[int] = set()
+        self._lock = threading.Lock()
+
+    def info(self) -> ObjectInfo:
+        return ObjectInfo(len(self.data), None, None, True)
+
+    def read(self, start: int, end: int, out: Callable[[bytes], None]) -> None:
+        if start == 0:
+            assert self.release.wait(30), "the test never released the first range"
+        for at in range(start, end, self.piece):
+            piece = self.data[at : min(at + self.piece, end)]
+            with self._lock:
+                self.handed += len(piece)
+                self.waiting_in_out.add(start)
+            out(piece)
+            with self._lock:
+                self.waiting_in_out.discard(start)
+
+    def close(self) -> None:
+        self.release.set()
+
+
+def test_younger_ranges_wait_while_the_oldest_lags(
+    storage: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads ahead of a lagging oldest range stop at ``AHEAD`` bytes (the link is left to
+    it), and the fetch goes on whole once it comes."""
+    monkeypatch.setattr(fetching, "AHEAD", 512 * 1024)
+    data = os.urandom(SIZE)
+    origin = _HeldOrigin(data, 64 * 1024)
+    path = storage / "held.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fetched: list[fetching.Fetched] = []
+    runner = threading.Thread(
+        target=lambda: fetched.append(fetching.fetch(origin, origin.info(), fd, CHUNK, parallel=2))
+    )
+    runner.start()
+    try:
+        # Two reads at once: [0, 512 KiB) held, [512 KiB, 1.5 MiB) stopped half-way.
+        younger = 512 * 1024
+        wait_for(lambda: younger in origin.waiting_in_out, 30, "the younger read to wait")
+        assert younger <= origin.handed <= younger + 64 * 1024
+    finally:
+        origin.release.set()
+        runner.join(60)
+        os.close(fd)
+    assert fetched and fetched[0].whole == blake3.blake3(data).hexdigest()
+    assert path.read_bytes() == data

@@ -14,6 +14,10 @@ from typing import BinaryIO
 from castray import ratelimit
 from castray.agent.dataplane.wire import END, FORWARD, FRAME, StreamError, connect, hello, reason_of
 
+FOLLOW_STEP = 1024 * 1024
+"""Bytes of a file still being fetched sent at a time, each once the fetch has them (a
+fetch writes and tells its bytes a mebibyte at a time: ``castray.sources.fetch.STEP``)."""
+
 
 class Stopper:
     """Stops one transfer's outgoing streams at once, a stream blocked on a full socket too
@@ -106,8 +110,9 @@ def send(
 ) -> int:
     """Stream ``chunks`` (index, offset, length) of ``file`` to ``target`` with ``sendfile``
     (the bytes never enter Python), within ``limits``; ``check`` runs after each chunk (the
-    source file unchanged, say) and may raise; ``ready(end)`` before each, returns once the
-    file holds the bytes before ``end`` (a file still being fetched). A move
+    source file unchanged, say) and may raise; ``ready(end)`` before each ``FOLLOW_STEP`` of
+    a chunk, returns once the file holds the bytes before ``end`` (a file still being
+    fetched: its bytes are sent as they come, not once a whole chunk is in). A move
     (``Stopper.move``) carries on to another receiver from the chunk it names. The bytes
     sent, whole chunks."""
     stream = _Stream(
@@ -158,12 +163,13 @@ class _Stream:
                 for index, offset, length in chunks:
                     if stop.is_set():
                         raise StreamError("stopped")
-                    if self.ready is not None:
-                        self.ready(offset + length)
                     sock.sendall(FRAME.pack(index, offset, length))
                     sent = 0
                     while sent < length:
                         piece = ratelimit.piece_size(self.limits, length - sent)
+                        if self.ready is not None:
+                            piece = min(piece, FOLLOW_STEP - sent % FOLLOW_STEP)
+                            self.ready(offset + sent + piece)
                         ratelimit.take(self.limits, piece, stop.is_set)
                         n = sock.sendfile(self.file, offset + sent, piece)
                         if n == 0:
