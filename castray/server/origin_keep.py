@@ -81,7 +81,10 @@ async def keep(
             _copy, library, Path(fetcher.storage_dir) / name, name, outcome.blake3, limit
         )
     except (CastRayError, OSError) as exc:
-        said = exc.message if isinstance(exc, CastRayError) else f"{exc.strerror or exc}"
+        if isinstance(exc, FileExists):  # its own words suggest an upload's overwrite
+            said = f"the library got a file named {name!r} while the transfer ran"
+        else:
+            said = exc.message if isinstance(exc, CastRayError) else f"{exc.strerror or exc}"
         log.info("%s was not kept in the library: %s", name, said)
         return {"library_note": f"not kept: {said}"}
     log.info("%s kept in the library, from %s's copy", name, fetcher.id)

@@ -232,7 +232,11 @@ def test_an_object_changed_while_fed_fails_the_transfer_and_leaves_nothing(
     (origin_root / "changing.bin").write_bytes(os.urandom(2 * SIZE))
     http.faults.change_after = http.answers + 2  # the size probe and one range
     transfer_id = tx.start(
-        server, source_url=http.url("changing.bin"), file="changing.bin", mode="broadcast"
+        server,
+        source_url=http.url("changing.bin"),
+        file="changing.bin",
+        mode="broadcast",
+        keep_in_library=True,
     )
     done = tx.wait_finished(server, transfer_id)
     http.faults.change_after = None
@@ -240,6 +244,10 @@ def test_an_object_changed_while_fed_fails_the_transfer_and_leaves_nothing(
     errors = {r["error"] for r in done["recipients"].values()}
     assert all("changed on the origin during the fetch" in (e or "") for e in errors), errors
     assert _copies(server, "changing.bin") == {}
+    assert done["library_file"] is None
+    assert done["library_note"] == "not kept: the object was not fetched whole", done
+    with server.client() as client:
+        assert client.get("/api/files/changing.bin").status_code == 404
     _no_partials(server)
 
 
