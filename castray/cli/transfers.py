@@ -87,6 +87,13 @@ def send(
             help='Send at most this fast, e.g. "50MB/s" (within the endpoints\' own limits).',
         ),
     ] = None,
+    copies_name: Annotated[
+        str | None,
+        typer.Option(
+            "--as",
+            help="Of a URL: the name the copies get (the URL's last path segment otherwise).",
+        ),
+    ] = None,
     keep_in_library: Annotated[
         bool,
         typer.Option(
@@ -107,6 +114,11 @@ def send(
         raise InvalidRequest("say who receives the file: exactly one of --to, --group or --all")
     if rate is not None:
         parse_rate(rate)  # a typo is told before anything is uploaded
+    if copies_name is not None and not _is_url(file):
+        raise InvalidRequest(
+            "--as names the copies of a URL; a local file's copies take its name in the "
+            "library (rename it, or upload it under another name first)"
+        )
     if keep_in_library and not _is_url(file):
         raise InvalidRequest(
             "--keep-in-library keeps what a URL fetched; a local file sent is kept in the "
@@ -120,7 +132,7 @@ def send(
                 client,
                 lambda: client.send(
                     source,
-                    None,
+                    copies_name,
                     recipients,
                     group,
                     transport,

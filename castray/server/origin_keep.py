@@ -44,7 +44,7 @@ def check_request(library: Library, registry: Registry, name: str, source: str |
     except FileExists:
         raise FileExists(
             f"the library has a file named {name!r} already: give the copies another name "
-            '("file" in the request), or delete the library\'s file first'
+            "(\"file\" in the request, the CLI's --as), or delete the library's file first"
         ) from None
     if source is not None:
         node = registry.node(source)

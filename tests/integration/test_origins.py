@@ -347,6 +347,10 @@ def test_the_library_keeps_the_fetched_object_read_once(
     assert again.status_code == 409, again.text
     assert "library has a file named 'weights.bin'" in again.json()["detail"], again.text
     assert s3.log.bytes_served() == SIZE  # refused before a byte was fetched
+    renamed = server.cli("send", url, "--to", "node_2", "--as", "w2.bin", "--json")
+    assert renamed.returncode == 0, renamed.stdout + renamed.stderr
+    assert json.loads(renamed.stdout)["file"]["name"] == "w2.bin"
+    assert _copies(server, "w2.bin")["node_2"] == expected
     with server.client() as client:
         assert client.delete("/api/files/weights.bin").status_code == 204
     _no_partials(server)
