@@ -753,7 +753,7 @@ class TransferService:
             event = live.state.recipient_finished(message, _now())
         else:
             outcome = live.state.part_finished(message)
-            if outcome is not None and live.plan.keep_in_library and not live.plan.resume:
+            if outcome is not None and live.plan.keep_in_library:  # never on a resume
                 keeping = asyncio.create_task(self._keep_then_end(live, outcome))
                 self._keeping.add(keeping)
                 keeping.add_done_callback(self._keeping.discard)
