@@ -178,3 +178,39 @@ def test_two_streams_bringing_the_same_chunks_at_once_leave_no_wrong_byte(
         assert sink.temp.read_bytes() == data
     finally:
         sink.close()
+
+
+def test_two_streams_bringing_the_same_right_chunks_at_once_need_no_repair(
+    tmp_path: Path, ports: list[DataPort]
+) -> None:
+    """A chain re-linked mid-way brings the chunk in flight by the old stream and the new at
+    once, their pieces written among each other's. When both bring the right bytes, the
+    chunk is verified as it is (read back), not left missing for a repair from the source.
+    Two streams of the same file, at the same pace, a moment apart: every chunk of 2 MiB
+    (two pieces) is written by both in turn."""
+    chunk = 2 * 1024 * 1024
+    data = os.urandom(4 * chunk)
+    (tmp_path / "both").mkdir()
+    sink = open_sink(tmp_path / "both", data, chunk, TID, SECRET)
+    ports[0].register(sink)
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    chunks = [(c.index, c.offset, c.length) for c in plan_chunks(len(data), chunk)]
+
+    def stream() -> None:
+        limits = ratelimit.buckets(ratelimit.bucket_for(4 * 1024 * 1024))
+        with source.open("rb") as file:
+            send(file, ports[0].address, TID, SECRET, chunks, False, 2.0, 20.0, Stopper(), limits)
+
+    try:
+        first, second = threading.Thread(target=stream), threading.Thread(target=stream)
+        first.start()
+        wait_for(lambda: sink.status().received_bytes >= 512 * 1024, 10, "the first stream")
+        second.start()
+        first.join(30)
+        second.join(30)
+        settled = wait_for(lambda: (s := sink.status(1.0)).ended and s, 10, "both streams in")
+        assert settled.missing == (), "every chunk came right, by either stream"
+        assert sink.complete() and sink.whole_digest() == blake3.blake3(data).hexdigest()
+    finally:
+        sink.close()

@@ -473,8 +473,9 @@ class StreamSink:
 
     def _chunk_ended(self, end: _ChunkEnd) -> None:
         """Mark a chunk verified: it arrived intact, and its pieces were the last ones
-        written of it, one after the other (a piece of the same chunk from another stream,
-        written among them, may have left other bytes; the chunk then comes again)."""
+        written of it, one after the other, or else the file holds the right bytes of it when
+        read back (a piece of the same chunk from another stream, written among them, may
+        have left other bytes; the chunk then comes again)."""
         first = self._first_write.pop((id(end.incoming), end.position), None)
         alone = first is not None and self._writes.get(end.index, 0) - first == end.pieces
         known = self.manifest[end.index]
@@ -485,9 +486,10 @@ class StreamSink:
             return
         if self._verified[end.index] or self.error is not None:
             return
-        if not alone:
+        if not alone and not self._holds(end.index, known or end.digest):
             log.info(
-                "transfer %s: chunk %d arrived by two streams at once; it comes again",
+                "transfer %s: chunk %d arrived by two streams at once and the file holds "
+                "other bytes of it; it comes again",
                 self.transfer_id,
                 end.index,
             )
@@ -496,6 +498,20 @@ class StreamSink:
             self._unchecked[end.index] = end.digest
             return
         self._mark_verified(end.index, end.length)
+
+    def _holds(self, index: int, digest: bytes) -> bool:
+        """Whether the file holds chunk ``index`` with this BLAKE3, read back (on the writer
+        thread: nothing writes to it meanwhile). A chain re-linked mid-way brings the chunk
+        in flight by the old stream and the new at once: when both bring the right bytes,
+        it needs no repair (the lab repaired it from the source, for every host after a
+        moved one)."""
+        offset = index * self.chunk_size
+        length = min(self.chunk_size, self.size - offset)
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError:
+            return False
+        return len(data) == length and blake3.blake3(data).digest() == digest
 
     def _learned(self, learn: _Learn) -> None:
         """Manifest entries became known: chunks that came before them are checked now."""
