@@ -3,12 +3,31 @@ measured from its sink's answers (no Ray)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from castray.agent.dataplane.sink import SinkStatus
 from castray.agent.transports.pace import Pace, Slow, slow_one, try_head
 from castray.agent.transports.stream import StreamRun
 from castray.agent.transports.stream_parts import Member, Recipient
 
 MB = 1_000_000
+
+
+def _status(received: int, **changes: Any) -> SinkStatus:
+    """A sink's answer with ``received`` bytes in, as ``changes`` say otherwise."""
+    fields: dict[str, Any] = {
+        "verified_bytes": received,
+        "missing": (),
+        "ended": False,
+        "broken": None,
+        "error": None,
+        "forwarded_bytes": 0,
+        "received_bytes": received,
+        "forward_error": None,
+        "corrupt_chunks": 0,
+        "streams_seen": 0,
+    }
+    return SinkStatus(**(fields | changes))
 
 
 def _chain(*rates: float, moved: str = "") -> list[Pace]:
@@ -94,20 +113,7 @@ def test_a_pace_is_timed_by_the_sinks_answers_not_by_the_looks() -> None:
     it reads 1.25 MB/s at every look."""
 
     def said(at: float) -> SinkStatus:
-        received = int(1.25 * MB * at)
-        return SinkStatus(
-            verified_bytes=received,
-            missing=(),
-            ended=False,
-            broken=None,
-            error=None,
-            forwarded_bytes=0,
-            received_bytes=received,
-            forward_error=None,
-            corrupt_chunks=0,
-            streams_seen=0,
-            at=at,
-        )
+        return _status(int(1.25 * MB * at), at=at)
 
     recipient = Recipient(Member("h3", None, "198.18.0.3:1"))
     rates = []
@@ -116,3 +122,22 @@ def test_a_pace_is_timed_by_the_sinks_answers_not_by_the_looks() -> None:
         StreamRun._measure(recipient, seconds=2.0)
         rates.append(round(recipient.rate / MB, 2))
     assert rates == [1.25, 1.25, 1.25, 1.25]
+
+
+def test_the_hosts_a_move_gives_new_streams_are_not_repaired_in_between() -> None:
+    """h3 moved to the end: h4 and every host after it lose their stream and get a new one
+    a moment later. A status seen in between (old stream broken, chunks missing, no stream
+    open) plans no repair for any of them; a host before the move, in the same state, is
+    repaired as ever. (The lab sent the whole file again from the source to three hosts
+    whose new streams came a second late.)"""
+    broken = {"missing": (0, 1, 2), "broken": "the stream from upstream broke: reset"}
+    chain = [Recipient(Member(f"h{n}", None, f"198.18.0.{n}:1")) for n in range(2, 7)]
+    for recipient in chain:
+        recipient.status = _status(MB, verified_bytes=0, streams_seen=1, **broken)
+    h3, h4 = chain[1:3]
+    StreamRun._refed(h4, h3, chain)
+    # Their new streams finished too (a second stream seen): still not before the hold ends.
+    for recipient in chain[1:]:
+        recipient.status = _status(MB, verified_bytes=0, streams_seen=3, **broken)
+    assert [r.member.id for r in chain if r.needs_repair] == ["h2"]
+    assert h3.moved and not h4.moved
