@@ -92,6 +92,9 @@ def test_a_head_is_not_tried_when_it_would_not_tell_or_not_pay() -> None:
     assert not try_head(_chain(0.01, 0.01), done=0.1)  # a stall, not a pace
     assert not try_head(_chain(1.2), done=0.1)  # alone
     assert not try_head([Pace("h2", 1.2 * MB, True), Pace("h3", 0.0, False)], done=0.1)
+    # A slow one moved to the end still receives: the head would be fed behind it.
+    assert not try_head(_chain(1.2, 1.2, 0.1, moved="h4"), done=0.1)
+    assert try_head([*_chain(1.2, 1.2), Pace("h4", 0.0, False, True)], done=0.1)
 
 
 def test_a_clearly_slow_one_moves_at_once_a_borderline_one_at_the_second_look() -> None:

@@ -85,8 +85,10 @@ def try_head(chain: Sequence[Pace], done: float) -> bool:
     before it tells its pace from the source's: when the one after it keeps up with it
     (it is fed cut-through, it may be able to go faster), moving the head to the end is the
     one way to know. Tried once per run (a head that was not the bottleneck costs a moment's
-    hiccup), and not when ``done`` (the share of the file the head has) is past 80%."""
-    if len(chain) < 2 or done > 0.8:
+    hiccup), and not when ``done`` (the share of the file the head has) is past 80%, nor
+    while one moved to the end for its slow pace still receives: the head would go behind
+    it, and take its pace."""
+    if len(chain) < 2 or done > 0.8 or any(p.moved and p.receiving for p in chain):
         return False
     head, after = chain[0], chain[1]
     return (
