@@ -504,14 +504,20 @@ class StreamSink:
         thread: nothing writes to it meanwhile). A chain re-linked mid-way brings the chunk
         in flight by the old stream and the new at once: when both bring the right bytes,
         it needs no repair (the lab repaired it from the source, for every host after a
-        moved one)."""
-        offset = index * self.chunk_size
-        length = min(self.chunk_size, self.size - offset)
+        moved one). Read a piece at a time: a chunk may be 256 MiB, a sink holds 8 MiB."""
+        at = index * self.chunk_size
+        end = min(at + self.chunk_size, self.size)
+        hasher = blake3.blake3()
         try:
-            data = os.pread(self.fd, length, offset)
+            while at < end:
+                data = os.pread(self.fd, min(PIECE, end - at), at)
+                if not data:
+                    return False  # the file ends before the chunk does
+                hasher.update(data)
+                at += len(data)
         except OSError:
             return False
-        return len(data) == length and blake3.blake3(data).digest() == digest
+        return hasher.digest() == digest
 
     def _learned(self, learn: _Learn) -> None:
         """Manifest entries became known: chunks that came before them are checked now."""

@@ -441,7 +441,7 @@ class StreamRun:
             if recipient.status is not None:
                 recipient.streams_before_repair = recipient.status.streams_seen + 1
         moved.moved = True
-        for recipient in [moved, *chain[chain.index(after) :]]:
+        for recipient in chain[chain.index(moved) :]:  # moved, after, ..., the last
             recipient.repair_after = max(recipient.repair_after, now + MOVE_SETTLE)
 
     def _pause(self) -> None:
