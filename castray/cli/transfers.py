@@ -298,9 +298,13 @@ def _show_recipient(progress: Progress, task: TaskID, state: RecipientState) -> 
 
 def _print_outcome(transfer: Transfer) -> None:
     print_table(
-        ["recipient", "status", "copy"],
-        [[rid, s.status.value, s.path or ""] for rid, s in transfer.recipients.items()],
-        whole=(0, 2),
+        ["recipient", "status", "ended after", "MB/s", "copy"],
+        [
+            [rid, s.status.value, *_pace(transfer, s), s.path or ""]
+            for rid, s in transfer.recipients.items()
+        ],
+        whole=(0, 4),
+        drop=(3, 2),
     )
     for rid, state in transfer.recipients.items():
         if state.error:
@@ -319,7 +323,9 @@ def _print_outcome(transfer: Transfer) -> None:
         out.print(
             f"the library: {transfer.library_note}", style="yellow", highlight=False, markup=False
         )
-    speed = f", {transfer.throughput_bps / 1e6:.1f} MB/s" if transfer.throughput_bps else ""
+    speed = ""
+    if transfer.throughput_bps:
+        speed = f", {transfer.throughput_bps / 1e6:.1f} MB/s to the last copy"
     files = f"{transfer.folder_files} files, " if transfer.folder_files is not None else ""
     source = transfer.source_node
     if transfer.origin is not None:
@@ -333,6 +339,15 @@ def _print_outcome(transfer: Transfer) -> None:
         highlight=False,
         markup=False,
     )
+
+
+def _pace(transfer: Transfer, state: RecipientState) -> tuple[str, str]:
+    """When a recipient's copy ended, from the transfer's start, and the rate it took: with a
+    slow recipient, the transfer's own rate is the slow one's; these show who had it when."""
+    began = transfer.started_at or transfer.created_at
+    ended = f"{(state.finished_at - began).total_seconds():.1f} s" if state.finished_at else ""
+    rate = f"{state.throughput_bps / 1e6:.1f}" if state.throughput_bps else ""
+    return ended, rate
 
 
 def transfers(

@@ -36,6 +36,10 @@ def test_send_uploads_a_local_file_and_follows_it_to_every_copy(
     assert "uploading" in result.stderr
     assert "node_2" in result.stderr  # the progress bar's label
     assert "completed: report.pdf (6000000 bytes) from node_1 by stream" in result.stdout
+    # each recipient's own end and rate, not only the transfer's (the slowest one's)
+    assert "ended after" in result.stdout and "MB/s" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if "node_2" in line and "│" in line)
+    assert re.search(r"│ +\d+\.\d s +│ +\d+\.\d +│", row), row
     copy = embedded_server.data_dir / "storage" / "node_2" / "report.pdf"
     assert copy.read_bytes() == local.read_bytes()
 
