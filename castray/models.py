@@ -249,6 +249,13 @@ class FaultInjection(BaseModel):
     wedge: bool | None = Field(
         None, description="Hang on every object-store chunk received (false: stop hanging)."
     )
+    unavailable_statuses: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Answer the next N stream status calls as Ray does when it cannot reach "
+        "an actor for a moment (ActorUnavailableError), as on a busy host.",
+    )
 
 
 class GenerateRequest(BaseModel):

@@ -35,6 +35,7 @@ from typing import Any
 import blake3
 import numpy as np
 import ray
+from ray.exceptions import ActorUnavailableError
 
 from castray import folders, ratelimit
 from castray.agent import copies, journal, origin_copy, space, storage
@@ -124,6 +125,7 @@ class Endpoint:
         self._messages: deque[dict[str, Any]] = deque(maxlen=options.messages_kept)
         self._corrupt_next = 0
         self._sync_faults = 0
+        self._unavailable_statuses = 0
         self._wedged = threading.Event()
         """Fault injection: set while receiving object-store chunks hangs, as a stuck disk."""
         self._port = streams.DataPort(
@@ -547,6 +549,9 @@ class Endpoint:
         """The sink's status, after up to ``wait`` seconds for it to settle; first, for a
         file still being fetched, the manifest entries from ``told`` on that became known,
         and the whole file's BLAKE3 once it is."""
+        if self._unavailable_statuses > 0:  # fault injection: a host too busy to be reached
+            self._unavailable_statuses -= 1
+            raise ActorUnavailableError("the endpoint is busy (fault injection)", None)
         sink = self._port.sink(transfer_id)
         if sink is None:
             return None
@@ -817,6 +822,7 @@ class Endpoint:
         """Fault injection for tests: what this endpoint is to get wrong from now on."""
         self._corrupt_next = faults.corrupt_chunks
         self._sync_faults = faults.fail_syncs
+        self._unavailable_statuses = faults.unavailable_statuses
         if faults.wedge is not None:
             (self._wedged.set if faults.wedge else self._wedged.clear)()
         if faults.refuse_data_connections is not None:

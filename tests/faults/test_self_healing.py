@@ -236,6 +236,45 @@ def test_a_repair_that_cannot_reach_its_recipient_is_tried_again(server: CastRay
     assert done["chunks_damaged"] == 1 and done["chunks_resent"] >= 1, done
 
 
+def test_a_recipient_ray_cannot_reach_for_a_moment_is_asked_again_not_failed(
+    server: CastRayServer,
+) -> None:
+    """On a busy host Ray may fail a call with ActorUnavailableError while the actor lives
+    (the 16-host lab on two cores failed a host mid-broadcast so): that is no answer, not a
+    death. Its copy completes; only a silence of ``peer_timeout`` would cut it off."""
+    tx.generate(server, "reached.bin", "8MiB", "random")
+    _faults(server, "node_2", unavailable_statuses=3)
+    done = tx.send(
+        server, source_node="node_1", file="reached.bin", recipients=["node_2"], rate_limit="2MB/s"
+    )
+    assert done["status"] == "completed", done
+    assert done["recipients"]["node_2"]["error"] is None, done
+    copy = server.data_dir / "storage" / "node_2" / "reached.bin"
+    assert blake3.blake3(copy.read_bytes()).hexdigest() == done["file"]["blake3"]
+
+
+def test_a_recipient_ray_never_reaches_is_cut_off_after_the_peer_timeout(
+    server: CastRayServer,
+) -> None:
+    """Each call failing at once must not keep it waiting forever: the silence is counted
+    from the first unanswered call, and after ``peer_timeout`` (5 s) it is cut off."""
+    tx.generate(server, "unreached.bin", "8MiB", "random")
+    _faults(server, "node_2", unavailable_statuses=100)
+    try:
+        done = tx.send(
+            server,
+            source_node="node_1",
+            file="unreached.bin",
+            recipients=["node_2"],
+            rate_limit="512KB/s",
+        )
+    finally:
+        _faults(server, "node_2", unavailable_statuses=0)
+    assert done["status"] == "failed", done
+    assert "did not answer for 5 s" in done["recipients"]["node_2"]["error"], done
+    assert done["recipients"]["node_2"]["transient"], "a resume takes it up once it answers"
+
+
 def test_a_wedged_receiver_ends_its_object_store_transfer_and_the_agent_goes_idle(
     server: CastRayServer,
 ) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayError, RayTaskError
 
 from castray.agent.dataplane import all_chunks
 from castray.agent.outcomes import CommitOutcome
@@ -458,10 +458,12 @@ class StreamRun:
     def _unsettled(recipient: Recipient) -> bool:
         """An open sink still receiving (or not asked yet: its stream has just been sent):
         its next status call waits for it to settle, so a small file's transfer takes one
-        call that answers "ended", not one that answers at once and another that waits."""
+        call that answers "ended", not one that answers at once and another that waits.
+        One Ray could not reach is not: its call fails at once, and the look would spin."""
         status = recipient.status
         return (
             recipient.open
+            and recipient.unanswered_since is None
             and (status is None or (not status.ended and status.broken is None))
             and not recipient.needs_repair
         )
@@ -497,10 +499,18 @@ class StreamRun:
             recipient.asking = None
             try:
                 status = ray.get(ref)
+            except ActorUnavailableError:
+                # Not an answer, not a death: Ray could not reach the actor this once (a busy
+                # host: the lab's 16 raylets on two cores failed a host mid-broadcast so). It
+                # is asked again; a silence of ``peer_timeout`` cuts it off (below).
+                if recipient.unanswered_since is None:
+                    recipient.unanswered_since = recipient.asked_at
+                continue
             except RayError as exc:
                 if recipient.open:
                     self._fail(recipient, f"its actor or node died: {reason(exc)}", transient=True)
                 continue
+            recipient.unanswered_since = None
             if status is not None and recipient.open:
                 recipient.status = status
                 if status.ended and not recipient.ended_at:
@@ -508,8 +518,11 @@ class StreamRun:
                 knows_whole = recipient.told_whole or self.spec.origin_fetch is None
                 recipient.knows = recipient.told if knows_whole else -1
         now = time.monotonic()
-        for recipient in asking.values():
-            if recipient.open and now - recipient.asked_at > tunables.peer_timeout:
+        for recipient in self._recipients:
+            if recipient.asking is None and recipient.unanswered_since is None:
+                continue  # it answered its last question
+            silent_since = min(recipient.asked_at, recipient.unanswered_since or now)
+            if recipient.open and now - silent_since > tunables.peer_timeout:
                 # Said before the failure, so that the server knows it when it hears of it.
                 self._lost_touch(recipient.member.id, "a transfer's stream to it stalled")
                 self._cut_off(

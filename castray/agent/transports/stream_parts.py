@@ -71,6 +71,9 @@ class Recipient:
     asking: Any = None
     """Its status call in flight (one at a time), and since when."""
     asked_at: float = 0.0
+    unanswered_since: float | None = None
+    """When a status call that Ray could not deliver (the actor unavailable for a moment) was
+    asked, with none answered since: a silence that long cuts it off, as one in flight."""
     path: str | None = None
     streams_before_repair: int | None = None
     """While a repair is on its way: how many streams the sink had seen when it was sent."""
