@@ -13,11 +13,15 @@ and its contenders are alternated over ``--reps`` repetitions (medians):
   the unicast's; the slow one's over its own bound (size / slow rate); the source's egress
   (its ``bytes_sent`` counter) over the file;
 - **two slow hosts** (3 and 6): the same;
-- **16 equal hosts**: broadcast to hosts 2..16 over one unicast;
+- **16 equal hosts**: broadcast to hosts 2..16 over one unicast, and the machine's CPU
+  during the broadcast, split by whose it is (``benchmarks.cpu_shares``);
 - **CPU at 16 hosts** (every link at ``--cpu-rate``, 10 Mbit/s): the machine's core-seconds
   per delivered GiB during a broadcast, above the idle lab's, against the same figure for a
-  bulk unicast over an unshaped link in the same run; and the CPU use of N-1 unicasts
-  against the idle lab's.
+  bulk unicast over an unshaped link in the same run, each split by whose they are (CastRay's
+  data plane, its control plane, Ray, the kernel's emulated network, the benchmark's own
+  client); and the CPU use of N-1 unicasts against the idle lab's. ``--profile DIR`` adds
+  one broadcast (not counted) under py-spy: the source's endpoint, host 8's, the agent and
+  the server, each summed by function.
 
 Targets (issue #24): fast recipients <= 1.3x one unicast, the slow one <= 1.2x its bound,
 egress <= 1.5x; 16 equal hosts <= 1.3x; broadcast CPU per GiB <= 1.5x the bulk unicast's;
@@ -30,15 +34,17 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psutil
 
-from benchmarks.lab_broadcast import egress, seconds_of, unicasts
+from benchmarks import cpu_shares as cpu
+from benchmarks import profiles
+from benchmarks.lab_broadcast import LOOK, egress, seconds_of, unicasts
 from castray.lab import lab as lab_ops
 from castray.lab.shaping import LinkShape
 from castray.lab.state import LabState
@@ -65,6 +71,7 @@ def broadcast(server: LabServer, file: str, hosts: list[int]) -> dict[str, Any]:
     done = tx.send(
         server,
         timeout=1800,
+        interval=LOOK,
         source_node=server.node_id(1),
         file=file,
         mode="multicast" if len(hosts) > 1 else "unicast",
@@ -80,12 +87,6 @@ def finish_times(server: LabServer, done: dict[str, Any], hosts: list[int]) -> d
     start = datetime.fromisoformat(done["created_at"])
     ends = {h: done["recipients"][server.node_id(h)]["finished_at"] for h in hosts}
     return {h: (datetime.fromisoformat(end) - start).total_seconds() for h, end in ends.items()}
-
-
-def busy_seconds() -> float:
-    """The machine's core-seconds of work so far (all cores, everything but idle and wait)."""
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def slow_scenario(
@@ -147,70 +148,90 @@ def slow_scenario(
 
 
 def equal_scenario(server: LabServer, args: argparse.Namespace) -> Rows:
+    """Broadcast to 15 equal hosts against one unicast, and whose CPU the broadcast takes."""
     hosts = list(range(2, 17))
+    busy: list[dict[str, float]] = []
+
+    def watched() -> float:
+        done: list[dict[str, Any]] = []
+        used, wall = cpu.measured(lambda: done.append(broadcast(server, FILE, hosts)))
+        busy.append({share: value / wall / CORES for share, value in used.items()})
+        return seconds_of(done)
+
     runs: dict[str, Callable[[], float]] = {
         "one unicast": lambda: unicasts(server, [2], FILE),
-        "broadcast": lambda: seconds_of([broadcast(server, FILE, hosts)]),
+        "broadcast": watched,
     }
     times = alternate(runs, args.reps, "16 equal")
     one, wide = statistics.median(times["one unicast"]), statistics.median(times["broadcast"])
+    share = cpu.medians(busy)
+    parts = ", ".join(f"{name} {share[name]:.0%}" for name in cpu.SHARES if share[name] >= 0.01)
     return [
         ("16 equal hosts: one unicast", f"{one:.1f} s", "yardstick"),
         ("16 equal hosts: broadcast / one unicast", f"{wide / one:.2f}x", "<= 1.3x"),
+        ("16 equal hosts: the machine's CPU during the broadcast", f"{share[cpu.ALL]:.0%}", ""),
+        ("16 equal hosts: of which", parts, ""),
     ]
 
 
 def cpu_scenario(server: LabServer, lab: LabState, args: argparse.Namespace) -> Rows:
-    """Core-seconds above the idle lab's, per delivered GiB, and CPU use of N-1 unicasts."""
+    """Core-seconds above the idle lab's, per delivered GiB, split by whose they are (see
+    ``benchmarks.cpu_shares``), and the CPU use of N-1 unicasts."""
     slow, fast = LinkShape.parse(args.cpu_rate), LinkShape.parse(args.rate)
     hosts = list(range(2, 17))
     reshape(lab, {h: slow for h in range(1, 17)})
     try:
-        idle = idle_rate(args.idle)
-        say(f"idle lab: {idle * 100 / CORES:.0f}% CPU")
-        per_gib: list[float] = []
+        idle = cpu.idle_rates(args.idle)
+        say(f"idle lab: {sum(idle.values()) * 100 / CORES:.0f}% CPU")
+        chain: list[dict[str, float]] = []
         for rep in range(args.reps):
-            used, seconds = measured(lambda: broadcast(server, CPU_FILE, hosts))
             delivered = args.cpu_size * MIB * len(hosts) / GIB
-            per_gib.append((used - idle * seconds) / delivered)
-            say(f"broadcast rep {rep + 1}: {seconds:.1f} s, {per_gib[-1]:.1f} core-s/GiB")
-        used, seconds = measured(lambda: unicasts(server, hosts, CPU_FILE))
-        unicasts_cpu = used / seconds * 100 / CORES
+            chain.append(cpu.per_gib(lambda: broadcast(server, CPU_FILE, hosts), idle, delivered))
+            say(f"broadcast rep {rep + 1}: {cpu.described(chain[-1])}")
+        if args.profile is not None:
+            profiled_broadcast(server, lab, hosts, args.profile)
+        used, seconds = cpu.measured(lambda: unicasts(server, hosts, CPU_FILE))
+        unicasts_cpu = sum(used.values()) / seconds * 100 / CORES
         say(f"N-1 unicasts: {seconds:.1f} s, {unicasts_cpu:.0f}% CPU")
         reshape(lab, {1: UNSHAPED, 2: UNSHAPED})
-        bulk: list[float] = []
+        bulk: list[dict[str, float]] = []
         for rep in range(args.reps):
-            used, seconds = measured(lambda: broadcast(server, BULK_FILE, [2]))
-            bulk.append((used - idle * seconds) / (args.bulk_size * MIB / GIB))
-            say(f"bulk unicast rep {rep + 1}: {seconds:.1f} s, {bulk[-1]:.1f} core-s/GiB")
+            size = args.bulk_size * MIB / GIB
+            bulk.append(cpu.per_gib(lambda: broadcast(server, BULK_FILE, [2]), idle, size))
+            say(f"bulk unicast rep {rep + 1}: {cpu.described(bulk[-1])}")
     finally:
         reshape(lab, {h: fast for h in range(1, 17)})
-    chain, alone = statistics.median(per_gib), statistics.median(bulk)
+    idle_cpu = sum(idle.values()) * 100 / CORES
+    chains, alone = cpu.medians(chain), cpu.medians(bulk)
+    whole = chains[cpu.ALL] / alone[cpu.ALL]
+    ours = (chains[cpu.DATA] + chains[cpu.CONTROL]) / (alone[cpu.DATA] + alone[cpu.CONTROL])
     return [
-        ("16 hosts at 10 Mbit/s: idle lab", f"{idle * 100 / CORES:.0f}% CPU", "the floor"),
-        ("broadcast: core-s per delivered GiB above idle", f"{chain:.1f}", "measured"),
-        ("bulk unshaped unicast: core-s per GiB above idle", f"{alone:.1f}", "measured"),
-        ("broadcast / bulk unicast, per GiB", f"{chain / alone:.2f}x", "<= 1.5x"),
-        (
-            "N-1 unicasts: CPU",
-            f"{unicasts_cpu:.0f}% ({unicasts_cpu - idle * 100 / CORES:+.0f})",
-            "<= +10",
+        ("16 hosts at 10 Mbit/s: idle lab", f"{idle_cpu:.0f}% CPU", "the floor"),
+        ("broadcast: core-s per delivered GiB above idle", f"{chains[cpu.ALL]:.1f}", "measured"),
+        ("bulk unshaped unicast: core-s per GiB above idle", f"{alone[cpu.ALL]:.1f}", "measured"),
+        ("broadcast / bulk unicast, per GiB", f"{whole:.2f}x", "<= 1.5x"),
+        *(
+            (f"per GiB, {share}: broadcast / bulk", f"{chains[share]:.1f} / {alone[share]:.1f}", "")
+            for share in cpu.SHARES
         ),
+        ("CastRay's own (both planes): broadcast / bulk, per GiB", f"{ours:.2f}x", "<= 1.5x"),
+        ("N-1 unicasts: CPU", f"{unicasts_cpu:.0f}% ({unicasts_cpu - idle_cpu:+.0f})", "<= +10"),
     ]
 
 
-def idle_rate(seconds: float) -> float:
-    """Core-seconds per second the idle lab takes (its raylets, agents and server)."""
-    before, start = busy_seconds(), time.monotonic()
-    time.sleep(seconds)  # a measurement window, not a synchronisation
-    return (busy_seconds() - before) / (time.monotonic() - start)
-
-
-def measured(run: Callable[[], Any]) -> tuple[float, float]:
-    """Core-seconds the machine spent while ``run`` ran, and its wall seconds."""
-    before, start = busy_seconds(), time.monotonic()
-    run()
-    return busy_seconds() - before, time.monotonic() - start
+def profiled_broadcast(server: LabServer, lab: LabState, hosts: list[int], directory: Path) -> None:
+    """One more broadcast (not counted) under py-spy: the source's endpoint, one in the
+    middle of the chain, the agent and the server."""
+    head = lab.hosts[0].namespace
+    found = {
+        "endpoint h1 (source)": profiles.in_namespace(head, "ray::Endpoint"),
+        "endpoint h8": profiles.in_namespace(lab.hosts[7].namespace, "ray::Endpoint"),
+        "agent": profiles.in_namespace(head, "-m castray.agent"),
+        "server": profiles.in_namespace(head, "-m castray serve"),
+    }
+    pids = {name: pid for name, pid in found.items() if pid is not None}
+    for line in profiles.profiled(lambda: broadcast(server, CPU_FILE, hosts), pids, directory):
+        say(line)
 
 
 def alternate(
@@ -282,6 +303,11 @@ def main() -> None:
     parser.add_argument("--name", default="uneven")
     parser.add_argument("--subnet", default="198.18.61.0/24")
     parser.add_argument("--port", default=0, type=int)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="CPU scenario: one more broadcast under py-spy, raw stacks kept in this folder",
+    )
     parser.add_argument("--png", default="benchmarks/lab_uneven.png")
     parser.add_argument(
         "--parts", default="one-slow,two-slow,equal,cpu", help="scenarios, comma-separated"
