@@ -1,10 +1,11 @@
 """Where a process's CPU goes while something runs: ``py-spy record`` (it comes with Ray)
 beside a run, summed by the function each sample was in (self time).
 
-Used by ``benchmarks.lab_uneven --profile``: a lab host's endpoint is found by its network
-namespace (each host's processes live in its own), and so are the agent and the server
-(host 1's). py-spy samples with ``--nonblocking`` (it never pauses the process), so its
-own CPU lands in the benchmark's "other processes" share, not in CastRay's.
+Used by ``benchmarks.lab_uneven --profile`` (a lab host's endpoint is found by its network
+namespace, each host's processes living in their own; so are the agent and the server, host
+1's) and ``benchmarks.transfer --profile`` (an endpoint by its raylet's address). py-spy
+samples with ``--nonblocking`` (it never pauses the process), so its own CPU lands in the
+benchmark's "other processes" share, not in CastRay's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +37,21 @@ def in_namespace(namespace: str, command: str) -> int | None:
             if os.stat(f"/proc/{process.pid}/ns/net").st_ino == wanted:
                 return int(process.pid)
         except OSError:
+            continue  # gone meanwhile
+    return None
+
+
+def on_node(address: str, command: str) -> int | None:
+    """The pid of a process whose command line holds ``command`` and that runs under the
+    raylet of ``address`` (several raylets on one machine, each on its own loopback IP)."""
+    raylet = f"--node_ip_address={address}"
+    for process in psutil.process_iter(["cmdline"]):
+        if command not in " ".join(process.info.get("cmdline") or []):
+            continue
+        try:
+            if any(raylet in parent.cmdline() for parent in process.parents()):
+                return int(process.pid)
+        except psutil.Error:
             continue  # gone meanwhile
     return None
 
@@ -85,15 +102,25 @@ def _where(frame: str) -> str:
 
 
 def profiled(run: Callable[[], Any], pids: dict[str, int], directory: Path) -> list[str]:
-    """Run ``run`` under py-spy and say, per process, where its samples were."""
+    """Run ``run`` under py-spy and say, per process, the CPU it took (user and system: py-spy
+    sees only Python's threads, and a thread in a system call as idle) and where its
+    samples were."""
+    before = {name: psutil.Process(pid).cpu_times() for name, pid in pids.items()}
+    start = time.monotonic()
     with recording(pids, directory):
         run()
+    wall = time.monotonic() - start
     lines = []
-    for name in pids:
+    for name, pid in pids.items():
         raw = directory / f"{name}.txt"
         if not raw.exists():
             lines.append(f"{name}: no profile ({(directory / f'{name}.log').read_text()[-200:]})")
             continue
-        lines.append(f"{name}: {samples(raw)} samples at 100 Hz, self time:")
+        took = psutil.Process(pid).cpu_times()
+        user, system = took.user - before[name].user, took.system - before[name].system
+        lines.append(
+            f"{name}: {user:.2f} s user, {system:.2f} s system CPU in {wall:.1f} s; "
+            f"{samples(raw)} samples at 100 Hz, self time:"
+        )
         lines += [f"  {share:5.1%} {function}" for function, share in self_time(raw)]
     return lines

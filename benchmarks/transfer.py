@@ -46,6 +46,7 @@ from typing import Any
 import httpx
 import psutil
 
+from benchmarks import profiles
 from castray.client import Client
 from tests.harness import transfers as tx
 from tests.harness.raycluster import RayCluster, running_cluster
@@ -254,6 +255,18 @@ def measure_one_gib(
     return rows, median["CastRay stream"]
 
 
+def profiled_unicast(server: CastRayServer, directory: Path) -> None:
+    """Where the sending and the receiving endpoint spend a 1 GiB stream unicast."""
+    found = {
+        "source endpoint": profiles.on_node(HEAD, "ray::Endpoint"),
+        "receiving endpoint": profiles.on_node(WORKER_A, "ray::Endpoint"),
+    }
+    pids = {name: pid for name, pid in found.items() if pid is not None}
+    run = lambda: castray(server, "stream", recipients=[DST_A])  # noqa: E731
+    for line in profiles.profiled(run, pids, directory):
+        print(line, file=sys.stderr)
+
+
 def measure_egress(server: CastRayServer) -> Rows:
     before = server.nodes()[SRC]["counters"]["bytes_sent"]
     done = tx.send(server, source_node=SRC, file=ONE_GIB, mode="broadcast", timeout=900)
@@ -434,6 +447,11 @@ def main() -> None:
     parser.add_argument(
         "--parts", default="one-gib,egress,big,small,folder", help="what to measure"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="with one-gib: one more stream unicast under py-spy (not counted), stacks kept here",
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
 
@@ -448,6 +466,8 @@ def main() -> None:
                     tx.generate(server, ONE_GIB, "1GB", "random")
                 if "one-gib" in parts:
                     rows += measure_one_gib(cluster, server, root, args.reps)[0]
+                    if args.profile is not None:
+                        profiled_unicast(server, args.profile)
                 if "egress" in parts:
                     rows += measure_egress(server)
                 if "big" in parts:
