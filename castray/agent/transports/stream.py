@@ -525,11 +525,16 @@ class StreamRun:
             if recipient.open and now - silent_since > tunables.peer_timeout:
                 # Said before the failure, so that the server knows it when it hears of it.
                 self._lost_touch(recipient.member.id, "a transfer's stream to it stalled")
-                self._cut_off(
-                    recipient,
-                    f"it did not answer for {tunables.peer_timeout:g} s: its host is cut off "
-                    "or its node is lost",
-                )
+                self._cut_off(recipient, self._silence(recipient))
+
+    def _silence(self, recipient: Recipient) -> str:
+        """Why a recipient silent for ``peer_timeout`` is cut off. Ray answers "unavailable"
+        for the actor of a node just killed as for a live one it could not reach: until it
+        learns of the death, only the silence's length tells them apart."""
+        seconds = f"{self.spec.tunables.peer_timeout:g} s"
+        if recipient.unanswered_since is not None:
+            return f"Ray could not reach its actor for {seconds}: its node died or is cut off"
+        return f"it did not answer for {seconds}: its host is cut off or its node is lost"
 
     def _poll_wait(self, recipient: Recipient) -> float:
         """How long a status call may wait for the sink to settle: a progress interval while
