@@ -521,7 +521,7 @@ class StreamRun:
         for recipient in self._recipients:
             if recipient.asking is None and recipient.unanswered_since is None:
                 continue  # it answered its last question
-            silent_since = min(recipient.asked_at, recipient.unanswered_since or now)
+            silent_since = recipient.unanswered_since or recipient.asked_at  # the earlier
             if recipient.open and now - silent_since > tunables.peer_timeout:
                 # Said before the failure, so that the server knows it when it hears of it.
                 self._lost_touch(recipient.member.id, "a transfer's stream to it stalled")
