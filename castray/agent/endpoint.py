@@ -45,6 +45,7 @@ from castray.chunks import HASH_THREADS, FileIdentity, file_blake3, identity_of
 from castray.errors import OriginFailed, SourceChanged, TooManyRequests
 from castray.models import FaultInjection
 from castray.protocol import StorageUsage
+from castray.writeback import start_write_back
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +293,7 @@ class Endpoint:
             return ChunkOutcome(ChunkStatus.ERROR, error=failed), None
         if written != len(data):
             return ChunkOutcome(ChunkStatus.ERROR, error="short write: is the disk full?"), None
+        start_write_back(sink.fd, offset, written)
         sink.running.feed(offset, data)
         return ChunkOutcome(ChunkStatus.OK, len(data)), (data if forward else None)
 
@@ -949,8 +951,7 @@ def _commit(
     if actual != expected:
         temp.unlink(missing_ok=True)
         return CommitOutcome(False, error=f"whole-file BLAKE3 {actual} is not {expected}")
-    temp.replace(final)
-    storage.fsync_dir(final.parent)
+    storage.put_in_place(temp, final)
     return CommitOutcome(True, path=str(final))
 
 

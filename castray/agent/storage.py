@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -100,6 +101,25 @@ def _prune_empty_folders(root: Path) -> None:
             folder.rmdir()
         except OSError:
             continue  # not empty
+
+
+def put_in_place(temp: Path, final: Path) -> None:
+    """Rename a finished copy over ``final`` and make the rename durable.
+
+    A copy that replaces an older one would otherwise pay for freeing the old one inside the
+    rename: the kernel drops its cached pages and blocks there, 0.5 s for a 1 GiB file on
+    this project's machine, before the new copy counts as committed. Holding the old one
+    open across the rename leaves that to a thread that closes it after."""
+    try:
+        replaced: int | None = os.open(final, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        replaced = None  # none there (or not a file we could open): nothing to defer
+    try:
+        temp.replace(final)
+        fsync_dir(final.parent)
+    finally:
+        if replaced is not None:
+            threading.Thread(target=os.close, args=(replaced,), name="free-replaced").start()
 
 
 def fsync_dir(directory: Path) -> None:

@@ -34,6 +34,7 @@ import blake3
 from castray.chunks import HASH_THREADS
 from castray.errors import OriginFailed, SourceChanged, Stopped
 from castray.sources.origins import Checksum, ObjectInfo, Origin, OriginCut
+from castray.writeback import start_write_back
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ def fetch(
             oldest = waiting[0]
             view = oldest.next_step(stopped)
             os.pwrite(fd, view, written)
+            start_write_back(fd, written, len(view))
             whole.update(view)
             if origin_digest is not None:
                 origin_digest.update(view)

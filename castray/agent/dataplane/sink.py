@@ -45,6 +45,7 @@ from castray.agent.dataplane.wire import (
 )
 from castray.agent.journal import Journal, journal_path
 from castray.chunks import file_blake3
+from castray.writeback import start_write_back
 
 log = logging.getLogger(__name__)
 
@@ -463,6 +464,7 @@ class StreamSink:
                 written = 0
                 while written < piece.length:
                     written += os.pwrite(self.fd, view[written:], piece.offset + written)
+                start_write_back(self.fd, piece.offset, piece.length)
             except OSError as exc:
                 self.error = f"could not write its file to disk: {exc.strerror or exc}"
                 self.sever(upstream=False, downstream=True)  # nothing to pass on from here
