@@ -1,0 +1,198 @@
+"""How a stream run keeps a slow recipient from pacing the others: every ``ADAPT_EVERY``
+seconds each recipient's pace is measured (``pace``), and one that holds up those after it
+is moved to the end of the chain; a head that cannot keep up with the source is tried at
+the end too. The run's state is ``StreamRun``'s (``stream``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import ray
+from ray.exceptions import GetTimeoutError, RayError
+
+from castray.agent.reasons import reason
+from castray.agent.transports.pace import Pace, slow_one, try_head
+from castray.agent.transports.stream_parts import (
+    SOURCE_PROBE_TIMEOUT,
+    Recipient,
+    RunState,
+)
+
+log = logging.getLogger(__name__)
+
+ADAPT_EVERY = 2.0
+"""Seconds between looks at each recipient's pace (to move a slow one to the chain's end)."""
+
+ADAPT_AFTER = 1.0
+"""Seconds before the first look: streams have started. Every second a host ten times
+slower than the one before it stays in place, those after it get a tenth of their pace: in
+the 16-host lab (48 MiB at 100 Mbit/s, one host at 10), with the first look at 3 s the fast
+ones after the slow one took up to 2.1x a unicast, with the first look at 1 s up to 1.6x."""
+
+MOVE_SETTLE = 5.0
+"""Seconds after this run moved streams (a slow one to the end, the head tried at the end)
+when a broken stream is the move's doing, not a sign of the source's death: the source is
+not asked then (a 16-host lab on two cores failed a whole broadcast when the source, busy
+moving its stream, did not answer within the probe's 2 s)."""
+
+
+class ChainAdapting(RunState):
+    """Moving a slow recipient, or the head, out of the others' way (the state is
+    ``StreamRun``'s)."""
+
+    def _adapt(self) -> None:
+        """Every ``ADAPT_EVERY`` seconds: measure each recipient's pace, and move one that
+        holds up those after it to the end of the chain (``pace.slow_one``): the one before it
+        then feeds the one after it, from the chunk that one lacks, and the last one feeds it,
+        at its own pace. Nothing is sent twice, and the source's stream is not touched."""
+        now = time.monotonic()
+        seconds = now - self._paced_at
+        if seconds < ADAPT_EVERY:
+            return
+        if self._blake3 is None:
+            # Still fetched from its origin: the origin paces every recipient, so their paces
+            # say nothing of their links (the lab moved a head that only waited on it).
+            self._paced_at = now
+            return
+        self._paced_at = now
+        for recipient in self._recipients:
+            self._measure(recipient, min(seconds, now - self._began))
+        if now - self._moved_at < 1.5 * ADAPT_EVERY:
+            # A move breaks streams down the whole chain, each followed by a new one: the look
+            # after it sees that ripple, not the hosts (the lab saw a host at 0 MB/s then moved
+            # behind a slow one, and it took as long as that one).
+            return
+        chain = [r for r in self._recipients if r.open]
+        paces = [
+            Pace(r.member.id, r.rate, self._unsettled(r), r.moved, now - r.refed_at < 2 * seconds)
+            for r in chain
+        ]
+        slow = slow_one(paces)
+        suspect, self._suspect = self._suspect, slow.id if slow is not None else None
+        if slow is not None and slow.moves(suspect):
+            self._suspect = None
+            self._move_to_end(next(r for r in chain if r.member.id == slow.id), chain)
+        elif slow is not None:
+            log.info(
+                "transfer %s: %s takes %.0f%% of the pace before it; moved if the next look "
+                "finds it slow too",
+                self.spec.transfer_id,
+                slow.id,
+                100 * slow.share,
+            )
+        elif self._head_movable(chain) and try_head(paces, chain[0].seen_bytes / self.size):
+            self._move_head(chain)
+
+    @staticmethod
+    def _measure(recipient: Recipient, seconds: float) -> None:
+        """Its pace: the bytes that arrived between its sink's last two answers seen at a
+        look, over the time between them on the sink's clock (``seconds``, the time since the
+        last look, for the first). A slow transfer's sink answers every 2 s, as often as it is
+        looked at: timed by the looks, its pace swung from nothing to double, and an equal
+        host was found slow and moved. With no new answer since, its pace stays as it was."""
+        status = recipient.status
+        if status is None:
+            recipient.rate = 0.0
+            return
+        elapsed = seconds if recipient.seen_at is None else status.at - recipient.seen_at
+        if elapsed < ADAPT_EVERY / 2:
+            return  # too short a span to tell a pace by (or no answer since)
+        recipient.rate = (status.received_bytes - recipient.seen_bytes) / elapsed
+        recipient.seen_bytes, recipient.seen_at = status.received_bytes, status.at
+
+    def _move_to_end(self, slow: Recipient, chain: list[Recipient]) -> None:
+        position = chain.index(slow)
+        before, after, last = chain[position - 1], chain[position + 1], chain[-1]
+        tid = self.spec.transfer_id
+        log.info(
+            "transfer %s: %s takes %.1f MB/s against %.1f MB/s before it; it goes to the end "
+            "of the chain, fed by %s",
+            tid,
+            slow.member.id,
+            slow.rate / 1e6,
+            before.rate / 1e6,
+            last.member.id,
+        )
+        self._moved_at = time.monotonic()
+        self._recipients.remove(slow)
+        self._recipients.append(slow)
+        lacks = self._lacks
+        before.member.handle.redirect.remote(tid, after.member.data_address, lacks(after))
+        slow.member.handle.redirect.remote(tid, None, 0)
+        last.member.handle.redirect.remote(tid, slow.member.data_address, lacks(slow))
+        self._refed(after, slow, chain)
+
+    def _head_movable(self, chain: list[Recipient]) -> bool:
+        """The head is fed by this run's source stream (not a resume's repairs, nor another
+        cluster), and it was never tried at the end."""
+        return (
+            self.spec.source is not None
+            and not self.spec.resume
+            and not self._head_tried
+            and len(chain) >= 2
+            and chain[0] is self._recipients[0]
+        )
+
+    def _move_head(self, chain: list[Recipient]) -> None:
+        """Move the head to the end: it stops passing the stream on, the source's stream
+        moves to the one after it (from the chunk that one lacks), and the last one feeds
+        it (from the chunk it lacks), at its own pace."""
+        self._head_tried = True
+        self._moved_at = time.monotonic()  # streams break now, whether the move succeeds or not
+        head, after, last = chain[0], chain[1], chain[-1]
+        tid = self.spec.transfer_id
+        source = self.spec.source
+        assert source is not None
+        lacks = self._lacks
+        try:
+            ray.get(head.member.handle.redirect.remote(tid, None, 0), timeout=SOURCE_PROBE_TIMEOUT)
+            moved = ray.get(
+                source.handle.move_stream.remote(
+                    tid, head.member.data_address, after.member.data_address, lacks(after)
+                ),
+                timeout=SOURCE_PROBE_TIMEOUT,
+            )
+        except (RayError, GetTimeoutError) as exc:
+            log.info("transfer %s: could not try another head: %s", tid, reason(exc))
+            moved = False
+        if not moved:  # the source's stream ended meanwhile: the head goes on as it was
+            head.member.handle.redirect.remote(tid, after.member.data_address, lacks(after))
+            return
+        log.info(
+            "transfer %s: the head %s takes %.1f MB/s and the next keeps up: %s is fed by the "
+            "source now, and %s by %s",
+            tid,
+            head.member.id,
+            head.rate / 1e6,
+            after.member.id,
+            head.member.id,
+            last.member.id,
+        )
+        self._recipients.remove(head)
+        self._recipients.append(head)
+        last.member.handle.redirect.remote(tid, head.member.data_address, lacks(head))
+        self._refed(after, head, chain)
+
+    def _lacks(self, recipient: Recipient) -> int:
+        """The first chunk ``recipient`` lacks: where a stream that now feeds it starts."""
+        verified = recipient.status.verified_bytes if recipient.status else 0
+        return verified // self.spec.chunk_size
+
+    @staticmethod
+    def _refed(after: Recipient, moved: Recipient, chain: list[Recipient]) -> None:
+        """``after`` (now fed by what fed ``moved``) and ``moved`` (now at the end) lose their
+        old streams and get new ones: no repair for them before the new ones end. Each one
+        after ``after`` gets a new stream too (its feeder passes its own new one on), a
+        moment after its old one breaks: none of them is repaired in that moment either
+        (the lab sent a whole file again from the source to three hosts whose new streams
+        were a second late, on their links beside the new streams)."""
+        now = time.monotonic()
+        for recipient in (after, moved):
+            recipient.refed_at = now
+            if recipient.status is not None:
+                recipient.streams_before_repair = recipient.status.streams_seen + 1
+        moved.moved = True
+        for recipient in chain[chain.index(moved) :]:  # moved, after, ..., the last
+            recipient.repair_after = max(recipient.repair_after, now + MOVE_SETTLE)
