@@ -249,6 +249,14 @@ class FaultInjection(BaseModel):
     wedge: bool | None = Field(
         None, description="Hang on every object-store chunk received (false: stop hanging)."
     )
+    lost_commit_answers: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Commit the next N copies as asked, then lose the answer as Ray does when "
+        "it cannot reach an actor (ActorUnavailableError): the copy is in place, the agent "
+        "does not know it.",
+    )
     unavailable_statuses: int = Field(
         0,
         ge=0,

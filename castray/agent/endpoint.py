@@ -28,6 +28,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ from castray.protocol import StorageUsage
 from castray.writeback import start_write_back
 
 log = logging.getLogger(__name__)
+
+COMMITS_KEPT = 1024
+"""Commits remembered per endpoint, to answer one asked again (the oldest are forgotten)."""
 
 STOP_KEPT_SECONDS = 3600.0
 """How long a transfer's stop is remembered here, for its sends that start late."""
@@ -127,6 +131,11 @@ class Endpoint:
         self._corrupt_next = 0
         self._sync_faults = 0
         self._unavailable_statuses = 0
+        self._lost_commit_answers = 0
+        self._commits: dict[str, Future[CommitOutcome]] = {}
+        """Each transfer's commit here, made or under way: a commit asked again (its answer
+        was lost) answers what the first did, and commits nothing twice."""
+        self._commits_lock = threading.Lock()
         self._wedged = threading.Event()
         """Fault injection: set while receiving object-store chunks hangs, as a stuck disk."""
         self._port = streams.DataPort(
@@ -256,6 +265,7 @@ class Endpoint:
             self._room.give_back(transfer_id)
             raise
         self._sinks[transfer_id] = _Sink(fd, temp, final, size)
+        self._forget_commit(transfer_id)
         return str(final)
 
     def write_chunk(
@@ -299,6 +309,31 @@ class Endpoint:
 
     @ray.method(concurrency_group="commit")
     def commit_sink(self, transfer_id: str, expected: str) -> CommitOutcome:
+        """Commit a transfer's copy here, once: asked again (Ray lost the first answer, and
+        the agent cannot tell whether the commit was made), it answers what the first call
+        did, once that is done."""
+        with self._commits_lock:
+            first = transfer_id not in self._commits
+            if first:
+                self._commits[transfer_id] = Future()
+                while len(self._commits) > COMMITS_KEPT:  # the oldest first
+                    del self._commits[next(iter(self._commits))]
+            commit = self._commits[transfer_id]
+        if first:
+            try:
+                commit.set_result(self._commit_sink(transfer_id, expected))
+            except Exception as exc:  # noqa: BLE001 - kept for a repeat, then raised
+                commit.set_exception(exc)
+            finally:
+                if not commit.done():  # interrupted (the actor exits): a repeat must not wait
+                    commit.set_exception(RuntimeError("the commit was interrupted"))
+        outcome = commit.result()
+        if self._lost_commit_answers > 0:  # fault injection: the answer lost, the commit made
+            self._lost_commit_answers -= 1
+            raise ActorUnavailableError("the answer was lost (fault injection)", None)
+        return outcome
+
+    def _commit_sink(self, transfer_id: str, expected: str) -> CommitOutcome:
         """fsync, check the whole file's BLAKE3, then rename it into place (either transport).
 
         Bytes that came in order were hashed as they arrived; a chunk sent again breaks the
@@ -537,7 +572,14 @@ class Endpoint:
                 journal.remove(sink.temp)
             raise
         self._port.register(sink)
+        self._forget_commit(transfer_id)
         return str(sink.final), sink.resumed_bytes
+
+    def _forget_commit(self, transfer_id: str) -> None:
+        """A new run of a transfer opened a sink here: an earlier run's commit (failed, or
+        a copy since replaced) is not this one's answer."""
+        with self._commits_lock:
+            self._commits.pop(transfer_id, None)
 
     @ray.method(concurrency_group="watch")
     def sink_status(
@@ -825,6 +867,7 @@ class Endpoint:
         self._corrupt_next = faults.corrupt_chunks
         self._sync_faults = faults.fail_syncs
         self._unavailable_statuses = faults.unavailable_statuses
+        self._lost_commit_answers = faults.lost_commit_answers
         if faults.wedge is not None:
             (self._wedged.set if faults.wedge else self._wedged.clear)()
         if faults.refuse_data_connections is not None:

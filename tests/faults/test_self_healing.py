@@ -276,6 +276,56 @@ def test_a_recipient_ray_never_reaches_is_cut_off_after_the_peer_timeout(
     assert done["recipients"]["node_2"]["transient"], "a resume takes it up once it answers"
 
 
+@pytest.mark.parametrize("transport", ["stream", "object-store"])
+def test_a_commit_whose_answer_is_lost_is_asked_again_and_its_copy_completes(
+    server: CastRayServer, transport: str
+) -> None:
+    """Ray may lose the answer to a call its actor ran (ActorUnavailableError): a commit so
+    answered failed its recipient for good ("could not commit the file"), though its copy
+    was in place. Asked again, the endpoint answers what the first call did."""
+    tx.generate(server, "lost-answer.bin", "4MiB", "random")
+    _faults(server, "node_2", lost_commit_answers=2)
+    try:
+        done = tx.send(
+            server,
+            source_node="node_1",
+            file="lost-answer.bin",
+            recipients=["node_2"],
+            transport=transport,
+        )
+    finally:
+        _faults(server, "node_2", lost_commit_answers=0)
+    assert done["status"] == "completed", done
+    assert done["recipients"]["node_2"]["error"] is None, done
+    storage = server.data_dir / "storage" / "node_2"
+    copy = storage / "lost-answer.bin"
+    assert blake3.blake3(copy.read_bytes()).hexdigest() == done["file"]["blake3"]
+    assert not list(storage.glob(".lost-answer.bin.*")), "no partial file or journal left"
+
+
+def test_a_commit_whose_answer_never_comes_is_cut_off_after_the_peer_timeout(
+    server: CastRayServer,
+) -> None:
+    """Asking again must not go on for ever: after ``peer_timeout`` (5 s) without an answer
+    the recipient is cut off, saying why, and a resume may take it up."""
+    tx.generate(server, "never-answered.bin", "4MiB", "random")
+    _faults(server, "node_2", lost_commit_answers=100)
+    try:
+        done = tx.send(
+            server,
+            source_node="node_1",
+            file="never-answered.bin",
+            recipients=["node_2"],
+            transport="stream",
+        )
+    finally:
+        _faults(server, "node_2", lost_commit_answers=0)
+    assert done["status"] == "failed", done
+    error = done["recipients"]["node_2"]["error"]
+    assert "could not reach its actor for 5 s to commit its copy" in error, done
+    assert done["recipients"]["node_2"]["transient"], "a resume takes it up once it answers"
+
+
 def test_a_wedged_receiver_ends_its_object_store_transfer_and_the_agent_goes_idle(
     server: CastRayServer,
 ) -> None:

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayError
 
 from castray import ratelimit
-from castray.agent.outcomes import ChunkOutcome, ChunkStatus
+from castray.agent.outcomes import ChunkOutcome, ChunkStatus, CommitOutcome
 from castray.agent.reasons import cause_of, reason
 from castray.agent.transports.feeds import EndpointFeed, Exporter, StreamBroken, StreamFeed
 from castray.chunks import Chunk, plan_chunks
@@ -220,7 +220,7 @@ class TransferRun:
         refs = {r.id: r.handle.commit_sink.remote(tid, target) for r in self._alive()}
         for recipient in self._alive():
             try:
-                result = ray.get(refs[recipient.id], timeout=self.spec.tunables.control_timeout)
+                result = self._commit_answer(recipient, refs[recipient.id], target)
             except (RayError, GetTimeoutError) as exc:
                 self._fail(recipient, f"could not commit the file: {reason(exc)}")
                 continue
@@ -237,6 +237,27 @@ class TransferRun:
                     path=recipient.path,
                 )
             )
+
+    def _commit_answer(self, recipient: _Recipient, ref: Any, target: str) -> CommitOutcome:
+        """The commit's answer. One Ray could not deliver (ActorUnavailableError: the commit
+        may have been made) is asked for again, for up to ``peer_timeout``: the endpoint
+        answers a commit asked again as it did the first."""
+        tunables = self.spec.tunables
+        deadline = time.monotonic() + tunables.peer_timeout
+        while True:
+            try:
+                outcome: CommitOutcome = ray.get(ref, timeout=tunables.control_timeout)
+                return outcome
+            except ActorUnavailableError:
+                if time.monotonic() >= deadline or self._cancelled.is_set():
+                    raise
+                log.info(
+                    "transfer %s: the answer to %s's commit did not come; it is asked again",
+                    self.spec.transfer_id,
+                    recipient.id,
+                )
+                self._cancelled.wait(tunables.progress_interval)
+                ref = recipient.handle.commit_sink.remote(self.spec.transfer_id, target)
 
     # ---- chunks ----------------------------------------------------------------------
 

@@ -75,6 +75,10 @@ class Recipient:
     commit_asked: float = 0.0
     """When its status first said every byte was in, and when its commit was asked for
     (monotonic): the log says where a copy's last seconds went."""
+    commit_unanswered_since: float | None = None
+    commit_again_at: float = 0.0
+    """Since when Ray could not reach its actor with the commit's answer, and when to ask
+    again (the commit may have been made: the endpoint answers a repeat as the first)."""
     asking: Any = None
     """Its status call in flight (one at a time), and since when."""
     asked_at: float = 0.0

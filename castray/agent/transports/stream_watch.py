@@ -183,7 +183,13 @@ class RecipientWatching(RunState):
         settled = status.ended or status.broken is not None
         if not self._all_known(recipient):
             return  # a chunk not verified may just be unchecked yet
-        if recipient.open and settled and not status.missing and recipient.committing is None:
+        if (
+            recipient.open
+            and settled
+            and not status.missing
+            and recipient.committing is None
+            and time.monotonic() >= recipient.commit_again_at
+        ):
             recipient.committing = recipient.member.handle.commit_sink.remote(
                 self.spec.transfer_id, self._blake3
             )
@@ -205,6 +211,9 @@ class RecipientWatching(RunState):
             ref, recipient.committing = recipient.committing, None
             try:
                 outcome: CommitOutcome = ray.get(ref)
+            except ActorUnavailableError:
+                self._commit_unanswered(recipient)
+                continue
             except RayError as exc:
                 self._fail(recipient, f"could not commit the file: {reason(exc)}")
                 continue
@@ -230,3 +239,27 @@ class RecipientWatching(RunState):
                     kept_bytes=recipient.kept,
                 )
             )
+
+    def _commit_unanswered(self, recipient: Recipient) -> None:
+        """Ray could not reach the actor with the commit's answer, and the commit may have
+        been made: failing the recipient then failed a copy that was in place. It is asked
+        again after a look (a commit asked again answers as the first); a silence of
+        ``peer_timeout`` cuts it off, resumable."""
+        now = time.monotonic()
+        if recipient.commit_unanswered_since is None:
+            recipient.commit_unanswered_since = recipient.commit_asked
+        peer_timeout = self.spec.tunables.peer_timeout
+        if now - recipient.commit_unanswered_since > peer_timeout:
+            self._cut_off(
+                recipient,
+                f"Ray could not reach its actor for {peer_timeout:g} s to commit its copy: its "
+                "node died or is cut off",
+            )
+            return
+        log.info(
+            "transfer %s: the answer to %s's commit did not come (Ray could not reach its "
+            "actor); it is asked again",
+            self.spec.transfer_id,
+            recipient.member.id,
+        )
+        recipient.commit_again_at = now + self.spec.tunables.progress_interval
