@@ -13,7 +13,9 @@ over ``--reps`` repetitions (medians, with the range):
   with ``object-store``, and ``rsync`` to an rsync daemon on the worker's IP (whole file,
   ``--fsync``; skipped when rsync is not installed: ``apt-get install rsync``);
 - broadcast of that file to both workers with ``stream``, against the ``stream`` unicast of
-  the same repetitions, and the source's egress (its ``bytes_sent`` counter) over the size;
+  the same repetitions and against two copies' disk time (2 x ``cp`` + sync: both copies go
+  to this machine's one disk), and the source's egress (its ``bytes_sent`` counter) over the
+  size;
 - a 4 GiB ``stream`` unicast: peak RSS of each endpoint actor and peak object-store use;
 - 1,000 files of 64 KiB, unicast, on each transport: files per second;
 - 10,000 files of 4 KiB in 100 sub-folders sent as one folder, on each transport: files per
