@@ -111,7 +111,9 @@ def put_in_place(temp: Path, final: Path) -> None:
     this project's machine, before the new copy counts as committed. Holding the old one
     open across the rename leaves that to a thread that closes it after."""
     try:
-        replaced: int | None = os.open(final, os.O_RDONLY | os.O_NOFOLLOW)
+        # Non-blocking: a FIFO left at that name must not hold the commit (for a file it
+        # changes nothing).
+        replaced: int | None = os.open(final, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         replaced = None  # none there (or not a file we could open): nothing to defer
     try:

@@ -65,3 +65,13 @@ def test_write_back_begins_on_a_file_and_a_refusal_is_ignored(tmp_path: Path) ->
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_a_copy_put_over_a_fifo_does_not_wait_for_a_writer(tmp_path: Path) -> None:
+    """Opening a FIFO for reading waits for a writer: holding the old file open must not."""
+    final = tmp_path / "pipe.bin"
+    os.mkfifo(final)
+    temp = tmp_path / ".pipe.bin.abc.part"
+    temp.write_bytes(b"z" * 10)
+    put_in_place(temp, final)
+    assert final.read_bytes() == b"z" * 10
