@@ -12,12 +12,8 @@ instead. Linux only; elsewhere (or if the call is refused) nothing happens.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import logging
 import sys
 from collections.abc import Callable
-
-log = logging.getLogger(__name__)
 
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start write-out of dirty pages, do not wait
 
@@ -26,7 +22,7 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        function = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).sync_file_range
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range  # as space.fallocate
     except (OSError, AttributeError):
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]

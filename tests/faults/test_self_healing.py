@@ -45,6 +45,17 @@ def _faults(server: CastRayServer, node: str, **faults: Any) -> None:
         assert client.post(f"/api/nodes/{node}/faults", json=faults).status_code == 204
 
 
+def _send_with_faults(
+    server: CastRayServer, file: str, faults: dict[str, int], **body: Any
+) -> dict[str, Any]:
+    """Send ``file`` from node_1 to node_2 with these faults on node_2, cleared after."""
+    _faults(server, "node_2", **faults)
+    try:
+        return tx.send(server, source_node="node_1", file=file, recipients=["node_2"], **body)
+    finally:
+        _faults(server, "node_2", **dict.fromkeys(faults, 0))
+
+
 def _health(server: CastRayServer) -> tuple[int, dict[str, Any]]:
     answer = httpx.get(f"{server.url}/api/health", timeout=5)
     return answer.status_code, answer.json()
@@ -243,10 +254,7 @@ def test_a_recipient_ray_cannot_reach_for_a_moment_is_asked_again_not_failed(
     (the 16-host lab on two cores failed a host mid-broadcast so): that is no answer, not a
     death. Its copy completes; only a silence of ``peer_timeout`` would cut it off."""
     tx.generate(server, "reached.bin", "8MiB", "random")
-    _faults(server, "node_2", unavailable_statuses=3)
-    done = tx.send(
-        server, source_node="node_1", file="reached.bin", recipients=["node_2"], rate_limit="2MB/s"
-    )
+    done = _send_with_faults(server, "reached.bin", {"unavailable_statuses": 3}, rate_limit="2MB/s")
     assert done["status"] == "completed", done
     assert done["recipients"]["node_2"]["error"] is None, done
     copy = server.data_dir / "storage" / "node_2" / "reached.bin"
@@ -260,17 +268,9 @@ def test_a_recipient_ray_never_reaches_is_cut_off_after_the_peer_timeout(
     from the first unanswered call, and after ``peer_timeout`` (5 s) it is cut off, saying
     why (a node killed under a transfer is answered for so until Ray learns of it)."""
     tx.generate(server, "unreached.bin", "8MiB", "random")
-    _faults(server, "node_2", unavailable_statuses=100)
-    try:
-        done = tx.send(
-            server,
-            source_node="node_1",
-            file="unreached.bin",
-            recipients=["node_2"],
-            rate_limit="512KB/s",
-        )
-    finally:
-        _faults(server, "node_2", unavailable_statuses=0)
+    done = _send_with_faults(
+        server, "unreached.bin", {"unavailable_statuses": 100}, rate_limit="512KB/s"
+    )
     assert done["status"] == "failed", done
     assert "could not reach its actor for 5 s" in done["recipients"]["node_2"]["error"], done
     assert done["recipients"]["node_2"]["transient"], "a resume takes it up once it answers"
@@ -284,17 +284,9 @@ def test_a_commit_whose_answer_is_lost_is_asked_again_and_its_copy_completes(
     answered failed its recipient for good ("could not commit the file"), though its copy
     was in place. Asked again, the endpoint answers what the first call did."""
     tx.generate(server, "lost-answer.bin", "4MiB", "random")
-    _faults(server, "node_2", lost_commit_answers=2)
-    try:
-        done = tx.send(
-            server,
-            source_node="node_1",
-            file="lost-answer.bin",
-            recipients=["node_2"],
-            transport=transport,
-        )
-    finally:
-        _faults(server, "node_2", lost_commit_answers=0)
+    done = _send_with_faults(
+        server, "lost-answer.bin", {"lost_commit_answers": 2}, transport=transport
+    )
     assert done["status"] == "completed", done
     assert done["recipients"]["node_2"]["error"] is None, done
     storage = server.data_dir / "storage" / "node_2"
@@ -309,17 +301,9 @@ def test_a_commit_whose_answer_never_comes_is_cut_off_after_the_peer_timeout(
     """Asking again must not go on for ever: after ``peer_timeout`` (5 s) without an answer
     the recipient is cut off, saying why, and a resume may take it up."""
     tx.generate(server, "never-answered.bin", "4MiB", "random")
-    _faults(server, "node_2", lost_commit_answers=100)
-    try:
-        done = tx.send(
-            server,
-            source_node="node_1",
-            file="never-answered.bin",
-            recipients=["node_2"],
-            transport="stream",
-        )
-    finally:
-        _faults(server, "node_2", lost_commit_answers=0)
+    done = _send_with_faults(
+        server, "never-answered.bin", {"lost_commit_answers": 100}, transport="stream"
+    )
     assert done["status"] == "failed", done
     error = done["recipients"]["node_2"]["error"]
     assert "could not reach its actor for 5 s to commit its copy" in error, done

@@ -1,7 +1,8 @@
 """The data plane inside an endpoint actor: file bytes travel on TCP streams between
 endpoints, Ray only carries the control calls. ``wire`` says how a connection opens and
 what travels on it, ``sink`` receives a transfer (its parts: ``sink_receiving``,
-``sink_writing``, ``sink_status``), ``forwarding`` passes what a sink receives on to the next,
+``sink_writing``, ``sink_links``, ``sink_status``, over ``sink_state``), ``forwarding`` passes
+what a sink receives on to the next,
 ``port`` is the listener sinks receive on, ``sender`` streams a file out."""
 
 from castray.agent.dataplane.port import (

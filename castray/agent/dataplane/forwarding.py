@@ -20,7 +20,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from dataclasses import dataclass, field
 
 from castray.agent.dataplane.wire import (
@@ -200,95 +199,3 @@ class _File:
 
     def read(self, size: int = -1) -> bytes:  # never called: sendfile is used
         raise NotImplementedError
-
-
-class SinkForwarding:
-    """A sink's links: its forwarders started, moved and stopped (the state is
-    ``StreamSink``'s)."""
-
-    transfer_id: str
-    secret: bytes
-    fd: int
-    downstream: str | None
-    stall_timeout: float
-    connect_timeout: float
-    last_contact: float
-    _lock: threading.Lock
-    _changed: threading.Condition
-    _closed: bool
-    _conns: set[socket.socket]
-    _streams: list[Incoming]
-    _forwarders: list[Forwarder]
-    _forward_error: str | None
-
-    def _forward(self, incoming: Incoming, downstream: str, start: int) -> None:
-        forwarder = Forwarder(
-            self.transfer_id,
-            self.secret,
-            incoming,
-            start,
-            downstream,
-            self.fd,
-            self._changed,
-            self.stall_timeout,
-            self.connect_timeout,
-        )
-        with self._lock:
-            incoming.forwarder = forwarder
-            self._forwarders.append(forwarder)
-            self._forward_error = None
-        forwarder.start()
-
-    @property
-    def forwarded_bytes(self) -> int:
-        with self._lock:
-            return sum(f.sent for f in self._forwarders)
-
-    @property
-    def forward_error(self) -> str | None:
-        with self._lock:
-            errors = [f.error for f in self._forwarders if f.error]
-        return errors[-1] if errors else self._forward_error
-
-    @property
-    def forwarding(self) -> bool:
-        """A forwarder still sends (a slower next receiver is still being fed)."""
-        with self._lock:
-            return any(f.running for f in self._forwarders)
-
-    def relink(self, downstream: str | None) -> None:
-        """A new next receiver, for streams that start from now on."""
-        self.last_contact = time.monotonic()
-        self.downstream = downstream
-
-    def redirect(self, downstream: str | None, from_chunk: int) -> None:
-        """A new next receiver now: the latest stream's forwarder stops, and a new one sends
-        that stream's frames of chunks from ``from_chunk`` on to ``downstream`` (None: to no
-        one); later streams go there too."""
-        self.relink(downstream)
-        with self._lock:
-            incoming = self._streams[-1] if self._streams else None
-            old = incoming.forwarder if incoming is not None else None
-            start = 0
-            if incoming is not None:
-                start = next(
-                    (i for i, frame in enumerate(incoming.frames) if frame[0] >= from_chunk),
-                    len(incoming.frames),
-                )
-        if old is not None:
-            old.stop()
-        if incoming is not None and downstream is not None and not self._closed:
-            self._forward(incoming, downstream, start)
-
-    def sever(self, upstream: bool, downstream: bool) -> None:
-        """End the streams arriving here (``upstream``: their sender is gone, so they would
-        only stall; what they did not bring gets repaired) or stop passing them on
-        (``downstream``: the next receiver is gone; this sink's own copy goes on)."""
-        with self._lock:
-            conns = list(self._conns) if upstream else []
-            forwarders = list(self._forwarders) if downstream else []
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        for forwarder in forwarders:
-            forwarder.stop()

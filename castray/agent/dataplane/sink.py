@@ -16,10 +16,10 @@ A file sent while its source still fetches it from an origin has a manifest that
 chunk whose BLAKE3 is not known yet when it arrives is written and passed on, and kept
 "unchecked" with the BLAKE3 it arrived with until ``learn`` brings the one it must have.
 
-``StreamSink`` holds a sink's state, and opens and closes it; each of its parts has a module:
-``sink_receiving`` (a stream's frames read and hashed), ``sink_writing`` (the writer, the
-checks, the resume journal), ``forwarding`` (streams passed on: a sink's links),
-``sink_status`` (what the agent is told).
+``StreamSink`` opens and closes a sink; its state is declared once, in ``sink_state``, and
+each of its parts has a module: ``sink_receiving`` (a stream's frames read and hashed),
+``sink_writing`` (the writer, the checks, the resume journal), ``sink_links`` (streams passed
+on: forwarders started, moved, stopped), ``sink_status`` (what the agent is told).
 """
 
 from __future__ import annotations
@@ -27,21 +27,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import socket
 import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import blake3
 
-from castray import ratelimit
-from castray.agent.dataplane.forwarding import Forwarder, Incoming, SinkForwarding
+from castray.agent.dataplane.sink_links import SinkLinks
 from castray.agent.dataplane.sink_receiving import SinkReceiving
 from castray.agent.dataplane.sink_status import SinkReporting, SinkStatus
-from castray.agent.dataplane.sink_writing import PIECE, ChunkEnd, Learn, Piece, SinkWriting
+from castray.agent.dataplane.sink_writing import PIECE, SinkWriting
 from castray.agent.dataplane.wire import all_chunks
 from castray.agent.journal import Journal, journal_path
 
@@ -53,81 +47,8 @@ BUFFERS = 8
 """Piece buffers per sink: what a sink holds in memory, whatever the file's size."""
 
 
-@dataclass(eq=False)
-class StreamSink(SinkReceiving, SinkWriting, SinkForwarding, SinkReporting):
+class StreamSink(SinkReceiving, SinkWriting, SinkLinks, SinkReporting):
     """One transfer being received here: written as it comes, verified, passed on."""
-
-    transfer_id: str
-    temp: Path
-    final: Path
-    size: int
-    chunk_size: int
-    manifest: list[bytes]
-    """Each chunk's BLAKE3; ``b""`` where not known yet (``learn`` brings it)."""
-    secret: bytes
-    downstream: str | None
-    stall_timeout: float
-    connect_timeout: float
-    blake3: str
-    """The whole file's: with size and chunk size, what the resume journal is of."""
-    corrupt_next: Callable[[], bool] = field(default=lambda: False)
-    """Fault injection: the next chunk counts as damaged (its bytes are passed on intact)."""
-    sync_fails: Callable[[], bool] = field(default=lambda: False)
-    """Fault injection: the next sync of the file fails as a disk's write-back error would."""
-    ingress: ratelimit.TokenBucket | None = None
-    """The endpoint's ingress limit, shared with its other sinks: TCP's flow control then
-    slows the sender to it."""
-    fd: int = -1
-    resumed_bytes: int = 0
-    """Verified bytes found in the journal of an earlier run, when resumed."""
-    verified_bytes: int = 0
-    corrupt_chunks: int = 0
-    received_bytes: int = 0
-    error: str | None = None
-    broken: str | None = None
-    last_contact: float = field(default_factory=time.monotonic)
-    """When the agent last asked about this sink (an orphan is one nobody asks about)."""
-    _verified: bytearray = field(default_factory=bytearray)
-    _synced: bytes = b""
-    """The verified chunks as of the last successful sync: on disk for sure."""
-    _damaged: dict[int, int] = field(default_factory=dict)
-    _unchecked: dict[int, bytes] = field(default_factory=dict)
-    """Chunks written whole whose manifest entry is not known yet: the BLAKE3 they came with."""
-    _journaled_at: float = 0.0
-    _journal_due: threading.Event = field(default_factory=threading.Event)
-    """Set by the writer when the journal is due: a thread of its own syncs and writes it,
-    so the writer never waits on the disk's flush."""
-    _open_streams: int = 0
-    _ended_streams: int = 0
-    _finished_streams: int = 0
-    _whole: object = None
-    _whole_upto: int = 0
-    _whole_valid: bool = True
-    _whole_owner: Incoming | None = None
-    """The stream feeding the whole-file hash with the chunk under way: two streams may
-    bring the same chunk at once (a chain re-linked), and only one feeds it."""
-    _writes: dict[int, int] = field(default_factory=dict)
-    """Pieces written so far, per chunk (the writer's own count)."""
-    _first_write: dict[tuple[int, int], int] = field(default_factory=dict)
-    """Per stream frame: the chunk's write count before its first piece was written."""
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _changed: threading.Condition = field(init=False)
-    """Notified whenever something moved: a stream ended, a piece was written, the writer
-    went idle (the agent's status call and the forwarders wait on it)."""
-    _free: queue.Queue[bytearray] = field(default_factory=queue.Queue)
-    _buffers: int = 0
-    _work: queue.Queue[Piece | ChunkEnd | Learn | None] = field(default_factory=queue.Queue)
-    _writer: threading.Thread | None = None
-    _journaler: threading.Thread | None = None
-    _closed: bool = False
-    _conns: set[socket.socket] = field(default_factory=set)
-    _streams: list[Incoming] = field(default_factory=list)
-    """The streams that arrived, in order; the latest is the one a redirect moves."""
-    _forwarders: list[Forwarder] = field(default_factory=list)
-    _forward_error: str | None = None
-
-    def __post_init__(self) -> None:
-        self._changed = threading.Condition(self._lock)
 
     def open(self, resume: bool = False, await_stream: bool = False) -> None:
         """Create the temporary file and start the writer (the file is filled by offset).

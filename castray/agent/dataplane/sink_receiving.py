@@ -12,15 +12,11 @@ from __future__ import annotations
 import contextlib
 import queue
 import socket
-import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import blake3
 
-from castray import ratelimit
 from castray.agent.dataplane.forwarding import Incoming
-from castray.agent.dataplane.sink_writing import ChunkEnd, Learn, Piece
+from castray.agent.dataplane.sink_state import ChunkEnd, Piece, SinkState
 from castray.agent.dataplane.wire import END, FRAME, StreamError, reason_of, recv_exact
 
 LOWAT = 256 * 1024
@@ -28,36 +24,8 @@ LOWAT = 256 * 1024
 the receiving loop per quarter MiB, not per packet."""
 
 
-class SinkReceiving:
-    """The receiving half of ``StreamSink`` (which holds the state named here)."""
-
-    size: int
-    chunk_size: int
-    manifest: list[bytes]
-    downstream: str | None
-    stall_timeout: float
-    corrupt_next: Callable[[], bool]
-    ingress: ratelimit.TokenBucket | None
-    received_bytes: int
-    broken: str | None
-    _lock: threading.Lock
-    _changed: threading.Condition
-    _closed: bool
-    _open_streams: int
-    _ended_streams: int
-    _finished_streams: int
-    _conns: set[socket.socket]
-    _streams: list[Incoming]
-    _whole: object
-    _whole_upto: int
-    _whole_valid: bool
-    _whole_owner: Incoming | None
-    _free: queue.Queue[bytearray]
-    _work: queue.Queue[Piece | ChunkEnd | Learn | None]
-
-    if TYPE_CHECKING:  # provided by SinkForwarding
-
-        def _forward(self, incoming: Incoming, downstream: str, start: int) -> None: ...
+class SinkReceiving(SinkState):
+    """The receiving half of ``StreamSink`` (its state: ``SinkState``)."""
 
     def receive(self, conn: socket.socket, forward: bool) -> None:
         """Read one incoming stream to its end (runs on the connection's own thread); with

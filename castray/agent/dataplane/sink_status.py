@@ -3,14 +3,10 @@ sink has settled (every stream ended and every chunk it brought checked)."""
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from castray.agent.dataplane.sink_writing import ChunkEnd, Learn, Piece
+from castray.agent.dataplane.sink_state import SinkState
 from castray.chunks import file_blake3
 
 
@@ -43,39 +39,8 @@ class SinkStatus:
     look or just after it, and the look then sees two answers' bytes, or none)."""
 
 
-class SinkReporting:
-    """A sink's reports (the state is ``StreamSink``'s)."""
-
-    temp: Path
-    size: int
-    verified_bytes: int
-    corrupt_chunks: int
-    received_bytes: int
-    error: str | None
-    broken: str | None
-    last_contact: float
-    _lock: threading.Lock
-    _changed: threading.Condition
-    _closed: bool
-    _verified: bytearray
-    _damaged: dict[int, int]
-    _open_streams: int
-    _ended_streams: int
-    _finished_streams: int
-    _whole: object
-    _whole_upto: int
-    _whole_valid: bool
-    _buffers: int
-    _free: queue.Queue[bytearray]
-    _work: queue.Queue[Piece | ChunkEnd | Learn | None]
-
-    if TYPE_CHECKING:  # provided by SinkForwarding
-
-        @property
-        def forwarded_bytes(self) -> int: ...
-
-        @property
-        def forward_error(self) -> str | None: ...
+class SinkReporting(SinkState):
+    """A sink's reports (its state: ``SinkState``)."""
 
     def status(self, wait: float = 0.0) -> SinkStatus:
         """What the sink has; with ``wait``, first up to that many seconds for it to settle

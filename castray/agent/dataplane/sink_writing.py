@@ -14,17 +14,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
 import blake3
 
-from castray.agent.dataplane.forwarding import Incoming
+from castray.agent.dataplane.sink_state import ChunkEnd, Learn, Piece, SinkState
 from castray.agent.dataplane.wire import all_chunks
 from castray.agent.journal import Journal, journal_path
 from castray.writeback import start_write_back
@@ -37,74 +33,8 @@ JOURNAL_INTERVAL = 1.0
 """Seconds between a sink's journal writes (each after an fdatasync of its partial file)."""
 
 
-@dataclass(eq=False)
-class Piece:
-    """Bytes to write at ``offset`` (of the stream's frame ``position``)."""
-
-    incoming: Incoming
-    position: int
-    index: int
-    offset: int
-    buffer: bytearray
-    length: int
-
-
-@dataclass(eq=False)
-class ChunkEnd:
-    """A frame's chunk is whole: mark it verified once its pieces are written, if intact and
-    if no other stream's piece of the chunk was written among them."""
-
-    incoming: Incoming
-    position: int
-    index: int
-    length: int
-    intact: bool
-    pieces: int
-    digest: bytes = b""
-    """The BLAKE3 it arrived with: checked once its manifest entry is known, if not yet."""
-
-
-@dataclass(frozen=True)
-class Learn:
-    """Manifest entries from chunk ``start`` on, become known (a file still being fetched)."""
-
-    start: int
-    digests: list[bytes]
-
-
-class SinkWriting:
-    """The writer's half of ``StreamSink`` (which holds the state named here)."""
-
-    transfer_id: str
-    temp: Path
-    size: int
-    chunk_size: int
-    manifest: list[bytes]
-    blake3: str
-    sync_fails: Callable[[], bool]
-    fd: int
-    verified_bytes: int
-    corrupt_chunks: int
-    error: str | None
-    _verified: bytearray
-    _synced: bytes
-    _damaged: dict[int, int]
-    _unchecked: dict[int, bytes]
-    _journaled_at: float
-    _journal_due: threading.Event
-    _journaler: threading.Thread | None
-    _whole_valid: bool
-    _writes: dict[int, int]
-    _first_write: dict[tuple[int, int], int]
-    _lock: threading.Lock
-    _changed: threading.Condition
-    _free: queue.Queue[bytearray]
-    _work: queue.Queue[Piece | ChunkEnd | Learn | None]
-    _closed: bool
-
-    if TYPE_CHECKING:  # provided by SinkForwarding
-
-        def sever(self, upstream: bool, downstream: bool) -> None: ...
+class SinkWriting(SinkState):
+    """The writer's half of ``StreamSink`` (its state: ``SinkState``)."""
 
     def _write_loop(self) -> None:
         while True:

@@ -14,42 +14,35 @@ or from a recipient upstream that has them: consecutive sinks that need repair a
 into one chain around the dead, so a repair too costs its supplier one copy. A recipient that
 dies or cannot write is failed with its reason; the others go on.
 
-``StreamRun`` holds the run's state, starts it, loops and ends it; each of its parts has a
-module: ``stream_watch`` (the statuses read and acted on, commits), ``stream_adapt`` (a slow
-recipient moved out of the others' way), ``stream_repair`` (streams sent, repairs);
-``stream_parts`` holds what they share (the spec, the recipients' state, the repair rules).
+``StreamRun`` starts the run, loops and ends it; its state is set up in ``stream_state``,
+and each of its parts has a module: ``stream_watch`` (the statuses read and acted on,
+commits), ``stream_adapt`` (a slow recipient moved out of the others' way),
+``stream_repair`` (streams sent, repairs); ``stream_parts`` holds what they share (the spec,
+the recipients' state, the repair rules).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable
-from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayError, RayTaskError
 
 from castray.agent.dataplane import all_chunks
 from castray.agent.reasons import reason
-from castray.agent.transports.stream_adapt import ADAPT_AFTER, ADAPT_EVERY, ChainAdapting
+from castray.agent.transports.stream_adapt import ChainAdapting
 from castray.agent.transports.stream_parts import (
     SOURCE_PROBE_TIMEOUT,
     Member,
     Recipient,
-    Repair,
-    Send,
-    StreamSpec,
 )
 from castray.agent.transports.stream_repair import ChainRepairing
 from castray.agent.transports.stream_watch import RecipientWatching
 from castray.protocol import (
     RecipientFinished,
     TransferFinished,
-    TransferMessage,
     TransferProgress,
 )
 
@@ -58,55 +51,6 @@ log = logging.getLogger(__name__)
 
 class StreamRun(ChainAdapting, RecipientWatching, ChainRepairing):
     """Runs one agent's part of a stream transfer to its end on the calling thread."""
-
-    def __init__(
-        self,
-        spec: StreamSpec,
-        emit: Callable[[TransferMessage], None],
-        death: Callable[[str], str | None] = lambda _: None,
-        lost_touch: Callable[[str, str], None] = lambda _e, _w: None,
-    ) -> None:
-        self.spec = spec
-        self._emit = emit
-        self._death = death
-        """Why an endpoint is dead, as its cluster's agent saw it (None while alive)."""
-        self._lost_touch = lost_touch
-        """Tell the agent that an endpoint stopped answering a transfer (it asks it at once)."""
-        self._source_asked_at = 0.0
-        self._moved_at = float("-inf")
-        self._recipients = [Recipient(m) for m in spec.recipients]
-        self._cancelled = threading.Event()
-        self._sends: dict[Any, Send] = {}
-        """Streams being sent: their Ray refs, who sends them, to whom."""
-        self._served: dict[str, int] = defaultdict(int)
-        self._asked_to_send: set[str] = set()
-        """Every endpoint this run asked to send a stream (at its end, each is stopped)."""
-        self._resent = 0
-        self._resumed = 0
-        self._repairs: list[Repair] = []
-        """Repairs waiting for their recipients to be re-linked before they are sent."""
-        self._unfit: set[str] = set()
-        """Suppliers whose repair stream failed: another holder is asked first next time."""
-        self._error: str | None = None
-        self._error_passes = True
-        self._keep_partials = True
-        """What recipients verified stays for a resume when the run ends unfinished."""
-        """Whether what ended the run passes (the source died) or not (its file changed)."""
-        self._paced_at = time.monotonic() + ADAPT_AFTER - ADAPT_EVERY
-        self._head_tried = False
-        self._suspect: str | None = None
-        """Whom the last look at the paces found slow, not clearly enough to move it."""
-        self._reported: dict[str, int] | None = None
-        """The verified bytes per recipient last reported."""
-        self._began = time.monotonic()
-        fetching = spec.origin_fetch is not None
-        self._digests: list[bytes] = [] if fetching else list(spec.manifest)
-        """The manifest as known so far: it grows while the source fetches the file."""
-        self._blake3: str | None = None if fetching else spec.expected_blake3
-        """The whole file's BLAKE3, once known."""
-        if not fetching:  # every sink opens knowing it all
-            for recipient in self._recipients:
-                recipient.told, recipient.told_whole = len(self._digests), True
 
     @property
     def size(self) -> int:

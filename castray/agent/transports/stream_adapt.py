@@ -17,25 +17,10 @@ from castray.agent.transports.pace import Pace, slow_one, try_head
 from castray.agent.transports.stream_parts import (
     SOURCE_PROBE_TIMEOUT,
     Recipient,
-    RunState,
 )
+from castray.agent.transports.stream_state import ADAPT_EVERY, MOVE_SETTLE, RunState
 
 log = logging.getLogger(__name__)
-
-ADAPT_EVERY = 2.0
-"""Seconds between looks at each recipient's pace (to move a slow one to the chain's end)."""
-
-ADAPT_AFTER = 1.0
-"""Seconds before the first look: streams have started. Every second a host ten times
-slower than the one before it stays in place, those after it get a tenth of their pace: in
-the 16-host lab (48 MiB at 100 Mbit/s, one host at 10), with the first look at 3 s the fast
-ones after the slow one took up to 2.1x a unicast, with the first look at 1 s up to 1.6x."""
-
-MOVE_SETTLE = 5.0
-"""Seconds after this run moved streams (a slow one to the end, the head tried at the end)
-when a broken stream is the move's doing, not a sign of the source's death: the source is
-not asked then (a 16-host lab on two cores failed a whole broadcast when the source, busy
-moving its stream, did not answer within the probe's 2 s)."""
 
 
 class ChainAdapting(RunState):

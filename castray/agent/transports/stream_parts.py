@@ -1,21 +1,18 @@
 """What a stream run knows: its spec, its recipients' state, the streams on their way, and
 the repair rules that read them (which recipients need a repair together, who supplies it).
-Pure bookkeeping, no Ray calls but ``answers``; and ``RunState``, what the parts of a run
-share."""
+Pure bookkeeping, no Ray calls but ``answers``."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayError
 
 from castray.agent.dataplane import SinkStatus
-from castray.protocol import AgentTunables, TransferMessage
+from castray.protocol import AgentTunables
 
 SOURCE_PROBE_TIMEOUT = 2.0
 """Seconds the source gets to answer once the stream it sent failed in its actor: a live one
@@ -211,60 +208,3 @@ def supplier_for(
             holders.append((upstream.member, None))
     holders.sort(key=lambda h: h[0].id in unfit)
     return holders[0] if holders else (None, None)
-
-
-class RunState:
-    """What the parts of a ``StreamRun`` share: the state the run holds (set in its
-    ``__init__``) and the methods one part calls on another. The parts (``stream_watch``,
-    ``stream_adapt``, ``stream_repair``) are mixins of the run, typed against this."""
-
-    spec: StreamSpec
-    _emit: Callable[[TransferMessage], None]
-    _death: Callable[[str], str | None]
-    _lost_touch: Callable[[str, str], None]
-    _source_asked_at: float
-    _moved_at: float
-    _recipients: list[Recipient]
-    _cancelled: threading.Event
-    _sends: dict[Any, Send]
-    _served: dict[str, int]
-    _asked_to_send: set[str]
-    _resent: int
-    _resumed: int
-    _repairs: list[Repair]
-    _unfit: set[str]
-    _error: str | None
-    _error_passes: bool
-    _keep_partials: bool
-    _paced_at: float
-    _head_tried: bool
-    _suspect: str | None
-    _reported: dict[str, int] | None
-    _began: float
-    _digests: list[bytes]
-    _blake3: str | None
-
-    if TYPE_CHECKING:  # the run's own, or one part's
-
-        @property
-        def size(self) -> int: ...
-
-        @staticmethod
-        def _unsettled(recipient: Recipient) -> bool: ...
-
-        def _all_known(self, recipient: Recipient) -> bool: ...
-
-        def _origin_failed(self, why: str) -> None: ...
-
-        def _relink_around_failed(self) -> None: ...
-
-        def _cut_off(self, recipient: Recipient, why: str, transient: bool = True) -> None: ...
-
-        def _fail(
-            self,
-            recipient: Recipient,
-            why: str,
-            abort: bool = True,
-            transient: bool = False,
-            refused: bool = False,
-        ) -> None: ...

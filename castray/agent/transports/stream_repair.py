@@ -19,12 +19,12 @@ from castray.agent.transports.stream_parts import (
     Member,
     Recipient,
     Repair,
-    RunState,
     Send,
     answers,
     runs_to_repair,
     supplier_for,
 )
+from castray.agent.transports.stream_state import RunState
 from castray.errors import OriginFailed, SourceChanged
 
 log = logging.getLogger(__name__)

@@ -13,13 +13,12 @@ from ray.exceptions import ActorUnavailableError, RayError
 
 from castray.agent.outcomes import CommitOutcome
 from castray.agent.reasons import reason
-from castray.agent.transports.stream_adapt import MOVE_SETTLE
 from castray.agent.transports.stream_parts import (
     SOURCE_PROBE_TIMEOUT,
     Recipient,
-    RunState,
     answers,
 )
+from castray.agent.transports.stream_state import MOVE_SETTLE, RunState
 from castray.protocol import RecipientFinished
 
 log = logging.getLogger(__name__)

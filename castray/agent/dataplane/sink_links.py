@@ -1,0 +1,87 @@
+"""A sink's links: the forwarders that pass its streams on (``forwarding``), started with
+each stream, moved to a new next receiver, stopped; and its streams ended from either side."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+
+from castray.agent.dataplane.forwarding import Forwarder, Incoming
+from castray.agent.dataplane.sink_state import SinkState
+
+
+class SinkLinks(SinkState):
+    """A sink's links: its forwarders started, moved and stopped."""
+
+    def _forward(self, incoming: Incoming, downstream: str, start: int) -> None:
+        forwarder = Forwarder(
+            self.transfer_id,
+            self.secret,
+            incoming,
+            start,
+            downstream,
+            self.fd,
+            self._changed,
+            self.stall_timeout,
+            self.connect_timeout,
+        )
+        with self._lock:
+            incoming.forwarder = forwarder
+            self._forwarders.append(forwarder)
+            self._forward_error = None
+        forwarder.start()
+
+    @property
+    def forwarded_bytes(self) -> int:
+        with self._lock:
+            return sum(f.sent for f in self._forwarders)
+
+    @property
+    def forward_error(self) -> str | None:
+        with self._lock:
+            errors = [f.error for f in self._forwarders if f.error]
+        return errors[-1] if errors else self._forward_error
+
+    @property
+    def forwarding(self) -> bool:
+        """A forwarder still sends (a slower next receiver is still being fed)."""
+        with self._lock:
+            return any(f.running for f in self._forwarders)
+
+    def relink(self, downstream: str | None) -> None:
+        """A new next receiver, for streams that start from now on."""
+        self.last_contact = time.monotonic()
+        self.downstream = downstream
+
+    def redirect(self, downstream: str | None, from_chunk: int) -> None:
+        """A new next receiver now: the latest stream's forwarder stops, and a new one sends
+        that stream's frames of chunks from ``from_chunk`` on to ``downstream`` (None: to no
+        one); later streams go there too."""
+        self.relink(downstream)
+        with self._lock:
+            incoming = self._streams[-1] if self._streams else None
+            old = incoming.forwarder if incoming is not None else None
+            start = 0
+            if incoming is not None:
+                start = next(
+                    (i for i, frame in enumerate(incoming.frames) if frame[0] >= from_chunk),
+                    len(incoming.frames),
+                )
+        if old is not None:
+            old.stop()
+        if incoming is not None and downstream is not None and not self._closed:
+            self._forward(incoming, downstream, start)
+
+    def sever(self, upstream: bool, downstream: bool) -> None:
+        """End the streams arriving here (``upstream``: their sender is gone, so they would
+        only stall; what they did not bring gets repaired) or stop passing them on
+        (``downstream``: the next receiver is gone; this sink's own copy goes on)."""
+        with self._lock:
+            conns = list(self._conns) if upstream else []
+            forwarders = list(self._forwarders) if downstream else []
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for forwarder in forwarders:
+            forwarder.stop()
