@@ -4,17 +4,19 @@ terminal the less useful columns are left out."""
 
 from __future__ import annotations
 
+from rich import filesize
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
     ProgressColumn,
+    Task,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Column
+from rich.text import Text
 
 WIDE = 100
 """Columns a terminal needs for the time left to be shown too."""
@@ -29,9 +31,22 @@ def transfer_progress(console: Console, label_width: int, disable: bool = False)
         TextColumn("{task.description}", table_column=Column(no_wrap=True, min_width=label_width)),
         BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=BAR_MIN)),
         DownloadColumn(binary_units=True, table_column=whole),
-        TransferSpeedColumn(table_column=whole),
+        SpeedColumn(table_column=whole),
     ]
     if console.width >= WIDE:
         columns.append(TimeRemainingColumn(table_column=whole))
     columns.append(TextColumn("{task.fields[status]}", table_column=whole))
     return Progress(*columns, console=console, disable=disable, expand=True)
+
+
+class SpeedColumn(ProgressColumn):
+    """A bar's speed: the rate its copy took once the server says so (a task's ``rate``
+    field, bytes per second), else rich's estimate from the bar's recent updates, else
+    nothing. A copy that came whole between two updates has no estimate: rich's own column
+    showed "?" beside it for good."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.fields.get("rate") or task.finished_speed or task.speed
+        if not speed:
+            return Text("", style="progress.data.speed")
+        return Text(f"{filesize.decimal(int(speed))}/s", style="progress.data.speed")

@@ -262,7 +262,10 @@ def _follow(client: Client, stream: EventStream, transfer_id: str, show: bool) -
     with transfer_progress(err, label, disable=not show) as progress:
         # The size from the start: a bar added without one reads "0/100 bytes" for a frame.
         total = transfer.bytes_total or None
-        tasks = {rid: progress.add_task(rid, total=total, status="") for rid in transfer.recipients}
+        tasks = {
+            rid: progress.add_task(rid, total=total, status="", rate=None)
+            for rid in transfer.recipients
+        }
         _show_all(progress, tasks, transfer)
         synced = time.monotonic()
         while not transfer.status.finished:
@@ -293,7 +296,12 @@ def _show_all(progress: Progress, tasks: dict[str, TaskID], transfer: Transfer) 
 
 
 def _show_recipient(progress: Progress, task: TaskID, state: RecipientState) -> None:
-    progress.update(task, completed=state.bytes_done, status=state.status.value)
+    progress.update(
+        task,
+        completed=state.bytes_done,
+        status=state.status.value,
+        rate=state.throughput_bps or None,
+    )
 
 
 def _print_outcome(transfer: Transfer) -> None:
