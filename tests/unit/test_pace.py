@@ -3,10 +3,19 @@ measured from its sink's answers (no Ray)."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 from castray.agent.dataplane.sink import SinkStatus
-from castray.agent.transports.pace import Pace, Slow, slow_one, try_head
+from castray.agent.transports.pace import (
+    ADAPT_EVERY,
+    RIPPLE,
+    Pace,
+    Slow,
+    look_due,
+    slow_one,
+    try_head,
+)
 from castray.agent.transports.stream import StreamRun
 from castray.agent.transports.stream_parts import Member, Recipient
 
@@ -144,3 +153,57 @@ def test_the_hosts_a_move_gives_new_streams_are_not_repaired_in_between() -> Non
         recipient.status = _status(MB, verified_bytes=0, streams_seen=3, **broken)
     assert [r.member.id for r in chain if r.needs_repair] == ["h2"]
     assert h3.moved and not h4.moved
+
+
+def _looks(last_look: float, moved_at: float, until: float) -> list[tuple[float, bool]]:
+    """The looks a run takes from ``last_look`` to ``until`` (a watch loop every 0.1 s), and
+    whether each may move someone."""
+    looks = []
+    for tick in range(round(last_look * 10) + 1, round(until * 10) + 1):
+        now = tick / 10
+        look = look_due(now - last_look, now - moved_at)
+        if look is not None:
+            looks.append((now, look.decide))
+            last_look = now
+    return looks
+
+
+def test_paces_are_looked_at_every_two_seconds_over_spans_of_one() -> None:
+    assert _looks(0.0, float("-inf"), 6.0) == [(2.0, True), (4.0, True), (6.0, True)]
+    look = look_due(ADAPT_EVERY, float("inf"))
+    assert look is not None and look.span == ADAPT_EVERY / 2
+
+
+def test_after_a_move_the_next_slow_one_is_judged_a_second_after_the_ripple() -> None:
+    """h3 moved at 10 s: the hosts after it were paced by it, and one of them may be slow
+    too. Its pace is taken afresh once the ripple is over (no move then: it is the ripple
+    that shows), and judged a second later, not four (the lab's second slow host of two
+    was found 4.3 s after the first, and the hosts after it had its pace meanwhile)."""
+    moved = 10.0
+    looks = _looks(moved + RIPPLE - ADAPT_EVERY / 2, moved, moved + 8.0)  # as a move sets it
+    assert looks[0] == (moved + RIPPLE, False)
+    first_decision = next(at for at, decide in looks if decide)
+    assert first_decision - moved <= RIPPLE + ADAPT_EVERY / 2 + 0.05
+    # Then back to every two seconds.
+    assert [round(b[0] - a[0], 1) for a, b in pairwise(looks[-3:])] == [2.0, 2.0]
+    during = look_due(ADAPT_EVERY / 2, RIPPLE + ADAPT_EVERY / 2)
+    assert during is not None and during.span == ADAPT_EVERY / 4
+
+
+def test_a_pace_over_a_span_in_which_its_stream_began_is_not_judged() -> None:
+    """A move's ripple gives every host after the moved one a new stream. One whose new
+    stream came late read at a fraction of its pace over the look's span (the lab moved such
+    a fast host behind the slow ones); its pace counts only over a span its stream covered."""
+    recipient = Recipient(Member("h5", None, "198.18.0.5:1"))
+    recipient.status = _status(2 * MB, at=10.0, stream_began=0.2)
+    StreamRun._measure(recipient, seconds=10.0, span=0.5)
+    assert recipient.steady  # the first span: its stream is open, from the start
+    recipient.status = _status(3 * MB, at=11.0, stream_began=10.8)  # broken, begun again
+    StreamRun._measure(recipient, seconds=1.0, span=0.5)
+    assert recipient.rate == MB and not recipient.steady
+    recipient.status = _status(15 * MB, at=12.0, stream_began=10.8)
+    StreamRun._measure(recipient, seconds=1.0, span=0.5)
+    assert recipient.rate == 12 * MB and recipient.steady
+    recipient.status = _status(15 * MB, at=13.0, stream_began=None)  # no stream open
+    StreamRun._measure(recipient, seconds=1.0, span=0.5)
+    assert not recipient.steady

@@ -242,3 +242,24 @@ def test_chunks_that_come_before_their_manifest_entries_are_checked_when_these_c
         assert sink.whole_digest() == blake3.blake3(bytes(data)).hexdigest()
     finally:
         sink.close()
+
+
+def test_a_sink_says_when_its_open_stream_began(tmp_path: Path) -> None:
+    """The run judges a pace only over a span one stream covered whole (a move's ripple
+    starts new ones): the sink tells when the stream open now began, and none when none is."""
+    sink = _sink(tmp_path, os.urandom(2 * CHUNK))
+    assert sink.status().stream_began is None
+    mine, theirs = socket.socketpair()
+    before = time.monotonic()
+    receiver = threading.Thread(target=sink.receive, args=(theirs, False))
+    receiver.start()
+    try:
+        began = wait_for(lambda: sink.status().stream_began, 5, "the stream to open")
+        assert before <= began <= time.monotonic()
+        sink.sever(upstream=True, downstream=False)
+        receiver.join(3)
+        assert not receiver.is_alive()
+        assert sink.status().stream_began is None
+    finally:
+        mine.close()
+        sink.close()

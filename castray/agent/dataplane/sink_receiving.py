@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import socket
+import time
 
 import blake3
 
@@ -36,6 +37,7 @@ class SinkReceiving(SinkState):
                 conn.close()
                 return
             self._open_streams += 1
+            self._stream_began = time.monotonic()
             self._conns.add(conn)
             self._streams.append(incoming)
             self.broken = None  # a new stream: what broke before is being made good

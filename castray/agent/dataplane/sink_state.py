@@ -98,6 +98,8 @@ class SinkState:
     """Set by the writer when the journal is due: a thread of its own syncs and writes it,
     so the writer never waits on the disk's flush."""
     _open_streams: int = 0
+    _stream_began: float = 0.0
+    """When the latest incoming stream began (monotonic)."""
     _ended_streams: int = 0
     _finished_streams: int = 0
     _whole: object = None

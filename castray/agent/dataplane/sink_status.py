@@ -33,6 +33,10 @@ class SinkStatus:
     """Incoming streams that have ended, cleanly or not (a repair's shows as one more)."""
     damaged: tuple[tuple[int, int], ...] = ()
     """Of the chunks still missing: those that arrived damaged, and how many times."""
+    stream_began: float | None = None
+    """When the incoming stream open now began, on the sink's clock (None: none is open). A
+    pace taken over a span that began before it says little of the host: the start of a new
+    stream (a move's ripple) is in it."""
     at: float = 0.0
     """When the sink said so, on its host's monotonic clock: a pace is measured between two
     of its own answers, not between the agent's looks (an answer can arrive just before one
@@ -68,6 +72,7 @@ class SinkReporting(SinkState):
             forward_error=self.forward_error,
             corrupt_chunks=self.corrupt_chunks,
             streams_seen=self._finished_streams,
+            stream_began=self._stream_began if self._open_streams else None,
             at=time.monotonic(),
         )
 

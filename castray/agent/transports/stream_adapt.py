@@ -1,7 +1,9 @@
 """How a stream run keeps a slow recipient from pacing the others: every ``ADAPT_EVERY``
 seconds each recipient's pace is measured (``pace``), and one that holds up those after it
 is moved to the end of the chain; a head that cannot keep up with the source is tried at
-the end too. The run's state is ``StreamRun``'s (``stream``).
+the end too. Just after a move the looks come sooner (``pace.look_due``): a second slow
+host, hidden behind the first, is found a second after the move's ripple. The run's state
+is ``StreamRun``'s (``stream``).
 """
 
 from __future__ import annotations
@@ -13,12 +15,19 @@ import ray
 from ray.exceptions import GetTimeoutError, RayError
 
 from castray.agent.reasons import reason
-from castray.agent.transports.pace import Pace, slow_one, try_head
+from castray.agent.transports.pace import (
+    ADAPT_EVERY,
+    RIPPLE,
+    Pace,
+    look_due,
+    slow_one,
+    try_head,
+)
 from castray.agent.transports.stream_parts import (
     SOURCE_PROBE_TIMEOUT,
     Recipient,
 )
-from castray.agent.transports.stream_state import ADAPT_EVERY, MOVE_SETTLE, RunState
+from castray.agent.transports.stream_state import MOVE_SETTLE, RunState
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +43,8 @@ class ChainAdapting(RunState):
         at its own pace. Nothing is sent twice, and the source's stream is not touched."""
         now = time.monotonic()
         seconds = now - self._paced_at
-        if seconds < ADAPT_EVERY:
+        look = look_due(seconds, now - self._moved_at)
+        if look is None:
             return
         if self._blake3 is None:
             # Still fetched from its origin: the origin paces every recipient, so their paces
@@ -43,15 +53,22 @@ class ChainAdapting(RunState):
             return
         self._paced_at = now
         for recipient in self._recipients:
-            self._measure(recipient, min(seconds, now - self._began))
-        if now - self._moved_at < 1.5 * ADAPT_EVERY:
+            self._measure(recipient, min(seconds, now - self._began), look.span)
+        if not look.decide:
             # A move breaks streams down the whole chain, each followed by a new one: the look
-            # after it sees that ripple, not the hosts (the lab saw a host at 0 MB/s then moved
-            # behind a slow one, and it took as long as that one).
+            # in it sees that ripple, not the hosts (the lab saw a host at 0 MB/s then moved
+            # behind a slow one, and it took as long as that one). Its paces are the start of
+            # the next look's.
             return
         chain = [r for r in self._recipients if r.open]
         paces = [
-            Pace(r.member.id, r.rate, self._unsettled(r), r.moved, now - r.refed_at < 2 * seconds)
+            Pace(
+                r.member.id,
+                r.rate,
+                self._unsettled(r),
+                r.moved,
+                now - r.refed_at < 2 * seconds or not r.steady,
+            )
             for r in chain
         ]
         slow = slow_one(paces)
@@ -71,20 +88,25 @@ class ChainAdapting(RunState):
             self._move_head(chain)
 
     @staticmethod
-    def _measure(recipient: Recipient, seconds: float) -> None:
+    def _measure(recipient: Recipient, seconds: float, span: float = ADAPT_EVERY / 2) -> None:
         """Its pace: the bytes that arrived between its sink's last two answers seen at a
         look, over the time between them on the sink's clock (``seconds``, the time since the
         last look, for the first). A slow transfer's sink answers every 2 s, as often as it is
         looked at: timed by the looks, its pace swung from nothing to double, and an equal
-        host was found slow and moved. With no new answer since, its pace stays as it was."""
+        host was found slow and moved. With no new answer since, or none ``span`` seconds
+        after the last, its pace stays as it was. A pace over a span in which its stream
+        began is not ``steady``: not judged (a fast host whose new stream came late in a
+        move's ripple read at 0.2 MB/s, and was moved behind the slow ones)."""
         status = recipient.status
         if status is None:
             recipient.rate = 0.0
             return
         elapsed = seconds if recipient.seen_at is None else status.at - recipient.seen_at
-        if elapsed < ADAPT_EVERY / 2:
+        if elapsed < span:
             return  # too short a span to tell a pace by (or no answer since)
         recipient.rate = (status.received_bytes - recipient.seen_bytes) / elapsed
+        began, since = status.stream_began, recipient.seen_at  # None: since the run began
+        recipient.steady = began is not None and (since is None or began <= since)
         recipient.seen_bytes, recipient.seen_at = status.received_bytes, status.at
 
     def _move_to_end(self, slow: Recipient, chain: list[Recipient]) -> None:
@@ -100,7 +122,7 @@ class ChainAdapting(RunState):
             before.rate / 1e6,
             last.member.id,
         )
-        self._moved_at = time.monotonic()
+        self._moved_after_ripple()
         self._recipients.remove(slow)
         self._recipients.append(slow)
         lacks = self._lacks
@@ -125,7 +147,7 @@ class ChainAdapting(RunState):
         moves to the one after it (from the chunk that one lacks), and the last one feeds
         it (from the chunk it lacks), at its own pace."""
         self._head_tried = True
-        self._moved_at = time.monotonic()  # streams break now, whether the move succeeds or not
+        self._moved_after_ripple()  # streams break now, whether the move succeeds or not
         head, after, last = chain[0], chain[1], chain[-1]
         tid = self.spec.transfer_id
         source = self.spec.source
@@ -159,6 +181,11 @@ class ChainAdapting(RunState):
         self._recipients.append(head)
         last.member.handle.redirect.remote(tid, head.member.data_address, lacks(head))
         self._refed(after, head, chain)
+
+    def _moved_after_ripple(self) -> None:
+        """Streams are moved now: the next look comes once their ripple is over."""
+        self._moved_at = time.monotonic()
+        self._paced_at = self._moved_at + RIPPLE - ADAPT_EVERY / 2
 
     def _lacks(self, recipient: Recipient) -> int:
         """The first chunk ``recipient`` lacks: where a stream that now feeds it starts."""

@@ -103,6 +103,8 @@ class Recipient:
     seen_bytes: int = 0
     seen_at: float | None = None
     """When its sink answered ``seen_bytes`` (the sink's clock; None: not measured yet)."""
+    steady: bool = False
+    """Its last pace was taken over a span one stream covered whole (none began in it)."""
     rate: float = float("inf")
     """Bytes per second that arrived over the last look at the chain's pace (none yet: as
     fast as can be)."""

@@ -10,11 +10,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from castray.agent.transports.pace import ADAPT_EVERY
 from castray.agent.transports.stream_parts import Recipient, Repair, Send, StreamSpec
 from castray.protocol import TransferMessage
-
-ADAPT_EVERY = 2.0
-"""Seconds between looks at each recipient's pace (to move a slow one to the chain's end)."""
 
 ADAPT_AFTER = 1.0
 """Seconds before the first look: streams have started. Every second a host ten times

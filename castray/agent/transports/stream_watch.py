@@ -13,6 +13,7 @@ from ray.exceptions import ActorUnavailableError, RayError
 
 from castray.agent.outcomes import CommitOutcome
 from castray.agent.reasons import reason
+from castray.agent.transports.pace import just_moved
 from castray.agent.transports.stream_parts import (
     SOURCE_PROBE_TIMEOUT,
     Recipient,
@@ -121,9 +122,12 @@ class RecipientWatching(RunState):
         bytes flow fast, longer when they trickle (a slow transfer then costs a call every
         couple of seconds, not four a second; a sink that settles answers at once anyway).
         A file of one chunk has no progress to show between none and all (bytes count once
-        their chunk is verified), so its sinks are asked as rarely as slow ones."""
+        their chunk is verified), so its sinks are asked as rarely as slow ones. Just after
+        a move every sink is asked as often as a fast one: the looks then take every pace
+        over a second (``pace.look_due``)."""
         interval = self.spec.tunables.progress_interval
         fast = recipient.rate >= FAST and self.spec.size > self.spec.chunk_size
+        fast = fast or just_moved(time.monotonic() - self._moved_at)
         return interval if fast else max(interval, SLOW_POLL)
 
     def _check_deaths(self) -> None:
