@@ -41,7 +41,6 @@ from castray.agent.transports.stream_parts import (
 from castray.agent.transports.stream_repair import ChainRepairing
 from castray.agent.transports.stream_watch import RecipientWatching
 from castray.protocol import (
-    RecipientFinished,
     TransferFinished,
     TransferProgress,
 )
@@ -241,34 +240,6 @@ class StreamRun(ChainAdapting, RecipientWatching, ChainRepairing):
 
     def _open_members(self) -> list[Recipient]:
         return [r for r in self._recipients if r.failed is None]
-
-    def _fail(
-        self,
-        recipient: Recipient,
-        why: str,
-        abort: bool = True,
-        transient: bool = False,
-        refused: bool = False,
-    ) -> None:
-        """``transient``: the reason passes (cut off, a death, a stall), so ``auto_resume``
-        may take it up again; a full disk or a chunk that keeps failing its check does not."""
-        if recipient.failed is not None or recipient.path is not None:
-            return
-        recipient.failed = why
-        log.warning("transfer %s: %s failed: %s", self.spec.transfer_id, recipient.member.id, why)
-        if abort:  # its verified chunks stay, journaled: a resume need not send them again
-            recipient.member.handle.abort_sink.remote(self.spec.transfer_id, True)
-        self._emit(
-            RecipientFinished(
-                transfer_id=self.spec.transfer_id,
-                recipient=recipient.member.id,
-                ok=False,
-                error=why,
-                transient=transient,
-                kept_bytes=recipient.kept,
-                refused=refused,
-            )
-        )
 
     def _report_progress(self) -> None:
         """Verified bytes per recipient, when they moved since the last report (the server

@@ -4,6 +4,7 @@ itself, each a subclass), and declares the methods one part calls on another."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from castray.agent.transports.pace import ADAPT_EVERY
 from castray.agent.transports.stream_parts import Recipient, Repair, Send, StreamSpec
-from castray.protocol import TransferMessage
+from castray.protocol import RecipientFinished, TransferMessage
 
 ADAPT_AFTER = 1.0
 """Seconds before the first look: streams have started. Every second a host ten times
@@ -25,6 +26,8 @@ MOVE_SETTLE = 5.0
 when a broken stream is the move's doing, not a sign of the source's death: the source is
 not asked then (a 16-host lab on two cores failed a whole broadcast when the source, busy
 moving its stream, did not answer within the probe's 2 s)."""
+
+log = logging.getLogger(__name__)
 
 
 class RunState:
@@ -79,6 +82,34 @@ class RunState:
             for recipient in self._recipients:
                 recipient.told, recipient.told_whole = len(self._digests), True
 
+    def _fail(
+        self,
+        recipient: Recipient,
+        why: str,
+        abort: bool = True,
+        transient: bool = False,
+        refused: bool = False,
+    ) -> None:
+        """``transient``: the reason passes (cut off, a death, a stall), so ``auto_resume``
+        may take it up again; a full disk or a chunk that keeps failing its check does not."""
+        if recipient.failed is not None or recipient.path is not None:
+            return
+        recipient.failed = why
+        log.warning("transfer %s: %s failed: %s", self.spec.transfer_id, recipient.member.id, why)
+        if abort:  # its verified chunks stay, journaled: a resume need not send them again
+            recipient.member.handle.abort_sink.remote(self.spec.transfer_id, True)
+        self._emit(
+            RecipientFinished(
+                transfer_id=self.spec.transfer_id,
+                recipient=recipient.member.id,
+                ok=False,
+                error=why,
+                transient=transient,
+                kept_bytes=recipient.kept,
+                refused=refused,
+            )
+        )
+
     if TYPE_CHECKING:  # the run's own, or one part's
 
         @property
@@ -94,12 +125,3 @@ class RunState:
         def _relink_around_failed(self) -> None: ...
 
         def _cut_off(self, recipient: Recipient, why: str, transient: bool = True) -> None: ...
-
-        def _fail(
-            self,
-            recipient: Recipient,
-            why: str,
-            abort: bool = True,
-            transient: bool = False,
-            refused: bool = False,
-        ) -> None: ...
