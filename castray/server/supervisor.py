@@ -440,6 +440,13 @@ class Supervisor:
         return await self._link(cluster).request(body, reply, wait)
 
     def _link(self, cluster: str) -> AgentLink:
+        if not self._registry.has_cluster(cluster):
+            # Detached while the caller awaited something else: a pin's round over several
+            # clusters, say. The caller handles it like any cluster it cannot reach now.
+            raise ClusterUnavailable(
+                f"cluster {cluster!r} is no longer attached; GET /api/status lists the "
+                "clusters there are"
+            )
         link = self._links.get(cluster)
         status = self._registry.cluster_status(cluster)
         if link is None or not link.running or status is not ClusterStatus.CONNECTED:
