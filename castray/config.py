@@ -76,7 +76,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Web origins besides the server's own whose pages may use the API and /ws.",
     )
-    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug, info, warning or error (the agents log at it too)."
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json: one JSON object per line for a log shipper."
     )
@@ -289,6 +291,11 @@ class Settings(BaseSettings):
     embedded_object_store_bytes: int | None = Field(
         None, ge=78_643_200, description="Object store of the embedded Ray (Ray's minimum: 75 MiB)."
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("ray_address", mode="before")
     @classmethod

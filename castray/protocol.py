@@ -68,6 +68,9 @@ class AgentConfig(_Message):
         description="The external cluster runs on 127.0.0.1: join it there, where Ray would "
         "otherwise put this machine's primary IP in place of 127.0.0.1.",
     )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="The server's log level: the agent logs at it too."
+    )
 
 
 # ---- server -> agent ------------------------------------------------------------------

@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     except (IndexError, ValidationError) as exc:
         wire.send(Fatal(error_code="invalid_request", message=f"bad agent config: {exc}"))
         return 2
+    logging.getLogger().setLevel(config.log_level.upper())  # the server's level
     watch_parent(os.getppid())
     prepare_environment(config)
     # Imported only now: Ray reads part of its environment when it is imported.

@@ -170,6 +170,7 @@ class Supervisor:
             temp_dir=temp_dir,
             poll_interval=settings.node_poll_interval,
             tunables=agent_tunables(settings),
+            log_level=settings.log_level,
             embedded_num_cpus=settings.embedded_num_cpus,
             embedded_object_store_bytes=settings.embedded_object_store_bytes,
             ray_token_file=token_file,
@@ -289,6 +290,7 @@ class Supervisor:
             temp_dir=settings.run_dir,
             poll_interval=settings.node_poll_interval,
             tunables=agent_tunables(settings),
+            log_level=settings.log_level,
             stay_on_loopback=stay_on_loopback,
         )
         log.info("connecting external cluster %s at %s", name, address, extra=about(cluster=name))

@@ -112,6 +112,12 @@ def test_invalid_port_is_rejected() -> None:
         load_settings(port=70000)
 
 
+def test_a_log_level_is_one_of_four_in_any_case() -> None:
+    assert load_settings(log_level="DEBUG").log_level == "debug"
+    with pytest.raises(ValueError, match="'debug', 'info', 'warning' or 'error'"):
+        load_settings(log_level="verbose")
+
+
 def test_ray_address_from_config_file(tmp_path: Path) -> None:
     settings = load_settings(_toml(tmp_path, 'ray_address = "127.0.0.7:6379"\n'))
 
