@@ -611,12 +611,12 @@ class Endpoint:
             sink.relink(downstream)
 
     @ray.method(concurrency_group="links")
-    def redirect(self, transfer_id: str, downstream: str | None, from_chunk: int) -> None:
+    def redirect(self, transfer_id: str, downstream: str | None, from_chunk: int) -> bool:
         """Pass the stream arriving now on to ``downstream`` instead, from chunk
-        ``from_chunk`` on (the chain was reordered: a slow receiver moved to its end)."""
+        ``from_chunk`` on (the chain was reordered: a slow receiver moved to its end).
+        Whether it is passed on there now (a committed sink that passes nothing on cannot)."""
         sink = self._port.passing_on(transfer_id)
-        if sink is not None:
-            sink.redirect(downstream, from_chunk)
+        return sink is not None and sink.redirect(downstream, from_chunk)
 
     @ray.method(concurrency_group="links")
     def move_stream(self, transfer_id: str, target: str, to: str, from_chunk: int) -> bool:

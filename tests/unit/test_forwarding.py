@@ -99,6 +99,38 @@ def test_a_stream_redirected_mid_way_sends_the_new_receiver_what_it_lacks(
     assert not second.complete(), "the second was cut off by the redirect"
 
 
+def test_a_committed_sink_still_passing_a_stream_on_can_redirect_it(
+    tmp_path: Path, ports: list[DataPort]
+) -> None:
+    """The chain's head had it all and committed while a slow next one was still fed from
+    its file: that slow one is moved to the end, and the head's stream redirected to the one
+    after it. The head's own descriptor is closed; the redirect reads from its forwarder's.
+    Once it passes nothing on, a redirect says it could not."""
+    data = os.urandom(32 * CHUNK)
+    head = _sink(tmp_path / "head", data, ports[1].address)
+    slow = _sink(tmp_path / "slow", data, None, ingress=1024 * 1024)
+    after = _sink(tmp_path / "after", data, None)
+    ports[0].register(head)
+    ports[1].register(slow)
+    ports[2].register(after)
+    try:
+        _send_file(tmp_path, data, ports[0].address)
+        wait_for(lambda: head.status().ended, 10, "the head to have it all")
+        assert head.complete()
+        head.close(forwarding=True)  # a commit: the sink's descriptor closes, its forwarder not
+        assert head.forwarding, "the slow one is still being fed"
+        assert head.redirect(ports[2].address, 0)
+        wait_for(lambda: after.status().ended, 30, "the one after to have it all")
+        assert after.complete() and after.whole_digest() == blake3.blake3(data).hexdigest()
+        wait_for(lambda: not head.forwarding, 30, "the head to pass nothing on")
+        assert not head.redirect(ports[1].address, 0), "nothing is passed on to redirect"
+        assert head.redirect(None, 0), "passing on to no one is always done"
+    finally:
+        for sink in (head, slow, after):
+            sink.close()
+    assert not slow.complete(), "the slow one's stream was moved away from it"
+
+
 def test_the_sources_stream_moved_mid_way_goes_on_to_the_new_receiver(
     tmp_path: Path, ports: list[DataPort]
 ) -> None:

@@ -47,7 +47,22 @@ def _chain(*rates: float, moved: str = "") -> list[Pace]:
 
 def test_a_slow_recipient_in_the_middle_is_the_one_moved() -> None:
     """Host 4 at 10 Mbit/s among hosts at 100: it and the ones after it run at its pace."""
-    assert slow_one(_chain(12, 12, 1.2, 1.2, 1.2, 1.2, 1.2)) == Slow("h4", 0.1)
+    assert slow_one(_chain(12, 12, 1.2, 1.2, 1.2, 1.2, 1.2)) == Slow("h4", 0.1, 12 * MB)
+
+
+def test_a_slow_one_after_a_head_that_has_it_all_is_moved() -> None:
+    """A short file: the fast head has it all (committed) before the look that finds the
+    slow one after it. Its pace is the best before it; it is never judged itself."""
+    done = Pace("h2", 9 * MB, False, finished=True)
+    chain = [done, Pace("h3", 1.2 * MB, True), Pace("h4", 1.2 * MB, True)]
+    assert slow_one(chain) == Slow("h3", 1.2 / 9, 9 * MB)
+    # Not finished (idle: its stream ended, not yet committed), its pace sets none.
+    idle = Pace("h2", 9 * MB, False)
+    assert slow_one([idle, *chain[1:]]) is None
+    # Nothing comes after the slow one: nobody is held up.
+    assert slow_one([done, Pace("h3", 1.2 * MB, True)]) is None
+    # A finished one is never the slow one.
+    assert slow_one([Pace("h2", 9 * MB, True), Pace("h3", 1 * MB, False, finished=True)]) is None
 
 
 def test_the_first_of_two_slow_ones_goes_first_then_the_second() -> None:

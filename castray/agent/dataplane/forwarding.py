@@ -78,6 +78,7 @@ class Forwarder:
         self._incoming = incoming
         self._position = start
         self._fd = os.dup(fd)  # its own: the sink's may close (a commit) while this sends
+        self._fd_lock = threading.Lock()
         self._changed = changed
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -108,6 +109,12 @@ class Forwarder:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
+    def dup_fd(self) -> int | None:
+        """A descriptor of its own for the file this sends from, None once this ended: a
+        committed sink closed its own, and a redirect of what it still passes on needs one."""
+        with self._fd_lock:
+            return os.dup(self._fd) if self._fd >= 0 else None
+
     def _run(self) -> None:
         try:
             self._sock = connect(self.downstream, self._connect_timeout)
@@ -123,7 +130,9 @@ class Forwarder:
         finally:
             if self._sock is not None:
                 self._sock.close()
-            os.close(self._fd)
+            with self._fd_lock:
+                os.close(self._fd)
+                self._fd = -1
 
     def _pass_on(self, sock: socket.socket) -> None:
         """Every frame from the start one, then the end frame once the stream ended cleanly;

@@ -4,6 +4,7 @@ each stream, moved to a new next receiver, stopped; and its streams ended from e
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
 
@@ -14,14 +15,16 @@ from castray.agent.dataplane.sink_state import SinkState
 class SinkLinks(SinkState):
     """A sink's links: its forwarders started, moved and stopped."""
 
-    def _forward(self, incoming: Incoming, downstream: str, start: int) -> None:
+    def _forward(self, incoming: Incoming, downstream: str, start: int, fd: int = -1) -> None:
+        """Pass ``incoming`` on to ``downstream`` from frame ``start``, reading from ``fd``
+        (the sink's own file descriptor if none)."""
         forwarder = Forwarder(
             self.transfer_id,
             self.secret,
             incoming,
             start,
             downstream,
-            self.fd,
+            self.fd if fd < 0 else fd,
             self._changed,
             self.stall_timeout,
             self.connect_timeout,
@@ -54,10 +57,12 @@ class SinkLinks(SinkState):
         self.last_contact = time.monotonic()
         self.downstream = downstream
 
-    def redirect(self, downstream: str | None, from_chunk: int) -> None:
+    def redirect(self, downstream: str | None, from_chunk: int) -> bool:
         """A new next receiver now: the latest stream's forwarder stops, and a new one sends
         that stream's frames of chunks from ``from_chunk`` on to ``downstream`` (None: to no
-        one); later streams go there too."""
+        one); later streams go there too. A committed sink whose forwarder still sends
+        redirects too, reading from that forwarder's descriptor (its own is closed). Whether
+        a stream now goes to ``downstream`` (True for None)."""
         self.relink(downstream)
         with self._lock:
             incoming = self._streams[-1] if self._streams else None
@@ -68,10 +73,25 @@ class SinkLinks(SinkState):
                     (i for i, frame in enumerate(incoming.frames) if frame[0] >= from_chunk),
                     len(incoming.frames),
                 )
+            # A descriptor of our own, taken while the sink's is sure to be open: a commit
+            # closes it right after ``close``, which marks the sink closed under this lock.
+            closed = self._closed
+            fd = os.dup(self.fd) if not closed and downstream is not None else None
+        if closed and old is not None and downstream is not None:
+            fd = old.dup_fd()
         if old is not None:
             old.stop()
-        if incoming is not None and downstream is not None and not self._closed:
-            self._forward(incoming, downstream, start)
+        if downstream is None:
+            return True
+        if incoming is None or fd is None:
+            if fd is not None:
+                os.close(fd)
+            return False
+        try:
+            self._forward(incoming, downstream, start, fd)
+        finally:
+            os.close(fd)
+        return True
 
     def sever(self, upstream: bool, downstream: bool) -> None:
         """End the streams arriving here (``upstream``: their sender is gone, so they would

@@ -50,6 +50,12 @@ class Pace:
     refed: bool = False
     """Its feeder changed since the look before: its pace shows the new stream's start, not
     itself (a fast host starved while its old feeder was moved away looked slow)."""
+    finished: bool = False
+    """It has the whole file (committed), and may still feed the next one from it: never
+    judged, but its pace is the best before those after it. A short file's fast head is done
+    before the second look; a slow one after it was then judged by no one, and paced the
+    rest to the end (the lab, 16 MiB: once a first look missed it, a fast host took 1.0 MB/s
+    to the end instead of 6)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,8 @@ class Slow:
 
     id: str
     share: float
+    best: float
+    """The best pace before it (bytes per second)."""
 
     def moves(self, suspect: str | None) -> bool:
         """Whether it goes to the end now: clearly slow, or slow at the look before too
@@ -83,8 +91,8 @@ def slow_one(chain: Sequence[Pace]) -> Slow | None:
             and best >= MIN_RATE
             and pace.rate < SLOW * best
         ):
-            return Slow(pace.id, pace.rate / best)
-        if pace.receiving and not pace.refed:
+            return Slow(pace.id, pace.rate / best, best)
+        if (pace.receiving or pace.finished) and not pace.refed:
             best = max(best, pace.rate)
     return None
 

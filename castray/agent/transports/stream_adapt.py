@@ -31,6 +31,24 @@ from castray.agent.transports.stream_state import MOVE_SETTLE, RunState
 
 log = logging.getLogger(__name__)
 
+MIN_SPAN = 0.1
+"""Seconds: the shortest time a whole copy is taken to have come in (a pace's divisor)."""
+
+
+def _marks(pace: Pace) -> str:
+    """What a look's debug line says of a pace besides its rate."""
+    marks = [
+        name
+        for name, on in (
+            ("finished", pace.finished),
+            ("idle", not pace.receiving and not pace.finished),
+            ("moved", pace.moved),
+            ("refed", pace.refed),
+        )
+        if on
+    ]
+    return f" ({', '.join(marks)})" if marks else ""
+
 
 class ChainAdapting(RunState):
     """Moving a slow recipient, or the head, out of the others' way (the state is
@@ -60,22 +78,21 @@ class ChainAdapting(RunState):
             # behind a slow one, and it took as long as that one). Its paces are the start of
             # the next look's.
             return
-        chain = [r for r in self._recipients if r.open]
-        paces = [
-            Pace(
-                r.member.id,
-                r.rate,
-                self._unsettled(r),
-                r.moved,
-                now - r.refed_at < 2 * seconds or not r.steady,
-            )
-            for r in chain
-        ]
+        # Those that have it all stay in: their pace is the best before the ones after them.
+        chain = [r for r in self._recipients if r.failed is None]
+        paces = [self._pace(r, now - r.refed_at < 2 * seconds) for r in chain]
+        log.debug(
+            "transfer %s: paces %s",
+            self.spec.transfer_id,
+            ", ".join(f"{p.id} {p.rate / 1e6:.1f} MB/s{_marks(p)}" for p in paces),
+        )
         slow = slow_one(paces)
+        if slow is None and any(r.open and r.status is None for r in chain):
+            self._paced_at = now - ADAPT_EVERY / 2  # not all have answered: look again soon
         suspect, self._suspect = self._suspect, slow.id if slow is not None else None
         if slow is not None and slow.moves(suspect):
             self._suspect = None
-            self._move_to_end(next(r for r in chain if r.member.id == slow.id), chain)
+            self._move_to_end(next(r for r in chain if r.member.id == slow.id), chain, slow.best)
         elif slow is not None:
             log.info(
                 "transfer %s: %s takes %.0f%% of the pace before it; moved if the next look "
@@ -86,6 +103,29 @@ class ChainAdapting(RunState):
             )
         elif self._head_movable(chain) and try_head(paces, chain[0].seen_bytes / self.size):
             self._move_head(chain)
+
+    @staticmethod
+    def _whole_at(recipient: Recipient) -> float:
+        """When the agent saw it had every byte (monotonic), or 0 while it does not."""
+        status = recipient.status
+        whole = status is not None and status.ended and not status.missing
+        return recipient.ended_at if whole else recipient.commit_asked
+
+    def _pace(self, recipient: Recipient, refed: bool) -> Pace:
+        """Its pace as a look judges it. One that has it all took the bytes of this run
+        over the time until then: never judged, it sets the pace for those after it (a pace
+        taken at a look may be its stream's start)."""
+        if whole_at := self._whole_at(recipient):
+            took = max(whole_at - self._began, MIN_SPAN)
+            rate = (self.size - recipient.kept) / took
+            return Pace(recipient.member.id, rate, False, recipient.moved, finished=True)
+        return Pace(
+            recipient.member.id,
+            recipient.rate,
+            self._unsettled(recipient),
+            recipient.moved,
+            refed or not recipient.steady,
+        )
 
     @staticmethod
     def _measure(recipient: Recipient, seconds: float, span: float = ADAPT_EVERY / 2) -> None:
@@ -109,27 +149,44 @@ class ChainAdapting(RunState):
         recipient.steady = began is not None and (since is None or began <= since)
         recipient.seen_bytes, recipient.seen_at = status.received_bytes, status.at
 
-    def _move_to_end(self, slow: Recipient, chain: list[Recipient]) -> None:
+    def _move_to_end(self, slow: Recipient, chain: list[Recipient], before_pace: float) -> None:
+        """``before`` feeds the next one still open after ``slow``, and the last one open
+        feeds ``slow``. A ``before`` that has it all may have passed everything on already:
+        it is asked first, and the chain stays as it is if it cannot."""
         position = chain.index(slow)
-        before, after, last = chain[position - 1], chain[position + 1], chain[-1]
+        before = chain[position - 1]
+        after = next(r for r in chain[position + 1 :] if r.open)
+        last = [r for r in chain if r.open][-1]
         tid = self.spec.transfer_id
+        lacks = self._lacks
+        redirect = before.member.handle.redirect.remote(
+            tid, after.member.data_address, lacks(after)
+        )
+        if self._whole_at(before) and not self._redirected(redirect):
+            log.debug("transfer %s: %s passes nothing on to move any more", tid, before.member.id)
+            return
         log.info(
             "transfer %s: %s takes %.1f MB/s against %.1f MB/s before it; it goes to the end "
             "of the chain, fed by %s",
             tid,
             slow.member.id,
             slow.rate / 1e6,
-            before.rate / 1e6,
+            before_pace / 1e6,
             last.member.id,
         )
         self._moved_after_ripple()
         self._recipients.remove(slow)
         self._recipients.append(slow)
-        lacks = self._lacks
-        before.member.handle.redirect.remote(tid, after.member.data_address, lacks(after))
         slow.member.handle.redirect.remote(tid, None, 0)
         last.member.handle.redirect.remote(tid, slow.member.data_address, lacks(slow))
         self._refed(after, slow, chain)
+
+    def _redirected(self, ref: ray.ObjectRef[bool]) -> bool:
+        try:
+            return bool(ray.get(ref, timeout=SOURCE_PROBE_TIMEOUT))
+        except (RayError, GetTimeoutError) as exc:
+            log.info("transfer %s: could not move a stream: %s", self.spec.transfer_id, reason(exc))
+            return False
 
     def _head_movable(self, chain: list[Recipient]) -> bool:
         """The head is fed by this run's source stream (not a resume's repairs, nor another

@@ -121,12 +121,16 @@ class RecipientWatching(RunState):
         """How long a status call may wait for the sink to settle: a progress interval while
         bytes flow fast, longer when they trickle (a slow transfer then costs a call every
         couple of seconds, not four a second; a sink that settles answers at once anyway).
-        A file of one chunk has no progress to show between none and all (bytes count once
-        their chunk is verified), so its sinks are asked as rarely as slow ones. Just after
-        a move every sink is asked as often as a fast one: the looks then take every pace
-        over a second (``pace.look_due``)."""
+        A small file of one chunk has no progress to show between none and all (bytes count
+        once their chunk is verified), so its sinks are asked as rarely as slow ones. One of
+        ``FAST`` bytes or more is not: the looks at the chain's paces need answers by the
+        first (the lab, 8 MiB in one chunk: no sink had answered at the first look, and a
+        slow host paced the one after it a second longer). Just after a move every sink is
+        asked as often as a fast one: the looks then take every pace over a second
+        (``pace.look_due``)."""
         interval = self.spec.tunables.progress_interval
-        fast = recipient.rate >= FAST and self.spec.size > self.spec.chunk_size
+        size = self.spec.size
+        fast = recipient.rate >= FAST and (size > self.spec.chunk_size or size >= FAST)
         fast = fast or just_moved(time.monotonic() - self._moved_at)
         return interval if fast else max(interval, SLOW_POLL)
 
