@@ -375,8 +375,9 @@ def measure_big(cluster: RayCluster, server: CastRayServer, size: str) -> Rows:
 def small_files(server: CastRayServer, count: int, transport: str) -> float:
     """Files per second, from the first request to the last file committed (server clock)."""
     payload = os.urandom(64 * 1024)
-    for i in range(count):
-        tx.upload_bytes(server, f"small-{i:04d}.bin", payload)
+    with server.client() as uploads:
+        for i in range(count):
+            tx.upload_bytes(server, f"small-{i:04d}.bin", payload, uploads)
     client = server.client()
 
     def one(i: int) -> str:
