@@ -239,6 +239,44 @@ def test_a_slow_host_does_not_hold_back_the_fast_one(lab: LabServer) -> None:
     _no_partial_files(lab)
 
 
+def test_a_slow_host_behind_a_head_that_is_already_done_is_moved(lab: LabServer) -> None:
+    """The chain's head is a named endpoint on the source's own host: it has its copy well
+    before the first look at the paces (1 s in). Host 2, next in the chain, is slow, and
+    host 3 after it would take its pace to the end. The finished head's pace is the one to
+    compare with, and its committed copy, still feeding host 2, is redirected to host 3."""
+    made = t.generate(lab, "lab-8m.bin", "8MiB", "random")
+    with lab.client() as client:
+        nodes = client.get("/api/nodes").json()["nodes"]
+    ray_node = next(n["ray_node_id"] for n in nodes if n["id"] == lab.node_id(1))
+    created = t.post(lab, "/api/nodes", {"node_id": "lab-head", "ray_node_id": ray_node})
+    assert created.status_code == 201, created.text
+    try:
+        assert lab.cli("shape", "h2", "--rate", "5mbit").returncode == 0
+        sent = t.send(
+            lab,
+            timeout=300,
+            source_node=lab.node_id(1),
+            file=made["file"],
+            mode="multicast",
+            recipients=["lab-head", lab.node_id(2), lab.node_id(3)],
+            transport="stream",
+        )
+    finally:
+        assert lab.cli("shape", "h2", "--rate", "50mbit").returncode == 0
+        with lab.client() as client:
+            assert client.delete("/api/nodes/lab-head").status_code == 204
+    assert sent["status"] == "completed", sent
+    _assert_copies(lab, sent, [2, 3], made["blake3"])
+    start = datetime.fromisoformat(sent["created_at"])
+    took = {
+        who: (datetime.fromisoformat(state["finished_at"]) - start).total_seconds()
+        for who, state in sent["recipients"].items()
+    }
+    # 8 MiB: about 14 s at 5 Mbit/s, under 2 s at 50. Left behind host 2, host 3 ends with it.
+    assert took[lab.node_id(3)] < took[lab.node_id(2)] / 2, took
+    _no_partial_files(lab)
+
+
 def test_a_killed_and_restarted_host_comes_back_as_an_alive_endpoint(
     lab: LabServer, lab_file: dict
 ) -> None:

@@ -35,6 +35,12 @@ MIN_SPAN = 0.1
 """Seconds: the shortest time a whole copy is taken to have come in (a pace's divisor)."""
 
 
+def _last_open(chain: list[Recipient]) -> Recipient:
+    """The chain's last recipient still receiving, that feeds the one moved to the end (one
+    that has its copy and passes nothing on could not)."""
+    return [r for r in chain if r.open][-1]
+
+
 def _marks(pace: Pace) -> str:
     """What a look's debug line says of a pace besides its rate."""
     marks = [
@@ -156,7 +162,7 @@ class ChainAdapting(RunState):
         position = chain.index(slow)
         before = chain[position - 1]
         after = next(r for r in chain[position + 1 :] if r.open)
-        last = [r for r in chain if r.open][-1]
+        last = _last_open(chain)
         tid = self.spec.transfer_id
         lacks = self._lacks
         redirect = before.member.handle.redirect.remote(
@@ -205,7 +211,7 @@ class ChainAdapting(RunState):
         it (from the chunk it lacks), at its own pace."""
         self._head_tried = True
         self._moved_after_ripple()  # streams break now, whether the move succeeds or not
-        head, after, last = chain[0], chain[1], chain[-1]
+        head, after, last = chain[0], chain[1], _last_open(chain)
         tid = self.spec.transfer_id
         source = self.spec.source
         assert source is not None
