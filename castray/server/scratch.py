@@ -36,6 +36,20 @@ def make() -> Path:
     return path
 
 
+def remove(path: Path, grace: float = 5.0) -> None:
+    """Remove this server's dir once nothing runs from it. The agent's process group is
+    killed before, but Ray starts some of its processes in groups of their own, and one that
+    outlived the group wrote its session into the dir again after it was removed: a dir with
+    no owner record, which no sweep may judge (seen after a server stopped during its
+    embedded Ray's start)."""
+    running = _running_from(path)
+    for process in running:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(running, timeout=grace)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def sweep() -> list[Path]:
     """Remove the private dirs of this user's servers that are gone; the dirs removed."""
     removed = []
@@ -57,9 +71,17 @@ def _abandoned(path: Path) -> bool:
     with contextlib.suppress(psutil.Error):
         if abs(psutil.Process(pid).create_time() - started) < 1.0:
             return False  # its server still runs
-    text = str(path)
-    for process in psutil.process_iter(["cmdline"]):
+    return not _running_from(path)  # nothing still runs from it
+
+
+def _running_from(path: Path) -> list[psutil.Process]:
+    """This user's processes that name ``path`` in their command line (Ray's processes name
+    their temp dir)."""
+    text, me = str(path), os.geteuid()
+    found = []
+    for process in psutil.process_iter(["cmdline", "uids"]):
         with contextlib.suppress(psutil.Error, TypeError):
-            if any(text in arg for arg in process.info["cmdline"] or ()):
-                return False  # something still runs from it
-    return True
+            mine = process.info["uids"] is not None and process.info["uids"].real == me
+            if mine and any(text in arg for arg in process.info["cmdline"] or ()):
+                found.append(process)
+    return found

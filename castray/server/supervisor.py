@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import shutil
 from pathlib import Path
 
 from castray.config import Settings
@@ -141,7 +140,7 @@ class Supervisor:
             *(link.stop(grace) for link in self._links.values()), *list(self._retiring)
         )
         for path in self._scratch:
-            shutil.rmtree(path, ignore_errors=True)
+            await asyncio.to_thread(scratch.remove, path)
 
     async def wait_home_ready(self, timeout: float) -> bool:
         return await self._registry.wait_until(
