@@ -51,7 +51,7 @@ class Pace:
     """Its feeder changed since the look before: its pace shows the new stream's start, not
     itself (a fast host starved while its old feeder was moved away looked slow)."""
     finished: bool = False
-    """It has the whole file (committed), and may still feed the next one from it: never
+    """It has every byte (its copy commits), and may still feed the next one from it: never
     judged, but its pace is the best before those after it. A short file's fast head is done
     before the second look; a slow one after it was then judged by no one, and paced the
     rest to the end (the lab, 16 MiB: once a first look missed it, a fast host took 1.0 MB/s

@@ -110,19 +110,12 @@ class ChainAdapting(RunState):
         elif self._head_movable(chain) and try_head(paces, chain[0].seen_bytes / self.size):
             self._move_head(chain)
 
-    @staticmethod
-    def _whole_at(recipient: Recipient) -> float:
-        """When the agent saw it had every byte (monotonic), or 0 while it does not."""
-        status = recipient.status
-        whole = status is not None and status.ended and not status.missing
-        return recipient.ended_at if whole else recipient.commit_asked
-
     def _pace(self, recipient: Recipient, refed: bool) -> Pace:
         """Its pace as a look judges it. One that has it all took the bytes of this run
         over the time until then: never judged, it sets the pace for those after it (a pace
         taken at a look may be its stream's start)."""
-        if whole_at := self._whole_at(recipient):
-            took = max(whole_at - self._began, MIN_SPAN)
+        if recipient.ended_at:
+            took = max(recipient.ended_at - self._began, MIN_SPAN)
             rate = (self.size - recipient.kept) / took
             return Pace(recipient.member.id, rate, False, recipient.moved, finished=True)
         return Pace(
@@ -168,7 +161,7 @@ class ChainAdapting(RunState):
         redirect = before.member.handle.redirect.remote(
             tid, after.member.data_address, lacks(after)
         )
-        if self._whole_at(before) and not self._redirected(redirect):
+        if before.ended_at and not self._redirected(redirect):
             log.debug("transfer %s: %s passes nothing on to move any more", tid, before.member.id)
             return
         log.info(

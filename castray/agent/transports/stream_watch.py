@@ -94,8 +94,8 @@ class RecipientWatching(RunState):
             recipient.unanswered_since = None
             if status is not None and recipient.open:
                 recipient.status = status
-                if status.ended and not recipient.ended_at:
-                    recipient.ended_at = time.monotonic()
+                if status.ended and not status.missing and not recipient.ended_at:
+                    recipient.ended_at = time.monotonic()  # every byte is in
                 knows_whole = recipient.told_whole or self.spec.origin_fetch is None
                 recipient.knows = recipient.told if knows_whole else -1
         now = time.monotonic()
