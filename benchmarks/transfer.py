@@ -417,6 +417,29 @@ def small_files(server: CastRayServer, count: int, transport: str) -> float:
     return count / (last - started)
 
 
+def measure_small(server: CastRayServer, count: int, reps: int) -> Rows:
+    """``count`` files of 64 KiB, each its own transfer, on each transport, alternated."""
+    transports = ("stream", "object-store")
+    contenders: dict[str, Callable[[], float]] = {}
+    for transport in transports:
+        contenders[transport] = lambda t=transport: small_files(server, count, t)
+    samples = alternate(contenders, reps)
+    rows: Rows = []
+    for transport, target in zip(transports, ("target >= 150", ""), strict=True):
+        rates = samples[transport]
+        spread = f"{min(rates):.0f} to {max(rates):.0f}" if len(rates) > 1 else ""
+        rows.append(
+            (
+                f"{count} files of 64 KiB: {transport}",
+                f"{statistics.median(rates):.0f} files/s",
+                f"{spread}, {target}".strip(", "),
+            )
+        )
+    ratio = statistics.median(a / b for a, b in zip(*samples.values(), strict=True))
+    rows.append(("small files: stream / object-store", f"{ratio:.2f}x", "target >= 1x"))
+    return rows
+
+
 def folder_files(
     server: CastRayServer, root: Path, count: int, transport: str, fresh: bool = True
 ) -> float:
@@ -490,15 +513,7 @@ def main() -> None:
                 if "big" in parts:
                     rows += measure_big(cluster, server, args.big)
                 if "small" in parts:
-                    for transport in ("stream", "object-store"):
-                        rate = small_files(server, args.small_files, transport)
-                        rows.append(
-                            (
-                                f"{args.small_files} files of 64 KiB: {transport}",
-                                f"{rate:.0f} files/s",
-                                "target >= 150" if transport == "stream" else "",
-                            )
-                        )
+                    rows += measure_small(server, args.small_files, args.reps)
                 if "folder" in parts:
                     rows += measure_folder(server, root, args.folder_files, args.reps)
             finally:

@@ -312,6 +312,11 @@ class Endpoint:
         """Commit a transfer's copy here, once: asked again (Ray lost the first answer, and
         the agent cannot tell whether the commit was made), it answers what the first call
         did, once that is done."""
+        return self._once(transfer_id, lambda: self._commit_sink(transfer_id, expected))
+
+    def _once(self, transfer_id: str, commit_now: Callable[[], CommitOutcome]) -> CommitOutcome:
+        """``commit_now()``'s outcome, the first time a transfer's commit is asked for here;
+        the same outcome, once it is known, every later time."""
         with self._commits_lock:
             first = transfer_id not in self._commits
             if first:
@@ -321,7 +326,7 @@ class Endpoint:
             commit = self._commits[transfer_id]
         if first:
             try:
-                commit.set_result(self._commit_sink(transfer_id, expected))
+                commit.set_result(commit_now())
             except Exception as exc:  # noqa: BLE001 - kept for a repeat, then raised
                 commit.set_exception(exc)
             finally:
@@ -373,6 +378,69 @@ class Endpoint:
             self._take_sync_fault,
         )
         return self._received(done, sink.size, expected)
+
+    @ray.method(concurrency_group="stream")
+    def read_whole(
+        self, transfer_id: str, path: str, identity: FileIdentity | None, expected: str
+    ) -> bytes:
+        """A small file's every byte, for a transfer that carries it inside its calls
+        (``transports.inline``); ``SourceChanged`` unless it is still the file hashed as
+        ``expected``. (``transfer_id`` names the read in Ray's task list.)"""
+        source = self._open_source(path, identity)
+        with source.file:
+            data = os.pread(source.file.fileno(), source.size + 1, 0)
+            source.check()
+        if len(data) != source.size or blake3.blake3(data).hexdigest() != expected:
+            raise SourceChanged(
+                f"{path} changed after its hashes were made for this transfer: start the "
+                "transfer again"
+            )
+        if self._egress is not None:
+            self._egress.take(len(data))
+        self._metrics.count_sent(len(data))
+        return data
+
+    @ray.method(concurrency_group="commit")
+    def receive_whole(
+        self, transfer_id: str, name: str, data: bytes, expected: str
+    ) -> CommitOutcome:
+        """Check, write and commit a small file that came whole inside this call
+        (``transports.inline``). Bytes that fail their check are answered ``damaged`` (the
+        agent sends them again) and leave nothing; a commit asked again answers as the first
+        did."""
+        if self._ingress is not None:
+            self._ingress.take(len(data))
+        if data and self._take_corruption():  # fault injection: a byte flipped on the way
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        actual = blake3.blake3(data).hexdigest()
+        if actual != expected:
+            return CommitOutcome(False, error=f"BLAKE3 {actual} is not {expected}", damaged=True)
+        return self._once(transfer_id, lambda: self._write_whole(transfer_id, name, data, actual))
+
+    def _write_whole(self, transfer_id: str, name: str, data: bytes, blake3: str) -> CommitOutcome:
+        temp = self.storage_dir / f".{name}.{transfer_id}.part"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            self._room.take(transfer_id, fd, len(data), name)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            os.close(fd)
+            temp.unlink(missing_ok=True)
+            return CommitOutcome(False, error=f"could not create the file: {exc.strerror or exc}")
+        finally:
+            self._room.give_back(transfer_id)
+        done = _commit(
+            fd,
+            temp,
+            self.storage_dir / name,
+            lambda: blake3,
+            blake3,
+            len(data),
+            self._take_sync_fault,
+        )
+        return self._received(done, len(data), blake3)
 
     def _received(self, done: CommitOutcome, size: int, blake3: str) -> CommitOutcome:
         if done.ok and done.path is not None:

@@ -79,10 +79,11 @@ from castray.sources.fetch import FETCH_TIMEOUT
 
 if TYPE_CHECKING:
     from castray.agent.fleet import Fleet
+    from castray.agent.transports.inline import InlineRun
     from castray.agent.transports.object_store import TransferRun
     from castray.agent.transports.stream import StreamRun
 
-    Run = TransferRun | StreamRun
+    Run = TransferRun | StreamRun | InlineRun
 
 log = logging.getLogger("castray.agent")
 
@@ -434,6 +435,7 @@ class Agent:
     def _open_stream(self, request_id: int, spec: StartTransfer | ImportTransfer) -> int:
         """Open this part's sinks on their data ports; the source (if here) starts sending
         once the reply is sent. The file's size."""
+        from castray.agent.transports import inline
         from castray.agent.transports.stream import StreamRun
         from castray.agent.transports.stream_parts import Member, StreamSpec
 
@@ -450,31 +452,33 @@ class Agent:
             assert source is not None and isinstance(spec, StartTransfer)
             size = self._start_fetch(spec, origin, source.handle)
             manifest = [b""] * len(all_chunks(size, spec.chunk_size))
-        run = StreamRun(
-            StreamSpec(
-                transfer_id=spec.transfer_id,
-                file_name=spec.file_name,
-                size=size,
-                chunk_size=spec.chunk_size,
-                manifest=manifest,
-                expected_blake3=spec.expected_blake3 or "",
-                secret=bytes.fromhex(plan.secret),
-                recipients=[self._member(rid, Member) for rid in spec.recipients],
-                source=source,
-                source_path=spec.path if isinstance(spec, StartTransfer) else None,
-                downstream=plan.downstream,
-                tunables=self._config.tunables,
-                resume=plan.resume,
-                rate_limit=spec.rate_limit,
-                source_identity=spec.source_identity if isinstance(spec, StartTransfer) else None,
-                send_on=tuple(plan.send_on),
-                await_stream=plan.await_stream,
-                origin_fetch=origin.fetch_id if origin is not None else None,
-            ),
-            self._on_transfer_message,
-            self._fleet.death,
-            self._fleet.suspect,
+        stream_spec = StreamSpec(
+            transfer_id=spec.transfer_id,
+            file_name=spec.file_name,
+            size=size,
+            chunk_size=spec.chunk_size,
+            manifest=manifest,
+            expected_blake3=spec.expected_blake3 or "",
+            secret=bytes.fromhex(plan.secret),
+            recipients=[self._member(rid, Member) for rid in spec.recipients],
+            source=source,
+            source_path=spec.path if isinstance(spec, StartTransfer) else None,
+            downstream=plan.downstream,
+            tunables=self._config.tunables,
+            resume=plan.resume,
+            rate_limit=spec.rate_limit,
+            source_identity=spec.source_identity if isinstance(spec, StartTransfer) else None,
+            send_on=tuple(plan.send_on),
+            await_stream=plan.await_stream,
+            origin_fetch=origin.fetch_id if origin is not None else None,
         )
+        run: StreamRun | InlineRun
+        if inline.fits(stream_spec):
+            run = inline.InlineRun(stream_spec, self._on_transfer_message)
+        else:
+            run = StreamRun(
+                stream_spec, self._on_transfer_message, self._fleet.death, self._fleet.suspect
+            )
         try:
             run.open()
         except Exception as exc:  # the source's error decides the answer

@@ -35,6 +35,9 @@ class CommitOutcome:
     ok: bool
     path: str | None = None
     error: str | None = None
+    damaged: bool = False
+    """The bytes failed their check on the way (a copy carried whole, inline): nothing is
+    kept, and the same bytes sent again may pass."""
 
 
 @dataclass(frozen=True)

@@ -310,6 +310,31 @@ def test_a_commit_whose_answer_never_comes_is_cut_off_after_the_peer_timeout(
     assert done["recipients"]["node_2"]["transient"], "a resume takes it up once it answers"
 
 
+def test_a_small_file_carried_inline_is_asked_again_when_its_answer_is_lost(
+    server: CastRayServer,
+) -> None:
+    """A small file travels inside its calls (``transports.inline``): the call that writes
+    and commits it may lose its answer as a commit's may. Asked again, it answers what it did
+    the first time (the copy is in place, written once); never answered, the recipient is
+    cut off after ``peer_timeout`` (5 s), resumable."""
+    made = tx.upload_bytes(server, "small-lost.bin", tx.random_bytes(64 * 1024))
+    storage = server.data_dir / "storage" / "node_2"
+
+    done = _send_with_faults(server, "small-lost.bin", {"lost_commit_answers": 2})
+
+    assert done["status"] == "completed", done
+    assert blake3.blake3((storage / "small-lost.bin").read_bytes()).hexdigest() == made["blake3"]
+    assert not list(storage.glob(".small-lost.bin.*")), "no partial file left"
+
+    (storage / "small-lost.bin").unlink()
+    done = _send_with_faults(server, "small-lost.bin", {"lost_commit_answers": 100})
+
+    assert done["status"] == "failed", done
+    error = done["recipients"]["node_2"]["error"]
+    assert "could not reach its actor for 5 s to commit its copy" in error, done
+    assert done["recipients"]["node_2"]["transient"], "a resume takes it up once it answers"
+
+
 def test_a_wedged_receiver_ends_its_object_store_transfer_and_the_agent_goes_idle(
     server: CastRayServer,
 ) -> None:

@@ -12,6 +12,7 @@ import blake3
 import pytest
 
 from castray.agent import dataplane as streams
+from castray.agent.transports import inline
 from tests.conftest import THREE_NODES
 from tests.harness import transfers as tx
 from tests.harness.raycluster import RayCluster
@@ -157,6 +158,60 @@ def test_a_chunk_corrupted_in_flight_is_detected_and_sent_again(
     assert done["status"] == "completed", done
     assert done["chunks_resent"] == 2
     assert _path(server, DST_B, "flaky.bin").read_bytes() == data
+
+
+def test_a_small_file_travels_inline_verified_and_sent_again_when_damaged(
+    server: CastRayServer,
+) -> None:
+    """A small file to a few recipients travels inside Ray's calls, not down a chain of TCP
+    streams (``transports.inline``): each copy is checked before it is written, one that
+    arrives damaged is sent again, and the source reads the file once."""
+    data = tx.random_bytes(64 * 1024)
+    assert len(data) <= inline.INLINE_BYTES
+    tx.upload_bytes(server, "inline.bin", data)
+    assert tx.post(server, f"/api/nodes/{DST_B}/faults", {"corrupt_chunks": 1}).status_code == 204
+    sent_before = server.nodes()[SRC]["counters"]["bytes_sent"]
+
+    done = _send(
+        server,
+        "stream",
+        source_node=SRC,
+        file="inline.bin",
+        mode="multicast",
+        recipients=[DST_A, DST_B],
+    )
+
+    assert done["status"] == "completed", done
+    assert (done["chunks_damaged"], done["chunks_resent"]) == (1, 1), done
+    for node in (DST_A, DST_B):
+        copy = Path(done["recipients"][node]["path"])
+        assert copy.read_bytes() == data
+        assert tx.leftovers(copy.parent) == []
+        assert done["recipients"][node]["bytes_done"] == len(data)
+    assert done["source_bytes_sent"] == len(data)
+    egress = wait_for(
+        lambda: server.nodes()[SRC]["counters"]["bytes_sent"] - sent_before,
+        10,
+        "the source's counter",
+    )
+    assert egress == len(data)
+
+
+def test_a_small_file_whose_copy_cannot_be_synced_fails_there_only(server: CastRayServer) -> None:
+    data = tx.random_bytes(3000)
+    tx.upload_bytes(server, "inline-sync.bin", data)
+    assert tx.post(server, f"/api/nodes/{DST_B}/faults", {"fail_syncs": 1}).status_code == 204
+
+    done = tx.send(
+        server, source_node=SRC, file="inline-sync.bin", mode="multicast", recipients=[DST_A, DST_B]
+    )
+
+    assert done["status"] == "partially_failed", done
+    assert Path(done["recipients"][DST_A]["path"]).read_bytes() == data
+    failed = done["recipients"][DST_B]
+    assert failed["status"] == "failed" and "Input/output error" in failed["error"], failed
+    assert not _path(server, DST_B, "inline-sync.bin").exists()
+    assert tx.leftovers(_path(server, DST_B, "inline-sync.bin").parent) == []
 
 
 def test_a_library_file_replaced_mid_transfer_is_never_seen_by_that_transfer(
