@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from castray.errors import NodeNotFound
+from castray.errors import ClusterUnavailable, NodeNotFound
 from castray.models import (
     ClusterConnectedEvent,
     ClusterDisconnectedEvent,
@@ -219,7 +219,13 @@ class Registry:
         return self._clusters[name].status
 
     def cluster(self, name: str) -> ClusterInfo:
-        return next(c for c in self.clusters() if c.name == name)
+        """``ClusterUnavailable`` for one no longer attached: a caller that awaited something
+        meanwhile (a connect whose cluster was lost under it, say) gets an answer it handles,
+        not a ``StopIteration``."""
+        found = next((c for c in self.clusters() if c.name == name), None)
+        if found is None:
+            raise detached(name)
+        return found
 
     def node(self, endpoint_id: str) -> Node:
         cluster = self._clusters[self.cluster_of(endpoint_id)]
@@ -277,3 +283,9 @@ def _as_node(cluster: _Cluster, endpoint: EndpointState) -> Node:
 
 def _count(nodes: Iterable[Node], predicate: Callable[[Node], bool]) -> int:
     return sum(1 for n in nodes if predicate(n))
+
+
+def detached(name: str) -> ClusterUnavailable:
+    return ClusterUnavailable(
+        f"cluster {name!r} is no longer attached; GET /api/status lists the clusters there are"
+    )

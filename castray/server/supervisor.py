@@ -46,7 +46,7 @@ from castray.server.agent_link import AgentLink
 from castray.server.gateway import AgentListener, R
 from castray.server.logs import about
 from castray.server.ray_token import local_ray_token
-from castray.server.registry import Registry
+from castray.server.registry import Registry, detached
 
 log = logging.getLogger(__name__)
 
@@ -444,10 +444,7 @@ class Supervisor:
         if not self._registry.has_cluster(cluster):
             # Detached while the caller awaited something else: a pin's round over several
             # clusters, say. The caller handles it like any cluster it cannot reach now.
-            raise ClusterUnavailable(
-                f"cluster {cluster!r} is no longer attached; GET /api/status lists the "
-                "clusters there are"
-            )
+            raise detached(cluster)
         link = self._links.get(cluster)
         status = self._registry.cluster_status(cluster)
         if link is None or not link.running or status is not ClusterStatus.CONNECTED:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
+from castray.errors import ClusterUnavailable
 from castray.models import ClusterStatus, EndpointState, NodeKind, NodeStatus, RayClusterState
 from castray.server.registry import Registry
 
@@ -116,3 +119,11 @@ def test_wait_until_gives_up_at_the_deadline() -> None:
         return await registry.wait_until(lambda: registry.has_node("never"), timeout=0.05)
 
     assert asyncio.run(scenario()) is False
+
+
+def test_a_cluster_no_longer_attached_is_unavailable_not_a_stop_iteration() -> None:
+    """A connect read its cluster back from the registry after awaiting the agent: a cluster
+    lost and removed meanwhile raised ``StopIteration`` (a 500 with a traceback)."""
+    registry = Registry(clock=Clock())
+    with pytest.raises(ClusterUnavailable, match="'gone' is no longer attached"):
+        registry.cluster("gone")
