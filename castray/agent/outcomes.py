@@ -38,6 +38,9 @@ class CommitOutcome:
     damaged: bool = False
     """The bytes failed their check on the way (a copy carried whole, inline): nothing is
     kept, and the same bytes sent again may pass."""
+    refused: bool = False
+    """The copy was refused before a byte was written (no room): a resume has nothing to
+    take up there."""
 
 
 @dataclass(frozen=True)

@@ -529,6 +529,30 @@ def test_a_recipient_whose_disk_fills_fails_while_the_others_complete(
     assert sorted(p.name for p in storage.iterdir()) == []
 
 
+def test_a_small_file_a_recipient_has_no_room_for_is_refused_there_only(
+    server: CastRayServer,
+) -> None:
+    """Inline (``transports.inline``) as in a chain: refused before a byte, saying why,
+    nothing left there, and nothing for a resume to take up."""
+    data = tx.random_bytes(90 * 1024)
+    tx.upload_bytes(server, "inline-fat.bin", data)
+    with tx.tiny_disk_node(server, "tiny-inline", "64k") as tiny:
+        done = tx.send(
+            server,
+            source_node=SRC,
+            file="inline-fat.bin",
+            mode="multicast",
+            recipients=[DST_A, tiny],
+        )
+        assert sorted(p.name for p in (server.data_dir / "storage" / tiny).iterdir()) == []
+
+    assert done["status"] == "partially_failed", done
+    assert Path(done["recipients"][DST_A]["path"]).read_bytes() == data
+    failed = done["recipients"][tiny]
+    assert "not enough free space for inline-fat.bin" in failed["error"], failed
+    assert done["resumable"] is False, "the only recipient without its copy refused it"
+
+
 def _closed_by_peer(sock: socket.socket) -> bool:
     """Whether the other end closed the connection without a word (within 10 s)."""
     sock.settimeout(10)

@@ -176,7 +176,9 @@ class InlineRun:
             log.info("transfer %s: the copy to %s arrived damaged; sent again", *self._of(member))
             return True
         if not outcome.ok:
-            self._finish(member, error=outcome.error or "the commit failed")
+            self._finish(
+                member, error=outcome.error or "the commit failed", refused=outcome.refused
+            )
             return False
         self._done[member.id] = self.spec.size
         self._copied += 1
@@ -192,6 +194,7 @@ class InlineRun:
         path: str | None = None,
         error: str | None = None,
         transient: bool = False,
+        refused: bool = False,
     ) -> None:
         self._finished.add(member.id)
         if error is not None:
@@ -204,6 +207,7 @@ class InlineRun:
                 path=path,
                 error=error,
                 transient=transient,
+                refused=refused,
             )
         )
 
