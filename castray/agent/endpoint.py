@@ -420,10 +420,10 @@ class Endpoint:
     def _write_whole(self, transfer_id: str, name: str, data: bytes, blake3: str) -> CommitOutcome:
         temp = self.storage_dir / f".{name}.{transfer_id}.part"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        written = False
+        room_taken = False
         try:
             self._room.take(transfer_id, fd, len(data), name)  # every block, before a byte
-            written = True
+            room_taken = True
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -431,7 +431,7 @@ class Endpoint:
             os.close(fd)
             temp.unlink(missing_ok=True)
             why = f"could not create the file: {exc.strerror or exc}"
-            return CommitOutcome(False, error=why, refused=not written)
+            return CommitOutcome(False, error=why, refused=not room_taken)
         finally:
             self._room.give_back(transfer_id)
         done = _commit(

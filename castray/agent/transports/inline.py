@@ -79,10 +79,9 @@ class InlineRun:
         self._emit = emit
         self._cancelled = threading.Event()
         self._data = b""
-        self._done: dict[str, int] = {m.id: 0 for m in spec.recipients}
-        """Verified bytes per recipient: all or none."""
         self._finished: set[str] = set()
-        self._copied = 0
+        self._copied: set[str] = set()
+        """Recipients whose copy is committed (each has all the bytes or none)."""
         self._resent = 0
         self._damaged = 0
 
@@ -180,8 +179,7 @@ class InlineRun:
                 member, error=outcome.error or "the commit failed", refused=outcome.refused
             )
             return False
-        self._done[member.id] = self.spec.size
-        self._copied += 1
+        self._copied.add(member.id)
         self._finish(member, path=outcome.path)
         return False
 
@@ -218,10 +216,9 @@ class InlineRun:
             for member in spec.recipients:
                 if member.id not in self._finished:
                     self._finish(member, error=error, transient=True)
+        done = {m.id: spec.size if m.id in self._copied else 0 for m in spec.recipients}
         self._emit(
-            TransferProgress(
-                transfer_id=spec.transfer_id, bytes_total=spec.size, bytes_done=dict(self._done)
-            )
+            TransferProgress(transfer_id=spec.transfer_id, bytes_total=spec.size, bytes_done=done)
         )
         assert spec.source is not None
         # The source read the file once; the agent passed it on to each.
