@@ -440,6 +440,11 @@ class Transfer(Snapshot):
     transport_note: str | None = Field(
         None, description="Why the transfer did not take the transport asked for."
     )
+    placed_last: list[str] = Field(
+        default_factory=list,
+        description="Recipients a stream chain began with at its end, for the slow pace they "
+        "took in an earlier broadcast: nobody after them waits on them.",
+    )
     error: str | None = None
     source_file: str | None = Field(
         None, description="The file as it was asked for: a library name or a source path."

@@ -108,6 +108,9 @@ class StreamPlan(_Message):
     await_stream: bool = False
     """A resume's part in another cluster: its sinks wait for the stream from upstream
     before they count as ended (it brings what they lack)."""
+    placed_last: list[str] = Field(default_factory=list)
+    """Recipients the server put at the chain's end for the slow pace they took last time:
+    where the agent would move a slow one to, so it does not move them again."""
 
 
 class OriginFeed(_Message):

@@ -471,6 +471,7 @@ class Agent:
             send_on=tuple(plan.send_on),
             await_stream=plan.await_stream,
             origin_fetch=origin.fetch_id if origin is not None else None,
+            placed_last=frozenset(plan.placed_last),
         )
         run: StreamRun | InlineRun
         if inline.fits(stream_spec):

@@ -325,6 +325,13 @@ def _print_outcome(transfer: Transfer) -> None:
             highlight=False,
             markup=False,
         )
+    if transfer.placed_last:
+        out.print(
+            f"{', '.join(transfer.placed_last)}: at the end of the chain from the start, for "
+            "the slow pace taken last time",
+            highlight=False,
+            markup=False,
+        )
     if transfer.library_file is not None:
         out.print(f"the library keeps it as {transfer.library_file}", highlight=False, markup=False)
     if transfer.library_note is not None:

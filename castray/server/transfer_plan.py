@@ -11,6 +11,7 @@ from castray.errors import InvalidRequest, NodeUnavailable
 from castray.folders import BUNDLE_SUFFIX, FolderIndex
 from castray.models import Node, NodeStatus, TransferCreate, TransferMode, Transport
 from castray.protocol import OriginFeed
+from castray.server.paces import PaceBook
 from castray.server.registry import Registry
 from castray.server.targets import resolve_recipients
 from castray.sizes import parse_rate_limit
@@ -75,6 +76,9 @@ class TransferPlan:
     """The source fetches the file from this origin as the stream sends it (cut-through)."""
     keep_in_library: bool = False
     """The library keeps the source's fetched copy once the transfer ends (its first run)."""
+    placed_last: frozenset[str] = frozenset()
+    """Recipients put at their chain's end for the slow pace they took last time: where the
+    agent would move them, so it does not move them again."""
 
     @property
     def clusters(self) -> list[str]:
@@ -129,9 +133,11 @@ def plan_transfer(
     file: LocatedFile,
     transport: Transport = Transport.STREAM,
     itself: bool = False,
+    paces: PaceBook | None = None,
 ) -> TransferPlan:
     """Check the request against the nodes there are and lay out its chains; ``transport``
-    unless the request names one; ``itself``: the source may be a recipient too."""
+    unless the request names one; ``itself``: the source may be a recipient too; ``paces``:
+    the recipients they know to be slow go at the end of their chain."""
     if request.source_node is None:
         raise InvalidRequest("a transfer needs its source_node")
     source = registry.node(request.source_node)
@@ -145,16 +151,28 @@ def plan_transfer(
     for node in recipients:
         if node.cluster != source.cluster:
             remote.setdefault(node.cluster, []).append(node)
+    chains = [chain_order(local), *(chain_order(nodes) for nodes in remote.values())]
+    # Only the last chain's end is nobody's feeder: a part before it passes the stream on
+    # to the next cluster from its last recipient, which a slow one would then pace.
+    behind = [
+        paces.behind(chain) if paces is not None and part == len(chains) - 1 else []
+        for part, chain in enumerate(chains)
+    ]
+    arranged = [
+        (*(n for n in chain if n not in last), *last)
+        for chain, last in zip(chains, behind, strict=True)
+    ]
     return TransferPlan(
         transfer_id=transfer_id,
         mode=request.mode,
         source=source,
         file=file,
-        local=chain_order(local),
-        remote={cluster: chain_order(nodes) for cluster, nodes in remote.items()},
+        local=arranged[0],
+        remote=dict(zip(remote, arranged[1:], strict=True)),
         transport=request.transport or transport,
         rate_limit=(parse_rate_limit(request.rate_limit) if request.rate_limit is not None else 0),
         keep_in_library=request.keep_in_library,
+        placed_last=frozenset(n.id for last in behind for n in last),
     )
 
 

@@ -77,6 +77,7 @@ from castray.server.gateway import AgentGateway
 from castray.server.history import History
 from castray.server.library import Library, check_file_name
 from castray.server.logs import about
+from castray.server.paces import PaceBook
 from castray.server.registry import Registry
 from castray.server.transfer_plan import LocatedFile, TransferPlan, plan_transfer
 from castray.server.transfer_state import TransferState
@@ -157,6 +158,8 @@ class TransferService:
         """Final snapshots whose history write is still under way: answered from here."""
         self._history_writer = ThreadPoolExecutor(1, thread_name_prefix="history")
         self._good_links: dict[tuple[str, str], float] = {}
+        self._paces = PaceBook()
+        """How each recipient fared in its last broadcast: slow ones start a chain's end."""
         self._keeping: set[asyncio.Task[None]] = set()
         """Ended transfers whose fetched copy the library is taking (``keep_in_library``)."""
         """Data connections that were made lately (sender id, address): until when to trust."""
@@ -190,6 +193,7 @@ class TransferService:
             located,
             self._settings.transport,
             itself,
+            self._paces,
         )
         if plan.transport is Transport.STREAM:
             plan = await self._prepare_stream(plan)
@@ -214,6 +218,7 @@ class TransferService:
             self._groups,
             origin.located,
             self._settings.transport,
+            paces=self._paces,
         )
         if plan.transport is not Transport.STREAM or plan.remote:
             return None
@@ -350,7 +355,13 @@ class TransferService:
         )
         itself = earlier.source_node in pending  # a pin's reader that was its own recipient
         plan = plan_transfer(
-            transfer_id, request, self._registry, self._groups, located, itself=itself
+            transfer_id,
+            request,
+            self._registry,
+            self._groups,
+            located,
+            itself=itself,
+            paces=self._paces,
         )
         plan = replace(plan, mode=earlier.mode)
         if plan.transport is Transport.STREAM:
@@ -413,6 +424,14 @@ class TransferService:
             plan.transport.value,
             extra=about(transfer_id=plan.transfer_id),
         )
+        if plan.placed_last:
+            log.info(
+                "transfer %s: %s %s at the end of the chain, for the slow pace taken last time",
+                plan.transfer_id,
+                ", ".join(sorted(plan.placed_last)),
+                "starts" if len(plan.placed_last) == 1 else "start",
+                extra=about(transfer_id=plan.transfer_id),
+            )
         try:
             size = await self._launch(plan)
         except Exception as exc:
@@ -556,6 +575,7 @@ class TransferService:
                 resume=plan.resume,
                 send_on=list(plan.send_on) if part == 0 else [],
                 await_stream=part > 0 and bool(plan.send_on),
+                placed_last=[n.id for n in parts[part][1] if n.id in plan.placed_last],
             )
 
         spec = self._common_spec(plan)
@@ -781,6 +801,7 @@ class TransferService:
         self, live: _Live, outcome: TransferFinished, kept: dict[str, str] | None = None
     ) -> None:
         snapshot = live.state.finish(outcome, datetime.now(timezone.utc))
+        self._paces.learn(snapshot)
         if kept:
             snapshot = snapshot.model_copy(update=kept)
         del self._live[snapshot.id]

@@ -254,6 +254,7 @@ function transferCard(tracked) {
       el("code", { title: "transfer id" }, t.id), cancel, resume),
     t.origin ? el("div", { class: "muted origin" }, `fetched once from ${t.origin} by ${t.source_node}, which keeps a copy`) : null,
     t.transport_note ? el("div", { class: "muted note" }, `by ${t.transport}: ${t.transport_note}`) : null,
+    t.placed_last && t.placed_last.length ? el("div", { class: "muted placed-last" }, `${t.placed_last.join(", ")}: at the end of the chain from the start, for the slow pace taken last time`) : null,
     t.library_file ? el("div", { class: "muted library" }, `kept in the library as ${t.library_file}`) : null,
     t.library_note ? el("div", { class: "muted note" }, `the library: ${t.library_note}`) : null,
     t.error ? el("div", { class: "muted" }, t.error) : null,

@@ -26,6 +26,7 @@ from castray.models import (
     NodeStatus,
     RayClusterState,
     RecipientStatus,
+    Transfer,
     TransferCreate,
     TransferStatus,
     Transport,
@@ -53,6 +54,7 @@ from castray.server.events import EventHub
 from castray.server.history import History
 from castray.server.library import Library
 from castray.server.origin_fetch import choose_fetcher
+from castray.server.paces import REMEMBER_SECONDS, PaceBook
 from castray.server.registry import Registry
 from castray.server.transfer_plan import LocatedFile, plan_transfer
 from castray.server.transfer_state import RECIPIENT_NEXT, TRANSFER_NEXT, TransferState
@@ -195,6 +197,76 @@ def test_a_group_and_named_recipients_are_joined_without_repeats() -> None:
     )
 
     assert sorted(n.id for n in plan.recipients) == ["a2", "b2"]
+
+
+def _broadcast_taking(
+    seconds: dict[str, float], size: int = 64 * 1024 * 1024, **request: Any
+) -> Transfer:
+    """A finished stream broadcast of ``size`` bytes whose recipients each took the given
+    seconds (those not named are left out of it)."""
+    registry = _registry(*(n for n in NODES if n[0] in {"src", *seconds}))
+    big = LocatedFile("/lib/w.bin", "w.bin", size, "ab" * 32)
+    body = {"transport": "stream", "mode": "multicast", "recipients": list(seconds)}
+    plan = plan_transfer("t", _request(**(body | request)), registry, {}, big)
+    state = TransferState.start(plan, T0)
+    for node, took in seconds.items():
+        state.recipient_finished(
+            RecipientFinished(transfer_id="t", recipient=node, ok=True, path="/s/w.bin"),
+            T0 + timedelta(seconds=took),
+        )
+    return state.finish(_finished(size=size), T0 + timedelta(seconds=max(seconds.values())))
+
+
+def test_a_recipient_much_slower_than_the_others_last_time_starts_at_the_chains_end() -> None:
+    """A slow member paces everyone after it in a chain until the agent moves it: one that
+    took a tenth of the best pace in the last broadcast starts the next one at the end (and
+    the agent is told it is there for its pace), the others keep their relay order."""
+    paces = PaceBook()
+    paces.learn(_broadcast_taking({"a1": 40.0, "a2": 4.0, "b2": 6.0}))
+    registry = _registry(*NODES[:4])
+
+    plan = plan_transfer("t2", _request(), registry, {}, FILE, paces=paces)
+
+    assert [n.id for n in plan.local] == ["a2", "b2", "a1"]
+    # b2 took 0.67 of the best (as one after a slow one found at the first look): not slow.
+    assert plan.placed_last == {"a1"}
+
+
+@pytest.mark.parametrize(
+    "taught",
+    [
+        {"size": 1024 * 1024},  # small: its times are fixed costs
+        {"mode": "unicast", "recipients": ["a1"], "took": {"a1": 40.0}},
+        {"transport": "object-store"},
+        {"took": {"a1": 2.6, "a2": 1.0, "b2": 1.0}},  # a busy machine's spread: 1.6 s
+    ],
+    ids=["small-file", "unicast", "object-store", "a-short-lag"],
+)
+def test_what_teaches_nothing_of_a_pace_leaves_the_chain_as_it_was(taught: dict[str, Any]) -> None:
+    taught = dict(taught)
+    took = taught.pop("took", {"a1": 40.0, "a2": 4.0, "b2": 4.0})
+    size = taught.pop("size", 64 * 1024 * 1024)
+    paces = PaceBook()
+    paces.learn(_broadcast_taking(took, size, **taught))
+
+    plan = plan_transfer("t2", _request(), _registry(*NODES[:4]), {}, FILE, paces=paces)
+
+    assert [n.id for n in plan.local] == ["a1", "a2", "b2"] and not plan.placed_last
+
+
+def test_a_learned_pace_is_forgotten_and_a_feeding_part_keeps_its_order() -> None:
+    """An hour on, a pace says little of a link; and a part that passes the stream on to the
+    next cluster keeps its slow one in place (at its end it would pace that cluster)."""
+    now = [0.0]
+    paces = PaceBook(clock=lambda: now[0])
+    paces.learn(_broadcast_taking({"a1": 40.0, "a2": 4.0, "b2": 4.0}))
+
+    feeding = plan_transfer("t2", _request(), _registry(*NODES), {}, FILE, paces=paces)
+    assert [n.id for n in feeding.local] == ["a1", "a2", "b2"] and not feeding.placed_last
+    now[0] = REMEMBER_SECONDS + 1
+    assert paces.share("a1") is None
+    later = plan_transfer("t3", _request(), _registry(*NODES[:4]), {}, FILE, paces=paces)
+    assert [n.id for n in later.local] == ["a1", "a2", "b2"]
 
 
 # ---- the state machine ---------------------------------------------------------------------

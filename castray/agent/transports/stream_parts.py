@@ -58,6 +58,9 @@ class StreamSpec:
     origin_fetch: str | None = None
     """The source's fetch from an origin that fills its file as the stream sends it: the
     manifest (empty entries) and ``expected_blake3`` (empty) become known as it goes."""
+    placed_last: frozenset[str] = frozenset()
+    """Recipients the server put at the chain's end for a slow pace it learned: never moved
+    to the end again."""
 
 
 @dataclass
@@ -96,7 +99,8 @@ class Recipient:
     failed_repairs: int = 0
     """Repair streams in a row that could not reach it (for the back-off)."""
     moved: bool = False
-    """Moved to the end of the chain for its slow pace (once at most)."""
+    """Moved to the end of the chain for its slow pace (once at most), or put there from
+    the start for the pace the server learned of it."""
     refed_at: float = float("-inf")
     """When its feeder last changed (monotonic): its pace is not judged until a whole look
     has passed since."""
