@@ -10,6 +10,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
@@ -210,10 +211,10 @@ def test_five_percent_loss_on_a_link_still_delivers(lab: LabServer, lab_file: di
 
 def _multicast_with_host_2_slow(
     lab: LabServer, made: dict[str, str], recipients: list[str]
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Send ``made`` from host 1 to ``recipients`` over the stream while host 2's link is at
     5 Mbit/s (50 again after); every copy completes, and hosts 2 and 3 hold the file's
-    BLAKE3. Seconds from the start to each recipient's end."""
+    BLAKE3. The finished transfer."""
     assert lab.cli("shape", "h2", "--rate", "5mbit").returncode == 0
     try:
         sent = t.send(
@@ -229,6 +230,11 @@ def _multicast_with_host_2_slow(
         assert lab.cli("shape", "h2", "--rate", "50mbit").returncode == 0
     assert sent["status"] == "completed", sent
     _assert_copies(lab, sent, [2, 3], made["blake3"])
+    return sent
+
+
+def _took(sent: dict[str, Any]) -> dict[str, float]:
+    """Seconds from the transfer's start to each recipient's end."""
     start = datetime.fromisoformat(sent["created_at"])
     return {
         who: (datetime.fromisoformat(state["finished_at"]) - start).total_seconds()
@@ -236,18 +242,8 @@ def _multicast_with_host_2_slow(
     }
 
 
-def test_a_slow_host_does_not_hold_back_the_fast_one(lab: LabServer) -> None:
-    """Host 2, the head of the natural chain (hosts in address order), on a link ten times
-    slower than host 3's: host 3 is fed by the source once the chain adapts, and its copy
-    completes well before host 2's, which completes too, verified."""
-    made = t.generate(lab, "lab-16m.bin", "16MiB", "random")
-    took = _multicast_with_host_2_slow(lab, made, [lab.node_id(2), lab.node_id(3)])
-    # 16 MiB: about 27 s at 5 Mbit/s, under 3 s at 50, plus the few seconds the chain
-    # takes to see the paces and adapt.
-    assert took[lab.node_id(3)] < took[lab.node_id(2)] / 2, took
-    _no_partial_files(lab)
-
-
+# The 8 MiB test comes first: a smaller file teaches the server nothing of host 2's pace,
+# and the 16 MiB test after it does (host 2 then starts its chains at the end).
 def test_a_slow_host_behind_a_head_that_is_already_done_is_moved(lab: LabServer) -> None:
     """The chain's head is a named endpoint on the source's own host: it has its copy well
     before the first look at the paces (1 s in). Host 2, next in the chain, is slow, and
@@ -261,12 +257,34 @@ def test_a_slow_host_behind_a_head_that_is_already_done_is_moved(lab: LabServer)
     assert created.status_code == 201, created.text
     try:
         recipients = ["lab-head", lab.node_id(2), lab.node_id(3)]
-        took = _multicast_with_host_2_slow(lab, made, recipients)
+        sent = _multicast_with_host_2_slow(lab, made, recipients)
     finally:
         with lab.client() as client:
             assert client.delete("/api/nodes/lab-head").status_code == 204
+    assert sent["placed_last"] == [], "the server knew host 2 slow: nothing was moved"
     # 8 MiB: about 14 s at 5 Mbit/s, under 2 s at 50. Left behind host 2, host 3 ends with it.
+    took = _took(sent)
     assert took[lab.node_id(3)] < took[lab.node_id(2)] / 2, took
+    _no_partial_files(lab)
+
+
+def test_a_slow_host_does_not_hold_back_the_fast_one_and_starts_the_next_at_the_end(
+    lab: LabServer,
+) -> None:
+    """Host 2, the head of the natural chain (hosts in address order), on a link ten times
+    slower than host 3's: host 3 is fed by the source once the chain adapts, and its copy
+    completes well before host 2's, which completes too, verified. The server remembers the
+    pace: the next broadcast starts with host 2 at the chain's end, and says so."""
+    made = t.generate(lab, "lab-16m.bin", "16MiB", "random")
+    recipients = [lab.node_id(2), lab.node_id(3)]
+    first = _multicast_with_host_2_slow(lab, made, recipients)
+    again = _multicast_with_host_2_slow(lab, made, recipients)
+    # 16 MiB: about 27 s at 5 Mbit/s, under 3 s at 50, plus the few seconds the chain
+    # takes to see the paces and adapt (the first time).
+    for sent in (first, again):
+        took = _took(sent)
+        assert took[lab.node_id(3)] < took[lab.node_id(2)] / 2, took
+    assert (first["placed_last"], again["placed_last"]) == ([], [lab.node_id(2)])
     _no_partial_files(lab)
 
 
