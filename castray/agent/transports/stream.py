@@ -220,8 +220,9 @@ class StreamRun(ChainAdapting, RecipientWatching, ChainRepairing):
         status calls wait up to a progress interval for a sink to settle)."""
         interval = self.spec.tunables.progress_interval
         commits = [r.committing for r in self._recipients if r.committing is not None]
-        if commits:
-            ray.wait(commits, num_returns=1, timeout=interval)
+        if commits:  # or a status answer: another copy may have ended meanwhile
+            asking = [r.asking for r in self._recipients if r.asking is not None]
+            ray.wait([*commits, *asking], num_returns=1, timeout=interval)
         elif not any(self._unsettled(r) for r in self._recipients):
             self._cancelled.wait(interval)
 
@@ -242,15 +243,17 @@ class StreamRun(ChainAdapting, RecipientWatching, ChainRepairing):
         return [r for r in self._recipients if r.failed is None]
 
     def _report_progress(self) -> None:
-        """Verified bytes per recipient, when they moved since the last report (the server
-        and every watcher handle each report: one a pass would cost them all for nothing)."""
+        """Verified bytes per recipient, when they moved since the last report, at most once
+        a progress interval (the server and every watcher handle each report: one per pass,
+        and a pass comes with every sink's answer, would cost them all for nothing)."""
         done = {
             r.member.id: (self.spec.size if r.path else r.status.verified_bytes if r.status else 0)
             for r in self._recipients
         }
-        if done == self._reported:
+        now = time.monotonic()
+        if done == self._reported or now - self._reported_at < self.spec.tunables.progress_interval:
             return
-        self._reported = done
+        self._reported, self._reported_at = done, now
         self._emit(
             TransferProgress(
                 transfer_id=self.spec.transfer_id, bytes_total=self.spec.size, bytes_done=done

@@ -72,6 +72,7 @@ class RunState:
         """Whom the last look at the paces found slow, not clearly enough to move it."""
         self._reported: dict[str, int] | None = None
         """The verified bytes per recipient last reported."""
+        self._reported_at = float("-inf")
         self._began = time.monotonic()
         fetching = spec.origin_fetch is not None
         self._digests: list[bytes] = [] if fetching else list(spec.manifest)

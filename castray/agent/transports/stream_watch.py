@@ -54,14 +54,18 @@ class RecipientWatching(RunState):
         not answer (its host cut off, its node lost) holds up nobody, and once it has been
         silent for ``peer_timeout`` it is failed and the stream goes around it. One whose
         commit is under way is asked every ``SLOW_POLL`` only (a commit queued behind others,
-        asked four times a second, cost a small file's transfer most of its calls)."""
+        asked four times a second, cost a small file's transfer most of its calls), one that
+        answers at once (settled, or unreachable) once a progress interval."""
         tunables = self.spec.tunables
         now = time.monotonic()
         for recipient in self._recipients:
             if recipient.committing is not None and now - recipient.asked_at < SLOW_POLL:
                 continue  # its sink is closed for the commit: asked only to know it answers
             if recipient.open and recipient.asking is None:
-                wait = self._poll_wait(recipient) if self._unsettled(recipient) else 0.0
+                unsettled = self._unsettled(recipient)
+                if not unsettled and now - recipient.asked_at < tunables.progress_interval:
+                    continue  # it answers at once: a pass comes with every answer, it must not
+                wait = self._poll_wait(recipient) if unsettled else 0.0
                 told, whole = recipient.told, self._blake3 if not recipient.told_whole else None
                 recipient.asking = recipient.member.handle.sink_status.remote(
                     self.spec.transfer_id, wait, told, self._digests[told:], whole
@@ -72,9 +76,14 @@ class RecipientWatching(RunState):
         asking = {r.asking: r for r in self._recipients if r.asking is not None}
         if not asking:
             return
-        ready, _ = ray.wait(
-            list(asking), num_returns=len(asking), timeout=tunables.progress_interval * 2
+        # The first answer, and every other one in by then: a sink that settles is heard at
+        # once, not when the slowest of the others' waits runs out (the lab's copies ended on
+        # a half-second beat, 0.5 s late each at worst).
+        ready, pending = ray.wait(
+            list(asking), num_returns=1, timeout=tunables.progress_interval * 2
         )
+        if ready and pending:
+            ready += ray.wait(pending, num_returns=len(pending), timeout=0)[0]
         for ref in ready:
             recipient = asking.pop(ref)
             recipient.asking = None
