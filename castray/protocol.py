@@ -110,7 +110,7 @@ class StreamPlan(_Message):
     before they count as ended (it brings what they lack)."""
     placed_last: list[str] = Field(default_factory=list)
     """Recipients the server put at the chain's end for the slow pace they took last time:
-    where the agent would move a slow one to, so it does not move them again."""
+    the head is not tried at the end while they receive (it would go behind them)."""
 
 
 class OriginFeed(_Message):

@@ -8,9 +8,11 @@ or two at the slow one's pace: in the lab (48 MiB at 100 Mbit/s, one host at 10)
 ones after it took 1.5x a unicast. A slow member usually stays slow (a thin link, the link
 between two clusters, a busy disk), so the server remembers how each recipient fared in its
 last multi-recipient stream, relative to the fastest of that transfer, and the next chain
-puts the ones that were clearly slow at its end from the start. Nobody waits on a recipient
-at the end, and one there that turned fast meanwhile loses nothing: it takes the bytes as
-fast as the chain brings them, and its pace is learned again.
+puts the ones that were clearly slow at its end from the start, the slowest last. Nobody
+waits on a recipient at the end. The agent judges them as it judges every recipient: one put
+last that turned fast takes the bytes as fast as the chain brings them, and if a slow one is
+before it, that one moves behind it (a fast host once put behind a slow one took its pace,
+and was learned slow again, run after run).
 """
 
 from __future__ import annotations

@@ -77,8 +77,10 @@ class TransferPlan:
     keep_in_library: bool = False
     """The library keeps the source's fetched copy once the transfer ends (its first run)."""
     placed_last: frozenset[str] = frozenset()
-    """Recipients put at their chain's end for the slow pace they took last time: where the
-    agent would move them, so it does not move them again."""
+    """Recipients put at their chain's end for the slow pace they took last time. The agent
+    still judges them as any other: one that is slower than the one after it moves behind it
+    (a fast host put last behind a slow one, once, would otherwise take its pace and be
+    learned slow again, run after run)."""
 
     @property
     def clusters(self) -> list[str]:

@@ -119,6 +119,12 @@ def test_a_head_is_not_tried_when_it_would_not_tell_or_not_pay() -> None:
     # A slow one moved to the end still receives: the head would be fed behind it.
     assert not try_head(_chain(1.2, 1.2, 0.1, moved="h4"), done=0.1)
     assert try_head([*_chain(1.2, 1.2), Pace("h4", 0.0, False, True)], done=0.1)
+    # One the server put last for its learned pace: judged as any other, the head not tried.
+    placed = [*_chain(12, 12), Pace("h4", 1.2 * MB, True, placed=True)]
+    assert not try_head(placed, done=0.1)
+    behind = [*_chain(12, 12), Pace("h4", 1.2 * MB, True, placed=True), Pace("h5", MB, True)]
+    slow = slow_one(behind)
+    assert slow is not None and slow.id == "h4"
 
 
 def test_a_clearly_slow_one_moves_at_once_a_borderline_one_at_the_second_look() -> None:

@@ -50,6 +50,10 @@ class Pace:
     refed: bool = False
     """Its feeder changed since the look before: its pace shows the new stream's start, not
     itself (a fast host starved while its old feeder was moved away looked slow)."""
+    placed: bool = False
+    """Put at the chain's end by the server, for a slow pace it learned: judged as any other,
+    but the head is not tried at the end while it receives (the lab's head went behind it,
+    and took its pace: 24 s against 4.8)."""
     finished: bool = False
     """It has every byte (its copy commits), and may still feed the next one from it: never
     judged, but its pace is the best before those after it. A short file's fast head is done
@@ -103,9 +107,9 @@ def try_head(chain: Sequence[Pace], done: float) -> bool:
     (it is fed cut-through, it may be able to go faster), moving the head to the end is the
     one way to know. Tried once per run (a head that was not the bottleneck costs a moment's
     hiccup), and not when ``done`` (the share of the file the head has) is past 80%, nor
-    while one moved to the end for its slow pace still receives: the head would go behind
-    it, and take its pace."""
-    if len(chain) < 2 or done > 0.8 or any(p.moved and p.receiving for p in chain):
+    while one moved (or placed) at the end for its slow pace still receives: the head would
+    go behind it, and take its pace."""
+    if len(chain) < 2 or done > 0.8 or any((p.moved or p.placed) and p.receiving for p in chain):
         return False
     head, after = chain[0], chain[1]
     return (

@@ -124,6 +124,7 @@ class ChainAdapting(RunState):
             self._unsettled(recipient),
             recipient.moved,
             refed or not recipient.steady,
+            placed=recipient.placed,
         )
 
     @staticmethod

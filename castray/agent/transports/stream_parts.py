@@ -59,8 +59,7 @@ class StreamSpec:
     """The source's fetch from an origin that fills its file as the stream sends it: the
     manifest (empty entries) and ``expected_blake3`` (empty) become known as it goes."""
     placed_last: frozenset[str] = frozenset()
-    """Recipients the server put at the chain's end for a slow pace it learned: never moved
-    to the end again."""
+    """Recipients the server put at the chain's end for a slow pace it learned."""
 
 
 @dataclass
@@ -99,8 +98,9 @@ class Recipient:
     failed_repairs: int = 0
     """Repair streams in a row that could not reach it (for the back-off)."""
     moved: bool = False
-    """Moved to the end of the chain for its slow pace (once at most), or put there from
-    the start for the pace the server learned of it."""
+    """Moved to the end of the chain for its slow pace (once at most)."""
+    placed: bool = False
+    """Put at the end by the server for a slow pace it learned (judged as any other)."""
     refed_at: float = float("-inf")
     """When its feeder last changed (monotonic): its pace is not judged until a whole look
     has passed since."""

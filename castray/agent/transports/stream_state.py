@@ -48,7 +48,7 @@ class RunState:
         """Tell the agent that an endpoint stopped answering a transfer (it asks it at once)."""
         self._source_asked_at = 0.0
         self._moved_at = float("-inf")
-        self._recipients = [Recipient(m, moved=m.id in spec.placed_last) for m in spec.recipients]
+        self._recipients = [Recipient(m, placed=m.id in spec.placed_last) for m in spec.recipients]
         self._cancelled = threading.Event()
         self._sends: dict[Any, Send] = {}
         """Streams being sent: their Ray refs, who sends them, to whom."""
