@@ -68,23 +68,20 @@ class PaceBook:
 
     def learn(self, transfer: Transfer) -> None:
         """Take each completed copy's rate from a finished stream transfer to two or more
-        recipients of a big enough file, relative to the fastest of them. A resume's rates
-        (part of the file was there already) and a unicast's (nothing to compare with)
-        teach nothing."""
+        recipients of a big enough file, relative to the fastest of them. A resumed
+        transfer's rates (part of the file was there already) and a unicast's (nothing to
+        compare with) teach nothing."""
         if (
             transfer.transport is not Transport.STREAM
             or transfer.mode is TransferMode.UNICAST
             or transfer.bytes_total < LEARN_BYTES
-            or transfer.chunks_resumed
             or transfer.resumes
         ):
             return
         rates = {
             node: state.throughput_bps
             for node, state in transfer.recipients.items()
-            if state.status is RecipientStatus.COMPLETED
-            and state.throughput_bps
-            and not state.kept_bytes
+            if state.status is RecipientStatus.COMPLETED and state.throughput_bps
         }
         if len(rates) < 2:
             return

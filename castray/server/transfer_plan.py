@@ -156,25 +156,19 @@ def plan_transfer(
     chains = [chain_order(local), *(chain_order(nodes) for nodes in remote.values())]
     # Only the last chain's end is nobody's feeder: a part before it passes the stream on
     # to the next cluster from its last recipient, which a slow one would then pace.
-    behind = [
-        paces.behind(chain) if paces is not None and part == len(chains) - 1 else []
-        for part, chain in enumerate(chains)
-    ]
-    arranged = [
-        (*(n for n in chain if n not in last), *last)
-        for chain, last in zip(chains, behind, strict=True)
-    ]
+    last = paces.behind(chains[-1]) if paces is not None else []
+    chains[-1] = (*(n for n in chains[-1] if n not in last), *last)
     return TransferPlan(
         transfer_id=transfer_id,
         mode=request.mode,
         source=source,
         file=file,
-        local=arranged[0],
-        remote=dict(zip(remote, arranged[1:], strict=True)),
+        local=chains[0],
+        remote=dict(zip(remote, chains[1:], strict=True)),
         transport=request.transport or transport,
         rate_limit=(parse_rate_limit(request.rate_limit) if request.rate_limit is not None else 0),
         keep_in_library=request.keep_in_library,
-        placed_last=frozenset(n.id for last in behind for n in last),
+        placed_last=frozenset(n.id for n in last),
     )
 
 

@@ -73,6 +73,7 @@ class RunState:
         self._reported: dict[str, int] | None = None
         """The verified bytes per recipient last reported."""
         self._reported_at = float("-inf")
+        """When it was (monotonic): reports come once a progress interval at most."""
         self._began = time.monotonic()
         fetching = spec.origin_fetch is not None
         self._digests: list[bytes] = [] if fetching else list(spec.manifest)
