@@ -246,3 +246,28 @@ def test_two_streams_bringing_the_same_right_chunks_at_once_need_no_repair(
         assert sink.complete() and sink.whole_digest() == blake3.blake3(data).hexdigest()
     finally:
         sink.close()
+
+
+def test_a_redirect_before_any_stream_arrived_sends_the_first_one_there(
+    tmp_path: Path, ports: list[DataPort]
+) -> None:
+    """A move can reach a sink between two streams (its feeder was moved a moment ago): it is
+    done, so it says so, and the stream that arrives next goes to the new receiver. Had it
+    said no, the agent would leave the slow one where it is while this passes everything on
+    past it."""
+    data = os.urandom(8 * CHUNK)
+    first = _sink(tmp_path / "first", data, ports[1].address)
+    skipped = _sink(tmp_path / "skipped", data, None)
+    after = _sink(tmp_path / "after", data, None)
+    ports[0].register(first)
+    ports[1].register(skipped)
+    ports[2].register(after)
+    try:
+        assert first.redirect(ports[2].address, 0), "the first stream to arrive goes there"
+        _send_file(tmp_path, data, ports[0].address)
+        wait_for(lambda: after.status().ended, 10, "the one after to have the stream")
+        assert after.complete() and after.whole_digest() == blake3.blake3(data).hexdigest()
+        assert skipped.status().received_bytes == 0, "nothing went to the one moved away"
+    finally:
+        for sink in (first, skipped, after):
+            sink.close()

@@ -62,7 +62,8 @@ class SinkLinks(SinkState):
         that stream's frames of chunks from ``from_chunk`` on to ``downstream`` (None: to no
         one); later streams go there too. A committed sink whose forwarder still sends
         redirects too, reading from that forwarder's descriptor (its own is closed). Whether
-        a stream now goes to ``downstream`` (True for None)."""
+        a stream goes to ``downstream`` now or, when none has arrived yet, with the first
+        (True for None); False once the sink is closed and passes nothing on."""
         self.relink(downstream)
         with self._lock:
             incoming = self._streams[-1] if self._streams else None
@@ -83,10 +84,11 @@ class SinkLinks(SinkState):
             old.stop()
         if downstream is None:
             return True
-        if incoming is None or fd is None:
-            if fd is not None:
-                os.close(fd)
-            return False
+        if fd is None:
+            return False  # committed, and its last forwarder is done
+        if incoming is None:
+            os.close(fd)
+            return True  # the first stream to arrive goes there (``relink``)
         try:
             self._forward(incoming, downstream, start, fd)
         finally:

@@ -151,8 +151,10 @@ class ChainAdapting(RunState):
 
     def _move_to_end(self, slow: Recipient, chain: list[Recipient], before_pace: float) -> None:
         """``before`` feeds the next one still open after ``slow``, and the last one open
-        feeds ``slow``. A ``before`` that has it all may have passed everything on already:
-        it is asked first, and the chain stays as it is if it cannot."""
+        feeds ``slow``. A ``before`` that has it all may have passed everything on already
+        (its end is heard of up to a progress interval late): its answer is waited for, and
+        the chain stays as it is if it cannot. Moving anyway would leave the one after
+        ``slow`` fed by no one until its stream stalls."""
         position = chain.index(slow)
         before = chain[position - 1]
         after = next(r for r in chain[position + 1 :] if r.open)
@@ -162,8 +164,14 @@ class ChainAdapting(RunState):
         redirect = before.member.handle.redirect.remote(
             tid, after.member.data_address, lacks(after)
         )
-        if before.ended_at and not self._redirected(redirect):
-            log.debug("transfer %s: %s passes nothing on to move any more", tid, before.member.id)
+        answer = self._redirected(redirect)
+        if answer is False or (answer is None and before.ended_at):
+            log.info(
+                "transfer %s: %s passes nothing on any more; %s stays where it is",
+                tid,
+                before.member.id,
+                slow.member.id,
+            )
             return
         log.info(
             "transfer %s: %s takes %.1f MB/s against %.1f MB/s before it; it goes to the end "
@@ -181,12 +189,13 @@ class ChainAdapting(RunState):
         last.member.handle.redirect.remote(tid, slow.member.data_address, lacks(slow))
         self._refed(after, slow, chain)
 
-    def _redirected(self, ref: ray.ObjectRef[bool]) -> bool:
+    def _redirected(self, ref: ray.ObjectRef[bool]) -> bool | None:
+        """A redirect's answer; None when none came (it may still be done)."""
         try:
             return bool(ray.get(ref, timeout=SOURCE_PROBE_TIMEOUT))
         except (RayError, GetTimeoutError) as exc:
             log.info("transfer %s: could not move a stream: %s", self.spec.transfer_id, reason(exc))
-            return False
+            return None
 
     def _head_movable(self, chain: list[Recipient]) -> bool:
         """The head is fed by this run's source stream (not a resume's repairs, nor another
