@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 from collections import defaultdict
@@ -91,6 +92,15 @@ def finish_times(server: LabServer, done: dict[str, Any], hosts: list[int]) -> d
     start = datetime.fromisoformat(done["created_at"])
     ends = {h: done["recipients"][server.node_id(h)]["finished_at"] for h in hosts}
     return {h: (datetime.fromisoformat(end) - start).total_seconds() for h, end in ends.items()}
+
+
+def keep_logs(castray_dir: Path, into: Path) -> None:
+    """The server's log and the agents' (they go with the lab): who was moved, and when."""
+    into.mkdir(parents=True, exist_ok=True)
+    for log_file in [castray_dir / "server.log", *castray_dir.glob("logs/*.log")]:
+        if log_file.is_file():
+            shutil.copy2(log_file, into / log_file.name)
+    say(f"logs kept in {into}")
 
 
 def slow_scenario(
@@ -343,6 +353,11 @@ def main() -> None:
     )
     parser.add_argument("--png", default="benchmarks/lab_uneven.png")
     parser.add_argument(
+        "--keep-logs",
+        type=Path,
+        help="copy the server's and the agents' logs into this folder before the lab goes down",
+    )
+    parser.add_argument(
         "--parts", default="one-slow,two-slow,equal,cpu", help="scenarios, comma-separated"
     )
     args = parser.parse_args()
@@ -371,6 +386,8 @@ def main() -> None:
         if "cpu" in parts:
             rows += cpu_scenario(server, lab, args)
     finally:
+        if args.keep_logs is not None:
+            keep_logs(lab.directory / "castray", args.keep_logs)
         lab_ops.down(args.name)
     print(
         f"\n{args.size} MiB from host 1 (CPU scenario: {args.cpu_size} MiB), links "
