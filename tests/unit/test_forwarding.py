@@ -38,6 +38,12 @@ def _sink(folder: Path, data: bytes, downstream: str | None, ingress: int = 0) -
     return open_sink(folder, data, CHUNK, TID, SECRET, downstream=downstream, ingress=bucket)
 
 
+def _register(ports: list[DataPort], *sinks: StreamSink) -> None:
+    """Each sink on its own port, in order: the first on the first port, and so on."""
+    for port, sink in zip(ports, sinks, strict=False):
+        port.register(sink)
+
+
 def _send_file(tmp_path: Path, data: bytes, target: str) -> None:
     source = tmp_path / "source.bin"
     source.write_bytes(data)
@@ -54,8 +60,7 @@ def test_a_slow_next_receiver_does_not_slow_the_one_before_it(
     data = os.urandom(64 * CHUNK)
     slow = _sink(tmp_path / "slow", data, None, ingress=2 * 1024 * 1024)
     fast = _sink(tmp_path / "fast", data, ports[1].address)
-    ports[0].register(fast)
-    ports[1].register(slow)
+    _register(ports, fast, slow)
     try:
         started = time.monotonic()
         _send_file(tmp_path, data, ports[0].address)
@@ -79,9 +84,7 @@ def test_a_stream_redirected_mid_way_sends_the_new_receiver_what_it_lacks(
     first = _sink(tmp_path / "first", data, ports[1].address, ingress=2 * 1024 * 1024)
     second = _sink(tmp_path / "second", data, None)
     third = _sink(tmp_path / "third", data, None)
-    ports[0].register(first)
-    ports[1].register(second)
-    ports[2].register(third)
+    _register(ports, first, second, third)
     try:
         sender = threading.Thread(target=_send_file, args=(tmp_path, data, ports[0].address))
         sender.start()
@@ -110,9 +113,7 @@ def test_a_committed_sink_still_passing_a_stream_on_can_redirect_it(
     head = _sink(tmp_path / "head", data, ports[1].address)
     slow = _sink(tmp_path / "slow", data, None, ingress=1024 * 1024)
     after = _sink(tmp_path / "after", data, None)
-    ports[0].register(head)
-    ports[1].register(slow)
-    ports[2].register(after)
+    _register(ports, head, slow, after)
     try:
         _send_file(tmp_path, data, ports[0].address)
         wait_for(lambda: head.status().ended, 10, "the head to have it all")
@@ -142,8 +143,7 @@ def test_the_sources_stream_moved_mid_way_goes_on_to_the_new_receiver(
     limits = ratelimit.buckets(ratelimit.bucket_for(2 * 1024 * 1024))
     head = _sink(tmp_path / "head", data, None, ingress=1024 * 1024)
     after = _sink(tmp_path / "after", data, None)
-    ports[0].register(head)
-    ports[1].register(after)
+    _register(ports, head, after)
     source = tmp_path / "source.bin"
     source.write_bytes(data)
     chunks = [(c.index, c.offset, c.length) for c in plan_chunks(len(data), CHUNK)]
@@ -259,9 +259,7 @@ def test_a_redirect_before_any_stream_arrived_sends_the_first_one_there(
     first = _sink(tmp_path / "first", data, ports[1].address)
     skipped = _sink(tmp_path / "skipped", data, None)
     after = _sink(tmp_path / "after", data, None)
-    ports[0].register(first)
-    ports[1].register(skipped)
-    ports[2].register(after)
+    _register(ports, first, skipped, after)
     try:
         assert first.redirect(ports[2].address, 0), "the first stream to arrive goes there"
         _send_file(tmp_path, data, ports[0].address)
