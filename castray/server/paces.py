@@ -9,10 +9,12 @@ ones after it took 1.5x a unicast. A slow member usually stays slow (a thin link
 between two clusters, a busy disk), so the server remembers how each recipient fared in its
 last multi-recipient stream, relative to the fastest of that transfer, and the next chain
 puts the ones that were clearly slow at its end from the start, the slowest last. Nobody
-waits on a recipient at the end. The agent judges them as it judges every recipient: one put
-last that turned fast takes the bytes as fast as the chain brings them, and if a slow one is
-before it, that one moves behind it (a fast host once put behind a slow one took its pace,
-and was learned slow again, run after run).
+waits on a recipient at the end. The agent judges a placed one against the recipients after
+it that were not placed, and moves it behind them if it is slow; it does not move one behind
+another placed one (a move between two slow ones gains nothing and costs each the chunk in
+flight). So a fast host put behind a slow one takes its pace: two slow ones that ended close
+together are put in the other order next time (``Learned.paced``), where the later one's own
+pace shows (a fast host once put behind a slow one was learned slow again, run after run).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from castray.models import Node, RecipientStatus, Transfer, TransferMode, Transport
 
@@ -37,6 +39,12 @@ MIN_LAG = 5.0
 """Seconds a slow copy must have taken beyond the fastest one: on a busy machine, commits
 and scheduling alone spread the copies of a loopback broadcast by a second or two, and a
 recipient that costs the others so little is not worth reordering a chain for."""
+PACED_SHARE = 0.85
+"""A slow recipient whose rate was at least this share of a faster slow one's may only have
+taken that one's pace (the server orders the slow ones, and the agent does not move one
+behind another: ``pace.slow_one``). Next time it goes before it, where its own pace shows:
+a fast host that once took a slow one's pace behind it is learned fast again at once,
+instead of being put behind it run after run."""
 REMEMBER_SECONDS = 3600.0
 """How long a learned pace orders chains: a cluster changes (links reshaped, nodes replaced),
 and a pace an hour old says little."""
@@ -52,6 +60,9 @@ class Learned:
     """Seconds its copy took beyond the fastest one's."""
     at: float
     """When it was learned (monotonic seconds)."""
+    paced: bool = False
+    """Slow, but as fast as a faster slow one, nearly (``PACED_SHARE``): it may have been
+    fed by it, and taken its pace rather than its own."""
 
 
 class PaceBook:
@@ -91,6 +102,10 @@ class PaceBook:
         for node, rate in rates.items():
             self._learned[node] = Learned(rate / best, size / rate - size / best, now)
         slow = sorted(n for n in rates if self._slow(self._learned[n], 1.0))
+        for node in slow:
+            rate = rates[node]
+            if any(rate < rates[o] <= rate / PACED_SHARE for o in slow):
+                self._learned[node] = replace(self._learned[node], paced=True)
         if slow:
             log.info(
                 "transfer %s: %s took less than %.0f%% of the fastest recipient's pace: "
@@ -109,13 +124,14 @@ class PaceBook:
     def behind(self, chain: Sequence[Node]) -> list[Node]:
         """The recipients of ``chain`` known to be slow, the slowest last: they go at its
         end. Slow is relative to the fastest known of this chain: the nodes of a cluster
-        behind a thin link are all slow alike, and none of them is put last for it."""
+        behind a thin link are all slow alike, and none of them is put last for it. One that
+        may only have taken another's pace (``Learned.paced``) goes first of them."""
         learned = {n.id: k for n in chain if (k := self._recent(n.id)) is not None}
         if len(learned) < 2:
             return []
         best = max(k.share for k in learned.values())
         slow = [n for n in chain if n.id in learned and self._slow(learned[n.id], best)]
-        return sorted(slow, key=lambda n: -learned[n.id].share)
+        return sorted(slow, key=lambda n: (not learned[n.id].paced, -learned[n.id].share))
 
     def _recent(self, node: str) -> Learned | None:
         learned = self._learned.get(node)

@@ -125,6 +125,9 @@ def test_a_head_is_not_tried_when_it_would_not_tell_or_not_pay() -> None:
     behind = [*_chain(12, 12), Pace("h4", 1.2 * MB, True, placed=True), Pace("h5", MB, True)]
     slow = slow_one(behind)
     assert slow is not None and slow.id == "h4"
+    # Behind another the server placed there, it stays: the server ordered them.
+    both = [*_chain(12, 12), *(Pace(h, 1.2 * MB, True, placed=True) for h in ("h4", "h5"))]
+    assert slow_one(both) is None
 
 
 def test_a_clearly_slow_one_moves_at_once_a_borderline_one_at_the_second_look() -> None:

@@ -232,6 +232,27 @@ def test_a_recipient_much_slower_than_the_others_last_time_starts_at_the_chains_
     assert plan.placed_last == {"a1"}
 
 
+def test_a_host_that_took_a_slow_ones_pace_goes_before_it_and_is_learned_again() -> None:
+    """The placed ones are not moved behind each other (``pace.slow_one``), so one behind a
+    slow one takes its pace, whatever its own. Two slow ones that ended close together: the
+    later goes first next time, where its own pace shows. A fast host that once took a slow
+    one's pace is learned fast from that next run on; two equally slow ones swap places,
+    which costs nobody anything."""
+    paces = PaceBook()
+    registry = _registry(*NODES[:4])
+    paces.learn(_broadcast_taking({"a1": 40.0, "a2": 4.0, "b2": 41.0}))
+    plan = plan_transfer("t2", _request(), registry, {}, FILE, paces=paces)
+    assert [n.id for n in plan.local] == ["a2", "b2", "a1"], "b2 may have taken a1's pace"
+
+    paces.learn(_broadcast_taking({"a1": 40.0, "a2": 4.0, "b2": 4.2}))  # b2 was fast after all
+    plan = plan_transfer("t3", _request(), registry, {}, FILE, paces=paces)
+    assert [n.id for n in plan.local] == ["a2", "b2", "a1"] and plan.placed_last == {"a1"}
+
+    paces.learn(_broadcast_taking({"a1": 40.5, "a2": 4.0, "b2": 40.0}))  # both slow alike
+    plan = plan_transfer("t4", _request(), registry, {}, FILE, paces=paces)
+    assert [n.id for n in plan.local] == ["a2", "a1", "b2"]
+
+
 @pytest.mark.parametrize(
     "taught",
     [

@@ -51,9 +51,10 @@ class Pace:
     """Its feeder changed since the look before: its pace shows the new stream's start, not
     itself (a fast host starved while its old feeder was moved away looked slow)."""
     placed: bool = False
-    """Put at the chain's end by the server, for a slow pace it learned: judged as any other,
-    but the head is not tried at the end while it receives (the lab's head went behind it,
-    and took its pace: 24 s against 4.8)."""
+    """Put at the chain's end by the server, for a slow pace it learned: judged as any other
+    against the ones after it that were not placed (the server already ordered the placed
+    ones, slowest last), and the head is not tried at the end while it receives (the lab's
+    head went behind it, and took its pace: 24 s against 4.8)."""
     finished: bool = False
     """It has every byte (its copy commits), and may still feed the next one from it: never
     judged, but its pace is the best before those after it. A short file's fast head is done
@@ -81,10 +82,16 @@ def slow_one(chain: Sequence[Pace]) -> Slow | None:
     """The first recipient, in chain order, that takes less than ``SLOW`` of the best pace of
     those before it while someone after it still receives: moved to the end, the ones after
     it go as fast as the one before it. None when there is none (the first recipient has no
-    one before it to compare with: its pace is the source's or its own)."""
+    one before it to compare with: its pace is the source's or its own).
+
+    One the server placed at the end is not moved behind others it placed there: it ordered
+    them by their learned paces, and a move between two slow ones gains nothing while each
+    loses the chunk it was receiving, up to 8 MiB at the slow pace (the lab's two slow hosts,
+    each moved behind the other: 1.17x and 1.22x their bound, against 1.05x for one)."""
     best = 0.0
     for position, pace in enumerate(chain):
-        later = any(p.receiving for p in chain[position + 1 :])
+        after = [p for p in chain[position + 1 :] if p.receiving]
+        later = bool(after) and not (pace.placed and all(p.placed for p in after))
         if (
             position > 0
             and pace.receiving
