@@ -54,17 +54,26 @@ class SinkLinks(SinkState):
 
     def relink(self, downstream: str | None) -> None:
         """A new next receiver, for streams that start from now on."""
+        with self._linking:
+            self._relink(downstream)
+
+    def _relink(self, downstream: str | None) -> None:
         self.last_contact = time.monotonic()
         self.downstream = downstream
 
     def redirect(self, downstream: str | None, from_chunk: int) -> bool:
-        """A new next receiver now: the latest stream's forwarder stops, and a new one sends
-        that stream's frames of chunks from ``from_chunk`` on to ``downstream`` (None: to no
-        one); later streams go there too. A committed sink whose forwarder still sends
+        """A new next receiver now: every forwarder stops (an older stream not yet broken
+        off would feed the old next receiver on), and a new one sends the latest stream's
+        frames of chunks from ``from_chunk`` on to ``downstream`` (None: to no one); later
+        streams go there too. A committed sink whose forwarder still sends
         redirects too, reading from that forwarder's descriptor (its own is closed). Whether
         a stream goes to ``downstream`` now or, when none has arrived yet, with the first
         (True for None); False once the sink is closed and passes nothing on."""
-        self.relink(downstream)
+        with self._linking:  # a stream arriving meanwhile waits, then takes the new one
+            return self._redirect(downstream, from_chunk)
+
+    def _redirect(self, downstream: str | None, from_chunk: int) -> bool:
+        self._relink(downstream)
         with self._lock:
             incoming = self._streams[-1] if self._streams else None
             old = incoming.forwarder if incoming is not None else None
@@ -78,10 +87,11 @@ class SinkLinks(SinkState):
             # closes it right after ``close``, which marks the sink closed under this lock.
             closed = self._closed
             fd = os.dup(self.fd) if not closed and downstream is not None else None
+            others = [f for f in self._forwarders if f is not old and f.running]
         if closed and old is not None and downstream is not None:
             fd = old.dup_fd()
-        if old is not None:
-            old.stop()
+        for forwarder in [*others, *([old] if old is not None else [])]:
+            forwarder.stop()
         if downstream is None:
             return True
         if fd is None:

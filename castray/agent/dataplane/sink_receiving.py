@@ -37,20 +37,21 @@ class SinkReceiving(SinkState):
         """Read one incoming stream to its end (runs on the connection's own thread); with
         ``forward``, a forwarder passes it on to this sink's downstream."""
         incoming = Incoming()
-        with self._lock:
-            if self._closed:
-                conn.close()
-                return
-            self._open_streams += 1
-            self._stream_began = time.monotonic()
-            self._conns.add(conn)
-            self._streams.append(incoming)
-            self.broken = None  # a new stream: what broke before is being made good
+        with self._linking:  # the stream and its forwarder, with no redirect in between
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    return
+                self._open_streams += 1
+                self._stream_began = time.monotonic()
+                self._conns.add(conn)
+                self._streams.append(incoming)
+                self.broken = None  # a new stream: what broke before is being made good
+            if forward and self.downstream is not None:
+                self._forward(incoming, self.downstream, 0)
         conn.settimeout(self.stall_timeout)
         with contextlib.suppress(OSError):
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, LOWAT)
-        if forward and self.downstream is not None:
-            self._forward(incoming, self.downstream, 0)
         clean = False
         try:
             header = bytearray(FRAME.size)

@@ -125,6 +125,12 @@ class SinkState:
     _conns: set[socket.socket] = field(default_factory=set)
     _streams: list[Incoming] = field(default_factory=list)
     """The streams that arrived, in order; the latest is the one a redirect moves."""
+    _linking: threading.Lock = field(default_factory=threading.Lock)
+    """Held while a stream that arrives takes its next receiver and its forwarder, and while a
+    redirect or a re-link changes them: a redirect that came between the two found no
+    forwarder to stop, and the stream went on to the receiver it was moved away from. A
+    slow host moved to the chain's end then still fed the one after it, which fed on down
+    to the end and back to it: a loop at the slow pace (the lab: fast hosts 11x a unicast)."""
     _forwarders: list[Forwarder] = field(default_factory=list)
     _forward_error: str | None = None
 

@@ -172,6 +172,7 @@ class ChainAdapting(RunState):
                 before.member.id,
                 slow.member.id,
             )
+            slow.moved = True  # nothing can move it: not judged again (once is enough)
             return
         log.info(
             "transfer %s: %s takes %.1f MB/s against %.1f MB/s before it; it goes to the end "
