@@ -269,3 +269,43 @@ def test_a_redirect_before_any_stream_arrived_sends_the_first_one_there(
     finally:
         for sink in (first, skipped, after):
             sink.close()
+
+
+def test_a_redirect_stops_an_older_stream_passed_on_too(
+    tmp_path: Path, ports: list[DataPort]
+) -> None:
+    """A sink can have two streams coming in at once (its feeder changed, and the old stream
+    has not broken off yet): a redirect stops both forwarders. Before, the older one fed the
+    old next receiver on, and in the lab a slow host moved to the chain's end kept feeding
+    the one after it."""
+    data = os.urandom(16 * CHUNK)
+    middle = _sink(tmp_path / "middle", data, ports[1].address)
+    old_next = _sink(tmp_path / "old-next", data, None)
+    _register(ports, middle, old_next)
+    chunks = [(c.index, c.offset, c.length) for c in plan_chunks(len(data), CHUNK)]
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+
+    def trickle(part: list[tuple[int, int, int]]) -> None:
+        bucket = ratelimit.bucket_for(1024 * 1024)
+        assert bucket is not None
+        with source.open("rb") as file:
+            send(file, ports[0].address, TID, SECRET, part, True, 2.0, 20.0, Stopper(), (bucket,))
+
+    senders = [threading.Thread(target=trickle, args=(part,)) for part in (chunks[:8], chunks[8:])]
+    try:
+        senders[0].start()
+        wait_for(lambda: middle.status().received_bytes >= 2 * CHUNK, 10, "the first stream on")
+        first_began = middle.status().stream_began
+        senders[1].start()
+        wait_for(lambda: middle.status().stream_began != first_began, 10, "a second stream")
+        assert middle.redirect(None, 0)
+        for sender in senders:
+            sender.join(30)
+        wait_for(lambda: middle.status().ended and not middle.forwarding, 30, "both streams in")
+        assert middle.complete(), "the sink's own copy goes on"
+        passed_on = old_next.status().received_bytes
+    finally:
+        for sink in (middle, old_next):
+            sink.close()
+    assert passed_on < 8 * CHUNK, f"the older stream went on to the old next one: {passed_on}"
