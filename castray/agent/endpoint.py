@@ -687,10 +687,7 @@ class Endpoint:
         ``from_chunk`` on (the chain was reordered: a slow receiver moved to its end).
         Whether it is passed on there now (a committed sink that passes nothing on cannot)."""
         sink = self._port.passing_on(transfer_id)
-        if sink is not None and sink.redirect(downstream, from_chunk):
-            return True
-        log.info("transfer %s: nothing here to pass on to %s any more", transfer_id, downstream)
-        return False
+        return sink is not None and sink.redirect(downstream, from_chunk)
 
     @ray.method(concurrency_group="links")
     def move_stream(self, transfer_id: str, target: str, to: str, from_chunk: int) -> bool:

@@ -78,9 +78,8 @@ class TransferPlan:
     """The library keeps the source's fetched copy once the transfer ends (its first run)."""
     placed_last: frozenset[str] = frozenset()
     """Recipients put at their chain's end for the slow pace they took last time. The agent
-    still judges them as any other: one that is slower than the one after it moves behind it
-    (a fast host put last behind a slow one, once, would otherwise take its pace and be
-    learned slow again, run after run)."""
+    judges them against the recipients after them that were not placed (``pace.slow_one``);
+    their order among themselves is ``PaceBook.behind``'s."""
 
     @property
     def clusters(self) -> list[str]:

@@ -87,10 +87,10 @@ class SinkLinks(SinkState):
             # closes it right after ``close``, which marks the sink closed under this lock.
             closed = self._closed
             fd = os.dup(self.fd) if not closed and downstream is not None else None
-            others = [f for f in self._forwarders if f is not old and f.running]
+            running = [f for f in self._forwarders if f.running]
         if closed and old is not None and downstream is not None:
             fd = old.dup_fd()
-        for forwarder in [*others, *([old] if old is not None else [])]:
+        for forwarder in running:
             forwarder.stop()
         if downstream is None:
             return True

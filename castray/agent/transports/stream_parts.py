@@ -98,7 +98,8 @@ class Recipient:
     failed_repairs: int = 0
     """Repair streams in a row that could not reach it (for the back-off)."""
     moved: bool = False
-    """Moved to the end of the chain for its slow pace (once at most)."""
+    """Moved to the end of the chain for its slow pace (once at most), or found slow where
+    nothing could move it (its feeder passed everything on): not judged again."""
     placed: bool = False
     """Put at the end by the server for a slow pace it learned (judged as any other)."""
     refed_at: float = float("-inf")
