@@ -8,6 +8,13 @@ one share by its command line:
   write and forward the bytes;
 - **CastRay's control plane**: the agent (``-m castray.agent``) and the server
   (``-m castray serve``);
+- **Ray's threads inside CastRay's processes**: an endpoint is a Ray worker and the agent a
+  Ray driver, each with Ray's own native threads (``worker.io``, ``client.poll0``, gRPC's):
+  the actor calls' transport, Ray's not CastRay's code. They are told apart from the Python
+  threads by name: Ray names its native threads, a Python thread keeps the process's name
+  (or the ``ray::`` title Ray gives the thread running an actor call). (py-spy
+  sees the Python threads only, and a thread in a system call as idle: this split is what
+  its profile cannot show.)
 - **Ray**: raylets, GCS, Ray's own agents and idle workers;
 - **the benchmark**: this process, the client that starts the transfers and waits on them
   over HTTP (its cost is the measurement's, not CastRay's);
@@ -26,6 +33,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -33,14 +41,16 @@ import psutil
 SHARES = (
     "CastRay data plane (endpoints)",
     "CastRay control plane (agent, server)",
+    "Ray's threads inside CastRay's processes",
     "Ray (raylets, GCS, Ray's agents)",
     "the kernel (emulated network, interrupts)",
     "the benchmark (its HTTP client)",
     "other processes",
 )
-DATA, CONTROL, RAY, KERNEL, BENCHMARK, OTHER = SHARES
+DATA, CONTROL, RAY_INSIDE, RAY, KERNEL, BENCHMARK, OTHER = SHARES
 
-Snapshot = tuple[float, dict[tuple[int, float], tuple[str, float]]]
+Snapshot = tuple[float, dict[tuple[int, float], tuple[str, float, float]]]
+"""The machine's busy core-seconds; per process its share, CPU time, and Ray's threads' part."""
 
 
 def share_of(pid: int, command: list[str]) -> str:
@@ -59,30 +69,50 @@ def share_of(pid: int, command: list[str]) -> str:
     return OTHER
 
 
+def named_threads(process: psutil.Process) -> float:
+    """CPU seconds of the process's threads that carry a name of their own (Ray's native
+    ones); Python's threads keep the process's name, or the ``ray::`` title of the actor call
+    they run. Threads that never ran are not read."""
+    try:
+        own = Path(f"/proc/{process.pid}/comm").read_text()
+        seconds = 0.0
+        for thread in process.threads():
+            spent = thread.user_time + thread.system_time
+            if not spent:
+                continue
+            name = Path(f"/proc/{process.pid}/task/{thread.id}/comm").read_text()
+            if name != own and not name.startswith("ray::"):
+                seconds += spent
+        return seconds
+    except (OSError, psutil.Error):
+        return 0.0  # gone meanwhile: its whole time stays in its share
+
+
 def snapshot() -> Snapshot:
     """The machine's busy core-seconds so far, and each process's (keyed by pid and start)."""
     times = psutil.cpu_times()
     busy = sum(times) - times.idle - getattr(times, "iowait", 0.0)
-    processes: dict[tuple[int, float], tuple[str, float]] = {}
+    processes: dict[tuple[int, float], tuple[str, float, float]] = {}
     for process in psutil.process_iter(["cmdline", "cpu_times", "create_time", "name"]):
         info = process.info
         spent = info.get("cpu_times")
         if spent is None or info.get("create_time") is None:
             continue  # gone, or not ours to read
+        share = share_of(process.pid, info.get("cmdline") or [])
+        ray_part = named_threads(process) if share in (DATA, CONTROL) else 0.0
         key = (process.pid, info["create_time"])
-        processes[key] = (
-            share_of(process.pid, info.get("cmdline") or []),
-            spent.user + spent.system,
-        )
+        processes[key] = (share, spent.user + spent.system, ray_part)
     return busy, processes
 
 
 def spent(before: Snapshot, after: Snapshot) -> dict[str, float]:
     """Core-seconds each share spent between two snapshots (they add up to the machine's)."""
     result = dict.fromkeys(SHARES, 0.0)
-    for key, (share, seconds) in after[1].items():
-        start = before[1].get(key, (share, 0.0))[1]
-        result[share] += max(0.0, seconds - start)
+    for key, (share, seconds, ray_part) in after[1].items():
+        _, start, ray_start = before[1].get(key, (share, 0.0, 0.0))
+        ray_threads = max(0.0, ray_part - ray_start)
+        result[RAY_INSIDE] += ray_threads
+        result[share] += max(0.0, seconds - start - ray_threads)
     result[KERNEL] += max(0.0, (after[0] - before[0]) - sum(result.values()))
     return result
 

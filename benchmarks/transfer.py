@@ -23,9 +23,11 @@ over ``--reps`` repetitions (medians, with the range):
   there, as the yardstick's are); and sent again over the recipient's copy (every file
   replaced in place: a create and a rename each).
 
-Targets (issue #12): stream >= 0.9x the bare pipe and >= 2x object-store (stretch: faster
-than rsync); broadcast <= 1.3x the stream unicast; egress 1.0x; <= 256 MiB RSS per endpoint;
->= 150 small files/s.
+Targets (issue #12, raised by #24): stream >= 1.0x the bare pipe and ``rsync --fsync``
+(#24; #12 asked 0.9x and "stretch: faster than rsync"), >= 2x object-store; broadcast to 2
+<= 1.6x the stream unicast (#24: both recipients share this machine's two cores and its disk;
+#12 asked 1.3x); egress 1.0x; <= 256 MiB RSS per endpoint; >= 150 small files/s and not
+below object-store.
 """
 
 from __future__ import annotations
@@ -247,9 +249,9 @@ def measure_one_gib(
         if faster in median and slower in median:
             rows.append((name, f"{median[slower] / median[faster]:.2f}x", target))
 
-    ratio("stream / bare pipe", "CastRay stream", "bare pipe", "target >= 0.9x")
+    ratio("stream / bare pipe", "CastRay stream", "bare pipe", "target >= 1.0x")
     ratio("stream / object-store", "CastRay stream", "CastRay object-store", "target >= 2x")
-    ratio("stream / rsync", "CastRay stream", "rsync to a daemon", "stretch > 1x")
+    ratio("stream / rsync", "CastRay stream", "rsync to a daemon", "target >= 1.0x")
     ratio("stream / raw Ray", "CastRay stream", "raw Ray put/get", "")
     broadcast = median["CastRay stream broadcast to 2"]
     rows.append(("broadcast 1 GiB to 2: stream", f"{broadcast:.1f} s", ""))
@@ -257,7 +259,7 @@ def measure_one_gib(
         (
             "broadcast / stream unicast",
             f"{broadcast / median['CastRay stream']:.2f}x",
-            "target <= 1.3x",
+            "target <= 1.6x",
         )
     )
     # Both recipients write to this machine's one disk: two copies take at least two cp + sync.
