@@ -9,6 +9,7 @@ from typing import Any
 from castray.agent.dataplane.sink import SinkStatus
 from castray.agent.transports.pace import (
     ADAPT_EVERY,
+    FIRST_SPAN,
     RIPPLE,
     Pace,
     Slow,
@@ -231,3 +232,34 @@ def test_a_pace_over_a_span_in_which_its_stream_began_is_not_judged() -> None:
     recipient.status = _status(15 * MB, at=13.0, stream_began=None)  # no stream open
     StreamRun._measure(recipient, seconds=1.0, span=0.5)
     assert not recipient.steady
+
+
+def test_a_first_pace_is_taken_from_the_sinks_first_byte_not_the_runs_start() -> None:
+    """16 equal hosts down a chain: each gets its first byte 30 ms after the one before it,
+    then 12 MB/s. Timed from the run's start (as the lab's first looks did), the last hosts
+    read at a fraction of the head's pace, and one was found slow and moved; timed from each
+    sink's own first byte, all read the same and no one is slow."""
+    paces = []
+    for hop in range(15):
+        first = 0.2 + 0.03 * hop
+        recipient = Recipient(Member(f"h{hop + 2}", None, f"198.18.0.{hop + 2}:1"))
+        recipient.status = _status(int(12 * MB * (0.9 - first)), at=0.9, first_byte_at=first)
+        StreamRun._measure(recipient, seconds=1.0)
+        paces.append(Pace(recipient.member.id, recipient.rate, True))
+    assert [round(p.rate / MB, 2) for p in paces] == [12.0] * 15
+    assert slow_one(paces) is None
+
+
+def test_a_first_pace_waits_for_enough_of_the_sinks_own_time() -> None:
+    """A first byte a moment before the answer tells no pace: none is taken (the look that
+    finds such a one decides nothing, and looks again soon)."""
+    recipient = Recipient(Member("h16", None, "198.18.0.16:1"))
+    recipient.status = _status(100_000, at=0.9, first_byte_at=0.9 - FIRST_SPAN / 2)
+    StreamRun._measure(recipient, seconds=1.0)
+    assert recipient.rate == float("inf") and recipient.seen_at is None
+    first = 0.9 - FIRST_SPAN / 2
+    recipient.status = _status(
+        int(12 * MB * 2 * FIRST_SPAN), at=first + 2 * FIRST_SPAN, first_byte_at=first
+    )
+    StreamRun._measure(recipient, seconds=1.0)
+    assert round(recipient.rate / MB, 2) == 12.0

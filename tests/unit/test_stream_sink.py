@@ -263,3 +263,20 @@ def test_a_sink_says_when_its_open_stream_began(tmp_path: Path) -> None:
     finally:
         mine.close()
         sink.close()
+
+
+def test_a_sink_says_when_its_first_byte_came(tmp_path: Path) -> None:
+    """A first pace is taken from the sink's first byte, on its own clock: none before a
+    byte came, and the first one's time ever after (a later stream does not move it)."""
+    data = os.urandom(2 * CHUNK)
+    sink = _sink(tmp_path, data)
+    try:
+        assert sink.status().first_byte_at is None
+        before = time.monotonic()
+        _stream(sink, [(0, 0, data[:CHUNK])], False)
+        first = sink.status().first_byte_at
+        assert first is not None and before <= first <= time.monotonic()
+        _stream(sink, [(1, CHUNK, data[CHUNK:])], True)
+        assert sink.status(wait=5).first_byte_at == first
+    finally:
+        sink.close()

@@ -125,6 +125,8 @@ class SinkReceiving(SinkState):
                         if in_order:
                             self._whole.update(piece)  # type: ignore[attr-defined]
                         filled += n
+                        if not self.received_bytes:
+                            self._first_byte_at = time.monotonic()
                         self.received_bytes += n
                         with self._lock:
                             incoming.received[position] += n

@@ -100,6 +100,8 @@ class SinkState:
     _open_streams: int = 0
     _stream_began: float = 0.0
     """When the latest incoming stream began (monotonic)."""
+    _first_byte_at: float | None = None
+    """When the first byte of any stream arrived (monotonic)."""
     _ended_streams: int = 0
     _finished_streams: int = 0
     _whole: object = None

@@ -32,6 +32,10 @@ CLEARLY = 0.25
 """A recipient taking less than this share is moved at the first look that finds it slow;
 between this and ``SLOW``, only when the look before found it slow too. On a busy CPU paces
 swing that much from one look to the next, and each move costs the chunk in flight."""
+FIRST_SPAN = ADAPT_EVERY / 8
+"""Seconds of a sink's own time since its first byte that its first pace takes at least:
+the first look comes 1 s after the run began, and the first bytes of a long chain's last
+hosts a few tenths later."""
 FOLLOWS = 0.8
 """The one after the head taking at least this share of the head's pace is held to it."""
 

@@ -17,6 +17,7 @@ from ray.exceptions import GetTimeoutError, RayError
 from castray.agent.reasons import reason
 from castray.agent.transports.pace import (
     ADAPT_EVERY,
+    FIRST_SPAN,
     RIPPLE,
     Pace,
     look_due,
@@ -25,6 +26,7 @@ from castray.agent.transports.pace import (
 )
 from castray.agent.transports.stream_parts import (
     SOURCE_PROBE_TIMEOUT,
+    UNPACED,
     Recipient,
 )
 from castray.agent.transports.stream_state import MOVE_SETTLE, RunState
@@ -93,8 +95,8 @@ class ChainAdapting(RunState):
             ", ".join(f"{p.id} {p.rate / 1e6:.1f} MB/s{_marks(p)}" for p in paces),
         )
         slow = slow_one(paces)
-        if slow is None and any(r.open and r.status is None for r in chain):
-            self._paced_at = now - ADAPT_EVERY / 2  # not all have answered: look again soon
+        if slow is None and any(r.open and (r.status is None or r.rate == UNPACED) for r in chain):
+            self._paced_at = now - ADAPT_EVERY / 2  # not all have a pace yet: look again soon
         suspect, self._suspect = self._suspect, slow.id if slow is not None else None
         if slow is not None and slow.moves(suspect):
             self._suspect = None
@@ -120,7 +122,7 @@ class ChainAdapting(RunState):
             return Pace(recipient.member.id, rate, False, recipient.moved, finished=True)
         return Pace(
             recipient.member.id,
-            recipient.rate,
+            0.0 if recipient.rate == UNPACED else recipient.rate,  # judged as a stall
             self._unsettled(recipient),
             recipient.moved,
             refed or not recipient.steady,
@@ -136,16 +138,26 @@ class ChainAdapting(RunState):
         host was found slow and moved. With no new answer since, or none ``span`` seconds
         after the last, its pace stays as it was. A pace over a span in which its stream
         began is not ``steady``: not judged (a fast host whose new stream came late in a
-        move's ripple read at 0.2 MB/s, and was moved behind the slow ones)."""
+        move's ripple read at 0.2 MB/s, and was moved behind the slow ones).
+
+        The first pace is taken from the sink's first byte, on its clock, over at least
+        ``FIRST_SPAN``: each hop of a chain gets its first byte a little after the one
+        before it, which a pace since the run began counted as slowness."""
         status = recipient.status
         if status is None:
             recipient.rate = 0.0
             return
-        elapsed = seconds if recipient.seen_at is None else status.at - recipient.seen_at
+        since = recipient.seen_at  # None: since the run began
+        if since is not None:
+            elapsed = status.at - since
+        elif status.first_byte_at is not None:
+            elapsed, span = status.at - status.first_byte_at, min(span, FIRST_SPAN)
+        else:
+            elapsed = seconds  # no byte yet: a pace of nothing
         if elapsed < span:
             return  # too short a span to tell a pace by (or no answer since)
         recipient.rate = (status.received_bytes - recipient.seen_bytes) / elapsed
-        began, since = status.stream_began, recipient.seen_at  # None: since the run began
+        began = status.stream_began
         recipient.steady = began is not None and (since is None or began <= since)
         recipient.seen_bytes, recipient.seen_at = status.received_bytes, status.at
 

@@ -17,6 +17,9 @@ from castray.protocol import AgentTunables
 SOURCE_PROBE_TIMEOUT = 2.0
 """Seconds the source gets to answer once the stream it sent failed in its actor: a live one
 answers its control group at once, and the transfer waits on nothing else."""
+UNPACED = float("inf")
+"""A recipient's rate until its first pace is taken: as fast as can be (its sink is asked
+every progress interval), and judged by no look (a stall, not a pace)."""
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,8 @@ class Recipient:
     """When its sink answered ``seen_bytes`` (the sink's clock; None: not measured yet)."""
     steady: bool = False
     """Its last pace was taken over a span one stream covered whole (none began in it)."""
-    rate: float = float("inf")
-    """Bytes per second that arrived over the last look at the chain's pace (none yet: as
-    fast as can be)."""
+    rate: float = UNPACED
+    """Bytes per second that arrived over the last look at the chain's pace."""
     repair_after: float = 0.0
     """Not planned again before this time (a repair stream to it failed: back off)."""
     told: int = 0

@@ -136,11 +136,14 @@ class RecipientWatching(RunState):
         first (the lab, 8 MiB in one chunk: no sink had answered at the first look, and a
         slow host paced the one after it a second longer). Just after a move every sink is
         asked as often as a fast one: the looks then take every pace over a second
-        (``pace.look_due``)."""
+        (``pace.look_due``). So is every sink while a look has found one slow, to be moved if
+        the next look finds it slow too: that look judges it by a pace of its own, not by the
+        one that made it suspect."""
         interval = self.spec.tunables.progress_interval
         size = self.spec.size
         fast = recipient.rate >= FAST and (size > self.spec.chunk_size or size >= FAST)
-        fast = fast or just_moved(time.monotonic() - self._moved_at)
+        suspected = self._suspect is not None
+        fast = fast or suspected or just_moved(time.monotonic() - self._moved_at)
         return interval if fast else max(interval, SLOW_POLL)
 
     def _check_deaths(self) -> None:
