@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from castray.agent.dataplane import all_chunks
 from castray.agent.environment import prepare_environment
+from castray.agent.transports.head_trials import HeadTrials
 from castray.agent.wire import Wire
 from castray.errors import (
     AgentFailure,
@@ -209,6 +210,8 @@ class Agent:
         self._unpack: dict[str, str] = {}
         """Transfers of a folder's bundle: the folder each recipient unpacks it into."""
         self._starting: dict[int, Run] = {}
+        self._head_trials = HeadTrials()
+        """What trying a chain's head at its end taught, for the runs to come."""
 
     def run(self) -> None:
         self._wire.send(Ready(ray=self._fleet.refresh()))
@@ -478,7 +481,11 @@ class Agent:
             run = inline.InlineRun(stream_spec, self._on_transfer_message)
         else:
             run = StreamRun(
-                stream_spec, self._on_transfer_message, self._fleet.death, self._fleet.suspect
+                stream_spec,
+                self._on_transfer_message,
+                self._fleet.death,
+                self._fleet.suspect,
+                self._head_trials,
             )
         try:
             run.open()

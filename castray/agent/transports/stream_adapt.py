@@ -89,6 +89,7 @@ class ChainAdapting(RunState):
         # Those that have it all stay in: their pace is the best before the ones after them.
         chain = [r for r in self._recipients if r.failed is None]
         paces = [self._pace(r, now - r.refed_at < 2 * seconds) for r in chain]
+        self._learn_head_trial(chain)
         log.debug(
             "transfer %s: paces %s",
             self.spec.transfer_id,
@@ -109,7 +110,11 @@ class ChainAdapting(RunState):
                 slow.id,
                 100 * slow.share,
             )
-        elif self._head_movable(chain) and try_head(paces, chain[0].seen_bytes / self.size):
+        elif (
+            self._head_movable(chain)
+            and try_head(paces, chain[0].seen_bytes / self.size)
+            and self._head_worth_trying(chain[0])
+        ):
             self._move_head(chain)
 
     def _pace(self, recipient: Recipient, refed: bool) -> Pace:
@@ -221,6 +226,46 @@ class ChainAdapting(RunState):
             and chain[0] is self._recipients[0]
         )
 
+    def _head_worth_trying(self, head: Recipient) -> bool:
+        """Not when a try from this source taught that this head, at this pace, does not
+        hold the chain back (``head_trials``); then it is not asked again in this run."""
+        source = self.spec.source
+        assert source is not None
+        if self._head_trials.worth_trying(source.id, head.member.id, head.rate, time.monotonic()):
+            return True
+        self._head_tried = True
+        log.info(
+            "transfer %s: the head %s takes %.1f MB/s, as when trying another head gained "
+            "nothing: it stays the head",
+            self.spec.transfer_id,
+            head.member.id,
+            head.rate / 1e6,
+        )
+        return False
+
+    def _learn_head_trial(self, chain: list[Recipient]) -> None:
+        """At the first look that decides after a head was tried: the pace of the host the
+        source feeds in its place (the chain's head now), against the old head's."""
+        if self._head_trial is None or self.spec.source is None or not chain:
+            return
+        head = chain[0]
+        tried, before = self._head_trial
+        if head.ended_at or head.member.id == tried:
+            self._head_trial = None  # it has it all (or the try was undone): nothing learned
+            return
+        if not head.steady:
+            return  # its pace still shows its new stream's start
+        self._head_trial = None
+        self._head_trials.learn(self.spec.source.id, tried, before, head.rate, time.monotonic())
+        log.debug(
+            "transfer %s: the tried head %s took %.1f MB/s, %s in its place %.1f MB/s",
+            self.spec.transfer_id,
+            tried,
+            before / 1e6,
+            head.member.id,
+            head.rate / 1e6,
+        )
+
     def _move_head(self, chain: list[Recipient]) -> None:
         """Move the head to the end: it stops passing the stream on, the source's stream
         moves to the one after it (from the chunk that one lacks), and the last one feeds
@@ -256,6 +301,7 @@ class ChainAdapting(RunState):
             head.member.id,
             last.member.id,
         )
+        self._head_trial = (head.member.id, head.rate)
         self._recipients.remove(head)
         self._recipients.append(head)
         last.member.handle.redirect.remote(tid, head.member.data_address, lacks(head))

@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from castray.agent.transports.head_trials import HeadTrials
 from castray.agent.transports.pace import ADAPT_EVERY
 from castray.agent.transports.stream_parts import Recipient, Repair, Send, StreamSpec
 from castray.protocol import RecipientFinished, TransferMessage
@@ -39,6 +40,7 @@ class RunState:
         emit: Callable[[TransferMessage], None],
         death: Callable[[str], str | None] = lambda _: None,
         lost_touch: Callable[[str, str], None] = lambda _e, _w: None,
+        head_trials: HeadTrials | None = None,
     ) -> None:
         self.spec = spec
         self._emit = emit
@@ -68,6 +70,10 @@ class RunState:
         """Whether what ended the run passes (the source died) or not (its file changed)."""
         self._paced_at = time.monotonic() + ADAPT_AFTER - ADAPT_EVERY
         self._head_tried = False
+        self._head_trial: tuple[str, float] | None = None
+        """The head tried at the end in this run, and its pace then: what the host the
+        source feeds in its place takes is learned at the next look that decides."""
+        self._head_trials = head_trials if head_trials is not None else HeadTrials()
         self._suspect: str | None = None
         """Whom the last look at the paces found slow, not clearly enough to move it."""
         self._reported: dict[str, int] | None = None
