@@ -101,7 +101,7 @@ class SinkState:
     _stream_began: float = 0.0
     """When the latest incoming stream began (monotonic)."""
     _first_byte_at: float | None = None
-    """When the first byte of any stream arrived (monotonic)."""
+    """When the first frame of bytes of any stream arrived (monotonic)."""
     _ended_streams: int = 0
     _finished_streams: int = 0
     _whole: object = None
