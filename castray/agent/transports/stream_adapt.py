@@ -137,17 +137,18 @@ class ChainAdapting(RunState):
     @staticmethod
     def _measure(recipient: Recipient, seconds: float, span: float = ADAPT_EVERY / 2) -> None:
         """Its pace: the bytes that arrived between its sink's last two answers seen at a
-        look, over the time between them on the sink's clock (``seconds``, the time since the
-        last look, for the first). A slow transfer's sink answers every 2 s, as often as it is
-        looked at: timed by the looks, its pace swung from nothing to double, and an equal
-        host was found slow and moved. With no new answer since, or none ``span`` seconds
-        after the last, its pace stays as it was. A pace over a span in which its stream
-        began is not ``steady``: not judged (a fast host whose new stream came late in a
-        move's ripple read at 0.2 MB/s, and was moved behind the slow ones).
+        look, over the time between them on the sink's clock. A slow transfer's sink answers
+        every 2 s, as often as it is looked at: timed by the looks, its pace swung from
+        nothing to double, and an equal host was found slow and moved. With no new answer
+        since, or none ``span`` seconds after the last, its pace stays as it was. A pace
+        over a span in which its stream began is not ``steady``: not judged (a fast host
+        whose new stream came late in a move's ripple read at 0.2 MB/s, and was moved behind
+        the slow ones).
 
         The first pace is taken from the sink's first byte, on its clock, over at least
-        ``FIRST_SPAN``: each hop of a chain gets its first byte a little after the one
-        before it, which a pace since the run began counted as slowness."""
+        ``FIRST_SPAN`` (none yet: ``UNPACED``): each hop of a chain gets its first byte a
+        little after the one before it, which a pace since the run began counted as
+        slowness. A sink with no byte yet reads nothing over ``seconds``."""
         status = recipient.status
         if status is None:
             recipient.rate = 0.0
