@@ -51,25 +51,20 @@ class SinkReceiving(SinkState):
                 self._forward(incoming, self.downstream, 0)
         conn.settimeout(self.stall_timeout)
         clean = False
-        coalescing = False
         try:
-            header = bytearray(FRAME.size)
-            while True:
-                recv_exact(conn, memoryview(header))
-                index, offset, length = FRAME.unpack(header)
-                if not coalescing:
-                    # Only now: a first header that waited for LOWAT bytes came late on a slow
-                    # link (0.2 s at 10 Mbit/s), and so did the first byte a first pace runs
-                    # from: the lab's slow host had no pace at the first look.
-                    coalescing = True
-                    with contextlib.suppress(OSError):
-                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, LOWAT)
-                if index == END:
-                    clean = True
-                    return
+            header = memoryview(bytearray(FRAME.size))
+            recv_exact(conn, header)
+            # Only now: a first header that waited for LOWAT bytes came late on a slow link
+            # (0.2 s at 10 Mbit/s), and so did the first byte a first pace runs from: the
+            # lab's slow host had no pace at the first look.
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, LOWAT)
+            while (frame := FRAME.unpack(header))[0] != END:
                 if self._first_byte_at is None:
                     self._first_byte_at = time.monotonic()
-                self._receive_chunk(conn, incoming, index, offset, length)
+                self._receive_chunk(conn, incoming, *frame)
+                recv_exact(conn, header)
+            clean = True
         except (OSError, StreamError, queue.Empty) as exc:
             if not self._closed:
                 self.broken = f"the stream from upstream broke: {reason_of(exc)}"

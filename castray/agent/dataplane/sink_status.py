@@ -38,10 +38,10 @@ class SinkStatus:
     pace taken over a span that began before it says little of the host: the start of a new
     stream (a move's ripple) is in it."""
     first_byte_at: float | None = None
-    """When its first byte arrived, on the sink's clock (None: none yet). The first pace is
-    taken from it: each hop of a chain gets its first byte a little after the one before,
-    and a pace since the transfer began read the hosts down a chain of 16 slower and slower
-    (8.0 MB/s to 2.2 at the first look, against 11-12 for all of them a look later)."""
+    """When its first frame of bytes arrived, on the sink's clock (None: none yet). The first
+    pace is taken from it: each hop of a chain gets its first byte a little after the one
+    before, and a pace since the transfer began read the hosts down a chain of 16 slower and
+    slower (8.0 MB/s to 2.2 at the first look, against 11-12 for all of them a look later)."""
     at: float = 0.0
     """When the sink said so, on its host's monotonic clock: a pace is measured between two
     of its own answers, not between the agent's looks (an answer can arrive just before one
